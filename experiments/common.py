@@ -1,0 +1,84 @@
+"""Flags from config dataclasses, and the ``main`` every binary shares.
+
+A binary's flags are the fields of its config dataclass; they are defined only
+when the binary runs, so tests can import several experiments in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging as std_logging
+import sys
+import typing
+from typing import Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from seqjax.errors import SeqjaxError
+
+FLAGS = flags.FLAGS
+
+
+def _flag_kind(tp):
+  """Maps a field type to an absl DEFINE_* function."""
+  if typing.get_origin(tp) is typing.Union:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    tp = args[0]
+  if typing.get_origin(tp) in (list, typing.List):
+    return flags.DEFINE_multi_string
+  return {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+          float: flags.DEFINE_float, str: flags.DEFINE_string}[tp]
+
+
+def define_flags(config_cls) -> None:
+  hints = typing.get_type_hints(config_cls)
+  for f in dataclasses.fields(config_cls):
+    default = (f.default if f.default is not dataclasses.MISSING
+               else f.default_factory())
+    _flag_kind(hints[f.name])(f.name, default, f.metadata.get("help", f.name))
+
+
+def config_from_flags(config_cls):
+  return config_cls(**{f.name: FLAGS[f.name].value
+                       for f in dataclasses.fields(config_cls)})
+
+
+class _DropLibraryInfo(std_logging.Filter):
+  """Keeps orbax's (many) INFO lines out of the run's log; warnings pass."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or not any(
+        p in record.pathname for p in ("/orbax/", "/jax/", "/flax/"))
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().addFilter(_DropLibraryInfo())
+
+
+def main(config_cls, run: Callable) -> None:
+  """Defines the flags of ``config_cls`` and runs ``run(config)``.
+
+  Bad flags stop before any work with a message naming them; a SeqjaxError
+  (bad file, mismatched checkpoint) ends the run with its message, exit 2.
+  """
+  define_flags(config_cls)
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.INFO)
+    quiet_library_logs()
+    config = config_from_flags(config_cls)
+    errors = config.validate()
+    if errors:
+      print("Bad flags:\n  " + "\n  ".join(errors), file=sys.stderr)
+      sys.exit(2)
+    try:
+      run(config)
+    except SeqjaxError as e:
+      print(f"Error: {e}", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(_main)

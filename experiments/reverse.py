@@ -1,0 +1,124 @@
+"""The reverse task of the encoder-decoder tutorial.
+
+Source: ``n_steps_in`` random integers in 1..n_features-1; target: the first
+``n_steps_out`` of them reversed. A teacher-forced LSTM encoder-decoder is
+trained, then evaluated by batched greedy decoding on fresh sequences.
+
+  python -m experiments.reverse [--n_units=128 --epochs=1 --workdir=...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from seqjax import decode as decode_lib
+from seqjax import experiment
+from seqjax import metrics
+from seqjax import summary
+from seqjax import train as train_lib
+from seqjax.data import reverse as reverse_data
+from seqjax.experiment import field
+from seqjax.models import Seq2Seq
+
+TASK = "reverse"
+
+
+@dataclasses.dataclass
+class ReverseConfig(experiment.TrainingConfig):
+  n_features: int = field(51, "Cardinality: source values are 1..n_features-1"
+                          " (0 is padding and the start token).")
+  n_steps_in: int = field(6, "Source length.")
+  n_steps_out: int = field(3, "Target length (the first n_steps_out source "
+                           "values, reversed).")
+  n_units: int = field(128, "LSTM units of encoder and decoder.")
+  cell: str = field("lstm", "Recurrent cell: lstm or gru.")
+  n_samples: int = field(100_000, "Training sequences.")
+  n_eval: int = field(1000, "Fresh sequences to evaluate on.")
+  n_examples: int = field(10, "Decoded examples to print.")
+
+  def validate(self):
+    errors = super().validate()
+    for name in ("n_steps_in", "n_steps_out", "n_units", "n_samples", "n_eval"):
+      if getattr(self, name) < 1:
+        errors.append(f"--{name} must be positive; got {getattr(self, name)}")
+    if self.n_features < 3:
+      errors.append(f"--n_features must be >= 3 (0 is reserved, and at least "
+                    f"two values make a task); got {self.n_features}")
+    if self.n_steps_out > self.n_steps_in:
+      errors.append(f"--n_steps_out={self.n_steps_out} must not exceed "
+                    f"--n_steps_in={self.n_steps_in}")
+    if self.batch_size > self.n_samples:
+      errors.append(f"--batch_size={self.batch_size} exceeds "
+                    f"--n_samples={self.n_samples}")
+    if self.cell not in ("lstm", "gru"):
+      errors.append(f"--cell must be lstm or gru; got {self.cell!r}")
+    if self.n_examples < 0:
+      errors.append(f"--n_examples must be >= 0; got {self.n_examples}")
+    return errors
+
+  def model_config(self) -> dict:
+    """What the checkpoint must match."""
+    return {"task": TASK, "n_features": self.n_features,
+            "n_units": self.n_units, "cell": self.cell}
+
+
+def build_model(config: ReverseConfig) -> Seq2Seq:
+  return Seq2Seq(src_vocab=config.n_features, tgt_vocab=config.n_features,
+                 units=config.n_units, cell=config.cell)
+
+
+def run(config: ReverseConfig) -> dict:
+  experiment.check_config(config)
+  workdir = experiment.resolve_workdir(config, TASK)
+  train = reverse_data.generate(
+      np.random.default_rng([config.seed, 0]), config.n_samples,
+      config.n_steps_in, config.n_steps_out, config.n_features)
+  fresh = reverse_data.generate(
+      np.random.default_rng([config.seed, 1]), config.n_eval,
+      config.n_steps_in, config.n_steps_out, config.n_features)
+  # The tutorial prints its one-hot arrays' shapes; ours are ids, same data.
+  f = config.n_features
+  print(f"X1={train['src'].shape + (f,)} X2={train['dec_in'].shape + (f,)} "
+        f"y={train['target'].shape + (f,)} (one-hot shapes; stored as int32 ids)")
+
+  model = build_model(config)
+  params = jax.jit(model.init)(jax.random.key(config.seed), train["src"][:1],
+                               train["dec_in"][:1])
+  print(summary.format_summary(params, title=f"Seq2Seq ({config.cell})"))
+  state, stats = experiment.train_or_restore(
+      model=model, params=params, config=config, workdir=workdir,
+      model_config=config.model_config(), data=train,
+      loss_fn=train_lib.make_seq2seq_loss(model))
+
+  decoder = decode_lib.make_greedy_decoder(
+      model, max_len=config.n_steps_out, start_id=reverse_data.START_ID)
+  yhat = decode_lib.decode_in_batches(decoder, state.params, fresh["src"],
+                                      batch_size=min(config.n_eval, 1000))
+  accuracy = float(metrics.exact_sequence_accuracy(yhat, fresh["target"]))
+  token_accuracy = float(metrics.masked_token_accuracy(yhat, fresh["target"]))
+  print(f"Accuracy: {accuracy * 100:.2f}%")
+  for i in range(min(config.n_examples, config.n_eval)):
+    print(f"X={fresh['src'][i].tolist()} y={fresh['target'][i].tolist()}, "
+          f"yhat={yhat[i].tolist()}")
+
+  results = experiment.base_results(TASK, config)
+  results.update(
+      workdir=workdir, accuracy=accuracy, token_accuracy=token_accuracy,
+      n_eval=config.n_eval, step=int(state.step),
+      train_loss=stats.last_metrics.get("loss"),
+      train_seconds=stats.train_seconds,
+      first_call_seconds=stats.first_call_seconds,
+      train_samples_per_second=stats.samples_per_second(config.batch_size),
+      train_compiles=stats.compiles,
+      n_params=summary.count_params(params))
+  experiment.write_json_atomic(f"{workdir}/results.json", results)
+  print(f"Wrote {workdir}/results.json")
+  return results
+
+
+if __name__ == "__main__":
+  from experiments import common
+  common.main(ReverseConfig, run)

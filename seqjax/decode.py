@@ -1,0 +1,99 @@
+"""Inference: the tutorial's inference encoder / decoder and greedy decoding.
+
+``greedy_decode`` replaces the tutorial's ``predict_sequence`` Python loop: a
+whole batch is decoded by one ``lax.scan`` to a fixed number of steps, compiled
+once. After an optional stop token a sequence emits padding (id ``pad_id``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.models import Seq2Seq
+
+Array = jax.Array
+
+
+def make_inference_fns(model: Seq2Seq):
+  """The tutorial's split as two jitted functions usable on their own.
+
+  Returns ``(encode, decode_step)`` with
+  ``encode(params, src_BS[, src_mask_BS]) -> carry`` and
+  ``decode_step(params, token_B, carry) -> (probabilities_BV, carry)``.
+  """
+
+  @jax.jit
+  def encode(params, src_BS, src_mask_BS=None):
+    return model.apply(params, src_BS, src_mask_BS, method=Seq2Seq.encode)
+
+  @jax.jit
+  def decode_step(params, token_B, carry):
+    logits_BV, carry = model.apply(params, token_B, carry,
+                                   method=Seq2Seq.decode_step)
+    return jax.nn.softmax(logits_BV, axis=-1), carry
+
+  return encode, decode_step
+
+
+def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
+                  start_id: int, stop_id: Optional[int] = None, pad_id: int = 0,
+                  src_mask_BS: Optional[Array] = None) -> Array:
+  """Greedy decoding of a batch -> tokens (B, max_len).
+
+  The stop token itself is emitted; every step after it is ``pad_id``.
+  Jit it (or call ``make_greedy_decoder``) to compile the whole loop once.
+  """
+  carry = model.apply(params, src_BS, src_mask_BS, method=Seq2Seq.encode)
+  batch = src_BS.shape[0]
+
+  def body(state, _):
+    carry, token_B, done_B = state
+    logits_BV, carry = model.apply(params, token_B, carry,
+                                   method=Seq2Seq.decode_step)
+    next_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    out_B = jnp.where(done_B, pad_id, next_B)
+    if stop_id is not None:
+      done_B = done_B | (next_B == stop_id)
+    return (carry, next_B, done_B), out_B
+
+  start_B = jnp.full((batch,), start_id, jnp.int32)
+  done_B = jnp.zeros((batch,), bool)
+  _, tokens_TB = jax.lax.scan(body, (carry, start_B, done_B), None,
+                              length=max_len)
+  return tokens_TB.T
+
+
+def make_greedy_decoder(model: Seq2Seq, *, max_len: int, start_id: int,
+                        stop_id: Optional[int] = None, pad_id: int = 0):
+  """Jitted ``decode(params, src_BS, src_mask_BS=None) -> tokens (B, max_len)``."""
+  fn = functools.partial(greedy_decode, model, max_len=max_len,
+                         start_id=start_id, stop_id=stop_id, pad_id=pad_id)
+  return jax.jit(lambda params, src, src_mask=None: fn(params, src,
+                                                        src_mask_BS=src_mask))
+
+
+def decode_in_batches(decode_fn, params, src: Array, batch_size: int,
+                      src_mask: Optional[Array] = None):
+  """Runs a jitted decoder over a large array in fixed-size batches.
+
+  The last batch is padded to ``batch_size`` so the decoder compiles once.
+  """
+  import numpy as np
+  n = src.shape[0]
+  outputs = []
+  for start in range(0, n, batch_size):
+    chunk = src[start:start + batch_size]
+    mask = None if src_mask is None else src_mask[start:start + batch_size]
+    short = batch_size - chunk.shape[0]
+    if short:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, 0)])
+      if mask is not None:
+        mask = np.concatenate([mask, np.repeat(mask[-1:], short, 0)])
+    out = decode_fn(params, chunk, mask) if mask is not None else decode_fn(
+        params, chunk)
+    outputs.append(np.asarray(out)[:batch_size - short])
+  return np.concatenate(outputs)

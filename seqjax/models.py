@@ -1,0 +1,91 @@
+"""Flax models: the teacher-forced encoder-decoder and its inference split.
+
+``Seq2Seq`` is the tutorial's training model (encoder's final carry is the
+decoder's initial carry; Dense over the output vocabulary at each step) and,
+through its ``encode`` / ``decode_step`` methods, the tutorial's
+``inference_encoder`` / ``inference_decoder`` pair. Call those methods with
+``model.apply(params, ..., method=...)`` or the wrappers in ``seqjax.decode``.
+
+Teacher forcing is explicit: ``__call__`` / ``decode_teacher_forced`` take the
+decoder input tokens (the target shifted right behind a start token).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seqjax.recurrent import Carry, make_recurrent
+
+Array = jax.Array
+
+dense_init = nn.initializers.xavier_uniform()  # Keras' glorot_uniform
+
+
+class Seq2Seq(nn.Module):
+  """Encoder-decoder over token ids.
+
+  Attributes:
+    src_vocab: size of the source vocabulary (one-hot width in the tutorial).
+    tgt_vocab: size of the target vocabulary.
+    units: recurrent units of encoder and decoder.
+    cell: "lstm" or "gru".
+    embedding_dim: None feeds tokens as one-hot (a kernel row lookup); an int
+      puts an Embedding of that width in front of encoder and decoder.
+  """
+
+  src_vocab: int
+  tgt_vocab: int
+  units: int
+  cell: str = "lstm"
+  embedding_dim: Optional[int] = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.embedding_dim is not None:
+      self.src_embed = nn.Embed(self.src_vocab, self.embedding_dim,
+                                name="src_embedding")
+      self.tgt_embed = nn.Embed(self.tgt_vocab, self.embedding_dim,
+                                name="tgt_embedding")
+    width = self.embedding_dim
+    self.encoder = make_recurrent(self.cell, units=self.units,
+                                  in_features=width or self.src_vocab,
+                                  dtype=self.dtype, name="encoder")
+    self.decoder = make_recurrent(self.cell, units=self.units,
+                                  in_features=width or self.tgt_vocab,
+                                  dtype=self.dtype, name="decoder")
+    self.readout = nn.Dense(self.tgt_vocab, kernel_init=dense_init,
+                            dtype=self.dtype, name="readout")
+
+  def _src_inputs(self, tokens: Array) -> Array:
+    return tokens if self.embedding_dim is None else self.src_embed(tokens)
+
+  def _tgt_inputs(self, tokens: Array) -> Array:
+    return tokens if self.embedding_dim is None else self.tgt_embed(tokens)
+
+  def encode(self, src_BS: Array, src_mask_BS: Optional[Array] = None) -> Carry:
+    """Source tokens -> the encoder's final carry (the decoder's start)."""
+    _, carry = self.encoder(self._src_inputs(src_BS), mask=src_mask_BS)
+    return carry
+
+  def decode_step(self, token_B: Array, carry: Carry) -> tuple[Array, Carry]:
+    """One decoder step: previous token (B,) and carry -> logits (B, V), carry."""
+    carry, h_BH = self.decoder.step(carry, self._tgt_inputs(token_B))
+    return self.readout(h_BH).astype(jnp.float32), carry
+
+  def decode_teacher_forced(self, dec_in_BT: Array, carry: Carry,
+                            dec_mask_BT: Optional[Array] = None) -> Array:
+    """Teacher forcing: the true previous tokens are fed -> logits (B, T, V)."""
+    h_BTH, _ = self.decoder(self._tgt_inputs(dec_in_BT), initial_carry=carry,
+                            mask=dec_mask_BT)
+    return self.readout(h_BTH).astype(jnp.float32)
+
+  def __call__(self, src_BS: Array, dec_in_BT: Array,
+               src_mask_BS: Optional[Array] = None,
+               dec_mask_BT: Optional[Array] = None) -> Array:
+    """The teacher-forced training model: logits (B, T, V)."""
+    carry = self.encode(src_BS, src_mask_BS)
+    return self.decode_teacher_forced(dec_in_BT, carry, dec_mask_BT)

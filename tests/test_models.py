@@ -1,0 +1,110 @@
+"""Encoder-decoder, the inference split, greedy decoding, parameter counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax import decode as decode_lib
+from seqjax import summary
+from seqjax.models import Seq2Seq
+from tests import reference
+
+V, H, S, T, B = 13, 24, 5, 4, 6
+
+
+def _model_and_params(cell="lstm", embedding_dim=None):
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, cell=cell,
+                  embedding_dim=embedding_dim)
+  rng = np.random.default_rng(0)
+  src = rng.integers(1, V, size=(B, S)).astype(np.int32)
+  dec_in = rng.integers(0, V, size=(B, T)).astype(np.int32)
+  params = model.init(jax.random.key(0), src, dec_in)
+  return model, params, src, dec_in
+
+
+def test_lstm_seq2seq_matches_numpy_reference():
+  model, params, src, dec_in = _model_and_params()
+  logits = model.apply(params, src, dec_in)
+  p = params["params"]
+  _, h, c = reference.lstm_numpy(p["encoder"], reference.one_hot(src, V))
+  dec_out, _, _ = reference.lstm_numpy(p["decoder"],
+                                       reference.one_hot(dec_in, V), h, c)
+  ref = reference.dense_numpy(p["readout"], dec_out)
+  np.testing.assert_allclose(logits, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("cell,emb", [("lstm", None), ("gru", None),
+                                      ("lstm", 8)])
+def test_teacher_forced_logits_equal_decode_step_logits(cell, emb):
+  model, params, src, dec_in = _model_and_params(cell, emb)
+  logits = model.apply(params, src, dec_in)
+  encode, decode_step = decode_lib.make_inference_fns(model)
+  carry = encode(params, src)
+  for t in range(T):
+    probs, carry = decode_step(params, dec_in[:, t], carry)
+    np.testing.assert_allclose(probs, jax.nn.softmax(logits[:, t]), atol=1e-5)
+
+
+@pytest.mark.parametrize("stop_id", [None, 3])
+def test_batched_greedy_equals_step_by_step_loop(stop_id):
+  model, params, src, _ = _model_and_params()
+  max_len = 7
+  tokens = decode_lib.make_greedy_decoder(
+      model, max_len=max_len, start_id=0, stop_id=stop_id)(params, src)
+  encode, decode_step = decode_lib.make_inference_fns(model)
+  for b in range(B):  # the tutorial's predict_sequence, one sequence at a time
+    carry = encode(params, src[b:b + 1])
+    token, expected = np.zeros((1,), np.int32), []
+    for _ in range(max_len):
+      probs, carry = decode_step(params, token, carry)
+      token = np.asarray(probs).argmax(-1).astype(np.int32)
+      expected.append(int(token[0]))
+      if stop_id is not None and token[0] == stop_id:
+        break
+    expected += [0] * (max_len - len(expected))
+    assert np.asarray(tokens[b]).tolist() == expected
+
+
+def test_greedy_decode_pads_after_stop():
+  model, params, src, _ = _model_and_params()
+  free = np.asarray(decode_lib.make_greedy_decoder(
+      model, max_len=9, start_id=0)(params, src))
+  stop = int(free[0, 1])  # make the 2nd token of row 0 the stop token
+  out = np.asarray(decode_lib.make_greedy_decoder(
+      model, max_len=9, start_id=0, stop_id=stop)(params, src))
+  for row_free, row in zip(free, out):
+    hits = np.flatnonzero(row_free == stop)
+    end = hits[0] + 1 if hits.size else 9
+    assert row[:end].tolist() == row_free[:end].tolist()
+    assert (row[end:] == 0).all()
+  assert (out[0, 2:] == 0).all()
+
+
+def test_decode_in_batches_pads_the_last_batch_and_matches():
+  model, params, src, _ = _model_and_params()
+  decoder = decode_lib.make_greedy_decoder(model, max_len=4, start_id=0)
+  whole = np.asarray(decoder(params, src))
+  chunked = decode_lib.decode_in_batches(decoder, params, src, batch_size=4)
+  np.testing.assert_array_equal(whole, chunked)
+  assert decoder._cache_size() == 2  # batch 6 and batch 4, nothing more
+
+
+def test_keras_parameter_count_of_the_generic_model():
+  # Keras: LSTM(128) on 28 inputs = 80,384 twice, Dense(128 -> 28) = 3,612.
+  model = Seq2Seq(src_vocab=28, tgt_vocab=28, units=128)
+  tok = jnp.zeros((1, 1), jnp.int32)
+  params = jax.eval_shape(model.init, jax.random.key(0), tok, tok)
+  assert summary.count_params(params) == 164_380
+  rows = {name: count for name, _, count in summary.param_rows(params)}
+  assert rows == {"encoder": 80_384, "decoder": 80_384, "readout": 3_612}
+  table = summary.format_summary(params)
+  assert "Total params: 164,380" in table
+
+
+def test_gru_parameter_count_matches_keras_formula():
+  model = Seq2Seq(src_vocab=28, tgt_vocab=28, units=128, cell="gru")
+  tok = jnp.zeros((1, 1), jnp.int32)
+  params = jax.eval_shape(model.init, jax.random.key(0), tok, tok)
+  gru = 3 * (128 * 28 + 128 * 128 + 2 * 128)  # Keras GRU, reset_after=True
+  assert summary.count_params(params) == 2 * gru + 128 * 28 + 28
