@@ -2,7 +2,9 @@
 
 Source: ``n_steps_in`` random integers in 1..n_features-1; target: the first
 ``n_steps_out`` of them reversed. A teacher-forced LSTM encoder-decoder is
-trained, then evaluated by batched greedy decoding on fresh sequences.
+trained, then evaluated by batched greedy decoding on fresh sequences;
+``--model=repeat_vector`` trains the RepeatVector encoder-decoder instead,
+evaluated by the argmax of one forward pass.
 
   python -m experiments.reverse [--n_units=128 --epochs=1 --workdir=...]
 """
@@ -17,11 +19,11 @@ import numpy as np
 from seqjax import decode as decode_lib
 from seqjax import experiment
 from seqjax import metrics
+from seqjax import models
 from seqjax import summary
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
 from seqjax.experiment import field
-from seqjax.models import Seq2Seq
 
 TASK = "reverse"
 
@@ -38,6 +40,9 @@ class ReverseConfig(experiment.TrainingConfig):
   n_samples: int = field(100_000, "Training sequences.")
   n_eval: int = field(1000, "Fresh sequences to evaluate on.")
   n_examples: int = field(10, "Decoded examples to print.")
+  model: str = field("encoder_decoder", "encoder_decoder (teacher forcing + "
+                     "greedy decoding) or repeat_vector (RepeatVector + "
+                     "TimeDistributed, one forward pass).")
 
   def validate(self):
     errors = super().validate()
@@ -57,17 +62,24 @@ class ReverseConfig(experiment.TrainingConfig):
       errors.append(f"--cell must be lstm or gru; got {self.cell!r}")
     if self.n_examples < 0:
       errors.append(f"--n_examples must be >= 0; got {self.n_examples}")
+    if self.model not in models.MODEL_CHOICES:
+      errors.append(f"--model must be one of {', '.join(models.MODEL_CHOICES)}"
+                    f"; got {self.model!r}")
     return errors
 
   def model_config(self) -> dict:
     """What the checkpoint must match."""
-    return {"task": TASK, "n_features": self.n_features,
-            "n_units": self.n_units, "cell": self.cell}
+    config = {"task": TASK, "n_features": self.n_features,
+              "n_units": self.n_units, "cell": self.cell}
+    if self.model != "encoder_decoder":  # absent: older checkpoints resume
+      config["model"] = self.model
+    return config
 
 
-def build_model(config: ReverseConfig) -> Seq2Seq:
-  return Seq2Seq(src_vocab=config.n_features, tgt_vocab=config.n_features,
-                 units=config.n_units, cell=config.cell)
+def build_model(config: ReverseConfig):
+  return models.build_seq2seq(
+      config.model, src_vocab=config.n_features, tgt_vocab=config.n_features,
+      units=config.n_units, out_len=config.n_steps_out, cell=config.cell)
 
 
 def run(config: ReverseConfig) -> dict:
@@ -85,15 +97,16 @@ def run(config: ReverseConfig) -> dict:
         f"y={train['target'].shape + (f,)} (one-hot shapes; stored as int32 ids)")
 
   model = build_model(config)
-  params = jax.jit(model.init)(jax.random.key(config.seed), train["src"][:1],
-                               train["dec_in"][:1])
-  print(summary.format_summary(params, title=f"Seq2Seq ({config.cell})"))
+  params = jax.jit(lambda key, src, dec_in: models.init_params(
+      model, key, src, dec_in))(jax.random.key(config.seed), train["src"][:1],
+                                train["dec_in"][:1])
+  print(summary.format_summary(params, title=f"{config.model} ({config.cell})"))
   state, stats = experiment.train_or_restore(
       model=model, params=params, config=config, workdir=workdir,
       model_config=config.model_config(), data=train,
       loss_fn=train_lib.make_seq2seq_loss(model))
 
-  decoder = decode_lib.make_greedy_decoder(
+  decoder = decode_lib.make_token_predictor(
       model, max_len=config.n_steps_out, start_id=reverse_data.START_ID)
   yhat = decode_lib.decode_in_batches(decoder, state.params, fresh["src"],
                                       batch_size=min(config.n_eval, 1000))

@@ -3,6 +3,8 @@
 ``greedy_decode`` replaces the tutorial's ``predict_sequence`` Python loop: a
 whole batch is decoded by one ``lax.scan`` to a fixed number of steps, compiled
 once. After an optional stop token a sequence emits padding (id ``pad_id``).
+``make_token_predictor`` gives the same interface for either model, so a
+task's evaluation does not care which one it trained.
 """
 
 from __future__ import annotations
@@ -71,6 +73,44 @@ def make_greedy_decoder(model: Seq2Seq, *, max_len: int, start_id: int,
                         stop_id: Optional[int] = None, pad_id: int = 0):
   """Jitted ``decode(params, src_BS, src_mask_BS=None) -> tokens (B, max_len)``."""
   fn = functools.partial(greedy_decode, model, max_len=max_len,
+                         start_id=start_id, stop_id=stop_id, pad_id=pad_id)
+  return jax.jit(lambda params, src, src_mask=None: fn(params, src,
+                                                        src_mask_BS=src_mask))
+
+
+def predict_tokens(model, params, src_BS: Array, *, max_len: int,
+                   start_id: int = 0, stop_id: Optional[int] = None,
+                   pad_id: int = 0, src_mask_BS: Optional[Array] = None
+                   ) -> Array:
+  """Predicted tokens (B, max_len) of either fixed-output-length model.
+
+  A teacher-forced ``Seq2Seq`` is decoded greedily (``greedy_decode``); a
+  model that is not teacher-forced (``RepeatVectorSeq2Seq``) predicts every
+  step in one forward pass, so its tokens are the argmax of its logits. Steps
+  after a ``stop_id`` are ``pad_id`` either way.
+  """
+  if getattr(model, "teacher_forced", True):
+    return greedy_decode(model, params, src_BS, max_len=max_len,
+                         start_id=start_id, stop_id=stop_id, pad_id=pad_id,
+                         src_mask_BS=src_mask_BS)
+  if max_len != model.out_len:
+    raise ValueError(f"max_len={max_len} differs from the model's out_len="
+                     f"{model.out_len}")
+  logits_BTV = model.apply(params, src_BS, src_mask_BS)
+  tokens_BT = jnp.argmax(logits_BTV, axis=-1).astype(jnp.int32)
+  if stop_id is not None:
+    is_stop_BT = tokens_BT == stop_id
+    after_stop_BT = jnp.cumsum(is_stop_BT, axis=1) - is_stop_BT > 0
+    tokens_BT = jnp.where(after_stop_BT, pad_id, tokens_BT)
+  return tokens_BT
+
+
+def make_token_predictor(model, *, max_len: int, start_id: int = 0,
+                         stop_id: Optional[int] = None, pad_id: int = 0):
+  """Jitted ``predict(params, src_BS, src_mask_BS=None) -> tokens (B, max_len)``
+  for either model (see ``predict_tokens``); use it with ``decode_in_batches``.
+  """
+  fn = functools.partial(predict_tokens, model, max_len=max_len,
                          start_id=start_id, stop_id=stop_id, pad_id=pad_id)
   return jax.jit(lambda params, src, src_mask=None: fn(params, src,
                                                         src_mask_BS=src_mask))

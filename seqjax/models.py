@@ -8,11 +8,14 @@ through its ``encode`` / ``decode_step`` methods, the tutorial's
 
 Teacher forcing is explicit: ``__call__`` / ``decode_teacher_forced`` take the
 decoder input tokens (the target shifted right behind a start token).
+
+``RepeatVectorSeq2Seq`` is the other fixed-output-length model: the encoder's
+final output repeated once per output step, no teacher forcing.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -89,3 +92,83 @@ class Seq2Seq(nn.Module):
     """The teacher-forced training model: logits (B, T, V)."""
     carry = self.encode(src_BS, src_mask_BS)
     return self.decode_teacher_forced(dec_in_BT, carry, dec_mask_BT)
+
+
+MODEL_CHOICES = ("encoder_decoder", "repeat_vector")
+
+
+class RepeatVectorSeq2Seq(nn.Module):
+  """The RepeatVector + TimeDistributed encoder-decoder (Keras ``Sequential``).
+
+  ``LSTM(units)`` reads the source into its final output h (B, H);
+  ``RepeatVector(out_len)`` feeds that same h to the decoder at every output
+  step; the decoder ``LSTM(units, return_sequences=True)`` starts from a zero
+  carry, as in Keras; one ``Dense(tgt_vocab)`` is applied at every step
+  (``TimeDistributed``). No teacher forcing: one forward pass predicts the
+  whole fixed-length output, so "decoding" is the argmax of the logits.
+
+  Parameters are exactly Keras': encoder ``4*(units*(src_vocab+units)+units)``,
+  decoder ``4*(units*(units+units)+units)``, readout ``units*tgt_vocab+tgt_vocab``
+  (LSTM; ``cell="gru"`` gives Keras' reset_after GRU counts).
+  """
+
+  src_vocab: int
+  tgt_vocab: int
+  units: int
+  out_len: int
+  cell: str = "lstm"
+  dtype: Any = jnp.float32
+
+  # Tells the shared loss and predictor that the model takes no decoder input.
+  teacher_forced: ClassVar[bool] = False
+
+  def setup(self):
+    self.encoder = make_recurrent(self.cell, units=self.units,
+                                  in_features=self.src_vocab,
+                                  dtype=self.dtype, name="encoder")
+    self.decoder = make_recurrent(self.cell, units=self.units,
+                                  in_features=self.units,
+                                  dtype=self.dtype, name="decoder")
+    self.readout = nn.Dense(self.tgt_vocab, kernel_init=dense_init,
+                            dtype=self.dtype, name="readout")
+
+  def encode(self, src_BS: Array, src_mask_BS: Optional[Array] = None) -> Array:
+    """Source tokens -> the encoder's final output h (B, H), the fixed vector."""
+    _, carry = self.encoder(src_BS, mask=src_mask_BS)
+    return carry[0]
+
+  def decode(self, h_BH: Array) -> Array:
+    """The fixed vector -> logits (B, out_len, V)."""
+    # RepeatVector: the decoder projects h once and reuses it at every step.
+    h_BTH, _ = self.decoder.repeat(h_BH, self.out_len)
+    return self.readout(h_BTH).astype(jnp.float32)
+
+  def __call__(self, src_BS: Array,
+               src_mask_BS: Optional[Array] = None) -> Array:
+    """The whole model: logits (B, out_len, V)."""
+    return self.decode(self.encode(src_BS, src_mask_BS))
+
+
+def build_seq2seq(model: str, *, src_vocab: int, tgt_vocab: int, units: int,
+                  out_len: int, cell: str = "lstm") -> nn.Module:
+  """The ``--model`` choice of a fixed-output-length task.
+
+  ``encoder_decoder``: the teacher-forced ``Seq2Seq``; ``repeat_vector``:
+  ``RepeatVectorSeq2Seq`` with ``out_len`` output steps.
+  """
+  if model == "encoder_decoder":
+    return Seq2Seq(src_vocab=src_vocab, tgt_vocab=tgt_vocab, units=units,
+                   cell=cell)
+  if model == "repeat_vector":
+    return RepeatVectorSeq2Seq(src_vocab=src_vocab, tgt_vocab=tgt_vocab,
+                               units=units, out_len=out_len, cell=cell)
+  raise ValueError(f"unknown model {model!r}; expected one of {MODEL_CHOICES}")
+
+
+def init_params(model: nn.Module, rng: Array, src_BS: Array,
+                dec_in_BT: Optional[Array] = None):
+  """``model.init`` with the inputs the model takes (no ``dec_in`` for a
+  model that is not teacher-forced)."""
+  if getattr(model, "teacher_forced", True):
+    return model.init(rng, src_BS, dec_in_BT)
+  return model.init(rng, src_BS)

@@ -148,6 +148,27 @@ class Recurrent(nn.Module):
       carry, h_TBH = jax.lax.scan(body, carry, (xw_TBG, mask_TB))
     return jnp.swapaxes(h_TBH, 0, 1), carry
 
+  def repeat(self, x: Array, length: int,
+             initial_carry: Optional[Carry] = None) -> tuple[Array, Carry]:
+    """Runs ``length`` steps on the same input (Keras' RepeatVector in front).
+
+    ``x`` is token ids (B,) or vectors (B, F). Equal to ``self(x repeated
+    length times)``, but the input is projected once, not once per step.
+    Returns the outputs (B, length, H) and the final carry.
+    """
+    batch_size = x.shape[0]
+    carry = self.initial_carry(batch_size) if initial_carry is None else tuple(
+        c.astype(self.dtype) for c in initial_carry)
+    xw_BG = self.project(x)
+    recurrent = self._recurrent_params()
+    update = type(self).update
+
+    def body(carry, _):
+      carry = update(recurrent, carry, xw_BG)
+      return carry, carry[0]
+    carry, h_TBH = jax.lax.scan(body, carry, None, length=length)
+    return jnp.swapaxes(h_TBH, 0, 1), carry
+
 
 class LSTM(Recurrent):
   """LSTM layer, four gates fused into one matmul (see module docstring)."""

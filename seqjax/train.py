@@ -61,13 +61,19 @@ def make_seq2seq_loss(model) -> LossFn:
   """Teacher-forced loss of a ``Seq2Seq``-like model.
 
   The batch holds ``src`` (B, S), ``dec_in`` (B, T), ``target`` (B, T) and
-  optionally ``src_mask`` / ``target_mask`` (padding False).
+  optionally ``src_mask`` / ``target_mask`` (padding False). A model with
+  ``teacher_forced = False`` (``RepeatVectorSeq2Seq``) is called on the source
+  alone and needs no ``dec_in``.
   """
+  teacher_forced = getattr(model, "teacher_forced", True)
 
   def loss_fn(params, batch):
     mask = batch.get("target_mask")
-    logits_BTV = model.apply(params, batch["src"], batch["dec_in"],
-                             batch.get("src_mask"), mask)
+    if teacher_forced:
+      logits_BTV = model.apply(params, batch["src"], batch["dec_in"],
+                               batch.get("src_mask"), mask)
+    else:
+      logits_BTV = model.apply(params, batch["src"], batch.get("src_mask"))
     loss = metrics_lib.masked_cross_entropy(logits_BTV, batch["target"], mask)
     pred_BT = jnp.argmax(logits_BTV, axis=-1)
     acc = metrics_lib.masked_token_accuracy(pred_BT, batch["target"], mask)
