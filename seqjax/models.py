@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax.recurrent import Carry, make_recurrent
+from seqjax.recurrent import CELLS, Carry, make_recurrent
 
 Array = jax.Array
 
@@ -172,3 +172,47 @@ def init_params(model: nn.Module, rng: Array, src_BS: Array,
   if getattr(model, "teacher_forced", True):
     return model.init(rng, src_BS, dec_in_BT)
   return model.init(rng, src_BS)
+
+
+class RecurrentClassifier(nn.Module):
+  """A recurrent layer and a Dense readout: a class per sample or per step.
+
+  Keras' ``LSTM(units)`` + ``Dense(num_classes, softmax)`` (the last step's
+  output) or, with ``every_step``, ``LSTM(units, return_sequences=True)`` +
+  ``TimeDistributed(Dense)`` (one prediction per step). Returns logits; the
+  softmax is in the loss.
+
+  ``__call__(x_BT, carry=None, mask_BT=None) -> (logits, final carry)``:
+  ``x_BT`` are token ids (the row lookup of a one-hot input of width
+  ``vocab``) or vectors (B, T, vocab); ``carry`` is the initial carry (None:
+  zeros), so stateful use passes the previous batch's final carry; masked
+  steps (mask False, e.g. missing values) leave the carry unchanged. Logits
+  are (B, num_classes), or (B, T, num_classes) with ``every_step``.
+  """
+
+  vocab: int
+  num_classes: int
+  units: int
+  cell: str = "lstm"
+  every_step: bool = False
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.rnn = make_recurrent(self.cell, units=self.units,
+                              in_features=self.vocab, dtype=self.dtype,
+                              name="rnn")
+    self.readout = nn.Dense(self.num_classes, kernel_init=dense_init,
+                            dtype=self.dtype, name="readout")
+
+  def initial_carry(self, batch_size: int) -> Carry:
+    """The zero carry (needs no parameters: callable on an unbound model)."""
+    return tuple(jnp.zeros((batch_size, self.units), self.dtype)
+                 for _ in range(CELLS[self.cell].carry_size))
+
+  def __call__(self, x_BT: Array, carry: Optional[Carry] = None,
+               mask_BT: Optional[Array] = None) -> tuple[Array, Carry]:
+    h_BTH, carry = self.rnn(x_BT, initial_carry=carry, mask=mask_BT)
+    # Masked steps repeat the previous output, so the last step's output is
+    # the one after the last real step, wherever the padding is.
+    h = h_BTH if self.every_step else h_BTH[:, -1]
+    return self.readout(h).astype(jnp.float32), carry

@@ -27,10 +27,14 @@ import optax
 from flax.training import train_state
 
 from seqjax import metrics as metrics_lib
+from seqjax import stateful as stateful_lib
 
 TrainState = train_state.TrainState
 Batch = dict[str, Any]
 LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
+# Stateful: loss_fn(params, batch, carry) -> (loss, (metrics, new_carry)).
+StatefulLossFn = Callable[[Any, Batch, Any],
+                          tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 # Keras' default learning rates, so a flag left alone means the tutorial's.
@@ -79,6 +83,37 @@ def make_seq2seq_loss(model) -> LossFn:
     acc = metrics_lib.masked_token_accuracy(pred_BT, batch["target"], mask)
     return loss, {"token_accuracy": acc}
 
+  return loss_fn
+
+
+def make_classifier_loss(model, stateful: bool = False):
+  """Cross-entropy of a ``RecurrentClassifier``-like model.
+
+  The batch holds ``x`` (B, T) token ids, ``y`` targets (B,) or, for a
+  per-step model, (B, T), and optionally ``x_mask`` (missing input steps
+  False) and ``y_mask`` (missing targets False). ``stateful=True`` gives the
+  stateful signature ``loss_fn(params, batch, carry) -> (loss, (metrics,
+  carry))`` for ``fit(..., initial_carry=)``; otherwise every batch starts
+  from the zero carry.
+  """
+
+  def outputs(params, batch, carry):
+    logits, carry = model.apply(params, batch["x"], carry, batch.get("x_mask"))
+    mask = batch.get("y_mask")
+    loss = metrics_lib.masked_cross_entropy(logits, batch["y"], mask)
+    acc = metrics_lib.masked_token_accuracy(
+        jnp.argmax(logits, axis=-1), batch["y"], mask)
+    return loss, {"token_accuracy": acc}, carry
+
+  if stateful:
+    def stateful_loss_fn(params, batch, carry):
+      loss, metrics, carry = outputs(params, batch, carry)
+      return loss, (metrics, carry)
+    return stateful_loss_fn
+
+  def loss_fn(params, batch):
+    loss, metrics, _ = outputs(params, batch, None)
+    return loss, metrics
   return loss_fn
 
 
@@ -131,6 +166,75 @@ def make_multi_step(loss_fn: LossFn):
   return jax.jit(run, donate_argnames="state")
 
 
+def make_stateful_train_step(loss_fn: StatefulLossFn):
+  """-> pure ``train_step(state, batch, carry) -> (state, carry, metrics)``.
+
+  The incoming carry is a constant of the step (as in Keras' stateful RNNs,
+  gradients stop at the batch boundary); the returned carry is the batch's
+  final carry, for the next batch.
+  """
+
+  def train_step(state: TrainState, batch: Batch, carry):
+    (loss, (aux, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, carry)
+    return state.apply_gradients(grads=grads), carry, {"loss": loss, **aux}
+
+  return train_step
+
+
+def make_stateful_eval_step(loss_fn: StatefulLossFn):
+  """-> jitted ``eval_step(params, batch, carry) -> (metrics, carry)``."""
+
+  @jax.jit
+  def eval_step(params, batch, carry):
+    loss, (aux, carry) = loss_fn(params, batch, carry)
+    return {"loss": loss, **aux}, carry
+
+  return eval_step
+
+
+def make_stateful_multi_step(loss_fn: StatefulLossFn):
+  """-> jitted ``run(state, carry, initial_carry, data, idx_KB, valid_K,
+  reset_K) -> (state, carry, metrics_K)``.
+
+  As ``make_multi_step``, with a carry threaded from step to step: a valid
+  step k first resets the carry to ``initial_carry`` if ``reset_K[k]``, trains
+  on ``data[idx_KB[k]]`` from it and hands its final carry to step k + 1.
+  """
+  train_step = make_stateful_train_step(loss_fn)
+
+  def run(state, carry, initial_carry, data, idx_KB, valid_K, reset_K):
+    def body(state_carry, inputs):
+      idx_B, valid, reset = inputs
+      batch = jax.tree.map(lambda a: a[idx_B], data)
+
+      def step(state_carry):
+        state, carry = state_carry
+        carry = stateful_lib.reset_carry(reset, initial_carry, carry)
+        state, carry, metrics = train_step(state, batch, carry)
+        return (state, carry), metrics
+      _, metric_shapes = jax.eval_shape(step, state_carry)
+
+      def skip(state_carry):
+        return state_carry, jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+      return jax.lax.cond(valid, step, skip, state_carry)
+    (state, carry), metrics = jax.lax.scan(body, (state, carry),
+                                           (idx_KB, valid_K, reset_K))
+    return state, carry, metrics
+
+  return jax.jit(run, donate_argnames="state")
+
+
+def stateful_permutation(seed: int, epoch: int, n: int, block_rows: int,
+                         shuffle: bool = True) -> np.ndarray:
+  """Row order of a stateful epoch: whole blocks of ``block_rows`` rows
+  (the batches between two resets) in a (seed, epoch) order, rows within a
+  block kept in order."""
+  blocks = epoch_permutation(seed, epoch, n // block_rows, shuffle)
+  return (blocks[:, None] * block_rows + np.arange(block_rows)).ravel()
+
+
 def epoch_permutation(seed: int, epoch: int, n: int, shuffle: bool = True
                       ) -> np.ndarray:
   if not shuffle:
@@ -158,6 +262,7 @@ class FitStats:
   steady_steps: int = 0
   compiles: int = 0
   last_metrics: dict = dataclasses.field(default_factory=dict)
+  final_carry: Any = None          # stateful fit: the carry after the last step
 
   def samples_per_second(self, batch_size: int) -> float:
     if self.steady_steps and self.steady_seconds > 0:
@@ -190,13 +295,23 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
         config: FitConfig, *, checkpointer=None,
         metrics_log: Optional[MetricsLog] = None,
         epoch_end_fn: Optional[Callable[[TrainState, int], dict]] = None,
-        multi_step=None) -> tuple[TrainState, FitStats]:
+        multi_step=None, initial_carry=None,
+        reset_every: int = 0) -> tuple[TrainState, FitStats]:
   """Trains ``state`` from its current step to ``epochs`` full epochs.
 
   ``data`` is a dict of equally long arrays; batches are rows of it. Resumes
   from ``state.step``. ``checkpointer.save(state)`` is called at checkpoint
   boundaries and at the end; ``epoch_end_fn(state, epoch)`` after each epoch
   (its dict is logged).
+
+  Stateful training: with ``initial_carry`` (a carry pytree of batch size
+  ``batch_size``), ``loss_fn`` has the signature ``loss_fn(params, batch,
+  carry) -> (loss, (metrics, carry))``; each step starts from the previous
+  step's final carry, which is reset to ``initial_carry`` every
+  ``reset_every`` steps (0: never). Batches are consecutive rows; shuffling
+  permutes whole blocks of ``reset_every`` batches, never rows inside one.
+  The last carry is ``stats.final_carry``. The carry is not checkpointed: a
+  run resumed between two resets restarts from ``initial_carry``.
   """
   n = len(next(iter(data.values())))
   bsz = config.batch_size
@@ -204,6 +319,10 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
   if spe == 0:
     raise ValueError(f"batch_size {bsz} is larger than the {n} training "
                      "examples")
+  stateful = initial_carry is not None
+  if stateful and reset_every and n % (bsz * reset_every):
+    raise ValueError(f"stateful fit: the {n} examples must be whole blocks of "
+                     f"reset_every * batch_size = {reset_every * bsz} rows")
   total = spe * config.epochs
   step = int(state.step)
   stats = FitStats()
@@ -211,7 +330,14 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
     logging.info("Checkpoint at step %d already covers %d epoch(s); nothing "
                  "to train.", step, config.epochs)
     return state, stats
-  multi_step = multi_step or make_multi_step(loss_fn)
+  if stateful:
+    multi_step = multi_step or make_stateful_multi_step(loss_fn)
+    carry = initial_carry
+    if reset_every and step % reset_every:
+      logging.warning("Resuming at step %d, between two carry resets: the "
+                      "carry restarts from initial_carry.", step)
+  else:
+    multi_step = multi_step or make_multi_step(loss_fn)
   device_data = jax.device_put(data)
   k_max = max(1, config.steps_per_call)
   pending = []       # (metrics_K on device, number of valid steps)
@@ -234,7 +360,10 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
   while step < total:
     epoch = step // spe
     if epoch != perm_epoch:
-      perm = epoch_permutation(config.seed, epoch, n, config.shuffle)
+      perm = (stateful_permutation(config.seed, epoch, n,
+                                   bsz * (reset_every or spe), config.shuffle)
+              if stateful else
+              epoch_permutation(config.seed, epoch, n, config.shuffle))
       perm_epoch = epoch
     k = min(k_max, boundaries(step) - step)
     offset = (step % spe) * bsz
@@ -242,7 +371,13 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
     idx[:k] = perm[offset:offset + k * bsz].reshape(k, bsz)
     valid = np.arange(k_max) < k
     t_call = time.perf_counter()
-    state, metrics_K = multi_step(state, device_data, idx, valid)
+    if stateful:
+      reset = (np.arange(step, step + k_max) % reset_every == 0
+               if reset_every else np.zeros(k_max, bool))
+      state, carry, metrics_K = multi_step(state, carry, initial_carry,
+                                           device_data, idx, valid, reset)
+    else:
+      state, metrics_K = multi_step(state, device_data, idx, valid)
     pending.append((metrics_K, k))
     if stats.steps_run == 0:
       jax.block_until_ready(state.step)
@@ -288,6 +423,8 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
   if stats.steps_run > 0 and stats.steady_steps:
     stats.steady_seconds = end - t_steady
   stats.compiles = multi_step._cache_size()
+  if stateful:
+    stats.final_carry = carry
   return state, stats
 
 
