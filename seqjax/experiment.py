@@ -196,6 +196,11 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
   """Builds the train state, resumes from ``workdir`` and trains (or, with
   ``--eval_only``, only restores). A checkpoint written for another model stops
   the run before anything is written."""
+  dtype = getattr(config, "dtype", "float32")
+  if dtype != "float32" and getattr(model, "dtype", None) != DTYPES[dtype]:
+    # A task must pass config.compute_dtype() to its model; never ignore it.
+    raise SeqjaxError(f"--dtype={dtype}: this task's model "
+                      f"({type(model).__name__}) does not compute in it")
   checkpointer = Checkpointer(workdir, model_config)
   latest = checkpointer.check_compatible()
   tx = train_lib.make_optimizer(config.optimizer, config.learning_rate)

@@ -16,6 +16,7 @@ import pytest
 
 from experiments import reverse
 from seqjax import decode as decode_lib
+from seqjax import experiment
 from seqjax import metrics
 from seqjax import sharding
 from seqjax import train as train_lib
@@ -173,7 +174,15 @@ def test_bfloat16_computes_in_bf16_keeps_float32_state_and_trains():
   assert acc >= 0.8, acc
 
 
-def test_dtype_flag_reaches_the_model():
+def test_dtype_flag_reaches_the_model_and_is_never_ignored(tmp_path):
   assert reverse.build_model(
       reverse.ReverseConfig(dtype="bfloat16")).dtype == jnp.bfloat16
   assert reverse.build_model(reverse.ReverseConfig()).dtype == jnp.float32
+  # A task that forgets to pass --dtype to its model is stopped, not ignored.
+  model, state, data, loss_fn = _setup()
+  config = reverse.ReverseConfig(dtype="bfloat16", workdir=str(tmp_path))
+  with pytest.raises(SeqjaxError, match="--dtype=bfloat16: this task's model"):
+    experiment.train_or_restore(
+        model=model, params=state.params, config=config,
+        workdir=str(tmp_path), model_config={}, data=data, loss_fn=loss_fn)
+  assert not os.listdir(tmp_path)

@@ -174,17 +174,18 @@ def test_failing_run_is_recorded_and_the_others_go_on(fake_task, tmp_path,
         sweep.ATTEMPT) == 2
 
 
-def test_reverse_sweep_ranks_skips_and_resumes(tmp_path):
+def test_reverse_sweep_ranks_skips_and_resumes(tmp_path, capsys):
+  # In process (the subprocess path is tested with the fake task above).
   tiny = ("n_features=9 n_steps_in=4 n_steps_out=2 n_samples=640 "
           "batch_size=32 n_eval=64 n_examples=0 learning_rate=0.01 "
           "checkpoint_every=10")
   sweep_dir = tmp_path / "sweep"
-  args = [sys.executable, "-m", "experiments.sweep", "--task=reverse",
-          f"--grid=n_units=8,24 {tiny}", f"--sweep_dir={sweep_dir}"]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  first = subprocess.run(args, cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
-  assert first.returncode == 0, first.stdout + first.stderr
+  plan = sweep.plan_sweep("reverse", f"n_units=8,24 {tiny}", str(sweep_dir))
+  log = []
+  rows = sweep.run_sweep(plan, isolate=False, log=log.append)
+  assert [r["status"] for r in rows] == ["done", "done"], rows
+  fingerprint = _fingerprints(capsys.readouterr().out)
+  assert len(fingerprint) == 2
   ranked = list(csv.DictReader(open(sweep_dir / "sweep.csv")))
   assert {r["run"] for r in ranked} == {"n_units=8", "n_units=24"}
   accuracies = [float(r["accuracy"]) for r in ranked]
@@ -200,19 +201,17 @@ def test_reverse_sweep_ranks_skips_and_resumes(tmp_path):
 
   # Make n_units=24 half-finished: no results, latest checkpoint at step 10.
   run24 = sweep_dir / "runs" / "n_units=24"
-  fingerprint = _fingerprints(run24 / "log.txt")
-  assert len(fingerprint) == 1
   os.unlink(run24 / "results.json")
   shutil.rmtree(run24 / "checkpoints" / "20")
-  second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-  assert second.returncode == 0, second.stdout + second.stderr
-  assert "n_units=8: finished earlier, skipped" in second.stdout
-  assert "n_units=24: resuming" in second.stdout
-  log = open(run24 / "log.txt").read()
-  assert "Resumed from the checkpoint at step 10" in log
+  log.clear()
+  rows = sweep.run_sweep(plan, isolate=False, log=log.append)
+  assert [r["status"] for r in rows] == ["done", "done"], rows
+  assert log[0] == "[1/2] n_units=8: finished earlier, skipped"
+  assert log[1] == f"[2/2] n_units=24: resuming in {run24}"
+  out = capsys.readouterr().out
+  assert "Resumed from the checkpoint at step 10" in out
   # The resumed run ends with the uninterrupted run's parameters.
-  assert _fingerprints(run24 / "log.txt") == fingerprint * 2
+  assert _fingerprints(out) == fingerprint[1:]
   assert json.load(open(run24 / "results.json"))["step"] == 20
 
 
@@ -232,9 +231,8 @@ def test_binary_reports_bad_input_without_traceback(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def _fingerprints(path):
-  return re.findall(r"Parameters at step 20: sha256 ([0-9a-f]{64})",
-                    open(path).read())
+def _fingerprints(text):
+  return re.findall(r"Parameters at step 20: sha256 ([0-9a-f]{64})", text)
 
 
 def _has_matplotlib():
