@@ -133,6 +133,7 @@ def main(argv: list[str]) -> int:
     return 2
   from absl import logging
   from experiments import common
+  logging.use_absl_handler()  # as under absl.app: one format, one filter
   logging.set_verbosity(logging.INFO)
   common.quiet_library_logs()
   try:

@@ -21,7 +21,8 @@ again. A failing run is recorded (status ``failed`` and its error; the log
 of every attempt is in ``<run>/log.txt``) and the others go on. After every
 run, ``sweep.csv`` and ``sweep.md`` rank the runs by accuracy, then
 samples/s, and with matplotlib ``sweep.png`` plots accuracy against training
-time. Runs go one after another (they would share the devices).
+time. Runs go one after another (they would share the devices). The exit
+status is 1 when a run failed, 2 on bad input.
 
 Bad input (unknown task, unknown flag, malformed grid, a value of the wrong
 type, a configuration its task rejects, more devices than present) stops
