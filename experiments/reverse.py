@@ -79,7 +79,8 @@ class ReverseConfig(experiment.TrainingConfig):
 def build_model(config: ReverseConfig):
   return models.build_seq2seq(
       config.model, src_vocab=config.n_features, tgt_vocab=config.n_features,
-      units=config.n_units, out_len=config.n_steps_out, cell=config.cell)
+      units=config.n_units, out_len=config.n_steps_out, cell=config.cell,
+      dtype=config.compute_dtype())
 
 
 def run(config: ReverseConfig) -> dict:
@@ -127,8 +128,9 @@ def run(config: ReverseConfig) -> dict:
       train_samples_per_second=stats.samples_per_second(config.batch_size),
       train_compiles=stats.compiles,
       n_params=summary.count_params(params))
-  experiment.write_json_atomic(f"{workdir}/results.json", results)
-  print(f"Wrote {workdir}/results.json")
+  if jax.process_index() == 0:  # one writer when several processes train
+    experiment.write_json_atomic(f"{workdir}/results.json", results)
+    print(f"Wrote {workdir}/results.json")
   return results
 
 

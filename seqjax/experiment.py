@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -17,9 +18,11 @@ import tempfile
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import seqjax
+from seqjax import sharding as sharding_lib
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer
 from seqjax.errors import SeqjaxError
@@ -50,6 +53,14 @@ class TrainingConfig:
   log_every: int = field(500, "Log training metrics every this many steps.")
   checkpoint_every: int = field(0, "Save a checkpoint every this many steps "
                                 "(0: at the end of each epoch).")
+  num_devices: int = field(0, "Devices the batch is split over (data "
+                           "parallel; 0: all devices, of all processes).")
+  dtype: str = field("float32", "Compute dtype: float32 or bfloat16 "
+                     "(parameters, optimizer state and loss stay float32).")
+  coordinator_address: str = field("", "Multi-process: host:port of process "
+                                   "0's coordinator (jax.distributed).")
+  num_processes: int = field(1, "Multi-process: number of processes.")
+  process_id: int = field(0, "Multi-process: this process's index.")
 
   def validate(self) -> list[str]:
     """Messages naming each bad flag; empty when the config can run."""
@@ -65,16 +76,67 @@ class TrainingConfig:
                     f"; got {self.optimizer!r}")
     if self.learning_rate is not None and not self.learning_rate > 0:
       errors.append(f"--learning_rate must be positive; got {self.learning_rate}")
+    errors += self._validate_devices()
     return errors
+
+  def _validate_devices(self) -> list[str]:
+    errors = []
+    if self.dtype not in DTYPES:
+      errors.append(f"--dtype must be one of {', '.join(DTYPES)}; got "
+                    f"{self.dtype!r}")
+    if self.num_processes < 1:
+      errors.append(f"--num_processes must be positive; got "
+                    f"{self.num_processes}")
+    elif not 0 <= self.process_id < self.num_processes:
+      errors.append(f"--process_id={self.process_id} must be in "
+                    f"[0, --num_processes={self.num_processes})")
+    if self.num_processes > 1 and not self.coordinator_address:
+      errors.append("--coordinator_address (host:port of process 0) is needed "
+                    f"with --num_processes={self.num_processes}")
+    if self.num_devices < 0:
+      errors.append(f"--num_devices must be >= 0 (0: all); got "
+                    f"{self.num_devices}")
+      return errors
+    # Counting devices starts a backend, which must wait for
+    # jax.distributed.initialize in a multi-process run (see check_config).
+    if self.num_processes > 1 and not jax.distributed.is_initialized():
+      devices = self.num_devices
+    else:
+      present = jax.device_count()
+      if self.num_devices > present:
+        errors.append(f"--num_devices={self.num_devices} but only {present} "
+                      f"{jax.default_backend()} device(s) are present")
+        return errors
+      devices = self.num_devices or present
+    if devices and self.batch_size > 0 and self.batch_size % devices:
+      errors.append(f"--batch_size={self.batch_size} must divide by the "
+                    f"{devices} devices of --num_devices={self.num_devices} "
+                    "(each device takes an equal slice of the batch)")
+    return errors
+
+  def compute_dtype(self):
+    """The dtype models compute in (--dtype)."""
+    return DTYPES[self.dtype]
 
   def fit_config(self) -> train_lib.FitConfig:
     return train_lib.FitConfig(
         batch_size=self.batch_size, epochs=self.epochs, seed=self.seed,
         steps_per_call=self.steps_per_call, log_every_steps=self.log_every,
-        checkpoint_every_steps=self.checkpoint_every)
+        checkpoint_every_steps=self.checkpoint_every,
+        learning_rate=(self.learning_rate if self.learning_rate is not None
+                       else train_lib.DEFAULT_LEARNING_RATES.get(
+                           self.optimizer)))
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def check_config(config) -> None:
+  """Raises a SeqjaxError naming every bad flag. A multi-process run joins its
+  processes first, so the device checks see every process's devices."""
+  if getattr(config, "num_processes", 1) > 1 and not config.validate():
+    sharding_lib.initialize_distributed(
+        config.coordinator_address, config.num_processes, config.process_id)
   errors = config.validate()
   if errors:
     raise SeqjaxError("Bad flags:\n  " + "\n  ".join(errors))
@@ -136,23 +198,56 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
   ``--eval_only``, only restores). A checkpoint written for another model stops
   the run before anything is written. ``initial_carry`` / ``reset_every``:
   stateful training (see ``seqjax.train.fit``)."""
+  dtype = getattr(config, "dtype", "float32")
+  if dtype != "float32" and getattr(model, "dtype", None) != DTYPES[dtype]:
+    # A task must pass config.compute_dtype() to its model; never ignore it.
+    raise SeqjaxError(f"--dtype={dtype}: this task's model "
+                      f"({type(model).__name__}) does not compute in it")
   checkpointer = Checkpointer(workdir, model_config)
   latest = checkpointer.check_compatible()
   tx = train_lib.make_optimizer(config.optimizer, config.learning_rate)
   state = train_lib.create_train_state(model, params, tx)
+  num_devices = getattr(config, "num_devices", 1)
+  if initial_carry is not None and num_devices == 0:
+    num_devices = 1  # stateful streams run on one device (seqjax.train.fit)
+  mesh = sharding_lib.mesh_or_none(num_devices)
+  if mesh is not None:
+    # Restored arrays take the target's sharding: replicated on the mesh.
+    state = sharding_lib.replicate(state, mesh)
   if latest is not None:
     state = checkpointer.restore(state, latest)
     print(f"Resumed from the checkpoint at step {latest} in {workdir}.")
   if config.eval_only:
     if latest is None:
       raise SeqjaxError(f"--eval_only: no checkpoint in --workdir={workdir}")
-    return state, train_lib.FitStats()
-  metrics_log = train_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+    return sharding_lib.local_copy(state), train_lib.FitStats()
+  # One writer for the shared log when several processes train together.
+  metrics_log = train_lib.MetricsLog(
+      os.path.join(workdir, "metrics.jsonl") if jax.process_index() == 0
+      else None)
+  if mesh is not None and epoch_end_fn is not None:
+    # Evaluation code is written for one device: hand it a local copy.
+    user_epoch_end_fn = epoch_end_fn
+    epoch_end_fn = lambda s, e: user_epoch_end_fn(sharding_lib.local_copy(s), e)
   state, stats = train_lib.fit(
       state, data, loss_fn, fit_config or config.fit_config(),
       checkpointer=checkpointer, metrics_log=metrics_log,
       epoch_end_fn=epoch_end_fn, initial_carry=initial_carry,
-      reset_every=reset_every)
+      reset_every=reset_every, mesh=mesh)
   checkpointer.save(state)
   checkpointer.close()
+  state = sharding_lib.local_copy(state)
+  prefix = (f"[process {jax.process_index()}/{jax.process_count()}] "
+            if jax.process_count() > 1 else "")
+  print(f"{prefix}Parameters at step {int(state.step)}: sha256 "
+        f"{params_fingerprint(state.params)}")
   return state, stats
+
+
+def params_fingerprint(params) -> str:
+  """sha256 of every parameter's bytes (in tree order): equal parameters on
+  every process, or across reruns with one seed, have equal fingerprints."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(params)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()

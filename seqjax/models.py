@@ -150,7 +150,8 @@ class RepeatVectorSeq2Seq(nn.Module):
 
 
 def build_seq2seq(model: str, *, src_vocab: int, tgt_vocab: int, units: int,
-                  out_len: int, cell: str = "lstm") -> nn.Module:
+                  out_len: int, cell: str = "lstm",
+                  dtype: Any = jnp.float32) -> nn.Module:
   """The ``--model`` choice of a fixed-output-length task.
 
   ``encoder_decoder``: the teacher-forced ``Seq2Seq``; ``repeat_vector``:
@@ -158,10 +159,11 @@ def build_seq2seq(model: str, *, src_vocab: int, tgt_vocab: int, units: int,
   """
   if model == "encoder_decoder":
     return Seq2Seq(src_vocab=src_vocab, tgt_vocab=tgt_vocab, units=units,
-                   cell=cell)
+                   cell=cell, dtype=dtype)
   if model == "repeat_vector":
     return RepeatVectorSeq2Seq(src_vocab=src_vocab, tgt_vocab=tgt_vocab,
-                               units=units, out_len=out_len, cell=cell)
+                               units=units, out_len=out_len, cell=cell,
+                               dtype=dtype)
   raise ValueError(f"unknown model {model!r}; expected one of {MODEL_CHOICES}")
 
 

@@ -28,6 +28,8 @@ from flax.training import train_state
 
 from seqjax import metrics as metrics_lib
 from seqjax import stateful as stateful_lib
+from seqjax import sharding as sharding_lib
+from seqjax.errors import SeqjaxError
 
 TrainState = train_state.TrainState
 Batch = dict[str, Any]
@@ -143,11 +145,15 @@ def make_eval_step(loss_fn: LossFn):
   return eval_step
 
 
-def make_multi_step(loss_fn: LossFn):
+def make_multi_step(loss_fn: LossFn, mesh=None):
   """-> jitted ``run(state, data, idx_KB, valid_K) -> (state, metrics_K)``.
 
   Runs K train steps in one call; step k trains on ``data[idx_KB[k]]`` when
   ``valid_K[k]``, and is skipped otherwise (its metrics are zeros).
+
+  With a ``mesh`` (``seqjax.sharding``), state, data and metrics are
+  replicated and the indices' batch axis is split over ``data``: each device
+  gathers its own rows and the partitioner all-reduces the gradients.
   """
   train_step = make_train_step(loss_fn)
 
@@ -155,6 +161,9 @@ def make_multi_step(loss_fn: LossFn):
     def body(state, inputs):
       idx_B, valid = inputs
       batch = jax.tree.map(lambda a: a[idx_B], data)
+      if mesh is not None:
+        batch = jax.lax.with_sharding_constraint(
+            batch, sharding_lib.batch_sharding(mesh))
       _, metric_shapes = jax.eval_shape(train_step, state, batch)
 
       def skip(state):
@@ -163,7 +172,13 @@ def make_multi_step(loss_fn: LossFn):
       return jax.lax.cond(valid, lambda s: train_step(s, batch), skip, state)
     return jax.lax.scan(body, state, (idx_KB, valid_K))
 
-  return jax.jit(run, donate_argnames="state")
+  if mesh is None:
+    return jax.jit(run, donate_argnames="state")
+  repl = sharding_lib.replicated(mesh)
+  return jax.jit(run, donate_argnames="state",
+                 in_shardings=(repl, repl, sharding_lib.indices_sharding(mesh),
+                               repl),
+                 out_shardings=(repl, repl))
 
 
 def make_stateful_train_step(loss_fn: StatefulLossFn):
@@ -251,6 +266,8 @@ class FitConfig:
   steps_per_call: int = 25
   log_every_steps: int = 500
   checkpoint_every_steps: int = 0   # 0: at each epoch end only
+  # Logged in metrics rows: a number, or a function of the step (a schedule).
+  learning_rate: Optional[Any] = None
 
 
 @dataclasses.dataclass
@@ -295,8 +312,8 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
         config: FitConfig, *, checkpointer=None,
         metrics_log: Optional[MetricsLog] = None,
         epoch_end_fn: Optional[Callable[[TrainState, int], dict]] = None,
-        multi_step=None, initial_carry=None,
-        reset_every: int = 0) -> tuple[TrainState, FitStats]:
+        multi_step=None, initial_carry=None, reset_every: int = 0,
+        mesh=None) -> tuple[TrainState, FitStats]:
   """Trains ``state`` from its current step to ``epochs`` full epochs.
 
   ``data`` is a dict of equally long arrays; batches are rows of it. Resumes
@@ -312,6 +329,10 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
   permutes whole blocks of ``reset_every`` batches, never rows inside one.
   The last carry is ``stats.final_carry``. The carry is not checkpointed: a
   run resumed between two resets restarts from ``initial_carry``.
+
+  With a ``mesh`` (``seqjax.sharding.make_mesh``) each
+  batch is split over its devices (data parallel); the returned state is
+  replicated on them.
   """
   n = len(next(iter(data.values())))
   bsz = config.batch_size
@@ -330,15 +351,24 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
     logging.info("Checkpoint at step %d already covers %d epoch(s); nothing "
                  "to train.", step, config.epochs)
     return state, stats
+  if stateful and mesh is not None:
+    raise SeqjaxError("stateful training runs on one device: set "
+                      "--num_devices=1")
   if stateful:
     multi_step = multi_step or make_stateful_multi_step(loss_fn)
     carry = initial_carry
     if reset_every and step % reset_every:
       logging.warning("Resuming at step %d, between two carry resets: the "
                       "carry restarts from initial_carry.", step)
-  else:
+    device_data = jax.device_put(data)
+  elif mesh is None:
     multi_step = multi_step or make_multi_step(loss_fn)
-  device_data = jax.device_put(data)
+    device_data = jax.device_put(data)
+  else:
+    sharding_lib.check_batch_size(bsz, mesh)
+    multi_step = multi_step or make_multi_step(loss_fn, mesh)
+    device_data = sharding_lib.replicate(data, mesh)
+    state = sharding_lib.replicate(state, mesh)
   k_max = max(1, config.steps_per_call)
   pending = []       # (metrics_K on device, number of valid steps)
   perm_epoch, perm = -1, None
@@ -370,6 +400,9 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
     idx = np.zeros((k_max, bsz), np.int32)
     idx[:k] = perm[offset:offset + k * bsz].reshape(k, bsz)
     valid = np.arange(k_max) < k
+    if mesh is not None:
+      idx, valid = (sharding_lib.shard_indices(idx, mesh),
+                    sharding_lib.replicate(valid, mesh))
     t_call = time.perf_counter()
     if stateful:
       reset = (np.arange(step, step + k_max) % reset_every == 0
@@ -398,6 +431,10 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
       eta = (total - step) / max(rate, 1e-9)
       row.update(step=step, epoch=step / spe, steps_per_s=rate,
                  samples_per_s=rate * bsz, wall_s=now - t_start)
+      if config.learning_rate is not None:
+        lr = config.learning_rate
+        row["learning_rate"] = float(lr(step) if callable(lr) else lr)
+      row["time"] = time.time()
       logging.info("step %d/%d epoch %.2f loss %.4f token_acc %.4f "
                    "%.1f steps/s ETA %.0fs", step, total, step / spe,
                    row.get("loss", float("nan")),
@@ -415,7 +452,8 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
       if extra:
         if metrics_log:
           metrics_log.write({"step": step, "epoch": step // spe, "eval": True,
-                             **extra})
+                             "wall_s": time.perf_counter() - t_start,
+                             "time": time.time(), **extra})
 
   jax.block_until_ready(state.params)
   end = time.perf_counter()

@@ -1,0 +1,474 @@
+"""Sweeps: every configuration of a grid, each in its own workdir, resumable.
+
+  python -m experiments.sweep --task=reverse \\
+      --grid='n_units=64,128,256 batch_size=32,256' --sweep_dir=runs/sweep
+
+Grid syntax: whitespace-separated items ``flag=value[,value...]``; every
+flag is a field of the task's config (= a flag of its binary) and every
+combination of values is one run (the product, in the order written). A flag
+with one value is a setting shared by all runs (``epochs=2``). Values are
+parsed as the flag's type: integers, floats (``1e-3``), booleans
+(``true``/``false``), strings, and ``none`` for optional flags; values cannot
+contain commas or whitespace. ``workdir`` and the multi-process flags are set
+by the sweep, not the grid.
+
+Each run trains in ``<sweep_dir>/runs/<flag=value,...>`` (the flags with
+more than one value), in a subprocess of its own (``--isolate``, default) so
+a crash or a leak stays there. Rerunning the same command resumes: a run
+whose ``results.json`` was written for the same flags is skipped, a
+half-finished one resumes from its latest checkpoint, a failed one is tried
+again. A failing run is recorded (status ``failed`` and its error; the log
+of every attempt is in ``<run>/log.txt``) and the others go on. After every
+run, ``sweep.csv`` and ``sweep.md`` rank the runs by accuracy, then
+samples/s, and with matplotlib ``sweep.png`` plots accuracy against training
+time. Runs go one after another (they would share the devices). The exit
+status is 1 when a run failed, 2 on bad input.
+
+Bad input (unknown task, unknown flag, malformed grid, a value of the wrong
+type, a configuration its task rejects, more devices than present) stops
+the sweep before any run starts, naming the problem. Any task following
+``experiments.registry``'s convention can be swept.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import typing
+from typing import Any, Callable, Optional
+
+from experiments import registry
+from seqjax.errors import SeqjaxError
+
+# Set by the sweep itself: every run has its own workdir, and runs are single
+# processes.
+RESERVED = ("workdir", "coordinator_address", "num_processes", "process_id")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def parse_grid(text: str) -> list[tuple[str, list[str]]]:
+  """``'a=1,2 b=x'`` -> ``[("a", ["1", "2"]), ("b", ["x"])]``."""
+  grid, seen = [], set()
+  for item in text.split():
+    key, eq, values = item.partition("=")
+    if not eq or not key:
+      raise SeqjaxError(f"--grid: {item!r} is not flag=value[,value...]")
+    if not key.isidentifier():
+      raise SeqjaxError(f"--grid: {key!r} in {item!r} is not a flag name")
+    if key in seen:
+      raise SeqjaxError(f"--grid: {key} is given twice")
+    raw = values.split(",")
+    if any(not v for v in raw):
+      raise SeqjaxError(f"--grid: {item!r} has an empty value")
+    seen.add(key)
+    grid.append((key, raw))
+  return grid
+
+
+def _parse_value(key: str, raw: str, tp) -> Any:
+  optional = False
+  if typing.get_origin(tp) is typing.Union:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    optional, tp = len(args) < len(typing.get_args(tp)), args[0]
+  if optional and raw.lower() == "none":
+    return None
+  try:
+    if tp is bool:
+      if raw.lower() not in TRUE + FALSE:
+        raise ValueError
+      return raw.lower() in TRUE
+    if tp in (int, float, str):
+      return tp(raw)
+  except ValueError:
+    raise SeqjaxError(f"--grid: {key}={raw!r} is not a valid "
+                      f"{tp.__name__}") from None
+  raise SeqjaxError(f"--grid: {key} (a {tp}) cannot be swept")
+
+
+def typed_grid(task: registry.Task, grid: list[tuple[str, list[str]]]
+               ) -> list[tuple[str, list[Any]]]:
+  """Checks every flag against the task's config and parses the values."""
+  hints = typing.get_type_hints(task.config_cls)
+  fields = [f.name for f in dataclasses.fields(task.config_cls)]
+  unknown = [k for k, _ in grid if k not in fields]
+  if unknown:
+    raise SeqjaxError(f"--grid: {', '.join(unknown)}: not flag(s) of task "
+                      f"{task.name}; its flags: "
+                      f"{', '.join(f for f in fields if f not in RESERVED)}")
+  reserved = [k for k, _ in grid if k in RESERVED]
+  if reserved:
+    raise SeqjaxError(f"--grid: {', '.join(reserved)} is set by the sweep "
+                      "(each run has its own workdir and one process)")
+  typed = [(k, [_parse_value(k, v, hints[k]) for v in values])
+           for k, values in grid]
+  for k, values in typed:
+    if len(set(map(repr, values))) < len(values):
+      raise SeqjaxError(f"--grid: {k} repeats a value")
+  return typed
+
+
+def _slug(value: Any) -> str:
+  return re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
+
+
+@dataclasses.dataclass
+class Run:
+  name: str
+  assignment: dict
+  config: Any
+
+  @property
+  def workdir(self) -> str:
+    return self.config.workdir
+
+
+@dataclasses.dataclass
+class Plan:
+  task: registry.Task
+  grid_text: str
+  grid: list
+  sweep_dir: str
+  runs: list[Run]
+
+  @property
+  def grid_keys(self) -> list[str]:
+    return [k for k, _ in self.grid]
+
+  @property
+  def varying_keys(self) -> list[str]:
+    return [k for k, values in self.grid if len(values) > 1]
+
+
+def plan_sweep(task_name: str, grid_text: str, sweep_dir: str,
+               validate_in_subprocess: bool = False) -> Plan:
+  """Every run of the sweep, each config validated; raises before any run
+  (and before anything is written) if the task, grid or a config is bad."""
+  if not sweep_dir:
+    raise SeqjaxError("--sweep_dir is required")
+  if os.path.exists(sweep_dir) and not os.path.isdir(sweep_dir):
+    raise SeqjaxError(f"--sweep_dir={sweep_dir} exists and is not a "
+                      "directory")
+  task = registry.get(task_name)
+  grid = typed_grid(task, parse_grid(grid_text))
+  varying = [k for k, values in grid if len(values) > 1]
+  runs, names = [], set()
+  for combo in itertools.product(*(values for _, values in grid)):
+    assignment = dict(zip((k for k, _ in grid), combo))
+    name = ",".join(f"{k}={_slug(assignment[k])}" for k in varying) or "run"
+    if name in names:  # two values that read alike once made path-safe
+      name += f",{len(runs)}"
+    names.add(name)
+    config = task.config_cls(
+        **assignment, workdir=os.path.join(sweep_dir, "runs", name))
+    runs.append(Run(name, assignment, config))
+  errors = (_validate_in_subprocess(task_name, runs) if validate_in_subprocess
+            else [run.config.validate() for run in runs])
+  _raise_config_errors(runs, errors)
+  return Plan(task, grid_text, grid, sweep_dir, runs)
+
+
+def _raise_config_errors(runs: list[Run], errors: list[list[str]]) -> None:
+  by_message: dict[str, list[str]] = {}
+  for run, messages in zip(runs, errors):
+    for message in messages:
+      by_message.setdefault(message, []).append(run.name)
+  if by_message:
+    lines = [m if len(runs) == 1 else
+             f"{m} (run{'s' if len(n) > 1 else ''} {', '.join(n[:4])}"
+             f"{', ...' if len(n) > 4 else ''})" for m, n in by_message.items()]
+    raise SeqjaxError("the sweep has bad configurations; nothing was run:\n  "
+                      + "\n  ".join(lines))
+
+
+def _child_env() -> dict:
+  path = os.environ.get("PYTHONPATH", "")
+  return {**os.environ,
+          "PYTHONPATH": ROOT + (os.pathsep + path if path else "")}
+
+
+def _validate_in_subprocess(task_name: str, runs: list[Run]) -> list[list[str]]:
+  """Validates the configs in a child: counting devices starts a backend,
+  which on a TPU (or a GPU's memory) the runs' own processes need."""
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "configs.json")
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump([dataclasses.asdict(r.config) for r in runs], f)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.registry", "--validate", task_name,
+         path], capture_output=True, text=True, env=_child_env())
+  if out.returncode != 0:
+    raise SeqjaxError(f"validating the sweep's configs failed:\n"
+                      f"{out.stderr.strip()[-2000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _comparable(flags: dict) -> dict:
+  # The workdir may be spelled differently (relative, absolute) across calls.
+  flags = json.loads(json.dumps(flags, default=str))
+  flags.pop("workdir", None)
+  return flags
+
+
+def finished_results(run: Run) -> Optional[dict]:
+  """The run's results if it finished with exactly these flags."""
+  path = os.path.join(run.workdir, "results.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if _comparable(results.get("flags", {})) != _comparable(
+      dataclasses.asdict(run.config)):
+    return None
+  return results
+
+
+ATTEMPT = "=== sweep: attempt started "
+
+
+def _error_from_log(path: str, returncode: int) -> str:
+  """The error of the latest attempt: its "Error: ..." line (a SeqjaxError)
+  or the last line of its traceback."""
+  try:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      lines = [l.rstrip() for l in f if l.strip()]
+  except OSError:
+    lines = []
+  starts = [i for i, l in enumerate(lines) if l.startswith(ATTEMPT)]
+  lines = lines[starts[-1] + 1:] if starts else lines
+  for line in reversed(lines):
+    if line.startswith("Error: "):
+      return line[len("Error: "):]
+  if any(l.startswith("Traceback") for l in lines):
+    return lines[-1]
+  return f"exit code {returncode}" + (f": {lines[-1]}" if lines else "")
+
+
+def _run_subprocess(plan: Plan, run: Run, timeout: Optional[float]
+                    ) -> Optional[str]:
+  """Runs one configuration in its own process; -> None or its error."""
+  config_path = os.path.join(run.workdir, "sweep_config.json")
+  log_path = os.path.join(run.workdir, "log.txt")
+  with open(log_path, "a", encoding="utf-8") as log:  # keeps every attempt
+    log.write(f"{ATTEMPT}{time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+    log.flush()
+    try:
+      out = subprocess.run(
+          [sys.executable, "-m", "experiments.registry", plan.task.name,
+           config_path], stdout=log, stderr=subprocess.STDOUT,
+          env=_child_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+      return f"timed out after {timeout:g} s (--run_timeout)"
+  if out.returncode != 0:
+    return _error_from_log(log_path, out.returncode)
+  return None
+
+
+def _run_in_process(plan: Plan, run: Run) -> Optional[str]:
+  try:
+    plan.task.run(run.config)
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+def _row(plan: Plan, run: Run, status: str, results: Optional[dict],
+         error: str = "", wall_s: Optional[float] = None) -> dict:
+  results = results or {}
+  return {"run": run.name, "status": status, **run.assignment,
+          "accuracy": results.get("accuracy"),
+          "samples_per_s": results.get("train_samples_per_second"),
+          "train_seconds": results.get("train_seconds"),
+          "steps": results.get("step"), "wall_s": wall_s,
+          "workdir": run.workdir, "error": error}
+
+
+def run_sweep(plan: Plan, isolate: bool = True,
+              run_timeout: Optional[float] = None,
+              log: Callable[[str], None] = print) -> list[dict]:
+  """Runs (or skips, or resumes) every run; -> one row per run."""
+  from seqjax import experiment
+  os.makedirs(os.path.join(plan.sweep_dir, "runs"), exist_ok=True)
+  rows = []
+  for i, run in enumerate(plan.runs, 1):
+    prefix = f"[{i}/{len(plan.runs)}] {run.name}"
+    results = finished_results(run)
+    if results is not None:
+      log(f"{prefix}: finished earlier, skipped")
+      rows.append(_row(plan, run, "done", results))
+      write_reports(plan, rows)
+      continue
+    os.makedirs(run.workdir, exist_ok=True)
+    resuming = os.path.isdir(os.path.join(run.workdir, "checkpoints"))
+    log(f"{prefix}: {'resuming' if resuming else 'running'} in {run.workdir}")
+    experiment.write_json_atomic(os.path.join(run.workdir, "sweep_config.json"),
+                                 dataclasses.asdict(run.config))
+    t0 = time.perf_counter()
+    error = (_run_subprocess(plan, run, run_timeout) if isolate
+             else _run_in_process(plan, run))
+    wall_s = time.perf_counter() - t0
+    results = finished_results(run) if error is None else None
+    if error is None and results is None:
+      error = "the run ended without writing results.json for these flags"
+    status = "failed" if error else "done"
+    experiment.write_json_atomic(
+        os.path.join(run.workdir, "sweep_status.json"),
+        {"status": status, "error": error or "", "wall_s": wall_s})
+    log(f"{prefix}: {status} in {wall_s:.1f} s"
+        + (f": {error}" if error else
+           f", accuracy {_fmt(results.get('accuracy'))}"))
+    rows.append(_row(plan, run, status, results, error or "", wall_s))
+    write_reports(plan, rows)
+  return rows
+
+
+def _number(x) -> float:
+  return x if isinstance(x, (int, float)) and not math.isnan(x) else -math.inf
+
+
+def rank(rows: list[dict]) -> list[dict]:
+  """Done runs by accuracy, then samples/s (both descending); failed last."""
+  return sorted(rows, key=lambda r: (r["status"] != "done",
+                                     -_number(r["accuracy"]),
+                                     -_number(r["samples_per_s"])))
+
+
+def _fmt(x, digits: int = 4) -> str:
+  if x is None:
+    return ""
+  if isinstance(x, float):
+    return f"{x:.{digits}g}" if abs(x) < 1e3 else f"{x:,.0f}"
+  return str(x)
+
+
+def write_reports(plan: Plan, rows: list[dict]) -> list[str]:
+  """sweep.csv, sweep.md and (with matplotlib) sweep.png; -> their paths."""
+  ranked = rank(rows)
+  columns = (["rank", "run", "status"] + plan.grid_keys +
+             ["accuracy", "samples_per_s", "train_seconds", "steps", "wall_s",
+              "workdir", "error"])
+  csv_path = os.path.join(plan.sweep_dir, "sweep.csv")
+  with open(csv_path + ".tmp", "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    for i, row in enumerate(ranked, 1):
+      writer.writerow({"rank": i, **{k: row.get(k) for k in columns[1:]}})
+  os.replace(csv_path + ".tmp", csv_path)
+
+  done = [r for r in ranked if r["status"] == "done"]
+  failed = [r for r in ranked if r["status"] != "done"]
+  keys = plan.varying_keys
+  lines = [f"# Sweep: {plan.task.name}", "",
+           f"Grid `{plan.grid_text}`: {len(plan.runs)} runs; {len(done)} done, "
+           f"{len(failed)} failed, {len(plan.runs) - len(rows)} not run yet.",
+           "", "## Ranked by accuracy (then samples/s)", "",
+           "| rank | run | " + "".join(f"{k} | " for k in keys) +
+           "accuracy | samples/s | train s | steps |",
+           "|---" * (6 + len(keys)) + "|"]
+  for i, r in enumerate(done, 1):
+    lines.append(f"| {i} | {r['run']} | " +
+                 "".join(f"{_fmt(r[k])} | " for k in keys) +
+                 f"{_fmt(r['accuracy'])} | {_fmt(r['samples_per_s'])} | "
+                 f"{_fmt(r['train_seconds'], 3)} | {_fmt(r['steps'])} |")
+  fastest = sorted(done, key=lambda r: -_number(r["samples_per_s"]))
+  lines += ["", "## Ranked by samples/s", "",
+            "| rank | run | samples/s | accuracy |", "|---|---|---|---|"]
+  lines += [f"| {i} | {r['run']} | {_fmt(r['samples_per_s'])} | "
+            f"{_fmt(r['accuracy'])} |" for i, r in enumerate(fastest, 1)]
+  if failed:
+    lines += ["", "## Failed", ""]
+    lines += [f"- `{r['run']}`: {r['error']} (log: {r['workdir']}/log.txt)"
+              for r in failed]
+  md_path = os.path.join(plan.sweep_dir, "sweep.md")
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  paths = [csv_path, md_path]
+  png = _plot(plan, done)
+  return paths + ([png] if png else [])
+
+
+def _plot(plan: Plan, done: list[dict]) -> Optional[str]:
+  from experiments import plot
+  points = [r for r in done if r["accuracy"] is not None
+            and r["train_seconds"] is not None]
+  if not points:
+    return None
+  try:
+    plt = plot.require_matplotlib()
+  except SeqjaxError:
+    return None  # the CSV and the table are the report; the plot is extra
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.scatter([r["train_seconds"] for r in points],
+             [r["accuracy"] for r in points])
+  for r in points:
+    ax.annotate(r["run"], (r["train_seconds"], r["accuracy"]), fontsize=7,
+                xytext=(3, 3), textcoords="offset points")
+  ax.margins(0.15)  # room for the labels
+  ax.set(xlabel="training time (s)", ylabel="accuracy",
+         title=f"Sweep: {plan.task.name}")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  path = os.path.join(plan.sweep_dir, "sweep.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def main(argv=None):
+  from absl import app
+  from absl import flags
+
+  flags.DEFINE_string("task", "", "Task to sweep: experiments/<task>.py, or "
+                      "a dotted module (see experiments/registry.py).")
+  flags.DEFINE_string("grid", "", "'flag=v1,v2 flag2=v3 ...': every "
+                      "combination is a run; one value = a shared setting.")
+  flags.DEFINE_string("sweep_dir", "", "Where the runs' workdirs, sweep.csv, "
+                      "sweep.md and sweep.png go. Rerun to resume.")
+  flags.DEFINE_bool("isolate", True, "Run each configuration in a subprocess "
+                    "of its own (false: in this process, one after another).")
+  flags.DEFINE_float("run_timeout", 0, "Seconds before a run is stopped and "
+                     "recorded as failed (0: no limit; with --isolate).")
+  flags.DEFINE_bool("dry_run", False, "Check the grid and list the runs; "
+                    "run nothing.")
+  FLAGS = flags.FLAGS
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+      if not FLAGS.task:
+        raise SeqjaxError(f"--task is required; known tasks: "
+                          f"{', '.join(registry.known_tasks())}")
+      plan = plan_sweep(FLAGS.task, FLAGS.grid, FLAGS.sweep_dir,
+                        validate_in_subprocess=FLAGS.isolate)
+      print(f"Sweep of {plan.task.name}: {len(plan.runs)} run(s) under "
+            f"{plan.sweep_dir}")
+      if FLAGS.dry_run:
+        for run in plan.runs:
+          print(f"  {run.name}: {run.assignment}")
+        return
+      rows = run_sweep(plan, isolate=FLAGS.isolate,
+                       run_timeout=FLAGS.run_timeout or None)
+    except SeqjaxError as e:
+      print(f"Error: {e}", file=sys.stderr)
+      sys.exit(2)
+    failed = sum(r["status"] != "done" for r in rows)
+    print(f"Wrote {plan.sweep_dir}/sweep.csv and sweep.md; {len(rows) - failed}"
+          f" done, {failed} failed.")
+    sys.exit(1 if failed else 0)
+
+  app.run(_main, argv=argv)
+
+
+if __name__ == "__main__":
+  main()
