@@ -27,12 +27,17 @@ import optax
 from flax.training import train_state
 
 from seqjax import metrics as metrics_lib
+from seqjax import reliability
 
 TrainState = train_state.TrainState
 Batch = dict[str, Any]
 LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
+# What a step does with a non-finite loss, gradient or updated parameter:
+# "ignore" applies it (the plain step), "stop" leaves the state at the last
+# good step and fit() stops there, "skip" drops the update and goes on.
+NONFINITE_MODES = ("ignore", "stop", "skip")
 # Keras' default learning rates, so a flag left alone means the tutorial's.
 DEFAULT_LEARNING_RATES = {"adam": 1e-3, "rmsprop": 1e-3, "sgd": 1e-2}
 
@@ -76,15 +81,44 @@ def make_seq2seq_loss(model) -> LossFn:
   return loss_fn
 
 
-def make_train_step(loss_fn: LossFn):
-  """-> pure ``train_step(state, batch) -> (state, metrics)``."""
+def make_train_step(loss_fn: LossFn, nonfinite: str = "ignore"):
+  """-> pure ``train_step(state, batch) -> (state, metrics)``.
+
+  ``nonfinite`` "stop" or "skip": a step whose loss, gradients or updated
+  parameters are not all finite is not applied (parameters and optimizer
+  state stay; with "skip" the step count still advances, so the data order is
+  kept); its metrics have ``nonfinite`` 1.0, and ``grad_norm`` is reported.
+  """
+  if nonfinite not in NONFINITE_MODES:
+    raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}; got "
+                     f"{nonfinite!r}")
 
   def train_step(state: TrainState, batch: Batch):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch)
     return state.apply_gradients(grads=grads), {"loss": loss, **aux}
 
-  return train_step
+  if nonfinite == "ignore":
+    return train_step
+
+  def guarded_step(state: TrainState, batch: Batch):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch)
+    new = state.apply_gradients(grads=grads)
+    finite = (jnp.isfinite(loss) & _all_finite(grads) &
+              _all_finite(new.params))
+    old = state if nonfinite == "stop" else state.replace(step=new.step)
+    # A select, not a cond: a finite step's numbers are the plain step's.
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    return new, {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
+                 "nonfinite": (~finite).astype(jnp.float32)}
+
+  return guarded_step
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all()
+                            for x in jax.tree.leaves(tree)] or [True]))
 
 
 def jit_train_step(loss_fn: LossFn):
@@ -102,12 +136,16 @@ def make_eval_step(loss_fn: LossFn):
   return eval_step
 
 
-def make_multi_step(loss_fn: LossFn):
+def make_multi_step(loss_fn: LossFn, nonfinite: str = "ignore"):
   """-> jitted ``run(state, data, idx_KB, valid_K) -> (state, metrics_K)``.
 
   Runs K train steps in one call; step k trains on ``data[idx_KB[k]]`` when
   ``valid_K[k]``, and is skipped otherwise (its metrics are zeros).
+  ``nonfinite``: as in ``make_train_step``; with "stop", the steps after a
+  non-finite one are skipped too, so the state is the last good one.
   """
+  if nonfinite != "ignore":
+    return _make_guarded_multi_step(loss_fn, nonfinite)
   train_step = make_train_step(loss_fn)
 
   def run(state, data, idx_KB, valid_K):
@@ -121,6 +159,31 @@ def make_multi_step(loss_fn: LossFn):
             lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
       return jax.lax.cond(valid, lambda s: train_step(s, batch), skip, state)
     return jax.lax.scan(body, state, (idx_KB, valid_K))
+
+  return jax.jit(run, donate_argnames="state")
+
+
+def _make_guarded_multi_step(loss_fn: LossFn, nonfinite: str):
+  train_step = make_train_step(loss_fn, nonfinite)
+
+  def run(state, data, idx_KB, valid_K):
+    def body(carry, inputs):
+      state, halted = carry
+      idx_B, valid = inputs
+      batch = jax.tree.map(lambda a: a[idx_B], data)
+      _, metric_shapes = jax.eval_shape(train_step, state, batch)
+
+      def skip(state):
+        return state, jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+      state, metrics = jax.lax.cond(valid & ~halted,
+                                    lambda s: train_step(s, batch), skip, state)
+      if nonfinite == "stop":
+        halted = halted | (metrics["nonfinite"] > 0)
+      return (state, halted), metrics
+    (state, _), metrics_K = jax.lax.scan(
+        body, (state, jnp.zeros((), bool)), (idx_KB, valid_K))
+    return state, metrics_K
 
   return jax.jit(run, donate_argnames="state")
 
@@ -141,6 +204,8 @@ class FitConfig:
   steps_per_call: int = 25
   log_every_steps: int = 500
   checkpoint_every_steps: int = 0   # 0: at each epoch end only
+  checkpoint_every_secs: float = 0.0  # also save when this long since the last
+  nonfinite: str = "ignore"         # see NONFINITE_MODES
 
 
 @dataclasses.dataclass
@@ -152,6 +217,8 @@ class FitStats:
   steady_steps: int = 0
   compiles: int = 0
   last_metrics: dict = dataclasses.field(default_factory=dict)
+  nonfinite_skipped: int = 0        # steps skipped (FitConfig.nonfinite="skip")
+  interrupted: bool = False         # should_stop() ended the run early
 
   def samples_per_second(self, batch_size: int) -> float:
     if self.steady_steps and self.steady_seconds > 0:
@@ -170,8 +237,8 @@ class MetricsLog:
   def write(self, row: dict):
     if self.path is None:
       return
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(row) + "\n")
+    # One whole line per write(2), fsynced: a crash never leaves half a row.
+    reliability.append_line(self.path, json.dumps(row))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -184,13 +251,17 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
         config: FitConfig, *, checkpointer=None,
         metrics_log: Optional[MetricsLog] = None,
         epoch_end_fn: Optional[Callable[[TrainState, int], dict]] = None,
-        multi_step=None) -> tuple[TrainState, FitStats]:
+        multi_step=None, should_stop: Optional[Callable[[], bool]] = None,
+        ) -> tuple[TrainState, FitStats]:
   """Trains ``state`` from its current step to ``epochs`` full epochs.
 
   ``data`` is a dict of equally long arrays; batches are rows of it. Resumes
   from ``state.step``. ``checkpointer.save(state)`` is called at checkpoint
   boundaries and at the end; ``epoch_end_fn(state, epoch)`` after each epoch
-  (its dict is logged).
+  (its dict is logged). ``should_stop()`` is polled after each jitted call:
+  when true, a checkpoint is saved at that step and fit returns with
+  ``stats.interrupted``. With ``config.nonfinite="stop"`` a non-finite step
+  raises ``reliability.NonFiniteError`` after saving the last good state.
   """
   n = len(next(iter(data.values())))
   bsz = config.batch_size
@@ -205,7 +276,10 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
     logging.info("Checkpoint at step %d already covers %d epoch(s); nothing "
                  "to train.", step, config.epochs)
     return state, stats
-  multi_step = multi_step or make_multi_step(loss_fn)
+  multi_step = multi_step or make_multi_step(loss_fn, config.nonfinite)
+  guarded = config.nonfinite != "ignore"
+  step_start = step
+  t_saved = time.perf_counter()
   device_data = jax.device_put(data)
   k_max = max(1, config.steps_per_call)
   pending = []       # (metrics_K on device, number of valid steps)
@@ -237,6 +311,12 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
     valid = np.arange(k_max) < k
     t_call = time.perf_counter()
     state, metrics_K = multi_step(state, device_data, idx, valid)
+    if guarded:  # the flags are needed now: a host sync per call
+      bad_K = np.asarray(metrics_K["nonfinite"])[:k] > 0
+      if config.nonfinite == "stop" and bad_K.any():
+        _stop_nonfinite(state, metrics_K, int(np.argmax(bad_K)), step,
+                        step_start, spe, pending, checkpointer, metrics_log)
+      stats.nonfinite_skipped += int(bad_K.sum())
     pending.append((metrics_K, k))
     if stats.steps_run == 0:
       jax.block_until_ready(state.step)
@@ -250,7 +330,7 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
     at_log = config.log_every_steps and step % config.log_every_steps == 0
     at_epoch_end = step % spe == 0
     if at_log or at_epoch_end or step == total:
-      row = _reduce_metrics(pending)
+      row = (_reduce_guarded if guarded else _reduce_metrics)(pending)
       pending = []
       now = time.perf_counter()
       rate = (step - step_log) / max(now - t_log, 1e-9)
@@ -267,14 +347,31 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
       t_log, step_log = now, step
     at_ckpt = (config.checkpoint_every_steps and
                step % config.checkpoint_every_steps == 0)
+    at_ckpt = at_ckpt or (config.checkpoint_every_secs and
+                          time.perf_counter() - t_saved >=
+                          config.checkpoint_every_secs)
     if checkpointer is not None and (at_ckpt or at_epoch_end or step == total):
       checkpointer.save(state)
+      t_saved = time.perf_counter()
     if at_epoch_end and epoch_end_fn is not None:
       extra = epoch_end_fn(state, step // spe)
       if extra:
         if metrics_log:
           metrics_log.write({"step": step, "epoch": step // spe, "eval": True,
                              **extra})
+    if should_stop is not None and step < total and should_stop():
+      if pending:  # log the steps since the last row, then save this step
+        row = (_reduce_guarded if guarded else _reduce_metrics)(pending)
+        pending = []
+        row.update(step=step, epoch=step / spe, interrupted=True)
+        stats.last_metrics = row
+        if metrics_log:
+          metrics_log.write(row)
+      if checkpointer is not None:
+        checkpointer.save(state)
+      stats.interrupted = True
+      logging.warning("Stopped at step %d on request.", step)
+      break
 
   jax.block_until_ready(state.params)
   end = time.perf_counter()
@@ -283,6 +380,51 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
     stats.steady_seconds = end - t_steady
   stats.compiles = multi_step._cache_size()
   return state, stats
+
+
+def _reduce_guarded(pending) -> dict:
+  """Like _reduce_metrics, over the finite steps only; counts the others."""
+  sums, count, skipped = {}, 0, 0
+  for metrics_K, k in pending:
+    host = jax.device_get(metrics_K)
+    good_K = ~(np.asarray(host.pop("nonfinite"))[:k] > 0)
+    for name, values in host.items():
+      sums[name] = sums.get(name, 0.0) + float(
+          np.asarray(values)[:k][good_K].sum())
+    count += int(good_K.sum())
+    skipped += k - int(good_K.sum())
+  row = {name: total / max(count, 1) for name, total in sums.items()}
+  row["nonfinite_skipped"] = skipped
+  return row
+
+
+def _stop_nonfinite(state, metrics_K, j, step, step_start, spe, pending,
+                    checkpointer, metrics_log):
+  """Step ``step + j + 1`` was not finite: ``state`` is the last good one
+  (step + j). Logs and saves it (it is finite), then raises."""
+  host = jax.device_get(metrics_K)
+  bad_step = step + j + 1
+  loss, grad_norm = float(host["loss"][j]), float(host["grad_norm"][j])
+  row = _reduce_guarded(pending + [(metrics_K, j)]) if pending or j else {}
+  row.update(step=step + j, epoch=(step + j) / spe, nonfinite_step=bad_step,
+             nonfinite_loss=str(loss), nonfinite_grad_norm=str(grad_norm))
+  if metrics_log:
+    metrics_log.write(row)
+  saved = ""
+  if checkpointer is not None:
+    if step + j > step_start:
+      checkpointer.save(state)
+    last = checkpointer.latest_step()
+    saved = (f" The last good checkpoint (step {last}) in "
+             f"{checkpointer.directory} is kept; nothing non-finite was "
+             "saved." if last is not None else " Nothing was saved.")
+  what = (f"loss {loss}" if not np.isfinite(loss) else
+          f"gradient norm {grad_norm} (loss {loss})" if not np.isfinite(
+              grad_norm) else f"parameters after the update (loss {loss})")
+  raise reliability.NonFiniteError(
+      f"Non-finite {what} at step {bad_step} (epoch {bad_step / spe:.2f}): "
+      f"the update was not applied and training stopped.{saved} Lower "
+      "--learning_rate, or pass --skip_nonfinite_updates to skip such steps.")
 
 
 def _reduce_metrics(pending) -> dict:
