@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 import seqjax
+from seqjax import reliability
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer
 from seqjax.errors import SeqjaxError
@@ -50,6 +51,12 @@ class TrainingConfig:
   log_every: int = field(500, "Log training metrics every this many steps.")
   checkpoint_every: int = field(0, "Save a checkpoint every this many steps "
                                 "(0: at the end of each epoch).")
+  checkpoint_every_secs: float = field(
+      0.0, "Also save a checkpoint when this many seconds have passed since "
+      "the last one (0: off).")
+  skip_nonfinite_updates: bool = field(
+      False, "Skip a step whose loss or gradients are not finite (counted in "
+      "metrics.jsonl) instead of stopping the run there.")
 
   def validate(self) -> list[str]:
     """Messages naming each bad flag; empty when the config can run."""
@@ -65,6 +72,7 @@ class TrainingConfig:
                     f"; got {self.optimizer!r}")
     if self.learning_rate is not None and not self.learning_rate > 0:
       errors.append(f"--learning_rate must be positive; got {self.learning_rate}")
+    errors += reliability.training_flag_errors(self)
     return errors
 
   def fit_config(self) -> train_lib.FitConfig:
@@ -86,7 +94,11 @@ def resolve_workdir(config, task: str) -> str:
       "runs", f"{task}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SeqjaxError(f"--workdir={workdir} exists and is not a directory")
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except (OSError, ValueError) as e:
+    raise SeqjaxError(f"--workdir={workdir!r} cannot be created: {e}") from e
+  reliability.check_workdir_free(workdir)  # a second run stops here, at once
   return workdir
 
 
@@ -99,6 +111,8 @@ def write_json_atomic(path: str, obj: Any) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump(obj, f, indent=2, default=_json_default, ensure_ascii=False)
       f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())  # the data is on disk before the rename
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -125,6 +139,7 @@ def base_results(task: str, config) -> dict:
   }
 
 
+@reliability.exclusive_workdir  # one run per workdir; see reliability.py
 def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
                      model_config: dict, data: dict[str, np.ndarray],
                      loss_fn: train_lib.LossFn,
@@ -133,23 +148,33 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
                      ) -> tuple[train_lib.TrainState, train_lib.FitStats]:
   """Builds the train state, resumes from ``workdir`` and trains (or, with
   ``--eval_only``, only restores). A checkpoint written for another model stops
-  the run before anything is written."""
+  the run before anything is written. Ctrl-C saves a checkpoint and raises
+  ``reliability.TrainingInterrupted``; a damaged checkpoint is skipped."""
   checkpointer = Checkpointer(workdir, model_config)
   latest = checkpointer.check_compatible()
   tx = train_lib.make_optimizer(config.optimizer, config.learning_rate)
   state = train_lib.create_train_state(model, params, tx)
   if latest is not None:
     state = checkpointer.restore(state, latest)
-    print(f"Resumed from the checkpoint at step {latest} in {workdir}.")
+    print(f"Resumed from the checkpoint at step {int(state.step)} in "
+          f"{workdir}.")
   if config.eval_only:
     if latest is None:
       raise SeqjaxError(f"--eval_only: no checkpoint in --workdir={workdir}")
     return state, train_lib.FitStats()
   metrics_log = train_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-  state, stats = train_lib.fit(
-      state, data, loss_fn, fit_config or config.fit_config(),
-      checkpointer=checkpointer, metrics_log=metrics_log,
-      epoch_end_fn=epoch_end_fn)
+  fit_config = reliability.with_reliability_flags(
+      fit_config or config.fit_config(), config)
+  reliability.check_fit_size(fit_config, data)
+  reliability.prepare_resume(metrics_log.path, int(state.step))
+  with reliability.InterruptGuard() as interrupt:
+    state, stats = train_lib.fit(
+        state, data, loss_fn, fit_config,
+        checkpointer=checkpointer, metrics_log=metrics_log,
+        epoch_end_fn=epoch_end_fn, should_stop=interrupt.requested)
   checkpointer.save(state)
   checkpointer.close()
+  if interrupt.requested():
+    raise reliability.TrainingInterrupted(int(state.step), workdir,
+                                          interrupt.signum)
   return state, stats
