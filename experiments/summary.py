@@ -13,6 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from seqjax import reliability
 from seqjax import summary
 from seqjax.experiment import field
 from seqjax.models import Seq2Seq
@@ -29,6 +30,9 @@ class SummaryConfig:
               for n in ("input_dim", "units") if getattr(self, n) < 1]
     if self.cell not in ("lstm", "gru"):
       errors.append(f"--cell must be lstm or gru; got {self.cell!r}")
+    errors += reliability.range_errors(self, {
+        "input_dim": (None, reliability.MAX_VOCAB),
+        "units": (None, reliability.MAX_UNITS)})
     return errors
 
 
