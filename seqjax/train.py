@@ -393,7 +393,9 @@ def _reduce_guarded(pending) -> dict:
           np.asarray(values)[:k][good_K].sum())
     count += int(good_K.sum())
     skipped += k - int(good_K.sum())
-  row = {name: total / max(count, 1) for name, total in sums.items()}
+  # No finite step in the window: NaN, not a misleading 0.
+  row = {name: total / count if count else float("nan")
+         for name, total in sums.items()}
   row["nonfinite_skipped"] = skipped
   return row
 
