@@ -9,7 +9,6 @@ there are only two.)
 """
 
 import glob
-import json
 import os
 import random
 import re
