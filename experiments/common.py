@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from seqjax import reliability
 from seqjax.errors import SeqjaxError
 
 FLAGS = flags.FLAGS
@@ -61,7 +62,10 @@ def main(config_cls, run: Callable) -> None:
   """Defines the flags of ``config_cls`` and runs ``run(config)``.
 
   Bad flags stop before any work with a message naming them; a SeqjaxError
-  (bad file, mismatched checkpoint) ends the run with its message, exit 2.
+  (bad file, mismatched checkpoint, non-finite loss, busy workdir) ends the
+  run with its message, exit 2. Ctrl-C / SIGTERM in training saves a
+  checkpoint first; exit 130 / 143. Running out of memory is reported as a
+  message, exit 2.
   """
   define_flags(config_cls)
 
@@ -79,6 +83,25 @@ def main(config_cls, run: Callable) -> None:
       run(config)
     except SeqjaxError as e:
       print(f"Error: {e}", file=sys.stderr)
+      sys.exit(2)
+    except reliability.TrainingInterrupted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+      print("Interrupted; nothing after the last checkpoint was saved. Rerun "
+            "the same command to resume.", file=sys.stderr)
+      sys.exit(130)
+    except MemoryError:
+      print("Error: out of host memory with these flags; lower the sizes "
+            "(--batch_size, sample counts, units, vocabulary).",
+            file=sys.stderr)
+      sys.exit(2)
+    except Exception as e:  # pylint: disable=broad-except
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      print(f"Error: the device ran out of memory with these flags; lower the "
+            f"sizes (--batch_size, units, vocabulary). "
+            f"({str(e).splitlines()[0][:300]})", file=sys.stderr)
       sys.exit(2)
 
   app.run(_main)

@@ -20,6 +20,7 @@ from seqjax import decode as decode_lib
 from seqjax import experiment
 from seqjax import metrics
 from seqjax import models
+from seqjax import reliability
 from seqjax import summary
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
@@ -65,6 +66,27 @@ class ReverseConfig(experiment.TrainingConfig):
     if self.model not in models.MODEL_CHOICES:
       errors.append(f"--model must be one of {', '.join(models.MODEL_CHOICES)}"
                     f"; got {self.model!r}")
+    errors += reliability.range_errors(self, {
+        "n_features": (None, reliability.MAX_VOCAB),
+        "n_steps_in": (None, reliability.MAX_LENGTH),
+        "n_steps_out": (None, reliability.MAX_LENGTH),
+        "n_units": (None, reliability.MAX_UNITS),
+        "n_samples": (None, reliability.MAX_EXAMPLES),
+        "n_eval": (None, reliability.MAX_EXAMPLES)})
+    if not errors:  # each size fits; their products must fit in memory too
+      f, u = self.n_features, self.n_units
+      n_params = 2 * 4 * u * (f + u + 1) + (u + 1) * f
+      tokens = (self.n_samples + self.n_eval) * (self.n_steps_in +
+                                                 2 * self.n_steps_out)
+      if n_params > reliability.INT32_MAX:
+        errors.append(f"--n_units={u} with --n_features={f} makes "
+                      f"{n_params:,} parameters; at most "
+                      f"{reliability.INT32_MAX:,}")
+      if tokens > reliability.INT32_MAX:
+        errors.append(f"--n_samples + --n_eval = {self.n_samples + self.n_eval:,}"
+                      f" sequences of --n_steps_in + 2 --n_steps_out tokens "
+                      f"make {tokens:,} tokens; at most "
+                      f"{reliability.INT32_MAX:,}")
     return errors
 
   def model_config(self) -> dict:

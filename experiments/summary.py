@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import models
+from seqjax import reliability
 from seqjax import summary
 from seqjax.experiment import field
 
@@ -36,6 +37,9 @@ class SummaryConfig:
     if self.model not in models.MODEL_CHOICES:
       errors.append(f"--model must be one of {', '.join(models.MODEL_CHOICES)}"
                     f"; got {self.model!r}")
+    errors += reliability.range_errors(self, {
+        "input_dim": (None, reliability.MAX_VOCAB),
+        "units": (None, reliability.MAX_UNITS)})
     return errors
 
 

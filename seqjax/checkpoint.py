@@ -5,6 +5,15 @@ it, the JSON model config it was written for. Before anything is restored or
 written, the config in the workdir is compared with the current one: a
 different model stops the run with a message naming the differing keys, and
 the checkpoint is left untouched.
+
+A damaged checkpoint (a file truncated or deleted, so its config, metadata or
+arrays cannot be read, or an array is not finite) is moved aside to
+``<workdir>/checkpoints.damaged/<step>`` with a warning naming it and the
+step resumed from instead, the newest good one. Moving it out keeps it out of
+orbax's retention count, so ``max_to_keep`` never deletes the only good
+checkpoint to make room. Orbax writes each step to a temporary directory and
+renames it when complete, so a save killed halfway never looks like a step
+(its leftovers are removed when the next run opens the directory).
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 from typing import Any, Optional
+
+from absl import logging
 
 import jax
 import numpy as np
@@ -48,7 +59,10 @@ class Checkpointer:
     if self._manager is None:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=self._max_to_keep, create=True,
-          enable_async_checkpointing=False)
+          enable_async_checkpointing=False,
+          # Leftovers of a save killed halfway; the workdir lock means no
+          # other process is writing here.
+          cleanup_tmp_directories=True)
       self._manager = ocp.CheckpointManager(
           self.directory, options=options, item_names=("state", "config"))
     return self._manager
@@ -68,11 +82,20 @@ class Checkpointer:
 
   def check_compatible(self) -> Optional[int]:
     """Raises CheckpointMismatchError if the latest checkpoint is for another
-    model; returns its step (None when there is none)."""
-    step = self.latest_step()
-    if step is None:
-      return None
-    saved = self.saved_config(step) or {}
+    model; returns its step (None when there is none). A checkpoint whose
+    config cannot be read is set aside as damaged (see ``restore``)."""
+    damaged = []
+    while True:
+      step = self.latest_step()
+      if step is None:
+        self._report_damaged(damaged, None)
+        return None
+      try:
+        saved = self.saved_config(step) or {}
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append(self._set_aside(step, f"config unreadable: {e}"))
+    self._report_damaged(damaged, step)
     keys = sorted(set(saved) | set(self.model_config))
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {self.model_config.get(k)!r}"
              for k in keys if saved.get(k) != self.model_config.get(k)]
@@ -84,21 +107,83 @@ class Checkpointer:
     return step
 
   def restore(self, state: TrainState, step: Optional[int] = None) -> TrainState:
-    """Returns ``state`` with step, params and optimizer state from disk."""
+    """Returns ``state`` with step, params and optimizer state from disk.
+
+    If checkpoint ``step`` (default: the latest) is damaged, it is moved to
+    ``checkpoints.damaged/`` and the newest good older one is restored, with
+    a warning naming both; the step restored is ``int(result.step)``. With
+    no good checkpoint left, raises SeqjaxError.
+    """
     step = self.check_compatible() if step is None else step
     if step is None:
       return state
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))["state"]
-    except (ValueError, KeyError) as e:
-      raise CheckpointMismatchError(
-          f"The checkpoint in {self.directory} (step {step}) does not fit the "
-          f"model: {e}. Use another --workdir; the checkpoint was left "
-          "untouched.") from e
+    damaged = []
+    while step is not None:
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))["state"]
+        bad = [jax.tree_util.keystr(p) for p, x in
+               jax.tree_util.tree_leaves_with_path(restored)
+               if not np.isfinite(np.asarray(x)).all()]
+        if not bad:
+          break
+        reason = f"non-finite values in {', '.join(bad[:3])}"
+      except Exception as e:  # pylint: disable=broad-except
+        if self._fits(step, target) is False:
+          raise CheckpointMismatchError(
+              f"The checkpoint in {self.directory} (step {step}) does not fit "
+              f"the model: {e}. Use another --workdir; the checkpoint was left "
+              "untouched.") from e
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+      damaged.append(self._set_aside(step, reason))
+      step = self.check_compatible()  # the next older one
+    self._report_damaged(damaged, step)
+    if step is None:
+      return state
+    restored = jax.tree.map(_like, _state_tree(state), restored)
     return state.replace(step=restored["step"], params=restored["params"],
                          opt_state=restored["opt_state"])
+
+  def _fits(self, step: int, target) -> Optional[bool]:
+    """Whether checkpoint ``step``'s array metadata matches ``target``'s
+    paths, shapes and dtypes; None when the metadata cannot be read."""
+    try:
+      saved = ocp.StandardCheckpointer().metadata(
+          os.path.join(self.directory, str(step), "state")).item_metadata.tree
+    except Exception:  # pylint: disable=broad-except
+      return None
+    return _signature(saved) == _signature(target)
+
+  def _set_aside(self, step: int, reason: str) -> tuple[int, str, str]:
+    """Moves damaged step ``step`` to checkpoints.damaged/ (kept, never
+    deleted, out of retention's count); -> (step, reason, new path)."""
+    src = os.path.join(self.directory, str(step))
+    dst_root = self.directory + ".damaged"
+    os.makedirs(dst_root, exist_ok=True)
+    dst, i = os.path.join(dst_root, str(step)), 0
+    while os.path.exists(dst):
+      i += 1
+      dst = os.path.join(dst_root, f"{step}.{i}")
+    os.rename(src, dst)
+    self.manager.reload()
+    return step, reason, dst
+
+  def _report_damaged(self, damaged, good_step: Optional[int]) -> None:
+    if not damaged:
+      return
+    what = "; ".join(f"step {s} ({r}), moved to {d}" for s, r, d in damaged)
+    if good_step is None:
+      raise SeqjaxError(
+          f"No usable checkpoint in {self.directory}: damaged {what}. Nothing "
+          "was deleted; rerun to train from scratch, or restore the files.")
+    logging.warning("Damaged checkpoint in %s: %s. Resuming from step %d, the "
+                    "newest good checkpoint.", self.directory, what, good_step)
+
+  def all_steps(self) -> list[int]:
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(self.manager.all_steps())
 
   def save(self, state: TrainState, force: bool = False) -> bool:
     step = int(state.step)
@@ -114,3 +199,28 @@ class Checkpointer:
     if self._manager is not None:
       self._manager.close()
       self._manager = None
+
+
+def _like(current, restored):
+  """``restored`` placed as ``current`` is: orbax returns arrays committed to
+  a device, while a fresh state's are not, and jit compiles once for each
+  kind; a host round trip gives an uncommitted one, so a resumed run's train
+  step compiles once, as a fresh run's does."""
+  if isinstance(current, jax.Array) and not getattr(current, "_committed", True):
+    return jax.numpy.asarray(np.asarray(restored))
+  return restored
+
+
+def _signature(tree) -> dict:
+  """{key path: (shape, dtype)} with namedtuples, tuples, dicts and lists
+  alike, so a restore target compares with orbax's saved metadata."""
+  def name(k):
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  leaves = jax.tree_util.tree_leaves_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+  return {"/".join(name(k) for k in path):
+          (tuple(x.shape), np.dtype(x.dtype).name) for path, x in leaves
+          if hasattr(x, "shape")}

@@ -23,6 +23,7 @@ import numpy as np
 
 import seqjax
 from seqjax import sharding as sharding_lib
+from seqjax import reliability
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer
 from seqjax.errors import SeqjaxError
@@ -61,6 +62,12 @@ class TrainingConfig:
                                    "0's coordinator (jax.distributed).")
   num_processes: int = field(1, "Multi-process: number of processes.")
   process_id: int = field(0, "Multi-process: this process's index.")
+  checkpoint_every_secs: float = field(
+      0.0, "Also save a checkpoint when this many seconds have passed since "
+      "the last one (0: off).")
+  skip_nonfinite_updates: bool = field(
+      False, "Skip a step whose loss or gradients are not finite (counted in "
+      "metrics.jsonl) instead of stopping the run there.")
 
   def validate(self) -> list[str]:
     """Messages naming each bad flag; empty when the config can run."""
@@ -77,6 +84,7 @@ class TrainingConfig:
     if self.learning_rate is not None and not self.learning_rate > 0:
       errors.append(f"--learning_rate must be positive; got {self.learning_rate}")
     errors += self._validate_devices()
+    errors += reliability.training_flag_errors(self)
     return errors
 
   def _validate_devices(self) -> list[str]:
@@ -148,7 +156,11 @@ def resolve_workdir(config, task: str) -> str:
       "runs", f"{task}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SeqjaxError(f"--workdir={workdir} exists and is not a directory")
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except (OSError, ValueError) as e:
+    raise SeqjaxError(f"--workdir={workdir!r} cannot be created: {e}") from e
+  reliability.check_workdir_free(workdir)  # a second run stops here, at once
   return workdir
 
 
@@ -161,6 +173,8 @@ def write_json_atomic(path: str, obj: Any) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump(obj, f, indent=2, default=_json_default, ensure_ascii=False)
       f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())  # the data is on disk before the rename
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -197,12 +211,25 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
   """Builds the train state, resumes from ``workdir`` and trains (or, with
   ``--eval_only``, only restores). A checkpoint written for another model stops
   the run before anything is written. ``initial_carry`` / ``reset_every``:
-  stateful training (see ``seqjax.train.fit``)."""
+  stateful training (see ``seqjax.train.fit``). Ctrl-C saves a checkpoint and
+  raises ``reliability.TrainingInterrupted``; a damaged checkpoint is
+  skipped."""
   dtype = getattr(config, "dtype", "float32")
   if dtype != "float32" and getattr(model, "dtype", None) != DTYPES[dtype]:
     # A task must pass config.compute_dtype() to its model; never ignore it.
     raise SeqjaxError(f"--dtype={dtype}: this task's model "
                       f"({type(model).__name__}) does not compute in it")
+  return _train_or_restore_locked(
+      model=model, params=params, config=config, workdir=workdir,
+      model_config=model_config, data=data, loss_fn=loss_fn,
+      epoch_end_fn=epoch_end_fn, fit_config=fit_config,
+      initial_carry=initial_carry, reset_every=reset_every)
+
+
+@reliability.exclusive_workdir  # one run per workdir; see reliability.py
+def _train_or_restore_locked(*, model, params, config, workdir, model_config,
+                              data, loss_fn, epoch_end_fn, fit_config,
+                              initial_carry, reset_every):
   checkpointer = Checkpointer(workdir, model_config)
   latest = checkpointer.check_compatible()
   tx = train_lib.make_optimizer(config.optimizer, config.learning_rate)
@@ -216,7 +243,8 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
     state = sharding_lib.replicate(state, mesh)
   if latest is not None:
     state = checkpointer.restore(state, latest)
-    print(f"Resumed from the checkpoint at step {latest} in {workdir}.")
+    print(f"Resumed from the checkpoint at step {int(state.step)} in "
+          f"{workdir}.")
   if config.eval_only:
     if latest is None:
       raise SeqjaxError(f"--eval_only: no checkpoint in --workdir={workdir}")
@@ -229,13 +257,22 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
     # Evaluation code is written for one device: hand it a local copy.
     user_epoch_end_fn = epoch_end_fn
     epoch_end_fn = lambda s, e: user_epoch_end_fn(sharding_lib.local_copy(s), e)
-  state, stats = train_lib.fit(
-      state, data, loss_fn, fit_config or config.fit_config(),
-      checkpointer=checkpointer, metrics_log=metrics_log,
-      epoch_end_fn=epoch_end_fn, initial_carry=initial_carry,
-      reset_every=reset_every, mesh=mesh)
+  fit_config = reliability.with_reliability_flags(
+      fit_config or config.fit_config(), config)
+  reliability.check_fit_size(fit_config, data)
+  if metrics_log.path is not None:
+    reliability.prepare_resume(metrics_log.path, int(state.step))
+  with reliability.InterruptGuard() as interrupt:
+    state, stats = train_lib.fit(
+        state, data, loss_fn, fit_config,
+        checkpointer=checkpointer, metrics_log=metrics_log,
+        epoch_end_fn=epoch_end_fn, initial_carry=initial_carry,
+        reset_every=reset_every, mesh=mesh, should_stop=interrupt.requested)
   checkpointer.save(state)
   checkpointer.close()
+  if interrupt.requested():
+    raise reliability.TrainingInterrupted(int(state.step), workdir,
+                                          interrupt.signum)
   state = sharding_lib.local_copy(state)
   prefix = (f"[process {jax.process_index()}/{jax.process_count()}] "
             if jax.process_count() > 1 else "")

@@ -30,6 +30,7 @@ from seqjax import metrics as metrics_lib
 from seqjax import stateful as stateful_lib
 from seqjax import sharding as sharding_lib
 from seqjax.errors import SeqjaxError
+from seqjax import reliability
 
 TrainState = train_state.TrainState
 Batch = dict[str, Any]
@@ -39,6 +40,10 @@ StatefulLossFn = Callable[[Any, Batch, Any],
                           tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
+# What a step does with a non-finite loss, gradient or updated parameter:
+# "ignore" applies it (the plain step), "stop" leaves the state at the last
+# good step and fit() stops there, "skip" drops the update and goes on.
+NONFINITE_MODES = ("ignore", "stop", "skip")
 # Keras' default learning rates, so a flag left alone means the tutorial's.
 DEFAULT_LEARNING_RATES = {"adam": 1e-3, "rmsprop": 1e-3, "sgd": 1e-2}
 
@@ -119,15 +124,44 @@ def make_classifier_loss(model, stateful: bool = False):
   return loss_fn
 
 
-def make_train_step(loss_fn: LossFn):
-  """-> pure ``train_step(state, batch) -> (state, metrics)``."""
+def make_train_step(loss_fn: LossFn, nonfinite: str = "ignore"):
+  """-> pure ``train_step(state, batch) -> (state, metrics)``.
+
+  ``nonfinite`` "stop" or "skip": a step whose loss, gradients or updated
+  parameters are not all finite is not applied (parameters and optimizer
+  state stay; with "skip" the step count still advances, so the data order is
+  kept); its metrics have ``nonfinite`` 1.0, and ``grad_norm`` is reported.
+  """
+  if nonfinite not in NONFINITE_MODES:
+    raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}; got "
+                     f"{nonfinite!r}")
 
   def train_step(state: TrainState, batch: Batch):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch)
     return state.apply_gradients(grads=grads), {"loss": loss, **aux}
 
-  return train_step
+  if nonfinite == "ignore":
+    return train_step
+
+  def guarded_step(state: TrainState, batch: Batch):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch)
+    new = state.apply_gradients(grads=grads)
+    finite = (jnp.isfinite(loss) & _all_finite(grads) &
+              _all_finite(new.params))
+    old = state if nonfinite == "stop" else state.replace(step=new.step)
+    # A select, not a cond: a finite step's numbers are the plain step's.
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    return new, {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
+                 "nonfinite": (~finite).astype(jnp.float32)}
+
+  return guarded_step
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all()
+                            for x in jax.tree.leaves(tree)] or [True]))
 
 
 def jit_train_step(loss_fn: LossFn):
@@ -145,32 +179,54 @@ def make_eval_step(loss_fn: LossFn):
   return eval_step
 
 
-def make_multi_step(loss_fn: LossFn, mesh=None):
+def make_multi_step(loss_fn: LossFn, nonfinite: str = "ignore", mesh=None):
   """-> jitted ``run(state, data, idx_KB, valid_K) -> (state, metrics_K)``.
 
   Runs K train steps in one call; step k trains on ``data[idx_KB[k]]`` when
   ``valid_K[k]``, and is skipped otherwise (its metrics are zeros).
+  ``nonfinite``: as in ``make_train_step``; with "stop", the steps after a
+  non-finite one are skipped too, so the state is the last good one.
 
   With a ``mesh`` (``seqjax.sharding``), state, data and metrics are
   replicated and the indices' batch axis is split over ``data``: each device
   gathers its own rows and the partitioner all-reduces the gradients.
   """
-  train_step = make_train_step(loss_fn)
+  train_step = make_train_step(loss_fn, nonfinite)
 
-  def run(state, data, idx_KB, valid_K):
-    def body(state, inputs):
-      idx_B, valid = inputs
-      batch = jax.tree.map(lambda a: a[idx_B], data)
-      if mesh is not None:
-        batch = jax.lax.with_sharding_constraint(
-            batch, sharding_lib.batch_sharding(mesh))
-      _, metric_shapes = jax.eval_shape(train_step, state, batch)
+  def gather(data, idx_B):
+    batch = jax.tree.map(lambda a: a[idx_B], data)
+    if mesh is not None:
+      batch = jax.lax.with_sharding_constraint(
+          batch, sharding_lib.batch_sharding(mesh))
+    return batch
 
-      def skip(state):
-        return state, jax.tree.map(
-            lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
-      return jax.lax.cond(valid, lambda s: train_step(s, batch), skip, state)
-    return jax.lax.scan(body, state, (idx_KB, valid_K))
+  def step_or_skip(state, batch, run_step):
+    _, metric_shapes = jax.eval_shape(train_step, state, batch)
+
+    def skip(state):
+      return state, jax.tree.map(
+          lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+    return jax.lax.cond(run_step, lambda s: train_step(s, batch), skip, state)
+
+  if nonfinite == "ignore":
+    def run(state, data, idx_KB, valid_K):
+      def body(state, inputs):
+        idx_B, valid = inputs
+        return step_or_skip(state, gather(data, idx_B), valid)
+      return jax.lax.scan(body, state, (idx_KB, valid_K))
+  else:
+    def run(state, data, idx_KB, valid_K):
+      def body(carry, inputs):
+        state, halted = carry
+        idx_B, valid = inputs
+        state, metrics = step_or_skip(state, gather(data, idx_B),
+                                      valid & ~halted)
+        if nonfinite == "stop":
+          halted = halted | (metrics["nonfinite"] > 0)
+        return (state, halted), metrics
+      (state, _), metrics_K = jax.lax.scan(
+          body, (state, jnp.zeros((), bool)), (idx_KB, valid_K))
+      return state, metrics_K
 
   if mesh is None:
     return jax.jit(run, donate_argnames="state")
@@ -268,6 +324,8 @@ class FitConfig:
   checkpoint_every_steps: int = 0   # 0: at each epoch end only
   # Logged in metrics rows: a number, or a function of the step (a schedule).
   learning_rate: Optional[Any] = None
+  checkpoint_every_secs: float = 0.0  # also save when this long since the last
+  nonfinite: str = "ignore"         # see NONFINITE_MODES
 
 
 @dataclasses.dataclass
@@ -280,6 +338,8 @@ class FitStats:
   compiles: int = 0
   last_metrics: dict = dataclasses.field(default_factory=dict)
   final_carry: Any = None          # stateful fit: the carry after the last step
+  nonfinite_skipped: int = 0        # steps skipped (FitConfig.nonfinite="skip")
+  interrupted: bool = False         # should_stop() ended the run early
 
   def samples_per_second(self, batch_size: int) -> float:
     if self.steady_steps and self.steady_seconds > 0:
@@ -298,8 +358,8 @@ class MetricsLog:
   def write(self, row: dict):
     if self.path is None:
       return
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(row) + "\n")
+    # One whole line per write(2), fsynced: a crash never leaves half a row.
+    reliability.append_line(self.path, json.dumps(row))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -313,13 +373,17 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
         metrics_log: Optional[MetricsLog] = None,
         epoch_end_fn: Optional[Callable[[TrainState, int], dict]] = None,
         multi_step=None, initial_carry=None, reset_every: int = 0,
-        mesh=None) -> tuple[TrainState, FitStats]:
+        mesh=None, should_stop: Optional[Callable[[], bool]] = None,
+        ) -> tuple[TrainState, FitStats]:
   """Trains ``state`` from its current step to ``epochs`` full epochs.
 
   ``data`` is a dict of equally long arrays; batches are rows of it. Resumes
   from ``state.step``. ``checkpointer.save(state)`` is called at checkpoint
   boundaries and at the end; ``epoch_end_fn(state, epoch)`` after each epoch
-  (its dict is logged).
+  (its dict is logged). ``should_stop()`` is polled after each jitted call:
+  when true, a checkpoint is saved at that step and fit returns with
+  ``stats.interrupted``. With ``config.nonfinite="stop"`` a non-finite step
+  raises ``reliability.NonFiniteError`` after saving the last good state.
 
   Stateful training: with ``initial_carry`` (a carry pytree of batch size
   ``batch_size``), ``loss_fn`` has the signature ``loss_fn(params, batch,
@@ -354,6 +418,9 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
   if stateful and mesh is not None:
     raise SeqjaxError("stateful training runs on one device: set "
                       "--num_devices=1")
+  # The non-finite guard covers the stateless paths; a stateful run is not
+  # guarded (its carry would need the same treatment).
+  guarded = config.nonfinite != "ignore" and not stateful
   if stateful:
     multi_step = multi_step or make_stateful_multi_step(loss_fn)
     carry = initial_carry
@@ -362,13 +429,15 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
                       "carry restarts from initial_carry.", step)
     device_data = jax.device_put(data)
   elif mesh is None:
-    multi_step = multi_step or make_multi_step(loss_fn)
+    multi_step = multi_step or make_multi_step(loss_fn, config.nonfinite)
     device_data = jax.device_put(data)
   else:
     sharding_lib.check_batch_size(bsz, mesh)
-    multi_step = multi_step or make_multi_step(loss_fn, mesh)
+    multi_step = multi_step or make_multi_step(loss_fn, config.nonfinite, mesh)
     device_data = sharding_lib.replicate(data, mesh)
     state = sharding_lib.replicate(state, mesh)
+  step_start = step
+  t_saved = time.perf_counter()
   k_max = max(1, config.steps_per_call)
   pending = []       # (metrics_K on device, number of valid steps)
   perm_epoch, perm = -1, None
@@ -411,6 +480,12 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
                                            device_data, idx, valid, reset)
     else:
       state, metrics_K = multi_step(state, device_data, idx, valid)
+    if guarded:  # the flags are needed now: a host sync per call
+      bad_K = np.asarray(metrics_K["nonfinite"])[:k] > 0
+      if config.nonfinite == "stop" and bad_K.any():
+        _stop_nonfinite(state, metrics_K, int(np.argmax(bad_K)), step,
+                        step_start, spe, pending, checkpointer, metrics_log)
+      stats.nonfinite_skipped += int(bad_K.sum())
     pending.append((metrics_K, k))
     if stats.steps_run == 0:
       jax.block_until_ready(state.step)
@@ -424,7 +499,7 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
     at_log = config.log_every_steps and step % config.log_every_steps == 0
     at_epoch_end = step % spe == 0
     if at_log or at_epoch_end or step == total:
-      row = _reduce_metrics(pending)
+      row = (_reduce_guarded if guarded else _reduce_metrics)(pending)
       pending = []
       now = time.perf_counter()
       rate = (step - step_log) / max(now - t_log, 1e-9)
@@ -445,8 +520,12 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
       t_log, step_log = now, step
     at_ckpt = (config.checkpoint_every_steps and
                step % config.checkpoint_every_steps == 0)
+    at_ckpt = at_ckpt or (config.checkpoint_every_secs and
+                          time.perf_counter() - t_saved >=
+                          config.checkpoint_every_secs)
     if checkpointer is not None and (at_ckpt or at_epoch_end or step == total):
       checkpointer.save(state)
+      t_saved = time.perf_counter()
     if at_epoch_end and epoch_end_fn is not None:
       extra = epoch_end_fn(state, step // spe)
       if extra:
@@ -454,6 +533,19 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
           metrics_log.write({"step": step, "epoch": step // spe, "eval": True,
                              "wall_s": time.perf_counter() - t_start,
                              "time": time.time(), **extra})
+    if should_stop is not None and step < total and should_stop():
+      if pending:  # log the steps since the last row, then save this step
+        row = (_reduce_guarded if guarded else _reduce_metrics)(pending)
+        pending = []
+        row.update(step=step, epoch=step / spe, interrupted=True)
+        stats.last_metrics = row
+        if metrics_log:
+          metrics_log.write(row)
+      if checkpointer is not None:
+        checkpointer.save(state)
+      stats.interrupted = True
+      logging.warning("Stopped at step %d on request.", step)
+      break
 
   jax.block_until_ready(state.params)
   end = time.perf_counter()
@@ -464,6 +556,53 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
   if stateful:
     stats.final_carry = carry
   return state, stats
+
+
+def _reduce_guarded(pending) -> dict:
+  """Like _reduce_metrics, over the finite steps only; counts the others."""
+  sums, count, skipped = {}, 0, 0
+  for metrics_K, k in pending:
+    host = jax.device_get(metrics_K)
+    good_K = ~(np.asarray(host.pop("nonfinite"))[:k] > 0)
+    for name, values in host.items():
+      sums[name] = sums.get(name, 0.0) + float(
+          np.asarray(values)[:k][good_K].sum())
+    count += int(good_K.sum())
+    skipped += k - int(good_K.sum())
+  # No finite step in the window: NaN, not a misleading 0.
+  row = {name: total / count if count else float("nan")
+         for name, total in sums.items()}
+  row["nonfinite_skipped"] = skipped
+  return row
+
+
+def _stop_nonfinite(state, metrics_K, j, step, step_start, spe, pending,
+                    checkpointer, metrics_log):
+  """Step ``step + j + 1`` was not finite: ``state`` is the last good one
+  (step + j). Logs and saves it (it is finite), then raises."""
+  host = jax.device_get(metrics_K)
+  bad_step = step + j + 1
+  loss, grad_norm = float(host["loss"][j]), float(host["grad_norm"][j])
+  row = _reduce_guarded(pending + [(metrics_K, j)]) if pending or j else {}
+  row.update(step=step + j, epoch=(step + j) / spe, nonfinite_step=bad_step,
+             nonfinite_loss=str(loss), nonfinite_grad_norm=str(grad_norm))
+  if metrics_log:
+    metrics_log.write(row)
+  saved = ""
+  if checkpointer is not None:
+    if step + j > step_start:
+      checkpointer.save(state)
+    last = checkpointer.latest_step()
+    saved = (f" The last good checkpoint (step {last}) in "
+             f"{checkpointer.directory} is kept; nothing non-finite was "
+             "saved." if last is not None else " Nothing was saved.")
+  what = (f"loss {loss}" if not np.isfinite(loss) else
+          f"gradient norm {grad_norm} (loss {loss})" if not np.isfinite(
+              grad_norm) else f"parameters after the update (loss {loss})")
+  raise reliability.NonFiniteError(
+      f"Non-finite {what} at step {bad_step} (epoch {bad_step / spe:.2f}): "
+      f"the update was not applied and training stopped.{saved} Lower "
+      "--learning_rate, or pass --skip_nonfinite_updates to skip such steps.")
 
 
 def _reduce_metrics(pending) -> dict:

@@ -40,7 +40,7 @@ def _fit(mesh):
   config = train_lib.FitConfig(batch_size=32, epochs=STEPS // 6,
                                steps_per_call=4, log_every_steps=1)
   loss_fn = train_lib.make_seq2seq_loss(model)
-  multi_step = train_lib.make_multi_step(loss_fn, mesh)
+  multi_step = train_lib.make_multi_step(loss_fn, mesh=mesh)
   state, stats = train_lib.fit(state, data, loss_fn, config, mesh=mesh,
                                metrics_log=log, multi_step=multi_step)
   hlo = ""

@@ -1,0 +1,90 @@
+"""What the reliability guards cost in ``fit``, on the reverse task's default
+model (51 features, 128 LSTM units, batch 32, 25 steps per call):
+
+* ``nonfinite``: "ignore" (the library default), "stop" (the binaries'
+  default: finiteness checks and a select per step, a host sync per call),
+  "skip";
+* metrics rows appended with fsync after every call (the worst case; the
+  binaries log every 500 steps by default).
+
+  python -m benchmarks.reliability_overhead [--steps=1500 --repeats=6
+      --out=reliability_overhead.json]
+
+Prints a table of steady-state samples/s (compile excluded; the median over
+the rounds after the first, which compiles) and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax import train as train_lib
+from seqjax.data import reverse
+from seqjax.models import Seq2Seq
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--steps", type=int, default=1500)
+  parser.add_argument("--repeats", type=int, default=6)
+  parser.add_argument("--out", default="reliability_overhead.json")
+  args = parser.parse_args()
+
+  bsz, k = 32, 25
+  data = reverse.generate(np.random.default_rng(0), args.steps * bsz)
+  model = Seq2Seq(src_vocab=51, tgt_vocab=51, units=128)
+  params = model.init(jax.random.key(0), data["src"][:1], data["dec_in"][:1])
+  loss_fn = train_lib.make_seq2seq_loss(model)
+  tx = train_lib.make_optimizer("adam")  # one object: it is part of jit's key
+  tmp = tempfile.mkdtemp(prefix="seqjax-bench-")
+  variants = [("ignore", False), ("stop", False), ("skip", False),
+              ("stop", True)]
+  multis = {mode: train_lib.make_multi_step(loss_fn, mode)
+            for mode in ("ignore", "stop", "skip")}
+  rates = {v: [] for v in variants}
+  # Rounds of every variant in turn, so a change of machine load hits all.
+  for r in range(args.repeats):
+    for mode, log_rows in variants:
+      cfg = train_lib.FitConfig(batch_size=bsz, epochs=1, steps_per_call=k,
+                                log_every_steps=k if log_rows else 0,
+                                nonfinite=mode)
+      state = train_lib.create_train_state(  # fit donates: a fresh copy
+          model, jax.tree.map(lambda x: jnp.asarray(np.array(x)), params), tx)
+      log = train_lib.MetricsLog(os.path.join(tmp, f"{mode}-{r}.jsonl")
+                                 if log_rows else None)
+      _, stats = train_lib.fit(state, data, loss_fn, cfg,
+                               multi_step=multis[mode], metrics_log=log)
+      assert stats.compiles == 1, stats.compiles
+      if r > 0:  # round 0 compiles
+        rates[(mode, log_rows)].append(stats.samples_per_second(bsz))
+  rows = [{"nonfinite": mode, "fsynced_row_every_call": log_rows,
+           "samples_per_s_median": float(np.median(rates[(mode, log_rows)])),
+           "samples_per_s_all": rates[(mode, log_rows)]}
+          for mode, log_rows in variants]
+  base = rows[0]["samples_per_s_median"]
+  print(f"{'nonfinite':<10} {'rows+fsync':<11} {'samples/s':>10} {'vs ignore':>9}")
+  for row in rows:
+    row["relative"] = row["samples_per_s_median"] / base
+    print(f"{row['nonfinite']:<10} {str(row['fsynced_row_every_call']):<11} "
+          f"{row['samples_per_s_median']:>10,.0f} {row['relative']:>9.3f}")
+  result = {"steps": args.steps, "batch_size": bsz, "steps_per_call": k,
+            "repeats": args.repeats, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()],
+            "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(),
+            "python": platform.python_version(), "jax": jax.__version__,
+            "rows": rows}
+  with open(args.out, "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+  print(f"Wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
