@@ -130,10 +130,12 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
                      loss_fn: train_lib.LossFn,
                      epoch_end_fn: Optional[Callable] = None,
                      fit_config: Optional[train_lib.FitConfig] = None,
+                     batch_plan: Optional[train_lib.BucketPlan] = None,
                      ) -> tuple[train_lib.TrainState, train_lib.FitStats]:
   """Builds the train state, resumes from ``workdir`` and trains (or, with
   ``--eval_only``, only restores). A checkpoint written for another model stops
-  the run before anything is written."""
+  the run before anything is written. With ``batch_plan``, ``data`` is a list
+  of datasets (see ``train.fit``)."""
   checkpointer = Checkpointer(workdir, model_config)
   latest = checkpointer.check_compatible()
   tx = train_lib.make_optimizer(config.optimizer, config.learning_rate)
@@ -149,7 +151,7 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
   state, stats = train_lib.fit(
       state, data, loss_fn, fit_config or config.fit_config(),
       checkpointer=checkpointer, metrics_log=metrics_log,
-      epoch_end_fn=epoch_end_fn)
+      epoch_end_fn=epoch_end_fn, batch_plan=batch_plan)
   checkpointer.save(state)
   checkpointer.close()
   return state, stats
