@@ -1,4 +1,4 @@
-"""The translate experiment: free-running decoder, variants, restore, real data."""
+"""The translate experiment: free-running decoder, variants, restore, data."""
 
 import json
 import os

@@ -126,8 +126,8 @@ def test_unknown_symbols():
   ids, unknown = v.encode("abxa")
   assert unknown == ["x"] and ids[2] == vocab_lib.UNK_ID
   assert v.decode(ids) == "ab\ufffda"
-  assert vocab_lib.encode_sources(v, ["abxa", "xx"])["src_unknown"].tolist() == [
-      1, 2]
+  arrays = vocab_lib.encode_sources(v, ["abxa", "xx"])
+  assert arrays["src_unknown"].tolist() == [1, 2]
 
 
 def test_word_level_splits_words_and_punctuation():

@@ -6,9 +6,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def real_pair_file():
-  """$SEQJAX_CMN_PATH, <repo>/../shared/..., /work/shared/...; None if absent."""
+  """$SEQJAX_CMN_PATH, <repo>/../shared/..., /work/shared/...; else None."""
   candidates = [os.environ.get("SEQJAX_CMN_PATH"),
-                os.path.join(ROOT, "..", "shared", "data", "cmn-eng", "cmn.txt"),
+                os.path.join(ROOT, "..", "shared", "data", "cmn-eng",
+                             "cmn.txt"),
                 "/work/shared/data/cmn-eng/cmn.txt"]
   for path in candidates:
     if path and os.path.isfile(path):

@@ -161,7 +161,8 @@ def length_buckets(src_len: np.ndarray, tgt_len: np.ndarray,
   if num_buckets < 1:
     raise ValueError(f"num_buckets must be positive; got {num_buckets}")
   quantiles = np.quantile(tgt_len, np.arange(1, num_buckets) / num_buckets)
-  limits = sorted(set(int(np.ceil(q)) for q in quantiles) | {int(tgt_len.max())})
+  limits = sorted({int(np.ceil(q)) for q in quantiles} |
+                  {int(tgt_len.max())})
   groups = [np.flatnonzero((tgt_len <= hi) & (tgt_len > lo))
             for lo, hi in zip([0] + limits[:-1], limits)]
   groups = [g for g in groups if len(g)]
