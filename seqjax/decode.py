@@ -105,6 +105,28 @@ def predict_tokens(model, params, src_BS: Array, *, max_len: int,
   return tokens_BT
 
 
+def free_running_decode(model: Seq2Seq, params, src_BS: Array, *,
+                        max_len: int, start_id: int,
+                        stop_id: Optional[int] = None, pad_id: int = 0,
+                        src_mask_BS: Optional[Array] = None,
+                        feedback: str = "softmax") -> Array:
+  """Decoding with the free-running training model -> tokens (B, max_len).
+
+  The decoder is fed back what it was trained with (``Seq2Seq.free_running``;
+  the softmax by default) and emits the argmax of each step. With
+  ``feedback="argmax"`` this is ``greedy_decode``. After the stop token
+  (emitted) every step is ``pad_id``.
+  """
+  logits_BTV = model.apply(params, src_BS, max_len, start_id, src_mask_BS,
+                           feedback, method=Seq2Seq.free_running)
+  tokens_BT = jnp.argmax(logits_BTV, axis=-1).astype(jnp.int32)
+  if stop_id is not None:
+    stop_BT = (tokens_BT == stop_id).astype(jnp.int32)
+    after_stop_BT = (jnp.cumsum(stop_BT, axis=1) - stop_BT) > 0
+    tokens_BT = jnp.where(after_stop_BT, pad_id, tokens_BT)
+  return tokens_BT
+
+
 def make_token_predictor(model, *, max_len: int, start_id: int = 0,
                          stop_id: Optional[int] = None, pad_id: int = 0):
   """Jitted ``predict(params, src_BS, src_mask_BS=None) -> tokens (B, max_len)``
@@ -112,6 +134,17 @@ def make_token_predictor(model, *, max_len: int, start_id: int = 0,
   """
   fn = functools.partial(predict_tokens, model, max_len=max_len,
                          start_id=start_id, stop_id=stop_id, pad_id=pad_id)
+  return jax.jit(lambda params, src, src_mask=None: fn(params, src,
+                                                        src_mask_BS=src_mask))
+
+
+def make_free_running_decoder(model: Seq2Seq, *, max_len: int, start_id: int,
+                              stop_id: Optional[int] = None, pad_id: int = 0,
+                              feedback: str = "softmax"):
+  """Jitted ``decode(params, src_BS, src_mask_BS=None) -> tokens (B, max_len)``."""
+  fn = functools.partial(free_running_decode, model, max_len=max_len,
+                         start_id=start_id, stop_id=stop_id, pad_id=pad_id,
+                         feedback=feedback)
   return jax.jit(lambda params, src, src_mask=None: fn(params, src,
                                                         src_mask_BS=src_mask))
 

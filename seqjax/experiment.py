@@ -207,11 +207,13 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
                      epoch_end_fn: Optional[Callable] = None,
                      fit_config: Optional[train_lib.FitConfig] = None,
                      initial_carry=None, reset_every: int = 0,
+                     batch_plan: Optional[train_lib.BucketPlan] = None,
                      ) -> tuple[train_lib.TrainState, train_lib.FitStats]:
   """Builds the train state, resumes from ``workdir`` and trains (or, with
   ``--eval_only``, only restores). A checkpoint written for another model stops
   the run before anything is written. ``initial_carry`` / ``reset_every``:
-  stateful training (see ``seqjax.train.fit``). Ctrl-C saves a checkpoint and
+  stateful training (see ``seqjax.train.fit``). With ``batch_plan``, ``data``
+  is a list of datasets (length buckets; see ``train.fit``). Ctrl-C saves a checkpoint and
   raises ``reliability.TrainingInterrupted``; a damaged checkpoint is
   skipped."""
   dtype = getattr(config, "dtype", "float32")
@@ -223,13 +225,14 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
       model=model, params=params, config=config, workdir=workdir,
       model_config=model_config, data=data, loss_fn=loss_fn,
       epoch_end_fn=epoch_end_fn, fit_config=fit_config,
-      initial_carry=initial_carry, reset_every=reset_every)
+      initial_carry=initial_carry, reset_every=reset_every,
+      batch_plan=batch_plan)
 
 
 @reliability.exclusive_workdir  # one run per workdir; see reliability.py
 def _train_or_restore_locked(*, model, params, config, workdir, model_config,
                               data, loss_fn, epoch_end_fn, fit_config,
-                              initial_carry, reset_every):
+                              initial_carry, reset_every, batch_plan):
   checkpointer = Checkpointer(workdir, model_config)
   latest = checkpointer.check_compatible()
   tx = train_lib.make_optimizer(config.optimizer, config.learning_rate)
@@ -267,7 +270,8 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
         state, data, loss_fn, fit_config,
         checkpointer=checkpointer, metrics_log=metrics_log,
         epoch_end_fn=epoch_end_fn, initial_carry=initial_carry,
-        reset_every=reset_every, mesh=mesh, should_stop=interrupt.requested)
+        reset_every=reset_every, mesh=mesh, should_stop=interrupt.requested,
+        batch_plan=batch_plan)
   checkpointer.save(state)
   checkpointer.close()
   if interrupt.requested():

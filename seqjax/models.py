@@ -26,6 +26,7 @@ from seqjax.recurrent import CELLS, Carry, make_recurrent
 Array = jax.Array
 
 dense_init = nn.initializers.xavier_uniform()  # Keras' glorot_uniform
+FEEDBACKS = ("softmax", "argmax")  # what a free-running decoder is fed back
 
 
 class Seq2Seq(nn.Module):
@@ -85,6 +86,56 @@ class Seq2Seq(nn.Module):
     h_BTH, _ = self.decoder(self._tgt_inputs(dec_in_BT), initial_carry=carry,
                             mask=dec_mask_BT)
     return self.readout(h_BTH).astype(jnp.float32)
+
+  def decode_step_dense(self, x_BV: Array, carry: Carry
+                        ) -> tuple[Array, Carry]:
+    """One decoder step fed a distribution over the target vocabulary (B, V)
+    instead of a token: a matmul with the decoder kernel (one-hot inputs), or
+    the expected embedding ``x @ table`` -> logits (B, V), carry."""
+    if self.embedding_dim is not None:
+      x_BV = x_BV @ self.tgt_embed.embedding.astype(x_BV.dtype)
+    carry, h_BH = self.decoder.step(carry, x_BV)
+    return self.readout(h_BH).astype(jnp.float32), carry
+
+  def decode_free_running(self, carry: Carry, start_B: Array, num_steps: int,
+                          feedback: str = "softmax") -> Array:
+    """The decoder fed its own previous prediction -> logits (B, num_steps, V).
+
+    No target token enters. ``feedback="softmax"`` feeds the predicted
+    distribution (as the Keras "no teacher forcing" model, whose Dense softmax
+    output is the next input): it is differentiable, so the loss of later
+    steps trains earlier predictions too. ``"argmax"`` feeds the predicted
+    token (a row lookup, like greedy decoding); no gradient flows through it.
+    """
+    if feedback not in FEEDBACKS:
+      raise ValueError(f"unknown feedback {feedback!r}; expected one of "
+                       f"{FEEDBACKS}")
+
+    def body(mdl, state, _):
+      carry, x = state
+      if feedback == "softmax":
+        logits_BV, carry = mdl.decode_step_dense(x, carry)
+        x = jax.nn.softmax(logits_BV, axis=-1)
+      else:
+        logits_BV, carry = mdl.decode_step(x, carry)
+        x = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+      return (carry, x), logits_BV
+
+    x0 = (jax.nn.one_hot(start_B, self.tgt_vocab, dtype=jnp.float32)
+          if feedback == "softmax" else start_B.astype(jnp.int32))
+    scan = nn.scan(body, variable_broadcast="params",
+                   split_rngs={"params": False}, length=num_steps,
+                   out_axes=1)
+    _, logits_BTV = scan(self, (carry, x0), None)
+    return logits_BTV
+
+  def free_running(self, src_BS: Array, num_steps: int, start_id: int,
+                   src_mask_BS: Optional[Array] = None,
+                   feedback: str = "softmax") -> Array:
+    """The free-running training model: source -> logits (B, num_steps, V)."""
+    carry = self.encode(src_BS, src_mask_BS)
+    start_B = jnp.full((src_BS.shape[0],), start_id, jnp.int32)
+    return self.decode_free_running(carry, start_B, num_steps, feedback)
 
   def __call__(self, src_BS: Array, dec_in_BT: Array,
                src_mask_BS: Optional[Array] = None,

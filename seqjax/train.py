@@ -124,6 +124,29 @@ def make_classifier_loss(model, stateful: bool = False):
   return loss_fn
 
 
+def make_free_running_loss(model, start_id: int, feedback: str = "softmax"
+                           ) -> LossFn:
+  """Loss of a ``Seq2Seq`` whose decoder runs free (no teacher forcing).
+
+  The decoder starts from ``start_id`` and is fed its own previous prediction
+  (see ``Seq2Seq.free_running``) for ``target.shape[1]`` steps; the batch's
+  ``dec_in`` is never read. The batch holds ``src``, ``target`` and optionally
+  ``src_mask`` / ``target_mask``.
+  """
+
+  def loss_fn(params, batch):
+    mask = batch.get("target_mask")
+    logits_BTV = model.apply(params, batch["src"], batch["target"].shape[1],
+                             start_id, batch.get("src_mask"), feedback,
+                             method="free_running")
+    loss = metrics_lib.masked_cross_entropy(logits_BTV, batch["target"], mask)
+    pred_BT = jnp.argmax(logits_BTV, axis=-1)
+    acc = metrics_lib.masked_token_accuracy(pred_BT, batch["target"], mask)
+    return loss, {"token_accuracy": acc}
+
+  return loss_fn
+
+
 def make_train_step(loss_fn: LossFn, nonfinite: str = "ignore"):
   """-> pure ``train_step(state, batch) -> (state, metrics)``.
 
@@ -313,6 +336,55 @@ def epoch_permutation(seed: int, epoch: int, n: int, shuffle: bool = True
   return np.random.default_rng([seed, 1_000_003, epoch]).permutation(n)
 
 
+@dataclasses.dataclass(frozen=True)
+class BucketPlan:
+  """Batches drawn from several datasets, e.g. length buckets each padded to
+  its own width, for ``fit(..., batch_plan=)``.
+
+  Every batch comes from one dataset; each epoch, each dataset's rows are
+  permuted and cut into full batches (the remainder, different each epoch, is
+  dropped), and runs of up to ``group`` batches of one dataset are shuffled.
+  A run lets one jitted call scan several steps over one dataset's shapes, so
+  the step compiles once per dataset. The order is a function of (seed, epoch).
+  """
+
+  sizes: tuple[int, ...]      # rows of each dataset
+  batch_size: int
+  group: int = 1              # batches of one dataset kept consecutive
+  shuffle: bool = True
+
+  @property
+  def num_examples(self) -> int:
+    return sum(self.sizes)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return sum(n // self.batch_size for n in self.sizes)
+
+  def epoch(self, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> (dataset of each step (S,), rows of each step flattened (S * B,))."""
+    bsz, runs = self.batch_size, []
+    for d, n in enumerate(self.sizes):
+      rows = (np.random.default_rng([seed, 1_000_003, epoch, d]).permutation(n)
+              if self.shuffle else np.arange(n))
+      batches = rows[:n // bsz * bsz].reshape(-1, bsz)
+      runs += [(d, batches[i:i + self.group])
+               for i in range(0, len(batches), self.group)]
+    if self.shuffle:
+      order = np.random.default_rng([seed, 1_000_004, epoch]).permutation(
+          len(runs))
+      runs = [runs[i] for i in order]
+    dataset_S = np.concatenate(
+        [np.full(len(b), d, np.int32) for d, b in runs]).astype(np.int32)
+    rows_SB = np.concatenate([b for _, b in runs]).astype(np.int32)
+    return dataset_S, rows_SB.reshape(-1)
+
+  def run_length(self, dataset_S: np.ndarray, start: int) -> int:
+    """Consecutive steps from ``start`` that use the same dataset."""
+    same = dataset_S[start:] == dataset_S[start]
+    return int(same.argmin()) if not same.all() else len(same)
+
+
 @dataclasses.dataclass
 class FitConfig:
   batch_size: int
@@ -374,6 +446,7 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
         epoch_end_fn: Optional[Callable[[TrainState, int], dict]] = None,
         multi_step=None, initial_carry=None, reset_every: int = 0,
         mesh=None, should_stop: Optional[Callable[[], bool]] = None,
+        batch_plan: Optional[BucketPlan] = None,
         ) -> tuple[TrainState, FitStats]:
   """Trains ``state`` from its current step to ``epochs`` full epochs.
 
@@ -397,10 +470,19 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
   With a ``mesh`` (``seqjax.sharding.make_mesh``) each
   batch is split over its devices (data parallel); the returned state is
   replicated on them.
+
+  With ``batch_plan`` (a ``BucketPlan``), ``data`` is a list of such dicts
+  (e.g. length buckets, each with its own shapes) and the plan orders the
+  batches; the step compiles once per dataset.
   """
-  n = len(next(iter(data.values())))
+  if batch_plan is not None and batch_plan.batch_size != config.batch_size:
+    raise ValueError(f"batch_plan.batch_size {batch_plan.batch_size} != "
+                     f"batch_size {config.batch_size}")
+  n = (len(next(iter(data.values()))) if batch_plan is None
+       else batch_plan.num_examples)
   bsz = config.batch_size
-  spe = steps_per_epoch(n, bsz)
+  spe = (steps_per_epoch(n, bsz) if batch_plan is None
+         else batch_plan.steps_per_epoch)
   if spe == 0:
     raise ValueError(f"batch_size {bsz} is larger than the {n} training "
                      "examples")
@@ -418,6 +500,9 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
   if stateful and mesh is not None:
     raise SeqjaxError("stateful training runs on one device: set "
                       "--num_devices=1")
+  if stateful and batch_plan is not None:
+    raise ValueError("stateful fit takes consecutive rows of one dataset, not "
+                     "a batch_plan")
   # The non-finite guard covers the stateless paths; a stateful run is not
   # guarded (its carry would need the same treatment).
   guarded = config.nonfinite != "ignore" and not stateful
@@ -459,12 +544,17 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
   while step < total:
     epoch = step // spe
     if epoch != perm_epoch:
-      perm = (stateful_permutation(config.seed, epoch, n,
-                                   bsz * (reset_every or spe), config.shuffle)
-              if stateful else
-              epoch_permutation(config.seed, epoch, n, config.shuffle))
+      if batch_plan is not None:  # perm: rows within each step's dataset
+        dataset_S, perm = batch_plan.epoch(config.seed, epoch)
+      elif stateful:
+        perm = stateful_permutation(config.seed, epoch, n,
+                                    bsz * (reset_every or spe), config.shuffle)
+      else:
+        perm = epoch_permutation(config.seed, epoch, n, config.shuffle)
       perm_epoch = epoch
     k = min(k_max, boundaries(step) - step)
+    if batch_plan is not None:
+      k = min(k, batch_plan.run_length(dataset_S, step % spe))
     offset = (step % spe) * bsz
     idx = np.zeros((k_max, bsz), np.int32)
     idx[:k] = perm[offset:offset + k * bsz].reshape(k, bsz)
@@ -479,7 +569,9 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
       state, carry, metrics_K = multi_step(state, carry, initial_carry,
                                            device_data, idx, valid, reset)
     else:
-      state, metrics_K = multi_step(state, device_data, idx, valid)
+      state, metrics_K = multi_step(
+          state, device_data if batch_plan is None
+          else device_data[dataset_S[step % spe]], idx, valid)
     if guarded:  # the flags are needed now: a host sync per call
       bad_K = np.asarray(metrics_K["nonfinite"])[:k] > 0
       if config.nonfinite == "stop" and bad_K.any():

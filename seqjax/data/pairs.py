@@ -1,0 +1,119 @@
+"""Sentence-pair files of the Tatoeba / Anki collection (``cmn.txt``, ...).
+
+One pair a line, UTF-8, tab-separated: source, target and, in most copies, an
+attribution field (some copies have only the first two). A BOM at the start
+and CRLF line ends are accepted. Blank lines are skipped. Any other line that
+is not two or three fields with a non-empty source and target, or is not
+UTF-8, is malformed: it is counted with its line number and skipped, or, with
+``strict``, stops the load. An empty file, or one without a valid pair, stops
+it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+from seqjax.errors import SeqjaxError
+
+BOM = b"\xef\xbb\xbf"
+
+HOW_TO_GET = (
+    "The English-Chinese pairs are the Tatoeba project's sentences (CC-BY 2.0 "
+    "France) as distributed in the Anki pair files: download cmn-eng.zip from "
+    "https://www.manythings.org/anki/ and unzip it to get cmn.txt (in this "
+    "project's checkouts it lives at ../shared/data/cmn-eng/cmn.txt beside the "
+    "repository).")
+
+
+@dataclasses.dataclass
+class PairFile:
+  path: str
+  pairs: list[tuple[str, str]]
+  malformed: list[tuple[int, str]]  # (1-based line number, what is wrong)
+  lines_read: int
+
+
+def _check_line(raw: bytes) -> tuple[Optional[tuple[str, str]], str]:
+  """-> (pair, "") for a valid line, (None, reason) otherwise."""
+  try:
+    line = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    return None, (f"not UTF-8 (byte 0x{raw[e.start]:02x} at byte offset "
+                  f"{e.start})")
+  fields = line.split("\t")
+  if len(fields) not in (2, 3):
+    return None, (f"expected 2 or 3 tab-separated fields, found "
+                  f"{len(fields)}")
+  source, target = fields[0].strip(), fields[1].strip()
+  if not source or not target:
+    return None, f"empty {'source' if not source else 'target'} field"
+  return (source, target), ""
+
+
+def load_pairs(path: str, num_samples: Optional[int] = None,
+               strict: bool = False, flag: str = "--data_path") -> PairFile:
+  """Reads the first ``num_samples`` valid pairs (all when None).
+
+  Raises SeqjaxError (naming ``flag``, the file and the line) for a missing
+  or empty file, a file without a valid pair, or, with ``strict``, the first
+  malformed line.
+  """
+  if not os.path.isfile(path):
+    raise SeqjaxError(f"{flag}={path}: no such file. {HOW_TO_GET}")
+  with open(path, "rb") as f:
+    data = f.read()
+  if data.startswith(BOM):
+    data = data[len(BOM):]
+  if not data.strip():
+    raise SeqjaxError(f"{flag}={path} is empty: expected one sentence pair a "
+                      "line (source<TAB>target[<TAB>attribution]).")
+  pairs, malformed, lineno = [], [], 0
+  lines = data[:-1].split(b"\n") if data.endswith(b"\n") else data.split(b"\n")
+  for lineno, raw in enumerate(lines, start=1):
+    if num_samples is not None and len(pairs) >= num_samples:
+      lineno -= 1
+      break
+    raw = raw.rstrip(b"\r")
+    if not raw.strip():
+      continue
+    pair, reason = _check_line(raw)
+    if pair is None:
+      if strict:
+        raise SeqjaxError(f"{path}:{lineno}: {reason} (--strict stops at a "
+                          "malformed line; without it such lines are skipped "
+                          "and counted)")
+      malformed.append((lineno, reason))
+    else:
+      pairs.append(pair)
+  if not pairs:
+    first = (f"; line {malformed[0][0]}: {malformed[0][1]}" if malformed
+             else "")
+    raise SeqjaxError(f"{flag}={path}: no valid sentence pair in "
+                      f"{lineno} lines ({len(malformed)} malformed{first}). "
+                      "Expected source<TAB>target[<TAB>attribution] in UTF-8.")
+  return PairFile(path=path, pairs=pairs, malformed=malformed,
+                  lines_read=lineno)
+
+
+def describe_malformed(pair_file: PairFile, limit: int = 10) -> str:
+  """One line per malformed line (at most ``limit``), for the run's log."""
+  bad = pair_file.malformed
+  if not bad:
+    return ""
+  lines = [f"Skipped {len(bad)} malformed line(s) of {pair_file.path} "
+           "(--strict stops at the first):"]
+  lines += [f"  line {n}: {why}" for n, why in bad[:limit]]
+  if len(bad) > limit:
+    lines.append(f"  ... and {len(bad) - limit} more")
+  return "\n".join(lines)
+
+
+def split_pairs(pairs: list, validation_split: float) -> tuple[list, list]:
+  """Keras' ``validation_split``: the last fraction is held out, unshuffled."""
+  if not 0.0 < validation_split < 1.0:
+    raise ValueError(f"validation_split must be in (0, 1); got "
+                     f"{validation_split}")
+  split_at = int(len(pairs) * (1.0 - validation_split))
+  return pairs[:split_at], pairs[split_at:]

@@ -1,0 +1,179 @@
+"""Vocabularies of characters or words, and padded id arrays of sentences.
+
+As in the Keras character-level example, a target sentence is wrapped as
+``"\\t" + sentence + "\\n"``: the tab starts the decoder and the newline ends
+decoding. Ids 0 and 1 are padding and the unknown symbol; a target vocabulary
+puts the start and end symbols at 2 and 3. Symbols are sorted, so the same
+sentences always give the same ids.
+
+Levels: "char" splits a sentence into characters (as Keras); "word" splits
+English into lowercased words and punctuation marks. Chinese has no spaces, so
+its targets stay characters at both levels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+PAD, UNK = "<pad>", "<unk>"
+START, END = "\t", "\n"
+PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
+LEVELS = ("char", "word")
+
+_WORD_RE = re.compile(r"\w+|[^\w\s]")
+
+
+def tokenize(text: str, level: str) -> list[str]:
+  if level == "char":
+    return list(text)
+  if level == "word":
+    return _WORD_RE.findall(text.lower())
+  raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
+
+
+class Vocab:
+  """Symbols <-> ids for one side (source or target) of a pair file."""
+
+  def __init__(self, symbols: Sequence[str], level: str = "char",
+               target: bool = False):
+    if level not in LEVELS:
+      raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
+    specials = [PAD, UNK] + ([START, END] if target else [])
+    if list(symbols[:len(specials)]) != specials:
+      raise ValueError(f"a vocabulary starts with {specials}; got "
+                       f"{list(symbols[:len(specials)])}")
+    self.symbols = list(symbols)
+    self.level = level
+    self.target = target
+    self.ids = {s: i for i, s in enumerate(self.symbols)}
+    if len(self.ids) != len(self.symbols):
+      raise ValueError("a vocabulary lists a symbol twice")
+
+  @classmethod
+  def build(cls, texts: Iterable[str], level: str = "char",
+            target: bool = False) -> "Vocab":
+    """The sorted symbols of ``texts`` behind the special ones."""
+    specials = [PAD, UNK] + ([START, END] if target else [])
+    seen = set()
+    for text in texts:
+      seen.update(tokenize(text, level))
+    return cls(specials + sorted(seen - set(specials)), level, target)
+
+  def __len__(self) -> int:
+    return len(self.symbols)
+
+  def __eq__(self, other) -> bool:
+    return (isinstance(other, Vocab) and self.symbols == other.symbols
+            and self.level == other.level and self.target == other.target)
+
+  def encode(self, text: str) -> tuple[list[int], list[str]]:
+    """-> (ids, the symbols not in the vocabulary, encoded as ``UNK_ID``)."""
+    ids, unknown = [], []
+    for sym in tokenize(text, self.level):
+      i = self.ids.get(sym)
+      if i is None:
+        unknown.append(sym)
+        i = UNK_ID
+      ids.append(i)
+    return ids, unknown
+
+  def decode(self, ids: Iterable[int], unknown: str = "\ufffd") -> str:
+    """Ids -> text, up to the end symbol; padding and start are dropped, the
+    unknown symbol is written as ``unknown``."""
+    out = []
+    for i in ids:
+      i = int(i)
+      if self.target and i == END_ID:
+        break
+      if i == PAD_ID or (self.target and i == START_ID):
+        continue
+      out.append(unknown if i == UNK_ID else self.symbols[i])
+    return ("" if self.level == "char" else " ").join(out)
+
+  def to_dict(self) -> dict:
+    return {"level": self.level, "target": self.target,
+            "symbols": self.symbols}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Vocab":
+    return cls(d["symbols"], d["level"], d["target"])
+
+  def fingerprint(self) -> str:
+    """A short hash of the symbols: checkpoints record which ids they use."""
+    blob = json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def encode_sources(vocab: Vocab, texts: Sequence[str],
+                   width: Optional[int] = None) -> dict[str, np.ndarray]:
+  """-> {"src": (N, W) int32 ids, "src_mask": (N, W) bool,
+  "src_len": (N,), "src_unknown": (N,) unknown symbols per sentence}."""
+  encoded = [vocab.encode(t) for t in texts]
+  lengths = np.array([len(ids) for ids, _ in encoded], np.int32)
+  width = max(int(lengths.max(initial=1)), 1) if width is None else width
+  src = np.full((len(texts), width), PAD_ID, np.int32)
+  for row, (ids, _) in enumerate(encoded):
+    src[row, :len(ids)] = ids[:width]
+  return {"src": src, "src_mask": np.arange(width)[None] < lengths[:, None],
+          "src_len": lengths,
+          "src_unknown": np.array([len(u) for _, u in encoded], np.int32)}
+
+
+def encode_targets(vocab: Vocab, texts: Sequence[str],
+                   width: Optional[int] = None) -> dict[str, np.ndarray]:
+  """Teacher-forcing arrays of target sentences, each ``L + 1`` steps long:
+  ``dec_in`` = start + ids, ``target`` = ids + end, ``target_mask``.
+  ``width`` (>= the longest L + 1) pads them all to one length."""
+  if not vocab.target:
+    raise ValueError("encode_targets needs a target vocabulary")
+  ids = [vocab.encode(t)[0] for t in texts]
+  lengths = np.array([len(i) + 1 for i in ids], np.int32)
+  width = int(lengths.max(initial=1)) if width is None else width
+  dec_in = np.full((len(texts), width), PAD_ID, np.int32)
+  target = np.full((len(texts), width), PAD_ID, np.int32)
+  for row, seq in enumerate(ids):
+    seq = seq[:width - 1]
+    dec_in[row, :len(seq) + 1] = [START_ID] + seq
+    target[row, :len(seq) + 1] = seq + [END_ID]
+  return {"dec_in": dec_in, "target": target,
+          "target_mask": np.arange(width)[None] < lengths[:, None],
+          "target_len": lengths}
+
+
+def length_buckets(src_len: np.ndarray, tgt_len: np.ndarray,
+                   num_buckets: int, min_size: int = 1
+                   ) -> list[tuple[np.ndarray, int, int]]:
+  """Groups examples by target length into at most ``num_buckets`` buckets.
+
+  -> [(row indices, source width, target width)], shortest first. Bucket
+  limits are quantiles of the target lengths, so buckets are about equally
+  full; a bucket with fewer than ``min_size`` rows (e.g. the batch size) is
+  merged into its neighbour. Each bucket pads to its own longest source and
+  target, so there are at most ``num_buckets`` distinct shapes.
+  """
+  tgt_len = np.asarray(tgt_len)
+  src_len = np.asarray(src_len)
+  if num_buckets < 1:
+    raise ValueError(f"num_buckets must be positive; got {num_buckets}")
+  quantiles = np.quantile(tgt_len, np.arange(1, num_buckets) / num_buckets)
+  limits = sorted({int(np.ceil(q)) for q in quantiles} |
+                  {int(tgt_len.max())})
+  groups = [np.flatnonzero((tgt_len <= hi) & (tgt_len > lo))
+            for lo, hi in zip([0] + limits[:-1], limits)]
+  groups = [g for g in groups if len(g)]
+  merged = []
+  for g in groups:  # small buckets join the next longer one
+    if merged and len(merged[-1]) < min_size:
+      merged[-1] = np.concatenate([merged[-1], g])
+    else:
+      merged.append(g)
+  if len(merged) > 1 and len(merged[-1]) < min_size:
+    last = merged.pop()
+    merged[-1] = np.concatenate([merged[-1], last])
+  return [(np.sort(g), int(src_len[g].max()), int(tgt_len[g].max()))
+          for g in merged]

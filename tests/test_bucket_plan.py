@@ -1,0 +1,83 @@
+"""fit over several datasets (length buckets) with a BucketPlan."""
+
+import jax
+import numpy as np
+import pytest
+
+from seqjax import train as train_lib
+from seqjax.data import reverse
+from seqjax.models import Seq2Seq
+
+
+def test_plan_uses_each_row_at_most_once_per_epoch():
+  plan = train_lib.BucketPlan(sizes=(50, 23, 64), batch_size=8, group=3)
+  assert plan.steps_per_epoch == 6 + 2 + 8 and plan.num_examples == 137
+  dataset_S, rows = plan.epoch(seed=0, epoch=0)
+  rows_SB = rows.reshape(-1, 8)
+  assert len(dataset_S) == len(rows_SB) == plan.steps_per_epoch
+  for d, n in enumerate(plan.sizes):
+    used = rows_SB[dataset_S == d].ravel()
+    assert len(used) == n // 8 * 8 == len(set(used.tolist()))
+    assert used.max() < n
+  # Runs of one dataset are at most `group` long unless two runs meet.
+  assert plan.run_length(dataset_S, 0) >= 1
+  again = plan.epoch(seed=0, epoch=0)
+  np.testing.assert_array_equal(again[1], rows)
+  assert not np.array_equal(plan.epoch(seed=0, epoch=1)[1], rows)
+  assert not np.array_equal(plan.epoch(seed=1, epoch=0)[1], rows)
+
+
+def test_run_length():
+  plan = train_lib.BucketPlan(sizes=(8,), batch_size=4)
+  ds = np.array([0, 0, 1, 1, 1, 0])
+  assert [plan.run_length(ds, i) for i in range(6)] == [2, 1, 3, 2, 1, 1]
+
+
+def _buckets():
+  """Two datasets of different widths, as length buckets have."""
+  short = reverse.generate(np.random.default_rng(0), 40, 4, 2, 9)
+  long = reverse.generate(np.random.default_rng(1), 56, 6, 3, 9)
+  model = Seq2Seq(src_vocab=9, tgt_vocab=9, units=16)
+  params = model.init(jax.random.key(0), short["src"][:1], short["dec_in"][:1])
+  state = train_lib.create_train_state(model, params,
+                                       train_lib.make_optimizer("adam"))
+  return state, [short, long], train_lib.make_seq2seq_loss(model)
+
+
+def test_fit_with_plan_equals_single_steps_and_resumes_exactly():
+  state, data, loss_fn = _buckets()
+  plan = train_lib.BucketPlan(sizes=(40, 56), batch_size=8, group=2)
+  cfg = train_lib.FitConfig(batch_size=8, epochs=2, steps_per_call=3,
+                            log_every_steps=5)
+  # Reference: one jitted step at a time, in the plan's order.
+  step = jax.jit(train_lib.make_train_step(loss_fn))
+  ref = state
+  for epoch in range(2):
+    dataset_S, rows = plan.epoch(cfg.seed, epoch)
+    for d, idx in zip(dataset_S, rows.reshape(-1, 8)):
+      ref, _ = step(ref, {k: v[idx] for k, v in data[d].items()})
+
+  multi_step = train_lib.make_multi_step(loss_fn)  # shared: compiled once
+  half, _ = train_lib.fit(jax.tree.map(jax.numpy.array, state), data, loss_fn,
+                          train_lib.FitConfig(batch_size=8, epochs=1,
+                                              steps_per_call=3),
+                          batch_plan=plan, multi_step=multi_step)
+  fitted, stats = train_lib.fit(state, data, loss_fn, cfg, batch_plan=plan,
+                                multi_step=multi_step)
+  assert stats.steps_run == 2 * plan.steps_per_epoch == int(fitted.step)
+  assert stats.compiles == 2  # once per dataset shape
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               ref.params, fitted.params)
+  # Resumed after one epoch: the same batches, the same parameters.
+  resumed, stats = train_lib.fit(half, data, loss_fn, cfg, batch_plan=plan,
+                                 multi_step=multi_step)
+  assert stats.steps_run == plan.steps_per_epoch and stats.compiles == 2
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               fitted.params, resumed.params)
+
+
+def test_plan_batch_size_must_match():
+  state, data, loss_fn = _buckets()
+  with pytest.raises(ValueError, match="batch_size"):
+    train_lib.fit(state, data, loss_fn, train_lib.FitConfig(batch_size=4),
+                  batch_plan=train_lib.BucketPlan((40, 56), batch_size=8))

@@ -1,0 +1,227 @@
+"""The pair-file loader, vocabularies, length buckets, BLEU and chrF."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from seqjax import metrics
+from seqjax.data import pairs as pairs_lib
+from seqjax.data import vocab as vocab_lib
+from seqjax.data.vocab import Vocab
+from seqjax.errors import SeqjaxError
+from tests import translate_util
+
+# ------------------------------------------------------------------ loader
+
+
+def _write_bytes(tmp_path, data: bytes, name="pairs.txt"):
+  path = tmp_path / name
+  path.write_bytes(data)
+  return str(path)
+
+
+def test_three_fields_bom_and_crlf(tmp_path):
+  data = ("\ufeffHi.\t嗨。\tCC-BY 2.0 (France) #1\r\n"
+          "Run.\t你用跑的。\tCC-BY 2.0 (France) #2\r\n").encode("utf-8")
+  pf = pairs_lib.load_pairs(_write_bytes(tmp_path, data))
+  assert pf.pairs == [("Hi.", "嗨。"), ("Run.", "你用跑的。")]
+  assert pf.malformed == [] and pf.lines_read == 2
+
+
+def test_two_fields_and_no_final_newline(tmp_path):
+  data = "Hi.\t嗨。\nWait!\t等等！".encode("utf-8")
+  pf = pairs_lib.load_pairs(_write_bytes(tmp_path, data))
+  assert pf.pairs == [("Hi.", "嗨。"), ("Wait!", "等等！")]
+
+
+def test_malformed_lines_are_counted_with_line_numbers(tmp_path):
+  data = (b"Hi.\t\xe5\x97\xa8\xe3\x80\x82\n"        # 1 ok
+          b"no tab at all\n"                        # 2 one field
+          b"a\tb\tc\td\n"                           # 3 four fields
+          b"\n"                                     # 4 blank: skipped
+          b"Bad \xff byte.\t\xe5\x97\xa8\n"         # 5 not UTF-8
+          b"Empty.\t \tattr\n"                      # 6 empty target
+          b"Go.\t\xe8\xb5\xb0\xe3\x80\x82\tattr\n")  # 7 ok
+  path = _write_bytes(tmp_path, data)
+  pf = pairs_lib.load_pairs(path)
+  assert pf.pairs == [("Hi.", "嗨。"), ("Go.", "走。")]
+  assert [n for n, _ in pf.malformed] == [2, 3, 5, 6]
+  reasons = dict(pf.malformed)
+  assert "found 1" in reasons[2] and "found 4" in reasons[3]
+  assert "not UTF-8" in reasons[5] and "0xff" in reasons[5]
+  assert "empty target" in reasons[6]
+  text = pairs_lib.describe_malformed(pf)
+  assert "4 malformed" in text and "line 5: not UTF-8" in text
+  with pytest.raises(SeqjaxError, match=r"pairs.txt:2: expected 2 or 3"):
+    pairs_lib.load_pairs(path, strict=True)
+
+
+def test_num_samples_takes_the_first_valid_pairs(tmp_path):
+  path = translate_util.write_pairs(tmp_path / "p.txt",
+                                    translate_util.toy_pairs(20))
+  pf = pairs_lib.load_pairs(path, num_samples=5)
+  assert pf.pairs == translate_util.toy_pairs(5) and pf.lines_read == 5
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"", "is empty"), (b"\xef\xbb\xbf\r\n\n", "is empty"),
+    (b"one field\nstill one\n", "no valid sentence pair.*line 1"),
+])
+def test_empty_or_invalid_file_is_refused(tmp_path, data, match):
+  with pytest.raises(SeqjaxError, match=match):
+    pairs_lib.load_pairs(_write_bytes(tmp_path, data))
+
+
+def test_missing_file_says_where_pairs_come_from(tmp_path):
+  with pytest.raises(SeqjaxError, match="manythings.org/anki") as e:
+    pairs_lib.load_pairs(str(tmp_path / "nope.txt"))
+  assert "--data_path=" in str(e.value)
+
+
+@pytest.mark.parametrize("n,split,n_train", [(10, 0.2, 8), (7, 0.2, 5),
+                                             (10_000, 0.2, 8000)])
+def test_split_holds_out_the_last_fraction_as_keras(n, split, n_train):
+  items = list(range(n))
+  train, val = pairs_lib.split_pairs(items, split)
+  # Keras: split_at = int(n * (1 - validation_split)), no shuffling.
+  assert train == items[:n_train] and val == items[n_train:]
+
+
+# -------------------------------------------------------------- vocabulary
+
+
+def test_char_vocab_round_trip_and_arrays():
+  pairs_ = translate_util.toy_pairs(30)
+  src_v = Vocab.build([e for e, _ in pairs_], "char")
+  tgt_v = Vocab.build([z for _, z in pairs_], "char", target=True)
+  assert src_v.symbols[:2] == ["<pad>", "<unk>"]
+  assert tgt_v.symbols[:4] == ["<pad>", "<unk>", "\t", "\n"]
+  assert sorted(src_v.symbols[2:]) == src_v.symbols[2:]
+  assert set(src_v.symbols[2:]) == set("".join(e for e, _ in pairs_))
+  texts = [z for _, z in pairs_]
+  arrays = vocab_lib.encode_targets(tgt_v, texts)
+  for i, text in enumerate(texts):
+    n = len(text) + 1
+    assert tgt_v.decode(arrays["target"][i]) == text
+    assert arrays["dec_in"][i, 0] == vocab_lib.START_ID
+    assert arrays["target"][i, n - 1] == vocab_lib.END_ID
+    np.testing.assert_array_equal(arrays["dec_in"][i, 1:n],
+                                  arrays["target"][i, :n - 1])
+    assert arrays["target_mask"][i].sum() == n == arrays["target_len"][i]
+    assert (arrays["target"][i, n:] == vocab_lib.PAD_ID).all()
+  src = vocab_lib.encode_sources(src_v, [e for e, _ in pairs_])
+  for i, (en, _) in enumerate(pairs_):
+    assert src_v.decode(src["src"][i]) == en
+    assert src["src_mask"][i].sum() == len(en)
+  # Saved and loaded: the same symbols, the same fingerprint.
+  again = Vocab.from_dict(tgt_v.to_dict())
+  assert again == tgt_v and again.fingerprint() == tgt_v.fingerprint()
+  assert Vocab.build(["ab"]).fingerprint() != Vocab.build(["abc"]).fingerprint()
+
+
+def test_unknown_symbols():
+  v = Vocab.build(["abc"], "char")
+  ids, unknown = v.encode("abxa")
+  assert unknown == ["x"] and ids[2] == vocab_lib.UNK_ID
+  assert v.decode(ids) == "ab\ufffda"
+  arrays = vocab_lib.encode_sources(v, ["abxa", "xx"])
+  assert arrays["src_unknown"].tolist() == [1, 2]
+
+
+def test_word_level_splits_words_and_punctuation():
+  assert vocab_lib.tokenize("Don't go, Tom!", "word") == [
+      "don", "'", "t", "go", ",", "tom", "!"]
+  v = Vocab.build(["Tom is here.", "Go, Tom!"], "word")
+  assert set(v.symbols[2:]) == {"tom", "is", "here", ".", "go", ",", "!"}
+  ids, unknown = v.encode("Tom is there!")
+  assert unknown == ["there"]
+  assert v.decode(ids) == "tom is \ufffd !"
+
+
+def test_keras_counts_on_the_real_file():
+  """The Keras example reports 72 input / 2511 output characters for the
+  first 10,000 pairs of this file; our vocabulary adds padding and unknown."""
+  path = translate_util.real_pair_file()
+  if path is None:
+    pytest.skip(translate_util.NO_REAL_FILE)
+  pf = pairs_lib.load_pairs(path, num_samples=10_000)
+  assert len(pf.pairs) == 10_000 and not pf.malformed
+  assert len(Vocab.build([e for e, _ in pf.pairs], "char")) == 72 + 2
+  assert len(Vocab.build([z for _, z in pf.pairs], "char", True)) == 2511 + 2
+
+
+def test_length_buckets_cover_every_row_once():
+  rng = np.random.default_rng(0)
+  tgt = rng.integers(3, 30, 1000)
+  src = tgt + rng.integers(0, 10, 1000)
+  buckets = vocab_lib.length_buckets(src, tgt, 4, min_size=64)
+  rows = np.concatenate([r for r, _, _ in buckets])
+  np.testing.assert_array_equal(np.sort(rows), np.arange(1000))
+  assert 1 < len(buckets) <= 4
+  for r, src_w, tgt_w in buckets:
+    assert len(r) >= 64 and src_w == src[r].max() and tgt_w == tgt[r].max()
+  # Shortest first, and bucketing pads less than one width for all.
+  widths = [t for _, _, t in buckets]
+  assert widths == sorted(widths)
+  assert sum(len(r) * t for r, _, t in buckets) < 0.8 * 1000 * tgt.max()
+  # A tiny bucket is merged into a neighbour.
+  skewed = np.array([2] * 5 + [9] * 500)
+  assert len(vocab_lib.length_buckets(skewed, skewed, 4, min_size=64)) == 1
+
+
+# ----------------------------------------------------------- BLEU and chrF
+
+
+def test_bleu_hand_computed():
+  # 1..4-gram precisions 4/5, 3/4, 2/3, 1/2, same length: no brevity penalty.
+  assert metrics.corpus_bleu(["abcde"], ["abcdf"]) == pytest.approx(
+      100 * (0.8 * 0.75 * (2 / 3) * 0.5) ** 0.25)
+  assert metrics.corpus_bleu(["abcd"], ["abcd"]) == pytest.approx(100)
+  # Precisions all 1, hypothesis 4 of 6 characters: BP = exp(1 - 6/4).
+  assert metrics.corpus_bleu(["abcd"], ["abcdef"]) == pytest.approx(
+      100 * math.exp(-0.5))
+  # 3- and 4-grams never match: "exp" smoothing gives 1/(2*2), 1/(4*1).
+  assert metrics.corpus_bleu(["abab"], ["abba"]) == pytest.approx(
+      100 * (1 * (2 / 3) * (1 / 4) * (1 / 4)) ** 0.25)
+  assert metrics.corpus_bleu(["abab"], ["abba"], smooth="none") == 0.0
+  # Corpus level: counts are summed before the precisions are taken.
+  assert metrics.corpus_bleu(["abcd", "xyz"], ["abcd", "xyw"]) == (
+      pytest.approx(100 * ((6 / 7) * (4 / 5) * (2 / 3) * 1) ** 0.25))
+  # Whitespace is not a character of the score.
+  assert metrics.corpus_bleu(["a b c d"], ["abcd"]) == pytest.approx(100)
+  assert metrics.corpus_bleu(["xyz"], ["abc"]) == 0.0
+  assert metrics.corpus_bleu([""], ["abc"]) == 0.0
+
+
+def test_chrf_hand_computed():
+  # n=1: P 2/2, R 2/3; n=2: P 1/1, R 1/2; n>=3: no hypothesis n-gram.
+  p, r = 1.0, (2 / 3 + 1 / 2) / 2
+  assert metrics.corpus_chrf(["ab"], ["abc"]) == pytest.approx(
+      100 * 5 * p * r / (4 * p + r))
+  # A reference with no 3-gram leaves the hypothesis' 3-grams uncounted:
+  # n=1: P 2/4, R 2/2; n=2: P 1/3, R 1/1.
+  p, r = (2 / 4 + 1 / 3) / 2, 1.0
+  assert metrics.corpus_chrf(["abcd"], ["ab"]) == pytest.approx(
+      100 * 5 * p * r / (4 * p + r))
+  assert metrics.corpus_chrf(["你好。"], ["你好。"]) == pytest.approx(100)
+  assert metrics.corpus_chrf(["xyz"], ["abc"]) == 0.0
+  # beta weights recall: a short correct prefix scores below its precision.
+  assert metrics.corpus_chrf(["ab"], ["abcdef"]) < 50
+
+
+def test_bleu_and_chrf_match_sacrebleu():
+  sacrebleu = pytest.importorskip("sacrebleu")
+  rng = random.Random(0)
+  alphabet = "我你他是的了不好吗。"
+  refs = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+          for _ in range(40)]
+  hyps = ["".join(ch for ch in r if rng.random() < 0.8) +
+          "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3)))
+          for r in refs]
+  ours = metrics.corpus_bleu(hyps, refs)
+  theirs = sacrebleu.corpus_bleu(hyps, [refs], tokenize="char").score
+  assert 0 < ours < 100 and ours == pytest.approx(theirs, abs=1e-9)
+  assert metrics.corpus_chrf(hyps, refs) == pytest.approx(
+      sacrebleu.corpus_chrf(hyps, [refs]).score, abs=1e-9)
