@@ -7,6 +7,7 @@ documented in ``experiments/translate.py`` and README's translation section).
 """
 
 import collections
+import json
 import os
 
 import numpy as np
@@ -114,21 +115,13 @@ def test_translate_truncates_long_sentences_and_names_unknowns(
   capsys.readouterr()
 
 
-def test_translate_without_the_length_record_keeps_the_whole_sentence(
+def test_vocab_files_without_the_length_record_do_not_truncate(
     trained_workdir, tmp_path):
-  # vocab.json of before the record: nothing is cut.
-  import json  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
-  old = str(tmp_path / "old")
-  shutil.copytree(trained_workdir, old)
-  path = os.path.join(old, translate.VOCAB_FILE)
-  saved = json.load(open(path, encoding="utf-8"))
+  # A vocab.json of before the record (or a damaged one): nothing is cut.
+  saved = json.load(open(os.path.join(trained_workdir, translate.VOCAB_FILE),
+                         encoding="utf-8"))
   del saved["max_source_len"]
-  json.dump(saved, open(path, "w", encoding="utf-8"))
-  for lock in ("lock", ".lock"):
-    if os.path.exists(os.path.join(old, lock)):
-      os.remove(os.path.join(old, lock))
-  assert translate.saved_max_source_len(old) is None
-  got = translate.run(translate.TranslateConfig(
-      workdir=old, translate=["dog 99. cat 12."]))["translations"]
-  assert got[0]["truncated"] == 0
+  for content in (json.dumps(saved), "[1, 2]", "{not json"):
+    (tmp_path / translate.VOCAB_FILE).write_text(content, encoding="utf-8")
+    assert translate.saved_max_source_len(str(tmp_path)) is None
+  assert translate.saved_max_source_len(str(tmp_path / "nowhere")) is None
