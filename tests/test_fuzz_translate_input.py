@@ -125,3 +125,22 @@ def test_vocab_files_without_the_length_record_do_not_truncate(
     (tmp_path / translate.VOCAB_FILE).write_text(content, encoding="utf-8")
     assert translate.saved_max_source_len(str(tmp_path)) is None
   assert translate.saved_max_source_len(str(tmp_path / "nowhere")) is None
+
+
+def test_vocab_file_is_written_atomically(tmp_path, monkeypatch):
+  # A write cut short (here: the rename fails) leaves the old vocab.json
+  # whole and no temporary file behind.
+  src = Vocab.build(["ab"], "char")
+  tgt = Vocab.build(["字"], "char", target=True)
+  translate.save_vocabs(str(tmp_path), src, tgt, 5, max_source_len=2)
+  before = (tmp_path / translate.VOCAB_FILE).read_bytes()
+
+  def fail(*args):
+    raise OSError("disk full")
+  monkeypatch.setattr(os, "replace", fail)
+  with pytest.raises(OSError):
+    translate.save_vocabs(str(tmp_path), Vocab.build(["xyz"], "char"), tgt, 9)
+  assert (tmp_path / translate.VOCAB_FILE).read_bytes() == before
+  assert sorted(os.listdir(tmp_path)) == [translate.VOCAB_FILE]
+  monkeypatch.undo()
+  assert translate.load_vocabs(str(tmp_path)) == (src, tgt, 5)
