@@ -22,6 +22,7 @@ from seqjax import decode as decode_lib
 from seqjax import experiment
 from seqjax import metrics
 from seqjax import models
+from seqjax import reliability
 from seqjax import summary
 from seqjax import train as train_lib
 from seqjax.data import addition as addition_data
@@ -81,6 +82,14 @@ class AdditionConfig(experiment.TrainingConfig):
     if not 0 < self.target_accuracy <= 1:
       errors.append(f"--target_accuracy must lie in (0, 1]; got "
                     f"{self.target_accuracy}")
+    errors += reliability.range_errors(self, {
+        "hidden_size": (None, reliability.MAX_UNITS),
+        "n_examples": (None, reliability.MAX_EXAMPLES)})
+    u = self.hidden_size
+    if 1 <= u <= reliability.MAX_UNITS and 8 * u * (u + 1) > (
+        reliability.INT32_MAX):  # the two recurrent kernels alone
+      errors.append(f"--hidden_size={u} makes over {8 * u * (u + 1):,} "
+                    f"parameters; at most {reliability.INT32_MAX:,}")
     return errors
 
   @property

@@ -33,6 +33,7 @@ import numpy as np
 
 from seqjax import experiment
 from seqjax import metrics
+from seqjax import reliability
 from seqjax import stateful as stateful_lib
 from seqjax import summary
 from seqjax import train as train_lib
@@ -128,6 +129,17 @@ class EchoConfig(experiment.TrainingConfig):
       errors.append(f"--n_values must be >= 2; got {c.n_values}")
     if c.cell not in ("lstm", "gru"):
       errors.append(f"--cell must be lstm or gru; got {c.cell!r}")
+    errors += reliability.range_errors(c, {
+        "seq_length": (None, reliability.MAX_LENGTH),
+        "window": (None, reliability.MAX_LENGTH),
+        "lag": (None, reliability.MAX_LENGTH),
+        "n_values": (None, reliability.MAX_VOCAB),
+        "n_units": (None, reliability.MAX_UNITS),
+        "n_sequences": (None, reliability.MAX_EXAMPLES),
+        "n_eval": (None, reliability.MAX_EXAMPLES)})
+    if errors:
+      return errors
+    errors += c._size_errors()
     if errors:
       return errors
     errors += c._mode_errors()
@@ -145,6 +157,25 @@ class EchoConfig(experiment.TrainingConfig):
     elif c.batch_size > rows * c.n_sequences:
       errors.append(f"--batch_size={c.batch_size} exceeds the "
                     f"{rows * c.n_sequences} training samples")
+    return errors
+
+  def _size_errors(self) -> list[str]:
+    """Each size fits; their products must fit in memory too."""
+    errors = []
+    v, u = self.n_values, self.n_units
+    n_params = 4 * u * (v + u + 1) + (u + 1) * v
+    if n_params > reliability.INT32_MAX:
+      errors.append(f"--n_units={u} with --n_values={v} makes {n_params:,} "
+                    f"parameters; at most {reliability.INT32_MAX:,}")
+    # Samples of a window (or the whole sequence) repeat each value.
+    width = (self.seq_length if self.whole_sequence else
+             self.window if self.mode in ("lag_window", "lag_table") else 1)
+    tokens = (self.n_sequences + self.n_eval) * self.seq_length * width
+    if tokens > reliability.INT32_MAX:
+      errors.append(f"--n_sequences + --n_eval = "
+                    f"{self.n_sequences + self.n_eval:,} sequences of "
+                    f"--seq_length={self.seq_length} make {tokens:,} input "
+                    f"values; at most {reliability.INT32_MAX:,}")
     return errors
 
   def _mode_errors(self) -> list[str]:

@@ -28,6 +28,14 @@ model decodes the way it was trained (softmax fed back, argmax emitted).
 
 ``prepare_data(config)`` (load, split, vocabularies, arrays) is the data
 pipeline on its own, for other scripts.
+
+``--translate`` inputs: a character (or word) not in the training vocabulary
+is encoded as the unknown symbol and named in the output; an empty sentence
+(or one of spaces only) is refused by ``validate()``, naming it; a sentence
+longer than the longest training source (recorded in vocab.json) is
+truncated to that length with a warning naming what was dropped, since the
+encoder never saw longer inputs (older vocab.json files without the record
+translate it whole).
 """
 
 from __future__ import annotations
@@ -40,10 +48,12 @@ from typing import Optional
 
 import jax
 import numpy as np
+from absl import logging
 
 from seqjax import decode as decode_lib
 from seqjax import experiment
 from seqjax import metrics
+from seqjax import reliability
 from seqjax import summary
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer
@@ -127,6 +137,25 @@ class TranslateConfig(experiment.TrainingConfig):
                     f"{self.feedback!r}")
     if self.translate and not self.workdir:
       errors.append("--translate needs --workdir (a trained model's)")
+    errors += reliability.range_errors(self, {
+        "latent_dim": (None, reliability.MAX_UNITS),
+        "embedding_dim": (None, reliability.MAX_UNITS),
+        "num_samples": (None, reliability.MAX_EXAMPLES),
+        "num_buckets": (None, reliability.MAX_LENGTH),
+        "max_decode_len": (None, reliability.MAX_LENGTH),
+        "eval_batch_size": (None, reliability.MAX_BATCH),
+        "n_examples": (None, reliability.MAX_EXAMPLES)})
+    u, e = self.latent_dim, self.embedding_dim or 0
+    if 1 <= u <= reliability.MAX_UNITS and 0 <= e <= reliability.MAX_UNITS:
+      n_params = 8 * u * (u + e + 1)  # the recurrent kernels alone
+      if n_params > reliability.INT32_MAX:
+        errors.append(f"--latent_dim={u} (--embedding_dim={e or None}) makes "
+                      f"over {n_params:,} parameters; at most "
+                      f"{reliability.INT32_MAX:,}")
+    for i, sentence in enumerate(self.translate or [], start=1):
+      if not sentence.strip():
+        errors.append(f"--translate={sentence!r} (sentence {i}) is empty or "
+                      "only spaces: nothing to translate")
     return errors
 
 
@@ -233,10 +262,24 @@ def prepare_data(config: TranslateConfig,
 
 
 def save_vocabs(workdir: str, src_vocab: Vocab, tgt_vocab: Vocab,
-                max_decode_len: int) -> None:
-  experiment.write_json_atomic(os.path.join(workdir, VOCAB_FILE), {
-      "source": src_vocab.to_dict(), "target": tgt_vocab.to_dict(),
-      "max_decode_len": max_decode_len})
+                max_decode_len: int,
+                max_source_len: Optional[int] = None) -> None:
+  saved = {"source": src_vocab.to_dict(), "target": tgt_vocab.to_dict(),
+           "max_decode_len": max_decode_len}
+  if max_source_len is not None:  # --translate truncates longer sentences
+    saved["max_source_len"] = int(max_source_len)
+  experiment.write_json_atomic(os.path.join(workdir, VOCAB_FILE), saved)
+
+
+def saved_max_source_len(workdir: str) -> Optional[int]:
+  """The longest training source (in tokens) vocab.json records; None for a
+  file written before it was recorded."""
+  try:
+    with open(os.path.join(workdir, VOCAB_FILE), encoding="utf-8") as f:
+      value = json.load(f).get("max_source_len")
+    return int(value) if value else None
+  except (OSError, ValueError, TypeError, AttributeError):
+    return None
 
 
 def load_vocabs(workdir: str) -> Optional[tuple[Vocab, Vocab, int]]:
@@ -368,7 +411,8 @@ def run(config: TranslateConfig) -> dict:
   checkpointer.check_compatible()
   checkpointer.close()
   if not restored:
-    save_vocabs(workdir, src_vocab, tgt_vocab, data.max_decode_len)
+    save_vocabs(workdir, src_vocab, tgt_vocab, data.max_decode_len,
+                max_source_len=data.train["src"].shape[1])
 
   model = build_model(config, src_vocab, tgt_vocab)
   params = jax.jit(model.init)(jax.random.key(config.seed),
@@ -478,7 +522,14 @@ def translate_sentences(config: TranslateConfig) -> dict:
       feedback=saved["feedback"] or config.feedback,
       optimizer=saved["optimizer"])
   model = build_model(config, src_vocab, tgt_vocab)
-  src = vocab_lib.encode_sources(src_vocab, config.translate)
+  # Longer than any training source: truncated (the encoder never saw such
+  # lengths), with a warning below.
+  max_src = saved_max_source_len(workdir)
+  tokens = [vocab_lib.tokenize(s, src_vocab.level) for s in config.translate]
+  width = max(len(t) for t in tokens)
+  if max_src is not None:
+    width = min(width, max_src)
+  src = vocab_lib.encode_sources(src_vocab, config.translate, width)
   params = jax.jit(model.init)(jax.random.key(0), src["src"][:1],
                                src["src"][:1, :1] * 0)
   state, _ = experiment.train_or_restore(
@@ -489,14 +540,25 @@ def translate_sentences(config: TranslateConfig) -> dict:
   decoded = decode_texts(decoder, state.params, tgt_vocab, src,
                          len(config.translate))
   out = []
-  for sentence, text in zip(config.translate, decoded):
+  for sentence, sym, text in zip(config.translate, tokens, decoded):
     unknown = src_vocab.encode(sentence)[1]
+    dropped = sym[width:]
+    if dropped:
+      joiner = "" if src_vocab.level == "char" else " "
+      logging.warning("--translate: truncated to %d %ss, the longest "
+                      "training source; dropped %r", width,
+                      src_vocab.level, joiner.join(dropped))
     print(f"-\nInput sentence: {sentence}\nDecoded sentence: {text}")
+    if dropped:
+      print(f"(truncated to the first {width} {src_vocab.level}s, the "
+            f"longest training source; dropped "
+            f"{joiner.join(dropped)!r})")
     if unknown:
       print(f"(translated with the unknown symbol in place of "
             f"{', '.join(repr(u) for u in dict.fromkeys(unknown))}: not in "
             "the training vocabulary)")
-    out.append({"input": sentence, "decoded": text, "unknown": unknown})
+    out.append({"input": sentence, "decoded": text, "unknown": unknown,
+                "truncated": len(dropped)})
   return {"translations": out}
 
 

@@ -3,10 +3,12 @@
 One pair a line, UTF-8, tab-separated: source, target and, in most copies, an
 attribution field (some copies have only the first two). A BOM at the start
 and CRLF line ends are accepted. Blank lines are skipped. Any other line that
-is not two or three fields with a non-empty source and target, or is not
-UTF-8, is malformed: it is counted with its line number and skipped, or, with
-``strict``, stops the load. An empty file, or one without a valid pair, stops
-it too.
+is not two or three fields with a non-empty source and target, is not UTF-8,
+or holds a NUL byte or a carriage return (the marks of a UTF-16 file or of
+CR-only line ends, whose text would otherwise load as garbage pairs), is
+malformed: it is counted with its line number and skipped, or, with
+``strict``, stops the load. An empty file, one without a valid pair, a UTF-16
+file (refused as a whole) or an unreadable one stops it too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Optional
 from seqjax.errors import SeqjaxError
 
 BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 HOW_TO_GET = (
     "The English-Chinese pairs are the Tatoeba project's sentences (CC-BY 2.0 "
@@ -42,6 +45,10 @@ def _check_line(raw: bytes) -> tuple[Optional[tuple[str, str]], str]:
   except UnicodeDecodeError as e:
     return None, (f"not UTF-8 (byte 0x{raw[e.start]:02x} at byte offset "
                   f"{e.start})")
+  if "\x00" in line:
+    return None, "contains a NUL byte (a UTF-16 line?)"
+  if "\r" in line:
+    return None, "contains a carriage return (CR-only line ends?)"
   fields = line.split("\t")
   if len(fields) not in (2, 3):
     return None, (f"expected 2 or 3 tab-separated fields, found "
@@ -62,8 +69,15 @@ def load_pairs(path: str, num_samples: Optional[int] = None,
   """
   if not os.path.isfile(path):
     raise SeqjaxError(f"{flag}={path}: no such file. {HOW_TO_GET}")
-  with open(path, "rb") as f:
-    data = f.read()
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise SeqjaxError(f"{flag}={path}: cannot read it ({e.strerror})") from e
+  if data.startswith(UTF16_BOMS):
+    raise SeqjaxError(f"{flag}={path} is UTF-16 (it starts with a UTF-16 "
+                      "byte order mark); convert it to UTF-8, e.g. with "
+                      "iconv -f UTF-16 -t UTF-8.")
   if data.startswith(BOM):
     data = data[len(BOM):]
   if not data.strip():
