@@ -143,7 +143,11 @@ def greedy_decode(encoder_model, decoder_model, tables: CharTables,
                   encoder_input: np.ndarray, batch_size: int = 256
                   ) -> list[str]:
   """The example's ``decode_sequence`` on a batch at a time: start from \\t,
-  feed back the argmax one-hot, stop a sentence at \\n or max length."""
+  feed back the argmax one-hot, stop a sentence at \\n or after
+  ``max_decoder_len`` steps (the example's own bound is about the same:
+  ``len(decoded) > max_decoder_seq_length``). seqjax's decoder takes one step
+  fewer (the longest target and its \\n), which matters only for a sentence
+  that never stops."""
   index, chars = tables.target_index, tables.target_chars
   n_tokens = len(chars)
   out = []
