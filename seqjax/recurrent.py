@@ -91,10 +91,12 @@ def lengths_to_mask(lengths_B: Array, max_len: int) -> Array:
 # The forward computes exactly what ``lstm_update`` / ``gru_update`` compute.
 
 def _lstm_cell(kernel_HG, h_BH, c_BH, xw_BG):
-  """One step -> (h, c, the activations i, f, g, o, tanh(c) side by side)."""
-  z_BG = xw_BG + h_BH @ kernel_HG
+  """One step -> (h, c, the activations i, f, g, o, tanh(c) side by side).
+
+  ``h_BH`` / ``c_BH`` None stand for zeros (a sequence's first step)."""
+  z_BG = xw_BG if h_BH is None else xw_BG + h_BH @ kernel_HG
   i, f, g, o = _lstm_gates(z_BG)
-  c_new = f * c_BH + i * g
+  c_new = i * g if c_BH is None else f * c_BH + i * g
   tc = jnp.tanh(c_new)
   # One array of what the backward pass needs: one stacked scan output.
   return o * tc, c_new, jnp.concatenate([i, f, g, o, tc], axis=-1)
@@ -114,17 +116,27 @@ def _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, save):
   return (h_TBH, carry), saved
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _lstm_sequence(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _lstm_sequence(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, zero_start):
+  if zero_start:  # the carry is zeros: the first step needs no h @ U
+    first = _lstm_cell(kernel_HG, None, None, xw_TBG[0])[:2]
+    return _first_then_rest(
+        first, xw_TBG, mask_TB, lambda carry, xw_TBG, mask_TB: _lstm_scan(
+            kernel_HG, xw_TBG, *carry, mask_TB, unroll, False)[0])
   return _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, False)[0]
 
 
-def _lstm_sequence_fwd(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll):
+def _lstm_sequence_fwd(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll,
+                       zero_start):
+  # Differentiated, the first step stays in the scan: peeling it would cost
+  # more compile time than it saves in a typical run.
+  del zero_start
   out, saved = _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, True)
   return out, (kernel_HG, h_BH, c_BH, out[0], saved, mask_TB)
 
 
-def _lstm_sequence_bwd(unroll, residuals, cotangents):
+def _lstm_sequence_bwd(unroll, zero_start, residuals, cotangents):
+  del zero_start
   kernel_HG, h0_BH, c0_BH, h_TBH, (acts_TBA, c_TBH), mask_TB = residuals
   dh_TBH, (dh_BH, dc_BH) = cotangents
   kernel_GH = kernel_HG.T
@@ -159,28 +171,50 @@ def _lstm_sequence_bwd(unroll, residuals, cotangents):
 _lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)
 
 
-def lstm_sequence(recurrent: dict, carry: Carry, xw_TBG: Array,
+def lstm_sequence(recurrent: dict, carry: Optional[Carry], xw_TBG: Array,
                   mask_TB: Optional[Array] = None, unroll: int = 1
                   ) -> tuple[Array, Carry]:
   """All steps of ``lstm_update`` over projected inputs (T, B, 4H).
 
   Returns the outputs (T, B, H) and the final carry; masked steps (mask_TB
-  False) keep the carry. Differentiable, with the backward pass above.
+  False) keep the carry. ``carry`` None is the zero carry (its first step
+  then skips ``h @ U`` when not differentiated). Differentiable, with the
+  backward pass above.
   """
   kernel_HG = recurrent["recurrent_kernel"].astype(xw_TBG.dtype)
+  zero_start = carry is None
+  if zero_start:
+    zeros_BH = jnp.zeros(xw_TBG.shape[1:2] + kernel_HG.shape[:1], xw_TBG.dtype)
+    carry = (zeros_BH, zeros_BH)
   h_TBH, carry = _lstm_sequence(kernel_HG, xw_TBG, carry[0], carry[1],
-                                mask_TB, unroll)
+                                mask_TB, unroll, zero_start)
   return h_TBH, carry
 
 
+def _first_then_rest(first: Carry, xw_TBG, mask_TB, rest):
+  """Outputs and carry of a first step from zeros (``first``, the carry it
+  gives) and then ``rest(carry, xw_TBG, mask_TB)`` over the other steps."""
+  if mask_TB is not None:  # a masked first step leaves the zeros
+    first = tuple(jnp.where(mask_TB[0][:, None], c, 0.0) for c in first)
+  if xw_TBG.shape[0] == 1:
+    return first[0][None], first
+  h_TBH, carry = rest(first, xw_TBG[1:],
+                      None if mask_TB is None else mask_TB[1:])
+  return jnp.concatenate([first[0][None], h_TBH]), carry
+
+
 def _gru_cell(kernel_HG, bias_G, h_BH, xw_BG):
-  """One step -> (h, the activations z, r, n and h @ U_n + b_n side by side)."""
-  hu_BG = h_BH @ kernel_HG + bias_G
+  """One step -> (h, the activations z, r, n and h @ U_n + b_n side by side).
+
+  ``h_BH`` None stands for zeros (a sequence's first step)."""
+  hu_BG = (jnp.broadcast_to(bias_G, xw_BG.shape) if h_BH is None
+           else h_BH @ kernel_HG + bias_G)
   two = 2 * kernel_HG.shape[0]  # z and r side by side: one pass for both
   z, r = jnp.split(_sigmoid(xw_BG[:, :two] + hu_BG[:, :two]), 2, axis=-1)
   xn, hn = xw_BG[:, two:], hu_BG[:, two:]
   n = jnp.tanh(xn + r * hn)
-  return z * h_BH + (1.0 - z) * n, jnp.concatenate([z, r, n, hn], axis=-1)
+  h_new = (1.0 - z) * n if h_BH is None else z * h_BH + (1.0 - z) * n
+  return h_new, jnp.concatenate([z, r, n, hn], axis=-1)
 
 
 def _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, save):
@@ -195,17 +229,29 @@ def _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, save):
   return (h_TBH, h_BH), saved
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _gru_sequence(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _gru_sequence(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, zero_start):
+  if zero_start:  # the carry is zeros: the first step needs no h @ U
+    first = (_gru_cell(kernel_HG, bias_G, None, xw_TBG[0])[0],)
+
+    def rest(carry, xw_TBG, mask_TB):
+      h_TBH, h_BH = _gru_scan(kernel_HG, bias_G, xw_TBG, carry[0], mask_TB,
+                              unroll, False)[0]
+      return h_TBH, (h_BH,)
+    h_TBH, (h_BH,) = _first_then_rest(first, xw_TBG, mask_TB, rest)
+    return h_TBH, h_BH
   return _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, False)[0]
 
 
-def _gru_sequence_fwd(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll):
+def _gru_sequence_fwd(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll,
+                      zero_start):
+  del zero_start  # as _lstm_sequence_fwd
   out, saved = _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, True)
   return out, (kernel_HG, h_BH, out[0], saved, mask_TB)
 
 
-def _gru_sequence_bwd(unroll, residuals, cotangents):
+def _gru_sequence_bwd(unroll, zero_start, residuals, cotangents):
+  del zero_start
   kernel_HG, h0_BH, h_TBH, acts_TBA, mask_TB = residuals
   dh_TBH, dh_BH = cotangents
   kernel_GH = kernel_HG.T
@@ -236,16 +282,19 @@ def _gru_sequence_bwd(unroll, residuals, cotangents):
 _gru_sequence.defvjp(_gru_sequence_fwd, _gru_sequence_bwd)
 
 
-def gru_sequence(recurrent: dict, carry: Carry, xw_TBG: Array,
+def gru_sequence(recurrent: dict, carry: Optional[Carry], xw_TBG: Array,
                  mask_TB: Optional[Array] = None, unroll: int = 1
                  ) -> tuple[Array, Carry]:
   """All steps of ``gru_update`` over projected inputs (T, B, 3H); see
   ``lstm_sequence``."""
   dtype = xw_TBG.dtype
   kernel_HG = recurrent["recurrent_kernel"].astype(dtype)
-  bias_G = recurrent["recurrent_bias"].astype(dtype)
-  h_TBH, h_BH = _gru_sequence(kernel_HG, bias_G, xw_TBG, carry[0], mask_TB,
-                              unroll)
+  zero_start = carry is None
+  if zero_start:
+    carry = (jnp.zeros(xw_TBG.shape[1:2] + kernel_HG.shape[:1], dtype),)
+  h_TBH, h_BH = _gru_sequence(kernel_HG,
+                              recurrent["recurrent_bias"].astype(dtype),
+                              xw_TBG, carry[0], mask_TB, unroll, zero_start)
   return h_TBH, (h_BH,)
 
 
@@ -315,7 +364,9 @@ class Recurrent(nn.Module):
 
     if type(self).sequence is not None:
       mask_TB = None if mask is None else jnp.swapaxes(mask.astype(bool), 0, 1)
-      h_TBH, carry = type(self).sequence(recurrent, carry, xw_TBG, mask_TB)
+      # None: the zero carry, whose first step skips the recurrent matmul.
+      h_TBH, carry = type(self).sequence(
+          recurrent, None if initial_carry is None else carry, xw_TBG, mask_TB)
     elif mask is None:
       def body(carry, xw_BG):
         carry = update(recurrent, carry, xw_BG)
