@@ -45,9 +45,9 @@ class BreakdownConfig:
 
 def _cheap_cell(kernel_HG, h_BH, c_BH, xw_BG):
   # Cost probe only: the LSTM cell with every sigmoid / tanh a multiply.
-  z_BG = xw_BG + h_BH @ kernel_HG
+  z_BG = xw_BG if h_BH is None else xw_BG + h_BH @ kernel_HG
   i, f, g, o = jnp.split(z_BG * 0.25, 4, axis=-1)
-  c_new = f * c_BH + i * g
+  c_new = i * g if c_BH is None else f * c_BH + i * g
   tc = c_new * 0.5
   return o * tc, c_new, jnp.concatenate([i, f, g, o, tc], axis=-1)
 

@@ -1,23 +1,35 @@
 """What every benchmark workload shares: timing, the matmul ceiling, compile
 counting, machine facts, and the interleaved measurement loop.
 
-A workload module (``benchmarks.reverse``, ...) provides ``Workload``: its
-settings, the frameworks it can run and a ``runner(framework)`` for each. A
-runner measures one framework:
+A workload is a module registered in ``benchmarks.run.WORKLOADS`` (see
+``benchmarks.reverse``; a translate workload plugs in the same way) with:
+
+* ``Settings``: a dataclass of its sizes (the fields ``benchmarks.run``'s
+  flags override: ``train_samples``, ``decode_n``, ``decode_batch``,
+  ``loop_n``, ``ceiling_n``, ``torch_threads``, ``seed``);
+* ``Workload(settings)`` with ``s`` (the settings), ``targets`` and
+  ``first_step_max_s`` (what to reach), ``train_flops_per_sample``,
+  ``loop_n``, ``ceiling_n``, ``frameworks()``, ``decode_sources()`` and
+  ``runner(framework)``, built identically in every worker process.
+
+A runner measures one framework:
 
 * ``train_epoch(rep) -> dict`` builds a fresh model (not timed), then times
   its first training step (tracing and compiling included) and the rest of one
   epoch: ``first_step_s``, ``train_seconds``, ``train_samples``,
   ``train_compiles`` and ``decode_accuracy`` (optional sanity check);
-* ``decode_batched() -> tokens`` and ``decode_loop(n) -> tokens`` decode the
-  workload's held-out sources (warmed up by the harness before timing);
-* ``ceiling_gflops(n)``: a float32 (n, n) @ (n, n) matmul, that framework's.
+* ``decode_batched(src) -> tokens`` and ``decode_loop(src) -> tokens`` decode
+  held-out sources in batches / one at a time (warmed up before timing);
+  ``extra_decoders()`` may name more one-at-a-time variants;
+* ``ceiling_gflops(n)``: a float32 (n, n) @ (n, n) matmul, that framework's;
+* ``versions()`` and ``notes``.
 
 Each framework runs in its own worker process (so no thread pool or compile
 cache is shared, and a framework is idle while another is measured); the
 harness runs them one after another within each repetition (the order
 rotating), so a change in the machine's load hits all of them; every number
-is the median over repetitions.
+is the median over repetitions (a repetition's decoding numbers: the best of
+three passes).
 """
 
 from __future__ import annotations
@@ -114,7 +126,9 @@ def machine_info() -> dict:
   return {"cpu": cpu_model(), "cores": os.cpu_count(),
           "platform": platform.platform(), "python": platform.python_version(),
           "jax_backend": jax.default_backend(),
-          "jax_devices": [str(d) for d in jax.devices()]}
+          "jax_devices": [str(d) for d in jax.devices()],
+          "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+          "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
 
 
 class _Ops:
@@ -141,12 +155,15 @@ class _Ops:
   def train_epoch(self, rep: int) -> dict:
     return self.r.train_epoch(rep)
 
-  def decode(self) -> dict:
-    """Seconds of: the batched decoding, the one-at-a-time loop, extras."""
-    out = {"decode_batched_s": timed(lambda: self.r.decode_batched(self.src))[0],
-           "decode_loop_s": timed(lambda: self.r.decode_loop(self.loop_src))[0]}
+  def decode(self, passes: int = 3) -> dict:
+    """Seconds of: the batched decoding, the one-at-a-time loop, extras;
+    each the best of ``passes`` (a pass is short: a load spike on a shared
+    machine would otherwise decide it)."""
+    best = lambda fn, src: min(timed(lambda: fn(src))[0] for _ in range(passes))
+    out = {"decode_batched_s": best(self.r.decode_batched, self.src),
+           "decode_loop_s": best(self.r.decode_loop, self.loop_src)}
     for name, fn in self._extras().items():
-      out[name] = timed(lambda: fn(self.loop_src))[0]
+      out[f"{name}_s"] = best(fn, self.loop_src)
     return out
 
   def ceiling(self, n: int) -> float:
@@ -156,10 +173,19 @@ class _Ops:
     return machine_info()
 
 
-def _worker_main(conn, module_name: str, settings: dict, framework: str):
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SINGLE_THREAD_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+def _worker_main(conn, module_name: str, settings: dict, framework: str,
+                 single_thread: bool = False):
   """A framework's own process: builds its runner, then serves calls."""
   import importlib
   import traceback
+  if single_thread:  # before any framework is imported
+    os.environ.update(SINGLE_THREAD_ENV)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                               + SINGLE_THREAD_XLA_FLAG).strip()
   try:
     module = importlib.import_module(module_name)
     workload = module.Workload(module.Settings(**settings))
@@ -169,14 +195,21 @@ def _worker_main(conn, module_name: str, settings: dict, framework: str):
     conn.send(("error", traceback.format_exc()))
     return
   while True:
-    message = conn.recv()
+    try:
+      message = conn.recv()
+    except (EOFError, OSError):  # the parent is gone
+      return
     if message is None:
       return
     name, args = message
     try:
-      conn.send(("ok", getattr(ops, name)(*args)))
+      result = ("ok", getattr(ops, name)(*args))
     except BaseException:  # pylint: disable=broad-except
-      conn.send(("error", traceback.format_exc()))
+      result = ("error", traceback.format_exc())
+    try:
+      conn.send(result)
+    except (BrokenPipeError, OSError):  # the parent is gone
+      return
 
 
 class WorkerError(RuntimeError):
@@ -187,13 +220,15 @@ class Worker:
   """One framework in its own process (spawned: no thread pool, allocator or
   compile cache is shared with another framework); idle while others run."""
 
-  def __init__(self, module_name: str, settings: dict, framework: str):
+  def __init__(self, module_name: str, settings: dict, framework: str,
+               single_thread: bool = False):
     import multiprocessing
     ctx = multiprocessing.get_context("spawn")
     self.framework = framework
     self.conn, child = ctx.Pipe()
     self.process = ctx.Process(target=_worker_main, daemon=True,
-                               args=(child, module_name, settings, framework))
+                               args=(child, module_name, settings, framework,
+                                     single_thread))
     self.process.start()
     child.close()
     self._receive()
@@ -217,24 +252,26 @@ class Worker:
       self.conn.send(None)
     except (BrokenPipeError, OSError):
       pass
-    self.process.join(timeout=30)
-    if self.process.is_alive():
+    self.process.join(timeout=5)
+    if self.process.is_alive():  # busy (an interrupted run): stop it
       self.process.kill()
+      self.process.join()
 
 
 def measure(workload, frameworks: list[str], reps: int,
-            log: Callable[[str], None] = print) -> tuple[dict, list[str]]:
+            log: Callable[[str], None] = print, single_thread: bool = False
+            ) -> tuple[dict, list[str]]:
   """Runs every measurement ``reps`` times, frameworks interleaved, each in
-  its own worker process. Returns ``({framework: {key: median, ..., "reps":
-  {key: [...]}}}, notes)``; a peer whose worker cannot start is left out
-  with a note."""
+  its own worker process (on one thread each with ``single_thread``).
+  Returns ``({framework: {key: median, ..., "reps": {key: [...]}}}, notes)``;
+  a peer whose worker cannot start is left out with a note."""
   settings = dataclasses.asdict(workload.s)
   module_name = type(workload).__module__
   workers, notes = {}, []
   try:
     for fw in frameworks:
       try:
-        workers[fw] = Worker(module_name, settings, fw)
+        workers[fw] = Worker(module_name, settings, fw, single_thread)
       except WorkerError as e:
         if fw == "seqjax":
           raise
@@ -266,7 +303,7 @@ def measure(workload, frameworks: list[str], reps: int,
       for fw in order:
         for key, secs in workers[fw].call("decode").items():
           n = n_src if key == "decode_batched_s" else n_loop
-          add(fw, key[:-2] + "_seq_per_s", n / secs)
+          add(fw, key[:-len("_s")] + "_seq_per_s", n / secs)
       for fw in order:
         add(fw, "ceiling_gflops", workers[fw].call("ceiling", workload.ceiling_n))
       log(f"  rep {rep + 1}/{reps} decode seq/s: " + ", ".join(

@@ -176,7 +176,7 @@ class SeqjaxRunner:
     return np.asarray(out)
 
   def extra_decoders(self) -> dict:
-    return {"decode_loop_split_seq_per_s": self.decode_loop_split}
+    return {"decode_loop_split": self.decode_loop_split}
 
   def ceiling_gflops(self, n: int) -> float:
     return harness.jax_matmul_gflops(n)

@@ -1,14 +1,17 @@
 """Benchmarks seqjax against Keras 3 (JAX backend) and PyTorch, side by side.
 
   python -m benchmarks.run --workload=reverse [--peers=keras,torch]
-      [--reps=3] [--json=PATH]
+      [--reps=3] [--json=PATH] [--single_thread]
 
 Install the peers with ``pip install -e '.[bench]'``; a peer that is not
 installed is skipped with a note. Each repetition trains every framework for
 one epoch from a fresh model (first step timed separately, compile included),
 then decodes with each; frameworks are interleaved and every number is the
 median over repetitions. Only ratios within one run mean much on a shared
-machine; the load average is recorded with the results.
+machine; the load average is recorded with the results. ``--single_thread``
+runs every framework on one thread: per-core speed, which a loaded machine
+disturbs least. ``python -m benchmarks.report --json=PATH`` turns the JSON
+into RESULTS.md's tables.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class BenchmarkConfig:
   decode_batch: int = field(0, "Batch size of batched decoding (0: default).")
   loop_n: int = field(0, "Sequences decoded one at a time (0: default).")
   ceiling_n: int = field(0, "Size n of the n x n matmul ceiling (0: default).")
+  single_thread: bool = field(False, "Every framework on one thread (XLA "
+                              "without multi-threaded Eigen, OMP/MKL 1): "
+                              "per-core speed, steadier on a loaded machine, "
+                              "where PyTorch's default threads can collapse.")
   seed: int = field(0, "Seed of data and models.")
 
   def peer_list(self) -> list[str]:
@@ -127,7 +134,8 @@ def run(config: BenchmarkConfig) -> dict:
   print(f"Workload {config.workload}: {settings}")
   print(f"Frameworks: {', '.join(frameworks)}; {config.reps} repetitions; "
         f"load average {load_before}")
-  results, worker_notes = harness.measure(workload, frameworks, config.reps)
+  results, worker_notes = harness.measure(workload, frameworks, config.reps,
+                                          single_thread=config.single_thread)
   notes += worker_notes
   machine = results["seqjax"].pop("machine")
   rows = harness.ratios(results, workload.targets)
@@ -149,6 +157,7 @@ def run(config: BenchmarkConfig) -> dict:
                   "load_after": load_after},
       "workloads": {config.workload: {
           "settings": dataclasses.asdict(settings),
+          "single_thread": config.single_thread,
           "train_flops_per_sample": workload.train_flops_per_sample,
           "results": results,
           "ratios": rows,
@@ -163,6 +172,13 @@ def run(config: BenchmarkConfig) -> dict:
   return out
 
 
+def _exit_on_sigterm():
+  # SIGTERM ends the run through the finally blocks, which stop the workers.
+  import signal
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 if __name__ == "__main__":
   from experiments import common
+  _exit_on_sigterm()
   common.main(BenchmarkConfig, run)

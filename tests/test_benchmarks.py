@@ -84,7 +84,9 @@ def test_missing_peer_packages_are_skipped_with_a_note(monkeypatch):
 
 def test_tiny_run_has_every_key_and_compiles_the_step_once(tmp_path):
   path = tmp_path / "bench.json"
+  # single_thread: the one-thread worker set-up is exercised too.
   config = bench_run.BenchmarkConfig(peers="", reps=2, json=str(path),
+                                     single_thread=True,
                                      train_samples=TINY["train_samples"],
                                      decode_n=TINY["decode_n"],
                                      decode_batch=TINY["decode_batch"],
@@ -97,12 +99,15 @@ def test_tiny_run_has_every_key_and_compiles_the_step_once(tmp_path):
   for key in harness.KEYS + ("versions",):
     assert key in res, key
   assert res["train_compiles"] == 1  # once, for the epoch's 3 calls
+  assert len(res["reps"]["decode_loop_split_seq_per_s"]) == 2
   assert res["reps"]["train_compiles"] == [1, 1]  # a fresh step each rep
   assert all(v > 0 for v in res["reps"]["first_step_s"])
   flops = on_disk["workloads"]["reverse"]["train_flops_per_sample"]
   assert res["gflops"] == pytest.approx(
       res["train_samples_per_s"] * flops / 1e9)
   assert out["workloads"]["reverse"]["first_step_target"]["max_s"] == 1.0
+  assert on_disk["workloads"]["reverse"]["single_thread"] is True
+  assert harness.SINGLE_THREAD_XLA_FLAG in on_disk["machine"]["XLA_FLAGS"]
 
 
 def test_seqjax_runner_decoders_agree():
