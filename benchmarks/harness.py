@@ -259,8 +259,8 @@ class Worker:
 
 
 def measure(workload, frameworks: list[str], reps: int,
-            log: Callable[[str], None] = print, single_thread: bool = False
-            ) -> tuple[dict, list[str]]:
+            log: Callable[[str], None] = print, single_thread: bool = False,
+            settle_s: float = 1.0) -> tuple[dict, list[str]]:
   """Runs every measurement ``reps`` times, frameworks interleaved, each in
   its own worker process (on one thread each with ``single_thread``).
   Returns ``({framework: {key: median, ..., "reps": {key: [...]}}}, notes)``;
@@ -283,6 +283,13 @@ def measure(workload, frameworks: list[str], reps: int,
     def add(fw, key, value):
       per_rep[fw].setdefault(key, []).append(value)
 
+    def call(fw, *args):
+      # A pause first: the framework measured before may leave threads
+      # spinning for a while (seen after PyTorch's training: a decode run
+      # right after it slowed by up to 2x).
+      time.sleep(settle_s)
+      return workers[fw].call(*args)
+
     for fw in frameworks:
       workers[fw].call("warmup")
     n_src, n_loop = len(workload.decode_sources()), workload.loop_n
@@ -290,7 +297,7 @@ def measure(workload, frameworks: list[str], reps: int,
       shift = rep % len(frameworks)
       order = frameworks[shift:] + frameworks[:shift]
       for fw in order:
-        out = workers[fw].call("train_epoch", rep)
+        out = call(fw, "train_epoch", rep)
         for key, value in out.items():
           add(fw, key, value)
         rate = (out["train_samples"] / out["train_seconds"]
@@ -301,11 +308,11 @@ def measure(workload, frameworks: list[str], reps: int,
             f"compiles {out['train_compiles']}, "
             f"accuracy {out.get('decode_accuracy', float('nan')):.4f}")
       for fw in order:
-        for key, secs in workers[fw].call("decode").items():
+        for key, secs in call(fw, "decode").items():
           n = n_src if key == "decode_batched_s" else n_loop
           add(fw, key[:-len("_s")] + "_seq_per_s", n / secs)
       for fw in order:
-        add(fw, "ceiling_gflops", workers[fw].call("ceiling", workload.ceiling_n))
+        add(fw, "ceiling_gflops", call(fw, "ceiling", workload.ceiling_n))
       log(f"  rep {rep + 1}/{reps} decode seq/s: " + ", ".join(
           f"{fw} batched {per_rep[fw]['decode_batched_seq_per_s'][-1]:.0f} "
           f"loop {per_rep[fw]['decode_loop_seq_per_s'][-1]:.0f}"
