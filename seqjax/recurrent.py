@@ -23,6 +23,7 @@ emitted output, unchanged.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, ClassVar, Optional
 
 import flax.linen as nn
@@ -43,24 +44,34 @@ def project_inputs(kernel: Array, bias: Array, x: Array, dtype: Any) -> Array:
 def lstm_update(recurrent: dict, carry: Carry, xw_BG: Array) -> Carry:
   """One LSTM step given the already projected input ``x @ W + b``."""
   h_BH, c_BH = carry
-  z_BG = xw_BG + h_BH @ recurrent["recurrent_kernel"].astype(xw_BG.dtype)
-  i, f, g, o = jnp.split(z_BG, 4, axis=-1)
-  c_BH = jax.nn.sigmoid(f) * c_BH + jax.nn.sigmoid(i) * jnp.tanh(g)
-  h_BH = jax.nn.sigmoid(o) * jnp.tanh(c_BH)
+  kernel_HG = recurrent["recurrent_kernel"].astype(xw_BG.dtype)
+  h_BH, c_BH, _ = _lstm_cell(kernel_HG, h_BH, c_BH, xw_BG)
   return (h_BH, c_BH)
 
 
 def gru_update(recurrent: dict, carry: Carry, xw_BG: Array) -> Carry:
   """One GRU step (reset_after=True) given the projected input ``x @ W + b_in``."""
   (h_BH,) = carry
-  hu_BG = (h_BH @ recurrent["recurrent_kernel"].astype(xw_BG.dtype)
-           + recurrent["recurrent_bias"].astype(xw_BG.dtype))
-  xz, xr, xn = jnp.split(xw_BG, 3, axis=-1)
-  hz, hr, hn = jnp.split(hu_BG, 3, axis=-1)
-  z = jax.nn.sigmoid(xz + hz)
-  r = jax.nn.sigmoid(xr + hr)
-  n = jnp.tanh(xn + r * hn)
-  return (z * h_BH + (1.0 - z) * n,)
+  dtype = xw_BG.dtype
+  h_BH, _ = _gru_cell(recurrent["recurrent_kernel"].astype(dtype),
+                      recurrent["recurrent_bias"].astype(dtype), h_BH, xw_BG)
+  return (h_BH,)
+
+
+# Gate nonlinearities as tanh alone: sigmoid(x) = (1 + tanh(x / 2)) / 2.
+# XLA:CPU evaluates one tanh over a whole fused row far faster than
+# sigmoids and tanhs over its gate slices (benchmarks/RESULTS.md).
+
+def _sigmoid(x: Array) -> Array:
+  return 0.5 * jnp.tanh(0.5 * x) + 0.5
+
+
+def _lstm_gates(z_BG: Array) -> list[Array]:
+  """i, f, g, o from the pre-activations (B, 4H): one tanh over the row."""
+  units = z_BG.shape[-1] // 4
+  scale_G = jnp.repeat(jnp.array([0.5, 0.5, 1.0, 0.5], z_BG.dtype), units)
+  shift_G = jnp.repeat(jnp.array([0.5, 0.5, 0.0, 0.5], z_BG.dtype), units)
+  return jnp.split(jnp.tanh(z_BG * scale_G) * scale_G + shift_G, 4, axis=-1)
 
 
 def _keep_masked(mask_B: Array, new: Carry, old: Carry) -> Carry:
@@ -70,6 +81,221 @@ def _keep_masked(mask_B: Array, new: Carry, old: Carry) -> Carry:
 def lengths_to_mask(lengths_B: Array, max_len: int) -> Array:
   """(B,) lengths -> (B, T) boolean mask, True on real steps."""
   return jnp.arange(max_len)[None, :] < lengths_B[:, None]
+
+
+# Whole-sequence recurrences with hand-written backward passes. Autodiff of
+# the scan saves and replays every step's ops and adds ``h^T @ dz`` into the
+# recurrent-kernel gradient inside the reverse loop, one small matmul per step;
+# here the forward saves the gate activations, the reverse loop carries only
+# the carry's gradient, and the kernel gradient is one matmul over all steps.
+# The forward computes exactly what ``lstm_update`` / ``gru_update`` compute.
+
+def _lstm_cell(kernel_HG, h_BH, c_BH, xw_BG):
+  """One step -> (h, c, the activations i, f, g, o, tanh(c) side by side).
+
+  ``h_BH`` / ``c_BH`` None stand for zeros (a sequence's first step)."""
+  z_BG = xw_BG if h_BH is None else xw_BG + h_BH @ kernel_HG
+  i, f, g, o = _lstm_gates(z_BG)
+  c_new = i * g if c_BH is None else f * c_BH + i * g
+  tc = jnp.tanh(c_new)
+  # One array of what the backward pass needs: one stacked scan output.
+  return o * tc, c_new, jnp.concatenate([i, f, g, o, tc], axis=-1)
+
+
+def _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, save):
+  def body(carry, inputs):
+    h_BH, c_BH = carry
+    xw_BG, m_B = inputs
+    h_new, c_new, acts = _lstm_cell(kernel_HG, h_BH, c_BH, xw_BG)
+    if m_B is not None:
+      h_new = jnp.where(m_B[:, None], h_new, h_BH)
+      c_new = jnp.where(m_B[:, None], c_new, c_BH)
+    return (h_new, c_new), (h_new, (acts, c_new) if save else None)
+  carry, (h_TBH, saved) = jax.lax.scan(body, (h_BH, c_BH), (xw_TBG, mask_TB),
+                                       unroll=unroll)
+  return (h_TBH, carry), saved
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _lstm_sequence(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, zero_start):
+  if zero_start:  # the carry is zeros: the first step needs no h @ U
+    first = _lstm_cell(kernel_HG, None, None, xw_TBG[0])[:2]
+    return _first_then_rest(
+        first, xw_TBG, mask_TB, lambda carry, xw_TBG, mask_TB: _lstm_scan(
+            kernel_HG, xw_TBG, *carry, mask_TB, unroll, False)[0])
+  return _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, False)[0]
+
+
+def _lstm_sequence_fwd(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll,
+                       zero_start):
+  # Differentiated, the first step stays in the scan: peeling it would cost
+  # more compile time than it saves in a typical run.
+  del zero_start
+  out, saved = _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, True)
+  return out, (kernel_HG, h_BH, c_BH, out[0], saved, mask_TB)
+
+
+def _lstm_sequence_bwd(unroll, zero_start, residuals, cotangents):
+  del zero_start
+  kernel_HG, h0_BH, c0_BH, h_TBH, (acts_TBA, c_TBH), mask_TB = residuals
+  dh_TBH, (dh_BH, dc_BH) = cotangents
+  kernel_GH = kernel_HG.T
+  # The carry entering each step: the initial one, then each step's.
+  c_prev_TBH = jnp.concatenate([c0_BH[None], c_TBH[:-1]], axis=0)
+
+  def body(carry, inputs):
+    dh_BH, dc_BH = carry
+    dh_out_BH, acts_BA, c_prev_BH, m_B = inputs
+    i, f, g, o, tc = jnp.split(acts_BA, 5, axis=-1)
+    dh_BH = dh_BH + dh_out_BH
+    if m_B is not None:  # a masked step passes the gradient straight through
+      keep_h, keep_c = (jnp.where(m_B[:, None], 0.0, d) for d in (dh_BH, dc_BH))
+      dh_BH, dc_BH = (jnp.where(m_B[:, None], d, 0.0) for d in (dh_BH, dc_BH))
+    dc_BH = dc_BH + dh_BH * o * (1.0 - tc * tc)
+    dz_BG = jnp.concatenate([dc_BH * g * i * (1.0 - i),
+                             dc_BH * c_prev_BH * f * (1.0 - f),
+                             dc_BH * i * (1.0 - g * g),
+                             dh_BH * tc * o * (1.0 - o)], axis=-1)
+    dh_prev, dc_prev = dz_BG @ kernel_GH, dc_BH * f
+    if m_B is not None:
+      dh_prev, dc_prev = dh_prev + keep_h, dc_prev + keep_c
+    return (dh_prev, dc_prev), dz_BG
+  (dh0_BH, dc0_BH), dz_TBG = jax.lax.scan(
+      body, (dh_BH, dc_BH), (dh_TBH, acts_TBA, c_prev_TBH, mask_TB),
+      reverse=True, unroll=unroll)
+  h_prev_TBH = jnp.concatenate([h0_BH[None], h_TBH[:-1]], axis=0)
+  dkernel_HG = jnp.einsum("tbh,tbg->hg", h_prev_TBH, dz_TBG)
+  return dkernel_HG, dz_TBG, dh0_BH, dc0_BH, None
+
+
+_lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)
+
+
+def lstm_sequence(recurrent: dict, carry: Optional[Carry], xw_TBG: Array,
+                  mask_TB: Optional[Array] = None, unroll: int = 1
+                  ) -> tuple[Array, Carry]:
+  """All steps of ``lstm_update`` over projected inputs (T, B, 4H).
+
+  Returns the outputs (T, B, H) and the final carry; masked steps (mask_TB
+  False) keep the carry. ``carry`` None is the zero carry (its first step
+  then skips ``h @ U`` when not differentiated). Differentiable, with the
+  backward pass above.
+  """
+  kernel_HG = recurrent["recurrent_kernel"].astype(xw_TBG.dtype)
+  zero_start = carry is None
+  if zero_start:
+    zeros_BH = jnp.zeros(xw_TBG.shape[1:2] + kernel_HG.shape[:1], xw_TBG.dtype)
+    carry = (zeros_BH, zeros_BH)
+  h_TBH, carry = _lstm_sequence(kernel_HG, xw_TBG, carry[0], carry[1],
+                                mask_TB, unroll, zero_start)
+  return h_TBH, carry
+
+
+def _first_then_rest(first: Carry, xw_TBG, mask_TB, rest):
+  """Outputs and carry of a first step from zeros (``first``, the carry it
+  gives) and then ``rest(carry, xw_TBG, mask_TB)`` over the other steps."""
+  if mask_TB is not None:  # a masked first step leaves the zeros
+    first = tuple(jnp.where(mask_TB[0][:, None], c, 0.0) for c in first)
+  if xw_TBG.shape[0] == 1:
+    return first[0][None], first
+  h_TBH, carry = rest(first, xw_TBG[1:],
+                      None if mask_TB is None else mask_TB[1:])
+  return jnp.concatenate([first[0][None], h_TBH]), carry
+
+
+def _gru_cell(kernel_HG, bias_G, h_BH, xw_BG):
+  """One step -> (h, the activations z, r, n and h @ U_n + b_n side by side).
+
+  ``h_BH`` None stands for zeros (a sequence's first step)."""
+  hu_BG = (jnp.broadcast_to(bias_G, xw_BG.shape) if h_BH is None
+           else h_BH @ kernel_HG + bias_G)
+  two = 2 * kernel_HG.shape[0]  # z and r side by side: one pass for both
+  z, r = jnp.split(_sigmoid(xw_BG[:, :two] + hu_BG[:, :two]), 2, axis=-1)
+  xn, hn = xw_BG[:, two:], hu_BG[:, two:]
+  n = jnp.tanh(xn + r * hn)
+  h_new = (1.0 - z) * n if h_BH is None else z * h_BH + (1.0 - z) * n
+  return h_new, jnp.concatenate([z, r, n, hn], axis=-1)
+
+
+def _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, save):
+  def body(h_BH, inputs):
+    xw_BG, m_B = inputs
+    h_new, acts = _gru_cell(kernel_HG, bias_G, h_BH, xw_BG)
+    if m_B is not None:
+      h_new = jnp.where(m_B[:, None], h_new, h_BH)
+    return h_new, (h_new, acts if save else None)
+  h_BH, (h_TBH, saved) = jax.lax.scan(body, h_BH, (xw_TBG, mask_TB),
+                                      unroll=unroll)
+  return (h_TBH, h_BH), saved
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _gru_sequence(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, zero_start):
+  if zero_start:  # the carry is zeros: the first step needs no h @ U
+    first = (_gru_cell(kernel_HG, bias_G, None, xw_TBG[0])[0],)
+
+    def rest(carry, xw_TBG, mask_TB):
+      h_TBH, h_BH = _gru_scan(kernel_HG, bias_G, xw_TBG, carry[0], mask_TB,
+                              unroll, False)[0]
+      return h_TBH, (h_BH,)
+    h_TBH, (h_BH,) = _first_then_rest(first, xw_TBG, mask_TB, rest)
+    return h_TBH, h_BH
+  return _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, False)[0]
+
+
+def _gru_sequence_fwd(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll,
+                      zero_start):
+  del zero_start  # as _lstm_sequence_fwd
+  out, saved = _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, True)
+  return out, (kernel_HG, h_BH, out[0], saved, mask_TB)
+
+
+def _gru_sequence_bwd(unroll, zero_start, residuals, cotangents):
+  del zero_start
+  kernel_HG, h0_BH, h_TBH, acts_TBA, mask_TB = residuals
+  dh_TBH, dh_BH = cotangents
+  kernel_GH = kernel_HG.T
+  h_prev_TBH = jnp.concatenate([h0_BH[None], h_TBH[:-1]], axis=0)
+
+  def body(dh_BH, inputs):
+    dh_out_BH, acts_BA, h_prev_BH, m_B = inputs
+    z, r, n, hn = jnp.split(acts_BA, 4, axis=-1)
+    dh_BH = dh_BH + dh_out_BH
+    if m_B is not None:  # a masked step passes the gradient straight through
+      keep_h = jnp.where(m_B[:, None], 0.0, dh_BH)
+      dh_BH = jnp.where(m_B[:, None], dh_BH, 0.0)
+    dz = dh_BH * (h_prev_BH - n) * z * (1.0 - z)
+    dn = dh_BH * (1.0 - z) * (1.0 - n * n)
+    dr = dn * hn * r * (1.0 - r)
+    dhu_BG = jnp.concatenate([dz, dr, dn * r], axis=-1)
+    dh_prev = dhu_BG @ kernel_GH + dh_BH * z
+    if m_B is not None:
+      dh_prev = dh_prev + keep_h
+    return dh_prev, (jnp.concatenate([dz, dr, dn], axis=-1), dhu_BG)
+  dh0_BH, (dxw_TBG, dhu_TBG) = jax.lax.scan(
+      body, dh_BH, (dh_TBH, acts_TBA, h_prev_TBH, mask_TB), reverse=True,
+      unroll=unroll)
+  dkernel_HG = jnp.einsum("tbh,tbg->hg", h_prev_TBH, dhu_TBG)
+  return dkernel_HG, dhu_TBG.sum(axis=(0, 1)), dxw_TBG, dh0_BH, None
+
+
+_gru_sequence.defvjp(_gru_sequence_fwd, _gru_sequence_bwd)
+
+
+def gru_sequence(recurrent: dict, carry: Optional[Carry], xw_TBG: Array,
+                 mask_TB: Optional[Array] = None, unroll: int = 1
+                 ) -> tuple[Array, Carry]:
+  """All steps of ``gru_update`` over projected inputs (T, B, 3H); see
+  ``lstm_sequence``."""
+  dtype = xw_TBG.dtype
+  kernel_HG = recurrent["recurrent_kernel"].astype(dtype)
+  zero_start = carry is None
+  if zero_start:
+    carry = (jnp.zeros(xw_TBG.shape[1:2] + kernel_HG.shape[:1], dtype),)
+  h_TBH, h_BH = _gru_sequence(kernel_HG,
+                              recurrent["recurrent_bias"].astype(dtype),
+                              xw_TBG, carry[0], mask_TB, unroll, zero_start)
+  return h_TBH, (h_BH,)
 
 
 class Recurrent(nn.Module):
@@ -86,6 +312,9 @@ class Recurrent(nn.Module):
   num_gates: ClassVar[int]
   carry_size: ClassVar[int]
   update: ClassVar[Callable[[dict, Carry, Array], Carry]]
+  # All steps at once with a hand-written backward pass (``lstm_sequence``);
+  # None: ``update`` scanned and differentiated by autodiff.
+  sequence: ClassVar[Optional[Callable]] = None
 
   def setup(self):
     gh = self.num_gates * self.units
@@ -133,7 +362,12 @@ class Recurrent(nn.Module):
     recurrent = self._recurrent_params()
     update = type(self).update
 
-    if mask is None:
+    if type(self).sequence is not None:
+      mask_TB = None if mask is None else jnp.swapaxes(mask.astype(bool), 0, 1)
+      # None: the zero carry, whose first step skips the recurrent matmul.
+      h_TBH, carry = type(self).sequence(
+          recurrent, None if initial_carry is None else carry, xw_TBG, mask_TB)
+    elif mask is None:
       def body(carry, xw_BG):
         carry = update(recurrent, carry, xw_BG)
         return carry, carry[0]
@@ -176,6 +410,7 @@ class LSTM(Recurrent):
   num_gates: ClassVar[int] = 4
   carry_size: ClassVar[int] = 2
   update: ClassVar = staticmethod(lstm_update)
+  sequence: ClassVar = staticmethod(lstm_sequence)
 
   def _make_bias(self):
     units = self.units
@@ -196,6 +431,7 @@ class GRU(Recurrent):
   num_gates: ClassVar[int] = 3
   carry_size: ClassVar[int] = 1
   update: ClassVar = staticmethod(gru_update)
+  sequence: ClassVar = staticmethod(gru_sequence)
 
   def _make_bias(self):
     self.bias = self.param("bias", nn.initializers.zeros_init(),

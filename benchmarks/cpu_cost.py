@@ -1,0 +1,91 @@
+"""CPU time of seqjax's reverse workload on one core: steadier than wall time
+on a shared machine, so library changes are compared with this.
+
+  XLA_FLAGS=--xla_cpu_multi_thread_eigen=false taskset -c 1 \\
+      python -m benchmarks.cpu_cost [--json=PATH]
+
+Reports the CPU milliseconds of a training step (``make_multi_step``, 25
+steps per call, batch 32; minimum and 20th percentile over single calls),
+the CPU seconds of compiling that call, and batched greedy decoding (batch
+1000) in sequences per CPU second (best of 7). Run it on one core (above): the
+CPU time of a multi-threaded run counts threads waiting for each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax import decode as decode_lib
+from seqjax import train as train_lib
+from seqjax.data import reverse as reverse_data
+from seqjax.experiment import field
+from seqjax.models import Seq2Seq
+
+
+@dataclasses.dataclass
+class CpuCostConfig:
+  calls: int = field(60, "Timed single calls of 25 training steps.")
+  json: str = field("", "Write the numbers as JSON here.")
+
+  def validate(self):
+    return [] if self.calls > 0 else [f"--calls must be positive; got "
+                                      f"{self.calls}"]
+
+
+def run(config: CpuCostConfig) -> dict:
+  k = 25
+  data = reverse_data.generate(np.random.default_rng(0), 20_000)
+  test = reverse_data.generate(np.random.default_rng(1), 10_000)
+  model = Seq2Seq(src_vocab=51, tgt_vocab=51, units=128)
+  params = jax.jit(model.init)(jax.random.key(0), data["src"][:1],
+                               data["dec_in"][:1])
+  loss_fn = train_lib.make_seq2seq_loss(model)
+  device_data = jax.device_put(data)
+  idx = np.random.default_rng(0).integers(
+      0, len(data["src"]), size=(config.calls + 1, k, 32)).astype(np.int32)
+  valid = np.ones(k, bool)
+  multi_step = train_lib.make_multi_step(loss_fn)
+  state = train_lib.create_train_state(model, params,
+                                       train_lib.make_optimizer("adam"))
+  c = time.process_time()
+  multi_step.lower(state, device_data, idx[0], valid).compile()
+  compile_cpu = time.process_time() - c
+  state, metrics = multi_step(state, device_data, idx[0], valid)
+  jax.block_until_ready(metrics)
+  steps = []
+  for i in range(config.calls):
+    c = time.process_time()
+    state, metrics = multi_step(state, device_data, idx[1 + i], valid)
+    jax.block_until_ready(metrics)
+    steps.append((time.process_time() - c) / k)
+  decoder = decode_lib.make_greedy_decoder(model, max_len=3, start_id=0)
+  decode = lambda: decode_lib.decode_in_batches(decoder, state.params,
+                                                test["src"], 1000)
+  decode()
+  decodes = []
+  for _ in range(7):
+    c = time.process_time()
+    decode()
+    decodes.append(time.process_time() - c)
+  out = {"train_cpu_ms_per_step_min": min(steps) * 1e3,
+         "train_cpu_ms_per_step_p20": float(np.percentile(steps, 20)) * 1e3,
+         "compile_cpu_s": compile_cpu,
+         "decode_seq_per_cpu_s": len(test["src"]) / min(decodes),
+         "final_loss": float(np.asarray(metrics["loss"]).mean())}
+  for key, value in out.items():
+    print(f"{key:28s} {value:12.4f}")
+  if config.json:
+    with open(config.json, "w", encoding="utf-8") as f:
+      json.dump(out, f, indent=2)
+  return out
+
+
+if __name__ == "__main__":
+  from experiments import common
+  common.main(CpuCostConfig, run)

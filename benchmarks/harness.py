@@ -1,0 +1,392 @@
+"""What every benchmark workload shares: timing, the matmul ceiling, compile
+counting, machine facts, and the interleaved measurement loop.
+
+A workload is a module registered in ``benchmarks.run.WORKLOADS`` (see
+``benchmarks.reverse``; a translate workload plugs in the same way) with:
+
+* ``Settings``: a dataclass of its sizes (the fields ``benchmarks.run``'s
+  flags override: ``train_samples``, ``decode_n``, ``decode_batch``,
+  ``loop_n``, ``ceiling_n``, ``torch_threads``, ``seed``);
+* ``Workload(settings)`` with ``s`` (the settings), ``targets`` and
+  ``first_step_max_s`` (what to reach), ``train_flops_per_sample``,
+  ``loop_n``, ``ceiling_n``, ``frameworks()``, ``decode_sources()`` and
+  ``runner(framework)``, built identically in every worker process.
+
+A runner measures one framework:
+
+* ``train_epoch(rep) -> dict`` builds a fresh model (not timed), then times
+  its first training step (tracing and compiling included) and the rest of one
+  epoch: ``first_step_s``, ``train_seconds``, ``train_samples``,
+  ``train_compiles`` and ``decode_accuracy`` (optional sanity check);
+* ``decode_batched(src) -> tokens`` and ``decode_loop(src) -> tokens`` decode
+  held-out sources in batches / one at a time (warmed up before timing);
+  ``extra_decoders()`` may name more one-at-a-time variants;
+* ``ceiling_gflops(n)``: a float32 (n, n) @ (n, n) matmul, that framework's;
+* ``versions()`` and ``notes``.
+
+Each framework runs in its own worker process (so no thread pool or compile
+cache is shared, and a framework is idle while another is measured); the
+harness runs them one after another within each repetition (the order
+rotating), so a change in the machine's load hits all of them; every number
+is the median over repetitions (a repetition's decoding numbers: the best of
+three passes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+# The keys every framework's result has (issue 6), in table order.
+KEYS = ("train_samples_per_s", "first_step_s", "train_compiles",
+        "decode_batched_seq_per_s", "decode_loop_seq_per_s", "gflops",
+        "ceiling_gflops")
+
+
+def median(values) -> float:
+  values = [v for v in values if v is not None]
+  return float(statistics.median(values)) if values else float("nan")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+  """Seconds of ``fn()`` (which must return host data, so work is finished)."""
+  t = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - t, out
+
+
+class CompileCounter:
+  """Counts XLA backend compilations (every JAX-based framework's), while
+  active. ``with counter: ...; counter.count``."""
+
+  EVENT = "/jax/core/compile/backend_compile_duration"
+
+  def __init__(self):
+    self.count = 0
+    self._active = False
+
+  def _listener(self, event, duration_secs, **kwargs):
+    del duration_secs, kwargs
+    if self._active and event == self.EVENT:
+      self.count += 1
+
+  def __enter__(self):
+    from jax import monitoring
+    self.count = 0
+    self._active = True
+    monitoring.register_event_duration_secs_listener(self._listener)
+    return self
+
+  def __exit__(self, *exc):
+    from jax import monitoring
+    self._active = False
+    monitoring.unregister_event_duration_listener(self._listener)
+    return False
+
+
+def jax_matmul_gflops(n: int, reps: int = 3) -> float:
+  """Best-of float32 (n, n) @ (n, n) with jitted JAX: the ceiling that JAX
+  (so seqjax and Keras-JAX) reaches on this machine."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, a).block_until_ready()
+  best = min(timed(lambda: f(a, a).block_until_ready())[0]
+             for _ in range(reps))
+  return 2 * n ** 3 / best / 1e9
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def load_average() -> Optional[list[float]]:
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def machine_info() -> dict:
+  import jax
+  return {"cpu": cpu_model(), "cores": os.cpu_count(),
+          "platform": platform.platform(), "python": platform.python_version(),
+          "jax_backend": jax.default_backend(),
+          "jax_devices": [str(d) for d in jax.devices()],
+          "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+          "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
+
+
+class _Ops:
+  """What a worker does for the parent; timing happens here, in the worker."""
+
+  def __init__(self, workload, runner):
+    self.w, self.r = workload, runner
+    self.src = workload.decode_sources()
+    self.loop_src = self.src[:workload.loop_n]
+
+  def _extras(self):
+    return getattr(self.r, "extra_decoders", lambda: {})()
+
+  def info(self) -> dict:
+    return {"versions": self.r.versions(),
+            "notes": list(getattr(self.r, "notes", []) or [])}
+
+  def warmup(self):  # compiles the decoders; not timed
+    self.r.decode_batched(self.src)
+    self.r.decode_loop(self.loop_src[:2])
+    for fn in self._extras().values():
+      fn(self.loop_src[:2])
+
+  def train_epoch(self, rep: int) -> dict:
+    return self.r.train_epoch(rep)
+
+  def decode(self, passes: int = 3) -> dict:
+    """Seconds of: the batched decoding, the one-at-a-time loop, extras;
+    each the best of ``passes`` (a pass is short: a load spike on a shared
+    machine would otherwise decide it)."""
+    best = lambda fn, src: min(timed(lambda: fn(src))[0] for _ in range(passes))
+    out = {"decode_batched_s": best(self.r.decode_batched, self.src),
+           "decode_loop_s": best(self.r.decode_loop, self.loop_src)}
+    for name, fn in self._extras().items():
+      out[f"{name}_s"] = best(fn, self.loop_src)
+    return out
+
+  def ceiling(self, n: int) -> float:
+    return self.r.ceiling_gflops(n)
+
+  def machine(self) -> dict:
+    return machine_info()
+
+
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SINGLE_THREAD_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+def _worker_main(conn, module_name: str, settings: dict, framework: str,
+                 single_thread: bool = False):
+  """A framework's own process: builds its runner, then serves calls."""
+  import importlib
+  import traceback
+  if single_thread:  # before any framework is imported
+    os.environ.update(SINGLE_THREAD_ENV)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                               + SINGLE_THREAD_XLA_FLAG).strip()
+  try:
+    module = importlib.import_module(module_name)
+    workload = module.Workload(module.Settings(**settings))
+    ops = _Ops(workload, workload.runner(framework))
+    conn.send(("ok", None))
+  except BaseException:  # pylint: disable=broad-except
+    conn.send(("error", traceback.format_exc()))
+    return
+  while True:
+    try:
+      message = conn.recv()
+    except (EOFError, OSError):  # the parent is gone
+      return
+    if message is None:
+      return
+    name, args = message
+    try:
+      result = ("ok", getattr(ops, name)(*args))
+    except BaseException:  # pylint: disable=broad-except
+      result = ("error", traceback.format_exc())
+    try:
+      conn.send(result)
+    except (BrokenPipeError, OSError):  # the parent is gone
+      return
+
+
+class WorkerError(RuntimeError):
+  pass
+
+
+class Worker:
+  """One framework in its own process (spawned: no thread pool, allocator or
+  compile cache is shared with another framework); idle while others run."""
+
+  def __init__(self, module_name: str, settings: dict, framework: str,
+               single_thread: bool = False):
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    self.framework = framework
+    self.conn, child = ctx.Pipe()
+    self.process = ctx.Process(target=_worker_main, daemon=True,
+                               args=(child, module_name, settings, framework,
+                                     single_thread))
+    self.process.start()
+    child.close()
+    self._receive()
+
+  def _receive(self):
+    try:
+      status, value = self.conn.recv()
+    except EOFError as e:
+      raise WorkerError(f"the {self.framework} worker died (exit code "
+                        f"{self.process.exitcode})") from e
+    if status != "ok":
+      raise WorkerError(f"{self.framework} worker failed:\n{value}")
+    return value
+
+  def call(self, name: str, *args):
+    self.conn.send((name, args))
+    return self._receive()
+
+  def close(self):
+    try:
+      self.conn.send(None)
+    except (BrokenPipeError, OSError):
+      pass
+    self.process.join(timeout=5)
+    if self.process.is_alive():  # busy (an interrupted run): stop it
+      self.process.kill()
+      self.process.join()
+
+
+def measure(workload, frameworks: list[str], reps: int,
+            log: Callable[[str], None] = print, single_thread: bool = False,
+            settle_s: float = 1.0) -> tuple[dict, list[str]]:
+  """Runs every measurement ``reps`` times, frameworks interleaved, each in
+  its own worker process (on one thread each with ``single_thread``).
+  Returns ``({framework: {key: median, ..., "reps": {key: [...]}}}, notes)``;
+  a peer whose worker cannot start is left out with a note."""
+  settings = dataclasses.asdict(workload.s)
+  module_name = type(workload).__module__
+  workers, notes = {}, []
+  try:
+    for fw in frameworks:
+      try:
+        workers[fw] = Worker(module_name, settings, fw, single_thread)
+      except WorkerError as e:
+        if fw == "seqjax":
+          raise
+        notes.append(f"peer {fw} skipped: {str(e).splitlines()[-1]}")
+        log(f"Note: {notes[-1]}")
+    frameworks = [fw for fw in frameworks if fw in workers]
+    per_rep = {fw: {} for fw in frameworks}
+
+    def add(fw, key, value):
+      per_rep[fw].setdefault(key, []).append(value)
+
+    def call(fw, *args):
+      # A pause first: the framework measured before may leave threads
+      # spinning for a while (seen after PyTorch's training: a decode run
+      # right after it slowed by up to 2x).
+      time.sleep(settle_s)
+      return workers[fw].call(*args)
+
+    for fw in frameworks:
+      workers[fw].call("warmup")
+    n_src, n_loop = len(workload.decode_sources()), workload.loop_n
+    for rep in range(reps):
+      shift = rep % len(frameworks)
+      order = frameworks[shift:] + frameworks[:shift]
+      for fw in order:
+        out = call(fw, "train_epoch", rep)
+        for key, value in out.items():
+          add(fw, key, value)
+        rate = (out["train_samples"] / out["train_seconds"]
+                if out["train_seconds"] > 0 else float("nan"))
+        add(fw, "train_samples_per_s", rate)
+        log(f"  rep {rep + 1}/{reps} {fw:8s} train {rate:9.0f} samples/s, "
+            f"first step {out['first_step_s']:.2f} s, "
+            f"compiles {out['train_compiles']}, "
+            f"accuracy {out.get('decode_accuracy', float('nan')):.4f}")
+      for fw in order:
+        for key, secs in call(fw, "decode").items():
+          n = n_src if key == "decode_batched_s" else n_loop
+          add(fw, key[:-len("_s")] + "_seq_per_s", n / secs)
+      for fw in order:
+        add(fw, "ceiling_gflops", call(fw, "ceiling", workload.ceiling_n))
+      log(f"  rep {rep + 1}/{reps} decode seq/s: " + ", ".join(
+          f"{fw} batched {per_rep[fw]['decode_batched_seq_per_s'][-1]:.0f} "
+          f"loop {per_rep[fw]['decode_loop_seq_per_s'][-1]:.0f}"
+          for fw in frameworks))
+    results = {}
+    for fw in frameworks:
+      info = workers[fw].call("info")
+      reps_fw = per_rep[fw]
+      res = {key: median(values) for key, values in reps_fw.items()
+             if key not in ("train_samples", "train_seconds")}
+      res["train_compiles"] = int(max(reps_fw["train_compiles"]))
+      res["gflops"] = (res["train_samples_per_s"]
+                       * workload.train_flops_per_sample / 1e9)
+      res["versions"] = info["versions"]
+      res["reps"] = reps_fw
+      if info["notes"]:
+        res["notes"] = info["notes"]
+      results[fw] = res
+    results["seqjax"]["machine"] = workers["seqjax"].call("machine")
+    return results, notes
+  finally:
+    for worker in workers.values():
+      worker.close()
+
+
+def ratios(results: dict, targets: list[tuple]) -> list[dict]:
+  """``targets``: (metric, peers, at_least, lower_is_better). A ratio is
+  seqjax's number over the best of those peers present (for a metric where
+  lower is better, the best peer's over seqjax's)."""
+  rows = []
+  ours = results.get("seqjax")
+  for metric, peers, at_least, lower_is_better in targets:
+    present = [p for p in peers if p in results]
+    row = {"metric": metric, "vs": present, "target": at_least}
+    if ours is None or not present:
+      row.update(ratio=None, met=None)
+      rows.append(row)
+      continue
+    if lower_is_better:
+      best = min(results[p][metric] for p in present)
+      ratio = best / ours[metric]
+    else:
+      best = max(results[p][metric] for p in present)
+      ratio = ours[metric] / best
+    row.update(ratio=ratio, met=bool(ratio >= at_least), best_peer=best)
+    rows.append(row)
+  return rows
+
+
+def format_table(results: dict) -> str:
+  frameworks = list(results)
+  fmt = {"train_samples_per_s": "{:.0f}", "first_step_s": "{:.3f}",
+         "train_compiles": "{:d}", "decode_batched_seq_per_s": "{:.0f}",
+         "decode_loop_seq_per_s": "{:.0f}", "gflops": "{:.1f}",
+         "ceiling_gflops": "{:.1f}"}
+  width = max(12, *(len(fw) + 2 for fw in frameworks))
+  lines = [f"{'metric':26s}" + "".join(f"{fw:>{width}s}" for fw in frameworks)]
+  for key in KEYS:
+    cells = []
+    for fw in frameworks:
+      v = results[fw].get(key)
+      cells.append("-" if v is None or (isinstance(v, float) and np.isnan(v))
+                   else fmt[key].format(v))
+    lines.append(f"{key:26s}" + "".join(f"{c:>{width}s}" for c in cells))
+  return "\n".join(lines)
+
+
+def format_ratios(rows: list[dict]) -> str:
+  lines = []
+  for row in rows:
+    if row["ratio"] is None:
+      lines.append(f"{row['metric']:26s} no peer measured")
+      continue
+    lines.append(f"{row['metric']:26s} {row['ratio']:6.2f}x vs best of "
+                 f"{'/'.join(row['vs'])} (target >= {row['target']}x): "
+                 f"{'met' if row['met'] else 'MISSED'}")
+  return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Markdown of a ``benchmarks.run --json`` file, for RESULTS.md.
+
+  python -m benchmarks.report --json=PATH
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from seqjax.errors import SeqjaxError
+from seqjax.experiment import field
+
+from benchmarks.harness import KEYS
+
+FORMATS = {"train_samples_per_s": "{:,.0f}", "first_step_s": "{:.2f}",
+           "train_compiles": "{:d}", "decode_batched_seq_per_s": "{:,.0f}",
+           "decode_loop_seq_per_s": "{:,.0f}", "gflops": "{:.1f}",
+           "ceiling_gflops": "{:.0f}"}
+
+
+@dataclasses.dataclass
+class ReportConfig:
+  json: str = field("", "A results file written by benchmarks.run --json.")
+
+  def validate(self):
+    return [] if self.json else ["--json is required"]
+
+
+def _cell(key, values):
+  if key not in FORMATS:
+    return " / ".join(f"{v:,.0f}" for v in values)
+  return " / ".join(FORMATS[key].format(int(v) if key == "train_compiles"
+                                        else v) for v in values)
+
+
+def markdown(out: dict) -> str:
+  m = out["machine"]
+  lines = [f"Run {out['date']}: `{out['command']}`", "",
+           f"- machine: {m['cpu']}, {m['cores']} cores, {m['platform']}, "
+           f"Python {m['python']}",
+           f"- load average (1, 5, 15 min) before {m['load_before']}, after "
+           f"{m['load_after']}; {out['seconds']:.0f} s"]
+  for name, w in out["workloads"].items():
+    res = w["results"]
+    fws = list(res)
+    threads = ("one thread per framework (--single_thread)"
+               if w.get("single_thread") else "each framework's default")
+    lines += ["", f"### {name} ({threads})", "",
+              "- versions: " + "; ".join(
+                  f"{fw}: " + ", ".join(f"{k} {v}" for k, v in
+                                        res[fw]["versions"].items())
+                  for fw in fws), "",
+              "| median of reps | " + " | ".join(fws) + " |",
+              "| --- | " + " | ".join("---:" for _ in fws) + " |"]
+    for key in KEYS:
+      lines.append(f"| {key} | " + " | ".join(
+          FORMATS[key].format(res[fw][key]) for fw in fws) + " |")
+    lines += ["", "Per repetition (in order):", "",
+              "| | " + " | ".join(fws) + " |",
+              "| --- | " + " | ".join("---:" for _ in fws) + " |"]
+    for key in ("train_samples_per_s", "first_step_s",
+                "decode_batched_seq_per_s", "decode_loop_seq_per_s"):
+      lines.append(f"| {key} | " + " | ".join(
+          _cell(key, res[fw]["reps"].get(key, [])) for fw in fws) + " |")
+    extra = [k for k in res.get("seqjax", {}).get("reps", {})
+             if k.startswith("decode_loop_") and k != "decode_loop_seq_per_s"]
+    for key in extra:
+      lines.append(f"| seqjax {key} | " + _cell(key, res["seqjax"]["reps"][key])
+                   + " |" + " |" * (len(fws) - 1))
+    lines += ["", "Ratios (seqjax over the best peer measured):", ""]
+    for row in w["ratios"]:
+      if row["ratio"] is None:
+        lines.append(f"- {row['metric']}: no peer measured")
+      else:
+        lines.append(f"- {row['metric']}: {row['ratio']:.2f}x vs "
+                     f"{'/'.join(row['vs'])} (target >= {row['target']}x): "
+                     f"{'met' if row['met'] else 'missed'}")
+    first = w["first_step_target"]
+    lines.append(f"- first_step_s: {first['seqjax_s']:.2f} s (target < "
+                 f"{first['max_s']} s): {'met' if first['met'] else 'missed'}")
+  if out.get("notes"):
+    lines += [""] + [f"- note: {n}" for n in out["notes"]]
+  return "\n".join(lines)
+
+
+def run(config: ReportConfig) -> str:
+  try:
+    with open(config.json, encoding="utf-8") as f:
+      out = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise SeqjaxError(f"--json={config.json}: {e}") from e
+  text = markdown(out)
+  print(text)
+  return text
+
+
+if __name__ == "__main__":
+  from experiments import common
+  common.main(ReportConfig, run)

@@ -1,0 +1,184 @@
+"""Benchmarks seqjax against Keras 3 (JAX backend) and PyTorch, side by side.
+
+  python -m benchmarks.run --workload=reverse [--peers=keras,torch]
+      [--reps=3] [--json=PATH] [--single_thread]
+
+Install the peers with ``pip install -e '.[bench]'``; a peer that is not
+installed is skipped with a note. Each repetition trains every framework for
+one epoch from a fresh model (first step timed separately, compile included),
+then decodes with each; frameworks are interleaved and every number is the
+median over repetitions. Only ratios within one run mean much on a shared
+machine; the load average is recorded with the results. ``--single_thread``
+runs every framework on one thread: per-core speed, which a loaded machine
+disturbs least. ``python -m benchmarks.report --json=PATH`` turns the JSON
+into RESULTS.md's tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import importlib.util
+import sys
+import time
+
+from seqjax import experiment
+from seqjax.errors import SeqjaxError
+from seqjax.experiment import field
+
+# Workload name -> (its benchmark module, modules it needs, what is missing).
+WORKLOADS = {
+    "reverse": ("benchmarks.reverse", (), ""),
+    "translate": ("benchmarks.translate",
+                  ("seqjax.data.pairs", "experiments.translate"),
+                  "the translate experiment (seqjax.data.pairs, "
+                  "experiments/translate.py) and its benchmark module "
+                  "benchmarks/translate.py"),
+}
+PEER_PACKAGES = {"keras": "keras", "torch": "torch"}
+
+# Settings a flag can override; 0 keeps the workload's default.
+SIZE_FLAGS = ("train_samples", "decode_n", "decode_batch", "loop_n",
+              "ceiling_n")
+
+
+@dataclasses.dataclass
+class BenchmarkConfig:
+  workload: str = field("reverse", f"One of {', '.join(WORKLOADS)}.")
+  peers: str = field("keras,torch", "Comma-separated peers: keras, torch "
+                     "(empty: seqjax alone).")
+  reps: int = field(3, "Repetitions of every measurement (medians reported).")
+  json: str = field("", "Write the results as JSON here.")
+  train_samples: int = field(0, "Training samples per epoch (0: the "
+                             "workload's default).")
+  decode_n: int = field(0, "Sequences to decode in batches (0: default).")
+  decode_batch: int = field(0, "Batch size of batched decoding (0: default).")
+  loop_n: int = field(0, "Sequences decoded one at a time (0: default).")
+  ceiling_n: int = field(0, "Size n of the n x n matmul ceiling (0: default).")
+  single_thread: bool = field(False, "Every framework on one thread (XLA "
+                              "without multi-threaded Eigen, OMP/MKL 1): "
+                              "per-core speed, steadier on a loaded machine, "
+                              "where PyTorch's default threads can collapse.")
+  seed: int = field(0, "Seed of data and models.")
+
+  def peer_list(self) -> list[str]:
+    return [p.strip() for p in self.peers.split(",") if p.strip()]
+
+  def validate(self) -> list[str]:
+    errors = []
+    if self.workload not in WORKLOADS:
+      errors.append(f"--workload must be one of {', '.join(WORKLOADS)}; got "
+                    f"{self.workload!r}")
+    unknown = [p for p in self.peer_list() if p not in PEER_PACKAGES]
+    if unknown:
+      errors.append(f"--peers: unknown {', '.join(unknown)}; expected some of "
+                    f"{', '.join(PEER_PACKAGES)}")
+    if self.reps < 1:
+      errors.append(f"--reps must be positive; got {self.reps}")
+    for name in SIZE_FLAGS:
+      if getattr(self, name) < 0:
+        errors.append(f"--{name} must be >= 0; got {getattr(self, name)}")
+    return errors
+
+
+def load_workload(name: str):
+  """The workload's module, or a SeqjaxError saying what it still needs."""
+  module, needs, what = WORKLOADS[name]
+  missing = [m for m in needs + (module,) if not _module_exists(m)]
+  if missing:
+    raise SeqjaxError(
+        f"--workload={name} is not available yet: it needs {what} "
+        f"(missing: {', '.join(missing)}). Available now: "
+        f"{', '.join(n for n in WORKLOADS if _available(n))}.")
+  return importlib.import_module(module)
+
+
+def _module_exists(name: str) -> bool:
+  try:
+    return importlib.util.find_spec(name) is not None
+  except ModuleNotFoundError:
+    return False
+
+
+def _available(name: str) -> bool:
+  module, needs, _ = WORKLOADS[name]
+  return all(_module_exists(m) for m in needs + (module,))
+
+
+def select_peers(requested: list[str]) -> tuple[list[str], list[str]]:
+  """-> (peers to run, notes on those skipped because not installed)."""
+  peers, notes = [], []
+  for p in requested:
+    if _module_exists(PEER_PACKAGES[p]):
+      peers.append(p)
+    else:
+      notes.append(f"peer {p} skipped: the {PEER_PACKAGES[p]} package is not "
+                   "installed (pip install -e '.[bench]')")
+  return peers, notes
+
+
+def run(config: BenchmarkConfig) -> dict:
+  experiment.check_config(config)
+  module = load_workload(config.workload)
+  peers, notes = select_peers(config.peer_list())
+  for note in notes:
+    print(f"Note: {note}")
+  overrides = {n: getattr(config, n) for n in SIZE_FLAGS if getattr(config, n)}
+  settings = module.Settings(seed=config.seed, **overrides)
+  from benchmarks import harness  # imports JAX: after the flags are checked
+  load_before = harness.load_average()
+  t0 = time.perf_counter()
+  workload = module.Workload(settings)
+  frameworks = ["seqjax"] + [p for p in peers if p in workload.frameworks()]
+  print(f"Workload {config.workload}: {settings}")
+  print(f"Frameworks: {', '.join(frameworks)}; {config.reps} repetitions; "
+        f"load average {load_before}")
+  results, worker_notes = harness.measure(workload, frameworks, config.reps,
+                                          single_thread=config.single_thread)
+  notes += worker_notes
+  machine = results["seqjax"].pop("machine")
+  rows = harness.ratios(results, workload.targets)
+  first = results["seqjax"]["first_step_s"]
+  first_ok = bool(first < workload.first_step_max_s)
+  load_after = harness.load_average()
+  print()
+  print(harness.format_table(results))
+  print()
+  print(harness.format_ratios(rows))
+  print(f"{'first_step_s':26s} {first:6.3f} s (target < "
+        f"{workload.first_step_max_s} s): {'met' if first_ok else 'MISSED'}")
+  print(f"Load average before {load_before}, after {load_after}; "
+        f"{time.perf_counter() - t0:.0f} s")
+  out = {
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "command": " ".join(sys.argv),
+      "machine": {**machine, "load_before": load_before,
+                  "load_after": load_after},
+      "workloads": {config.workload: {
+          "settings": dataclasses.asdict(settings),
+          "single_thread": config.single_thread,
+          "train_flops_per_sample": workload.train_flops_per_sample,
+          "results": results,
+          "ratios": rows,
+          "first_step_target": {"max_s": workload.first_step_max_s,
+                                "seqjax_s": first, "met": first_ok}}},
+      "notes": notes,
+      "seconds": time.perf_counter() - t0,
+  }
+  if config.json:
+    experiment.write_json_atomic(config.json, out)
+    print(f"Wrote {config.json}")
+  return out
+
+
+def _exit_on_sigterm():
+  # SIGTERM ends the run through the finally blocks, which stop the workers.
+  import signal
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+if __name__ == "__main__":
+  from experiments import common
+  _exit_on_sigterm()
+  common.main(BenchmarkConfig, run)
