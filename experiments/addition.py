@@ -213,12 +213,7 @@ def run(config: AdditionConfig) -> dict:
       history=history,
       first_epoch_at_target=reached[0]["epoch"] if reached else None,
       seconds_to_target=reached[0]["wall_s"] if reached else None,
-      train_loss=stats.last_metrics.get("loss"),
-      train_seconds=stats.train_seconds,
-      first_call_seconds=stats.first_call_seconds,
-      train_samples_per_second=stats.samples_per_second(config.batch_size),
-      train_compiles=stats.compiles,
-      n_params=summary.count_params(params))
+      **experiment.training_results(stats, config.batch_size, params))
   experiment.write_json_atomic(f"{workdir}/results.json", results)
   print(f"Wrote {workdir}/results.json")
   return results

@@ -327,12 +327,8 @@ def train_and_evaluate(cfg: EchoConfig, workdir: str) -> dict:
       sequence_accuracy=sequence_accuracy, n_eval=cfg.n_eval,
       samples_per_sequence=rows, timesteps=steps, expected=expected,
       predicted=predicted, step=int(state.step),
-      train_loss=stats.last_metrics.get("loss"),
       train_accuracy=stats.last_metrics.get("token_accuracy"),
-      train_seconds=stats.train_seconds,
-      first_call_seconds=stats.first_call_seconds,
-      train_samples_per_second=stats.samples_per_second(batch),
-      train_compiles=stats.compiles, n_params=summary.count_params(params))
+      **experiment.training_results(stats, batch, params))
   if cfg.mode == "lag_one_step":
     chance = 1.0 / v
     reproduced = accuracy < 5 * chance

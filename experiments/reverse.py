@@ -144,12 +144,7 @@ def run(config: ReverseConfig) -> dict:
   results.update(
       workdir=workdir, accuracy=accuracy, token_accuracy=token_accuracy,
       n_eval=config.n_eval, step=int(state.step),
-      train_loss=stats.last_metrics.get("loss"),
-      train_seconds=stats.train_seconds,
-      first_call_seconds=stats.first_call_seconds,
-      train_samples_per_second=stats.samples_per_second(config.batch_size),
-      train_compiles=stats.compiles,
-      n_params=summary.count_params(params))
+      **experiment.training_results(stats, config.batch_size, params))
   if jax.process_index() == 0:  # one writer when several processes train
     experiment.write_json_atomic(f"{workdir}/results.json", results)
     print(f"Wrote {workdir}/results.json")

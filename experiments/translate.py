@@ -486,17 +486,12 @@ def run(config: TranslateConfig) -> dict:
       val_loss=held_out["loss"], val_token_accuracy=held_out["token_accuracy"],
       **{f"val_{k}": v for k, v in scores.items()},
       examples=examples, eval_seconds=eval_seconds,
-      train_loss=stats.last_metrics.get("loss"),
       train_token_accuracy=stats.last_metrics.get("token_accuracy"),
-      train_seconds=stats.train_seconds,
       train_eval_seconds=timing["eval_seconds"],
       epoch_seconds=timing["epoch_seconds"],
       steady_epoch_seconds=(float(np.mean(steady)) if steady else None),
       epochs_run=epochs_run,
-      first_call_seconds=stats.first_call_seconds,
-      train_samples_per_second=stats.samples_per_second(config.batch_size),
-      train_compiles=stats.compiles,
-      n_params=summary.count_params(params))
+      **experiment.training_results(stats, config.batch_size, params))
   experiment.write_json_atomic(f"{workdir}/results.json", results)
   print(f"Wrote {workdir}/results.json")
   return results

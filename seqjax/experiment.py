@@ -24,6 +24,7 @@ import numpy as np
 import seqjax
 from seqjax import sharding as sharding_lib
 from seqjax import reliability
+from seqjax import summary as summary_lib
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer
 from seqjax.errors import SeqjaxError
@@ -198,6 +199,19 @@ def base_results(task: str, config) -> dict:
                    "python": platform.python_version()},
       "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()],
+  }
+
+
+def training_results(stats: train_lib.FitStats, batch_size: int,
+                     params) -> dict:
+  """The training figures every task's results.json carries."""
+  return {
+      "train_loss": stats.last_metrics.get("loss"),
+      "train_seconds": stats.train_seconds,
+      "first_call_seconds": stats.first_call_seconds,
+      "train_samples_per_second": stats.samples_per_second(batch_size),
+      "train_compiles": stats.compiles,
+      "n_params": summary_lib.count_params(params),
   }
 
 
