@@ -2,11 +2,11 @@
 counting, machine facts, and the interleaved measurement loop.
 
 A workload is a module registered in ``benchmarks.run.WORKLOADS`` (see
-``benchmarks.reverse``; a translate workload plugs in the same way) with:
+``benchmarks.reverse`` and ``benchmarks.translate``) with:
 
 * ``Settings``: a dataclass of its sizes (the fields ``benchmarks.run``'s
   flags override: ``train_samples``, ``decode_n``, ``decode_batch``,
-  ``loop_n``, ``ceiling_n``, ``torch_threads``, ``seed``);
+  ``loop_n``, ``ceiling_n``, ``seed``; translate also ``data_path``);
 * ``Workload(settings)`` with ``s`` (the settings), ``targets`` and
   ``first_step_max_s`` (what to reach), ``train_flops_per_sample``,
   ``loop_n``, ``ceiling_n``, ``frameworks()``, ``decode_sources()`` and
@@ -17,7 +17,8 @@ A runner measures one framework:
 * ``train_epoch(rep) -> dict`` builds a fresh model (not timed), then times
   its first training step (tracing and compiling included) and the rest of one
   epoch: ``first_step_s``, ``train_seconds``, ``train_samples``,
-  ``train_compiles`` and ``decode_accuracy`` (optional sanity check);
+  ``train_compiles`` and a ``decode_*`` quality figure (optional sanity
+  check: ``decode_accuracy``, ``decode_chrf``);
 * ``decode_batched(src) -> tokens`` and ``decode_loop(src) -> tokens`` decode
   held-out sources in batches / one at a time (warmed up before timing);
   ``extra_decoders()`` may name more one-at-a-time variants;
@@ -303,10 +304,11 @@ def measure(workload, frameworks: list[str], reps: int,
         rate = (out["train_samples"] / out["train_seconds"]
                 if out["train_seconds"] > 0 else float("nan"))
         add(fw, "train_samples_per_s", rate)
+        quality = ", ".join(f"{k[len('decode_'):]} {v:.4f}"
+                            for k, v in out.items() if k.startswith("decode_"))
         log(f"  rep {rep + 1}/{reps} {fw:8s} train {rate:9.0f} samples/s, "
             f"first step {out['first_step_s']:.2f} s, "
-            f"compiles {out['train_compiles']}, "
-            f"accuracy {out.get('decode_accuracy', float('nan')):.4f}")
+            f"compiles {out['train_compiles']}, {quality}")
       for fw in order:
         for key, secs in call(fw, "decode").items():
           n = n_src if key == "decode_batched_s" else n_loop

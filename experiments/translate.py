@@ -209,12 +209,29 @@ def resolve_data_path(flag_value: str) -> str:
   return path
 
 
-def _arrays(src_vocab: Vocab, tgt_vocab: Vocab, pairs_: list,
+def encode_pairs(src_vocab: Vocab, tgt_vocab: Vocab, pairs_: list,
             src_width=None, tgt_width=None) -> dict[str, np.ndarray]:
   return {**vocab_lib.encode_sources(src_vocab, [s for s, _ in pairs_],
                                      src_width),
           **vocab_lib.encode_targets(tgt_vocab, [t for _, t in pairs_],
                                      tgt_width)}
+
+
+def bucketize(train: dict[str, np.ndarray], num_buckets: int,
+              batch_size: int) -> list[dict[str, np.ndarray]]:
+  """``train``'s rows in at most ``num_buckets`` length buckets (each at
+  least a batch), each cut to its own longest source and target."""
+  buckets = []
+  for rows, src_w, tgt_w in vocab_lib.length_buckets(
+      train["src_len"], train["target_len"], num_buckets,
+      min_size=batch_size):
+    bucket = {k: v[rows] for k, v in train.items()}
+    for k in ("src", "src_mask"):
+      bucket[k] = bucket[k][:, :src_w]
+    for k in ("dec_in", "target", "target_mask"):
+      bucket[k] = bucket[k][:, :tgt_w]
+    buckets.append(bucket)
+  return buckets
 
 
 def build_vocabs(train_pairs: list, level: str) -> tuple[Vocab, Vocab]:
@@ -243,18 +260,9 @@ def prepare_data(config: TranslateConfig,
                       f"{config.num_samples}, --validation_split="
                       f"{config.validation_split})")
   src_vocab, tgt_vocab = vocabs or build_vocabs(train_pairs, config.level)
-  train = _arrays(src_vocab, tgt_vocab, train_pairs)
-  buckets = []
-  for rows, src_w, tgt_w in vocab_lib.length_buckets(
-      train["src_len"], train["target_len"], config.num_buckets,
-      min_size=config.batch_size):
-    bucket = {k: v[rows] for k, v in train.items()}
-    for k in ("src", "src_mask"):
-      bucket[k] = bucket[k][:, :src_w]
-    for k in ("dec_in", "target", "target_mask"):
-      bucket[k] = bucket[k][:, :tgt_w]
-    buckets.append(bucket)
-  val = _arrays(src_vocab, tgt_vocab, val_pairs)
+  train = encode_pairs(src_vocab, tgt_vocab, train_pairs)
+  buckets = bucketize(train, config.num_buckets, config.batch_size)
+  val = encode_pairs(src_vocab, tgt_vocab, val_pairs)
   max_decode_len = config.max_decode_len or int(
       max(train["target_len"].max(), val["target_len"].max()))
   return TranslationData(pair_file, train_pairs, val_pairs, src_vocab,

@@ -1,8 +1,9 @@
 """Inference: the tutorial's inference encoder / decoder and greedy decoding.
 
 ``greedy_decode`` replaces the tutorial's ``predict_sequence`` Python loop: a
-whole batch is decoded by one ``lax.scan`` to a fixed number of steps, compiled
-once. After an optional stop token a sequence emits padding (id ``pad_id``).
+whole batch is decoded by one compiled loop of at most a fixed number of
+steps (it ends early once every sequence has emitted the optional stop
+token). After the stop token a sequence emits padding (id ``pad_id``).
 ``make_token_predictor`` gives the same interface for either model, so a
 task's evaluation does not care which one it trained.
 """
@@ -56,8 +57,12 @@ def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
                   src_mask_BS: Optional[Array] = None) -> Array:
   """Greedy decoding of a batch -> tokens (B, max_len).
 
-  The stop token itself is emitted; every step after it is ``pad_id``.
-  Jit it (or call ``make_greedy_decoder``) to compile the whole loop once.
+  The stop token itself is emitted; every step after it is ``pad_id``. With
+  a ``stop_id`` the loop is a ``lax.while_loop`` that ends as soon as every
+  sequence of the batch has stopped (the steps left are all padding, so the
+  tokens are those of the full ``max_len`` scan); without one it is a
+  ``lax.scan`` of ``max_len`` steps. Jit it (or call ``make_greedy_decoder``)
+  to compile the whole loop once.
   """
   carry = model.apply(params, src_BS, src_mask_BS, method=Seq2Seq.encode)
   batch = src_BS.shape[0]
@@ -74,8 +79,24 @@ def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
 
   start_B = jnp.full((batch,), start_id, jnp.int32)
   done_B = jnp.zeros((batch,), bool)
-  _, tokens_TB = jax.lax.scan(body, (carry, start_B, done_B), None,
-                              length=max_len)
+  if stop_id is None:
+    _, tokens_TB = jax.lax.scan(body, (carry, start_B, done_B), None,
+                                length=max_len)
+    return tokens_TB.T
+
+  def unfinished(loop):
+    t, (_, _, done_B), _ = loop
+    return (t < max_len) & ~jnp.all(done_B)
+
+  def step(loop):
+    t, state, tokens_TB = loop
+    state, out_B = body(state, None)
+    return t + 1, state, tokens_TB.at[t].set(out_B)
+
+  tokens_TB = jnp.full((max_len, batch), pad_id, jnp.int32)
+  _, _, tokens_TB = jax.lax.while_loop(
+      unfinished, step, (jnp.zeros((), jnp.int32), (carry, start_B, done_B),
+                         tokens_TB))
   return tokens_TB.T
 
 

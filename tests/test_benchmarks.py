@@ -68,12 +68,10 @@ def test_translate_says_what_it_still_needs(monkeypatch):
   assert "seqjax.data.no_such_module" in message and "reverse" in message
 
 
-def test_the_real_translate_entry_refuses_until_its_module_exists():
-  if importlib.util.find_spec("benchmarks.translate") is not None:
-    pytest.skip("benchmarks/translate.py exists: the workload is available")
-  with pytest.raises(SeqjaxError, match="--workload=translate is not "
-                     "available yet"):
-    bench_run.load_workload("translate")
+def test_both_real_workloads_load():
+  for name in ("reverse", "translate"):
+    module = bench_run.load_workload(name)
+    assert module.NAME == name and hasattr(module, "Workload")
 
 
 def test_missing_peer_packages_are_skipped_with_a_note(monkeypatch):

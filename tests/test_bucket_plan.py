@@ -81,3 +81,27 @@ def test_plan_batch_size_must_match():
   with pytest.raises(ValueError, match="batch_size"):
     train_lib.fit(state, data, loss_fn, train_lib.FitConfig(batch_size=4),
                   batch_plan=train_lib.BucketPlan((40, 56), batch_size=8))
+
+
+def test_every_dataset_shape_compiles_before_the_first_step():
+  state, data, loss_fn = _buckets()
+  plan = train_lib.BucketPlan(sizes=(40, 56), batch_size=8, group=2)
+  multi_step = train_lib.make_multi_step(loss_fn)
+  cache_sizes, valid_steps = [], []
+
+  def counting(state, data_, idx, valid):
+    out = multi_step(state, data_, idx, valid)
+    cache_sizes.append(multi_step._cache_size())
+    valid_steps.append(int(np.asarray(valid).sum()))
+    return out
+  counting._cache_size = multi_step._cache_size
+  fitted, stats = train_lib.fit(
+      state, data, loss_fn, train_lib.FitConfig(batch_size=8, epochs=1,
+                                                steps_per_call=3),
+      batch_plan=plan, multi_step=counting)
+  # Two no-op calls (every step skipped) compile both shapes, then training.
+  assert valid_steps[:2] == [0, 0] and cache_sizes[:2] == [1, 2]
+  assert set(cache_sizes) == {1, 2} and cache_sizes[2:] == [2] * (
+      len(cache_sizes) - 2)
+  assert sum(valid_steps) == plan.steps_per_epoch == stats.steps_run
+  assert stats.compiles == 2

@@ -81,6 +81,23 @@ def test_greedy_decode_pads_after_stop():
   assert (out[0, 2:] == 0).all()
 
 
+@pytest.mark.parametrize("max_len", [1, 7])
+def test_greedy_decode_ends_when_every_sequence_stopped(max_len):
+  # A readout biased to emit token 5 for ever: with stop_id 5 every row
+  # stops at once, and the loop ends early (the rest is padding); with an
+  # unreachable stop id the decoder runs all max_len steps of the same token.
+  model, params, src, _ = _model_and_params()
+  bias = params["params"]["readout"]["bias"]
+  params = jax.tree.map(lambda x: x, params)
+  params["params"]["readout"]["bias"] = bias.at[5].add(1e4)
+  stopped = np.asarray(decode_lib.make_greedy_decoder(
+      model, max_len=max_len, start_id=0, stop_id=5)(params, src))
+  assert (stopped[:, 0] == 5).all() and (stopped[:, 1:] == 0).all()
+  never = np.asarray(decode_lib.make_greedy_decoder(
+      model, max_len=max_len, start_id=0, stop_id=V + 1)(params, src))
+  assert (never == 5).all()
+
+
 def test_decode_in_batches_pads_the_last_batch_and_matches():
   model, params, src, _ = _model_and_params()
   decoder = decode_lib.make_greedy_decoder(model, max_len=4, start_id=0)

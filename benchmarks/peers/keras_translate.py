@@ -70,6 +70,31 @@ def one_hot_inputs(tables: CharTables, sources) -> np.ndarray:
   return out
 
 
+def input_ids(tables: CharTables, sources) -> np.ndarray:
+  """(N, T_enc) int64 ids of ``one_hot_inputs``' hot entries (space-padded);
+  every character must be in the tables (PyTorch's peer: its one-hot rows
+  are looked up per batch)."""
+  index = tables.input_index
+  out = np.full((len(sources), tables.max_encoder_len), index[PAD], np.int64)
+  for i, text in enumerate(sources):
+    out[i, :len(text)] = [index[ch] for ch in text]
+  return out
+
+
+def target_ids(tables: CharTables, targets) -> tuple[np.ndarray, np.ndarray]:
+  """-> (decoder_input, decoder_target) ids, (N, T_dec) int64 each: the hot
+  entries of ``one_hot_targets`` (every character must be in the tables)."""
+  index = tables.target_index
+  shape = (len(targets), tables.max_decoder_len)
+  dec_in = np.full(shape, index[PAD], np.int64)
+  dec_target = np.full(shape, index[PAD], np.int64)
+  for i, text in enumerate(targets):
+    ids = [index[ch] for ch in START + text + END]
+    dec_in[i, :len(ids)] = ids
+    dec_target[i, :len(ids) - 1] = ids[1:]
+  return dec_in, dec_target
+
+
 def one_hot_targets(tables: CharTables, targets):
   """-> (decoder_input, decoder_target), each (N, T_dec, target chars): the
   example's teacher-forcing arrays, target one step ahead of the input."""
@@ -140,29 +165,37 @@ def build_models(num_encoder_tokens: int, num_decoder_tokens: int,
 
 
 def greedy_decode(encoder_model, decoder_model, tables: CharTables,
-                  encoder_input: np.ndarray, batch_size: int = 256
-                  ) -> list[str]:
+                  encoder_input: np.ndarray, batch_size: int = 256,
+                  max_steps: int = 0, on_batch: bool = False) -> list[str]:
   """The example's ``decode_sequence`` on a batch at a time: start from \\t,
   feed back the argmax one-hot, stop a sentence at \\n or after
   ``max_decoder_len`` steps (the example's own bound is about the same:
   ``len(decoded) > max_decoder_seq_length``). seqjax's decoder takes one step
   fewer (the longest target and its \\n), which matters only for a sentence
-  that never stops."""
+  that never stops; ``max_steps`` sets the bound. ``on_batch`` calls the
+  models with ``predict_on_batch`` (Keras' lightest compiled call) instead of
+  ``predict``."""
+  steps = max_steps or tables.max_decoder_len
+  if on_batch:
+    encode, step = encoder_model.predict_on_batch, decoder_model.predict_on_batch
+  else:
+    encode = lambda x: encoder_model.predict(x, batch_size=len(x), verbose=0)
+    step = lambda xs: decoder_model.predict(xs, batch_size=len(xs[0]),
+                                            verbose=0)
   index, chars = tables.target_index, tables.target_chars
   n_tokens = len(chars)
   out = []
   for start in range(0, len(encoder_input), batch_size):
     batch = encoder_input[start:start + batch_size]
     n = len(batch)
-    h, c = encoder_model.predict(batch, batch_size=n, verbose=0)
+    h, c = encode(batch)
     target_seq = np.zeros((n, 1, n_tokens), np.float32)
     target_seq[:, 0, index[START]] = 1.0
     decoded = [""] * n
     done = np.zeros(n, bool)
-    for _ in range(tables.max_decoder_len):
-      probs, h, c = decoder_model.predict([target_seq, h, c], batch_size=n,
-                                          verbose=0)
-      ids = np.argmax(probs[:, -1, :], axis=-1)
+    for _ in range(steps):
+      probs, h, c = step([target_seq, h, c])
+      ids = np.argmax(np.asarray(probs)[:, -1, :], axis=-1)
       for i, k in enumerate(ids):
         if not done[i]:
           if chars[k] == END:
