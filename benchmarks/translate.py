@@ -107,11 +107,15 @@ class Workload:
   def decode_sources(self) -> np.ndarray:
     return np.array([src for src, _ in self.decode_pairs], dtype=object)
 
-  def chrf(self, texts) -> float:
+  def decode_quality(self, texts) -> dict:
     """chrF of decoded texts against their references (a sanity check that
-    every framework trained and decodes alike; one epoch is little)."""
+    every framework trained and decodes alike; one epoch is little), and
+    their mean length in characters: greedy decoding stops when a batch's
+    sentences have all ended, so a model that writes longer sentences
+    decodes more steps."""
     refs = [t for _, t in self.decode_pairs[:len(texts)]]
-    return float(metrics.corpus_chrf(list(texts), refs))
+    return {"decode_chrf": float(metrics.corpus_chrf(list(texts), refs)),
+            "decode_mean_chars": float(np.mean([len(t) for t in texts]))}
 
   def runner(self, framework: str):
     if framework == "seqjax":
@@ -190,7 +194,7 @@ class SeqjaxRunner:
             "train_samples": stats.steady_steps * s.batch_size,
             "train_compiles": stats.compiles,
             "train_shapes": len(self.buckets),
-            "decode_chrf": self.w.chrf(texts)}
+            **self.w.decode_quality(texts)}
 
   def _encode(self, src) -> dict:
     return vocab_lib.encode_sources(self.src_vocab, list(src), self.src_width)

@@ -73,7 +73,7 @@ class Runner:
     texts = self.decode_batched(self.w.decode_sources())
     return {"first_step_s": first, "train_seconds": secs,
             "train_samples": len(self.enc_in), "train_compiles": counter.count,
-            "decode_chrf": self.w.chrf(texts)}
+            **self.w.decode_quality(texts)}
 
   def _decode(self, src, batch_size: int) -> list[str]:
     return kt.greedy_decode(self.encoder, self.decoder, self.tables,

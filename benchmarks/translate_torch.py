@@ -92,7 +92,7 @@ class Runner:
     texts = self.decode_batched(self.w.decode_sources())
     return {"first_step_s": first, "train_seconds": secs,
             "train_samples": len(starts) * b, "train_compiles": 0,
-            "decode_chrf": self.w.chrf(texts)}
+            **self.w.decode_quality(texts)}
 
   @torch.inference_mode()
   def _decode(self, src_ids) -> list[str]:

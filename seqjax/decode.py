@@ -31,7 +31,7 @@ def make_inference_fns(model: Seq2Seq):
 
   @jax.jit
   def encode(params, src_BS, src_mask_BS=None):
-    return model.apply(params, src_BS, src_mask_BS, method=Seq2Seq.encode)
+    return model.apply(params, src_BS, src_mask_BS, method=Seq2Seq.encode_for_decoding)
 
   @jax.jit
   def decode_step(params, token_B, carry):
@@ -64,7 +64,7 @@ def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
   ``lax.scan`` of ``max_len`` steps. Jit it (or call ``make_greedy_decoder``)
   to compile the whole loop once.
   """
-  carry = model.apply(params, src_BS, src_mask_BS, method=Seq2Seq.encode)
+  carry = model.apply(params, src_BS, src_mask_BS, method=Seq2Seq.encode_for_decoding)
   batch = src_BS.shape[0]
 
   def body(state, _):

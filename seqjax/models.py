@@ -75,6 +75,14 @@ class Seq2Seq(nn.Module):
     _, carry = self.encoder(self._src_inputs(src_BS), mask=src_mask_BS)
     return carry
 
+  def encode_for_decoding(self, src_BS: Array,
+                          src_mask_BS: Optional[Array] = None) -> Carry:
+    """``encode``'s carry, computed for inference: source rows are looked up
+    inside each encoder step (``Recurrent.final_carry``), which is faster
+    for the large batches of batched decoding."""
+    return self.encoder.final_carry(self._src_inputs(src_BS),
+                                    mask=src_mask_BS)
+
   def decode_step(self, token_B: Array, carry: Carry) -> tuple[Array, Carry]:
     """One decoder step: previous token (B,) and carry -> logits (B, V), carry."""
     carry, h_BH = self.decoder.step(carry, self._tgt_inputs(token_B))

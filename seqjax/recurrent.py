@@ -15,7 +15,8 @@ Inputs are either integer token ids (B, T) -- a one-hot input times the kernel
 is a row lookup, so the layer gathers kernel rows and never builds the
 one-hot -- or dense vectors (B, T, F), which are multiplied by the kernel.
 Either way the input projection of all timesteps is one op before the scan,
-leaving only ``h @ recurrent_kernel`` inside it.
+leaving only ``h @ recurrent_kernel`` inside it (in training); inference's
+``final_carry`` looks token rows up inside each step instead.
 
 A mask (B, T) (True = real step) makes padded steps leave the carry, and the
 emitted output, unchanged.
@@ -381,6 +382,33 @@ class Recurrent(nn.Module):
         return carry, carry[0]
       carry, h_TBH = jax.lax.scan(body, carry, (xw_TBG, mask_TB))
     return jnp.swapaxes(h_TBH, 0, 1), carry
+
+  def final_carry(self, x: Array, initial_carry: Optional[Carry] = None,
+                  mask: Optional[Array] = None) -> Carry:
+    """The final carry of ``self(x, initial_carry, mask)``, for inference.
+
+    Token ids are looked up inside each step instead of projected for all
+    timesteps first: with a large batch (decoding thousands of sentences)
+    the hoisted (T, B, G*H) projection is memory traffic, not work; nor are
+    the outputs stacked. Dense inputs take the hoisted path. Differentiable
+    by autodiff (training uses ``__call__``, which is faster there).
+    """
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+      return self(x, initial_carry, mask)[1]
+    carry = self.initial_carry(x.shape[0]) if initial_carry is None else tuple(
+        c.astype(self.dtype) for c in initial_carry)
+    kernel, bias = self.kernel, self._input_bias()
+    recurrent = self._recurrent_params()
+    update = type(self).update
+    mask_TB = None if mask is None else jnp.swapaxes(mask.astype(bool), 0, 1)
+
+    def body(carry, inputs):
+      ids_B, m_B = inputs
+      new = update(recurrent, carry,
+                   project_inputs(kernel, bias, ids_B, self.dtype))
+      return (new if m_B is None else _keep_masked(m_B, new, carry)), None
+    carry, _ = jax.lax.scan(body, carry, (jnp.swapaxes(x, 0, 1), mask_TB))
+    return carry
 
   def repeat(self, x: Array, length: int,
              initial_carry: Optional[Carry] = None) -> tuple[Array, Carry]:

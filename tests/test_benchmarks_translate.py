@@ -106,7 +106,8 @@ def test_tiny_run_has_every_key(pair_file):
   results, notes = harness.measure(w, ["seqjax"], reps=1, log=lambda _: None,
                                    settle_s=0.0)
   res = results["seqjax"]
-  for key in harness.KEYS + ("versions", "decode_chrf", "train_shapes"):
+  for key in harness.KEYS + ("versions", "decode_chrf", "decode_mean_chars",
+                             "train_shapes"):
     assert key in res, key
   assert res["train_compiles"] == res["train_shapes"]
   assert res["gflops"] == pytest.approx(

@@ -46,6 +46,20 @@ def test_teacher_forced_logits_equal_decode_step_logits(cell, emb):
     np.testing.assert_allclose(probs, jax.nn.softmax(logits[:, t]), atol=1e-5)
 
 
+@pytest.mark.parametrize("cell,emb", [("lstm", None), ("gru", None),
+                                      ("lstm", 8)])
+def test_encode_for_decoding_equals_encode(cell, emb):
+  # Rows gathered inside each step (inference) or projected first (training):
+  # the same carry, with and without padding.
+  model, params, src, _ = _model_and_params(cell, emb)
+  mask = np.arange(S)[None] < np.array([S, 1, 3, S, 2, 4])[:, None]
+  for m in (None, mask):
+    expected = model.apply(params, src, m, method=Seq2Seq.encode)
+    got = model.apply(params, src, m, method=Seq2Seq.encode_for_decoding)
+    for e, g in zip(expected, got):
+      np.testing.assert_allclose(g, e, atol=1e-6)
+
+
 @pytest.mark.parametrize("stop_id", [None, 3])
 def test_batched_greedy_equals_step_by_step_loop(stop_id):
   model, params, src, _ = _model_and_params()
