@@ -3,9 +3,8 @@ example's model, data arrays and greedy loop (``benchmarks.peers.
 keras_translate``). Training is ``model.fit`` on the example's one-hot arrays
 after a timed first ``train_on_batch`` (fit's own train function is compiled
 on one batch first, untimed: samples/s excludes compiles, as for every
-framework); decoding calls the inference models
-with ``predict_on_batch`` (the lightest of Keras' compiled calls) and stops a
-batch when every sentence has emitted ``\\n``.
+framework); decoding calls the inference models with ``predict_on_batch``
+(the lightest of Keras' compiled calls).
 """
 
 from __future__ import annotations
@@ -79,7 +78,8 @@ class Runner:
     return kt.greedy_decode(self.encoder, self.decoder, self.tables,
                             kt.one_hot_inputs(self.tables, list(src)),
                             batch_size=batch_size,
-                            max_steps=self.w.max_decode_len, on_batch=True)
+                            max_steps=self.w.max_decode_len, on_batch=True,
+                            early_stop=self.w.s.decode_early_stop)
 
   def decode_batched(self, src) -> list[str]:
     return self._decode(src, self.w.s.decode_batch)

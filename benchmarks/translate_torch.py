@@ -6,8 +6,9 @@ matrix), every sentence padded with spaces to the longest and trained on its
 padding, encoder ``nn.LSTM`` whose final (h, c) starts the decoder
 ``nn.LSTM``, ``nn.Linear`` readout, cross-entropy over every position,
 RMSprop with Keras' rho 0.9 and epsilon 1e-7; a plain eager loop over
-shuffled batches. Greedy decoding feeds back the argmax one-hot and stops a
-batch when every sentence has emitted ``\\n``.
+shuffled batches. Greedy decoding feeds back the argmax one-hot; with
+``decode_early_stop`` it stops a batch when every sentence has emitted
+``\\n``.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class Runner:
       token = self.model.readout(h[:, 0]).argmax(-1)
       out.append(token)
       done |= token == self.end
-      if bool(done.all()):
+      if self.w.s.decode_early_stop and bool(done.all()):
         break
     chars = self.tables.target_chars
     texts = []

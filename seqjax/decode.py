@@ -54,14 +54,15 @@ def _argmax(logits_BV: Array) -> Array:
 
 def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
                   start_id: int, stop_id: Optional[int] = None, pad_id: int = 0,
-                  src_mask_BS: Optional[Array] = None) -> Array:
+                  src_mask_BS: Optional[Array] = None,
+                  early_stop: bool = True) -> Array:
   """Greedy decoding of a batch -> tokens (B, max_len).
 
   The stop token itself is emitted; every step after it is ``pad_id``. With
-  a ``stop_id`` the loop is a ``lax.while_loop`` that ends as soon as every
-  sequence of the batch has stopped (the steps left are all padding, so the
-  tokens are those of the full ``max_len`` scan); without one it is a
-  ``lax.scan`` of ``max_len`` steps. Jit it (or call ``make_greedy_decoder``)
+  a ``stop_id`` (and ``early_stop``) the loop is a ``lax.while_loop`` that
+  ends as soon as every sequence of the batch has stopped (the steps left
+  are all padding, so the tokens are those of the full ``max_len`` scan);
+  otherwise it is a ``lax.scan`` of ``max_len`` steps. Jit it (or call ``make_greedy_decoder``)
   to compile the whole loop once.
   """
   carry = model.apply(params, src_BS, src_mask_BS, method=Seq2Seq.encode_for_decoding)
@@ -79,7 +80,7 @@ def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
 
   start_B = jnp.full((batch,), start_id, jnp.int32)
   done_B = jnp.zeros((batch,), bool)
-  if stop_id is None:
+  if stop_id is None or not early_stop:
     _, tokens_TB = jax.lax.scan(body, (carry, start_B, done_B), None,
                                 length=max_len)
     return tokens_TB.T
@@ -101,14 +102,16 @@ def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
 
 
 def make_greedy_decoder(model: Seq2Seq, *, max_len: int, start_id: int,
-                        stop_id: Optional[int] = None, pad_id: int = 0):
+                        stop_id: Optional[int] = None, pad_id: int = 0,
+                        early_stop: bool = True):
   """Jitted ``decode(params, src_BS, src_mask_BS=None) -> tokens (B, max_len)``.
 
   Also the way to decode one sequence (a batch of one): one compiled call,
   not a Python loop of ``make_inference_fns`` steps (2-3x faster on a CPU,
   benchmarks/RESULTS.md)."""
   fn = functools.partial(greedy_decode, model, max_len=max_len,
-                         start_id=start_id, stop_id=stop_id, pad_id=pad_id)
+                         start_id=start_id, stop_id=stop_id, pad_id=pad_id,
+                         early_stop=early_stop)
   return jax.jit(lambda params, src, src_mask=None: fn(params, src,
                                                         src_mask_BS=src_mask))
 

@@ -60,12 +60,14 @@ def test_encode_for_decoding_equals_encode(cell, emb):
       np.testing.assert_allclose(g, e, atol=1e-6)
 
 
-@pytest.mark.parametrize("stop_id", [None, 3])
-def test_batched_greedy_equals_step_by_step_loop(stop_id):
+@pytest.mark.parametrize("stop_id,early_stop", [(None, True), (3, True),
+                                                (3, False)])
+def test_batched_greedy_equals_step_by_step_loop(stop_id, early_stop):
   model, params, src, _ = _model_and_params()
   max_len = 7
   tokens = decode_lib.make_greedy_decoder(
-      model, max_len=max_len, start_id=0, stop_id=stop_id)(params, src)
+      model, max_len=max_len, start_id=0, stop_id=stop_id,
+      early_stop=early_stop)(params, src)
   encode, decode_step = decode_lib.make_inference_fns(model)
   for b in range(B):  # the tutorial's predict_sequence, one sequence at a time
     carry = encode(params, src[b:b + 1])

@@ -166,7 +166,8 @@ def build_models(num_encoder_tokens: int, num_decoder_tokens: int,
 
 def greedy_decode(encoder_model, decoder_model, tables: CharTables,
                   encoder_input: np.ndarray, batch_size: int = 256,
-                  max_steps: int = 0, on_batch: bool = False) -> list[str]:
+                  max_steps: int = 0, on_batch: bool = False,
+                  early_stop: bool = True) -> list[str]:
   """The example's ``decode_sequence`` on a batch at a time: start from \\t,
   feed back the argmax one-hot, stop a sentence at \\n or after
   ``max_decoder_len`` steps (the example's own bound is about the same:
@@ -174,7 +175,8 @@ def greedy_decode(encoder_model, decoder_model, tables: CharTables,
   fewer (the longest target and its \\n), which matters only for a sentence
   that never stops; ``max_steps`` sets the bound. ``on_batch`` calls the
   models with ``predict_on_batch`` (Keras' lightest compiled call) instead of
-  ``predict``."""
+  ``predict``. ``early_stop=False`` runs every batch for all the steps (the
+  sentences still end at their \\n)."""
   steps = max_steps or tables.max_decoder_len
   if on_batch:
     encode, step = encoder_model.predict_on_batch, decoder_model.predict_on_batch
@@ -202,7 +204,7 @@ def greedy_decode(encoder_model, decoder_model, tables: CharTables,
             done[i] = True
           else:
             decoded[i] += chars[k]
-      if done.all():
+      if early_stop and done.all():
         break
       target_seq = np.zeros((n, 1, n_tokens), np.float32)
       target_seq[np.arange(n), 0, ids] = 1.0
