@@ -148,8 +148,10 @@ class SeqjaxRunner:
     train = translate.encode_pairs(self.src_vocab, self.tgt_vocab,
                                    w.train_pairs)
     self.buckets = [{k: b[k] for k in translate.TRAIN_KEYS}
-                    for b in translate.bucketize(train, s.num_buckets,
-                                                 s.batch_size)]
+                    for b in translate.bucketize(
+                        train, s.num_buckets, s.batch_size,
+                        translate.target_step_cost("lstm", s.latent_dim,
+                                                   len(self.tgt_vocab)))]
     self.plan = train_lib.BucketPlan(
         sizes=tuple(len(b["src"]) for b in self.buckets),
         batch_size=s.batch_size, group=train_lib.FitConfig.steps_per_call)

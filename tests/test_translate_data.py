@@ -1,5 +1,6 @@
 """The pair-file loader, vocabularies, length buckets, BLEU and chrF."""
 
+import itertools
 import math
 import random
 
@@ -169,6 +170,35 @@ def test_length_buckets_cover_every_row_once():
   # A tiny bucket is merged into a neighbour.
   skewed = np.array([2] * 5 + [9] * 500)
   assert len(vocab_lib.length_buckets(skewed, skewed, 4, min_size=64)) == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_length_buckets_minimize_padded_work_like_brute_force(seed):
+  rng = np.random.default_rng(seed)
+  n = int(rng.integers(20, 80))
+  tgt = rng.integers(1, 9, n)
+  src = rng.integers(1, 12, n)
+  num_buckets, min_size, target_cost = int(rng.integers(1, 5)), 6, 2.5
+
+  def work(groups):
+    return sum(len(g) * (src[g].max() + target_cost * tgt[g].max())
+               for g in groups)
+  # Every split of the sorted distinct lengths into <= num_buckets runs.
+  values = np.unique(tgt)
+  best = np.inf
+  for cuts in range(num_buckets):
+    for chosen in itertools.combinations(range(1, len(values)), cuts):
+      edges = [0, *chosen, len(values)]
+      groups = [np.flatnonzero(np.isin(tgt, values[a:b]))
+                for a, b in zip(edges[:-1], edges[1:])]
+      if all(len(g) >= min_size for g in groups):
+        best = min(best, work(groups))
+  buckets = vocab_lib.length_buckets(src, tgt, num_buckets, min_size,
+                                     target_cost)
+  assert len(buckets) <= num_buckets
+  assert work([r for r, _, _ in buckets]) == pytest.approx(best)
+  rows = np.concatenate([r for r, _, _ in buckets])
+  np.testing.assert_array_equal(np.sort(rows), np.arange(n))
 
 
 # ----------------------------------------------------------- BLEU and chrF

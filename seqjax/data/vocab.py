@@ -146,34 +146,61 @@ def encode_targets(vocab: Vocab, texts: Sequence[str],
 
 
 def length_buckets(src_len: np.ndarray, tgt_len: np.ndarray,
-                   num_buckets: int, min_size: int = 1
+                   num_buckets: int, min_size: int = 1,
+                   target_cost: float = 1.0
                    ) -> list[tuple[np.ndarray, int, int]]:
   """Groups examples by target length into at most ``num_buckets`` buckets.
 
-  -> [(row indices, source width, target width)], shortest first. Bucket
-  limits are quantiles of the target lengths, so buckets are about equally
-  full; a bucket with fewer than ``min_size`` rows (e.g. the batch size) is
-  merged into its neighbour. Each bucket pads to its own longest source and
-  target, so there are at most ``num_buckets`` distinct shapes.
+  -> [(row indices, source width, target width)], shortest first. Each
+  bucket pads to its own longest source and target, so there are at most
+  ``num_buckets`` distinct shapes. The limits minimize the padded work,
+  the sum over buckets of rows x (source width + ``target_cost`` x target
+  width), with every bucket holding at least ``min_size`` rows (e.g. the
+  batch size; fewer rows than that in all: one bucket). They are found
+  exactly, by dynamic programming over the distinct target lengths.
+  ``target_cost``: a target step's work relative to a source step's (a
+  decoder step also runs the readout: ``1 + vocabulary / (gates x units)``).
   """
   tgt_len = np.asarray(tgt_len)
   src_len = np.asarray(src_len)
   if num_buckets < 1:
     raise ValueError(f"num_buckets must be positive; got {num_buckets}")
-  quantiles = np.quantile(tgt_len, np.arange(1, num_buckets) / num_buckets)
-  limits = sorted({int(np.ceil(q)) for q in quantiles} |
-                  {int(tgt_len.max())})
-  groups = [np.flatnonzero((tgt_len <= hi) & (tgt_len > lo))
-            for lo, hi in zip([0] + limits[:-1], limits)]
-  groups = [g for g in groups if len(g)]
-  merged = []
-  for g in groups:  # small buckets join the next longer one
-    if merged and len(merged[-1]) < min_size:
-      merged[-1] = np.concatenate([merged[-1], g])
-    else:
-      merged.append(g)
-  if len(merged) > 1 and len(merged[-1]) < min_size:
-    last = merged.pop()
-    merged[-1] = np.concatenate([merged[-1], last])
-  return [(np.sort(g), int(src_len[g].max()), int(tgt_len[g].max()))
-          for g in merged]
+  values, inverse = np.unique(tgt_len, return_inverse=True)
+  k = len(values)
+  rows_v = np.bincount(inverse, minlength=k)
+  src_max_v = np.zeros(k, np.int64)
+  np.maximum.at(src_max_v, inverse, src_len)
+  rows_cum = np.concatenate([[0], np.cumsum(rows_v)])
+
+  # work[i, j]: one bucket of the lengths values[i:j] (inf if too small).
+  work = np.full((k + 1, k + 1), np.inf)
+  for i in range(k):
+    src_w = np.maximum.accumulate(src_max_v[i:])
+    rows = rows_cum[i + 1:] - rows_cum[i]
+    w = rows * (src_w + target_cost * values[i:])
+    work[i, i + 1:] = np.where(rows >= min_size, w, np.inf)
+  # best[b, j]: least work for values[:j] in b buckets; cut: where the last
+  # one starts. More buckets than distinct lengths cannot help.
+  num_buckets = min(num_buckets, k)
+  best = np.full((num_buckets + 1, k + 1), np.inf)
+  cut = np.zeros((num_buckets + 1, k + 1), np.int64)
+  best[0, 0] = 0.0
+  for b in range(1, num_buckets + 1):
+    for j in range(1, k + 1):
+      total = best[b - 1, :j] + work[:j, j]
+      cut[b, j] = int(np.argmin(total))
+      best[b, j] = total[cut[b, j]]
+  if np.isinf(best[1:, k]).all():  # fewer rows than min_size: one bucket
+    bounds = [(0, k)]
+  else:
+    b = int(np.argmin(best[1:, k])) + 1
+    bounds, j = [], k
+    while b > 0:
+      bounds.append((int(cut[b, j]), j))
+      j, b = int(cut[b, j]), b - 1
+    bounds.reverse()
+  out = []
+  for i, j in bounds:
+    g = np.flatnonzero((inverse >= i) & (inverse < j))
+    out.append((g, int(src_len[g].max()), int(tgt_len[g].max())))
+  return out
