@@ -192,6 +192,7 @@ def decode_in_batches(decode_fn, params, src: Array, batch_size: int,
   """Runs a jitted decoder over a large array in fixed-size batches.
 
   The last batch is padded to ``batch_size`` so the decoder compiles once.
+  Returns host (NumPy) tokens.
   """
   import numpy as np
   n = src.shape[0]
@@ -206,5 +207,7 @@ def decode_in_batches(decode_fn, params, src: Array, batch_size: int,
         mask = np.concatenate([mask, np.repeat(mask[-1:], short, 0)])
     out = decode_fn(params, chunk, mask) if mask is not None else decode_fn(
         params, chunk)
-    outputs.append(np.asarray(out)[:batch_size - short])
-  return np.concatenate(outputs)
+    outputs.append((out, batch_size - short))
+  # Fetched after every batch is dispatched: the host prepares the next
+  # batch while the device decodes.
+  return np.concatenate([np.asarray(out)[:n] for out, n in outputs])

@@ -50,6 +50,20 @@ def lstm_update(recurrent: dict, carry: Carry, xw_BG: Array) -> Carry:
   return (h_BH, c_BH)
 
 
+def lstm_first(recurrent: dict, xw_BG: Array) -> Carry:
+  """``lstm_update`` from the zero carry: no ``h @ U`` to compute."""
+  kernel_HG = recurrent["recurrent_kernel"].astype(xw_BG.dtype)
+  return _lstm_cell(kernel_HG, None, None, xw_BG)[:2]
+
+
+def gru_first(recurrent: dict, xw_BG: Array) -> Carry:
+  """``gru_update`` from the zero carry: no ``h @ U`` to compute."""
+  dtype = xw_BG.dtype
+  return (_gru_cell(recurrent["recurrent_kernel"].astype(dtype),
+                    recurrent["recurrent_bias"].astype(dtype), None,
+                    xw_BG)[0],)
+
+
 def gru_update(recurrent: dict, carry: Carry, xw_BG: Array) -> Carry:
   """One GRU step (reset_after=True) given the projected input ``x @ W + b_in``."""
   (h_BH,) = carry
@@ -302,7 +316,8 @@ def gru_sequence(recurrent: dict, carry: Optional[Carry], xw_TBG: Array,
 class Recurrent(nn.Module):
   """Base of the recurrent layers: parameters, projection, step and scan.
 
-  Subclasses set ``num_gates``, ``carry_size``, ``update`` and ``_bias_init``.
+  Subclasses set ``num_gates``, ``carry_size``, ``update``, ``first`` and
+  ``_bias_init``.
   """
 
   units: int
@@ -313,6 +328,8 @@ class Recurrent(nn.Module):
   num_gates: ClassVar[int]
   carry_size: ClassVar[int]
   update: ClassVar[Callable[[dict, Carry, Array], Carry]]
+  # ``update`` from the zero carry, without the recurrent matmul.
+  first: ClassVar[Callable[[dict, Array], Carry]]
   # All steps at once with a hand-written backward pass (``lstm_sequence``);
   # None: ``update`` scanned and differentiated by autodiff.
   sequence: ClassVar[Optional[Callable]] = None
@@ -395,19 +412,27 @@ class Recurrent(nn.Module):
     """
     if not jnp.issubdtype(x.dtype, jnp.integer):
       return self(x, initial_carry, mask)[1]
-    carry = self.initial_carry(x.shape[0]) if initial_carry is None else tuple(
-        c.astype(self.dtype) for c in initial_carry)
     kernel, bias = self.kernel, self._input_bias()
     recurrent = self._recurrent_params()
     update = type(self).update
+    ids_TB = jnp.swapaxes(x, 0, 1)
     mask_TB = None if mask is None else jnp.swapaxes(mask.astype(bool), 0, 1)
+    project = lambda ids_B: project_inputs(kernel, bias, ids_B, self.dtype)
+    if initial_carry is None:  # from zeros, the first step needs no h @ U
+      zeros = self.initial_carry(x.shape[0])
+      carry = type(self).first(recurrent, project(ids_TB[0]))
+      if mask_TB is not None:
+        carry = _keep_masked(mask_TB[0], carry, zeros)
+      ids_TB = ids_TB[1:]
+      mask_TB = None if mask_TB is None else mask_TB[1:]
+    else:
+      carry = tuple(c.astype(self.dtype) for c in initial_carry)
 
     def body(carry, inputs):
       ids_B, m_B = inputs
-      new = update(recurrent, carry,
-                   project_inputs(kernel, bias, ids_B, self.dtype))
+      new = update(recurrent, carry, project(ids_B))
       return (new if m_B is None else _keep_masked(m_B, new, carry)), None
-    carry, _ = jax.lax.scan(body, carry, (jnp.swapaxes(x, 0, 1), mask_TB))
+    carry, _ = jax.lax.scan(body, carry, (ids_TB, mask_TB))
     return carry
 
   def repeat(self, x: Array, length: int,
@@ -438,6 +463,7 @@ class LSTM(Recurrent):
   num_gates: ClassVar[int] = 4
   carry_size: ClassVar[int] = 2
   update: ClassVar = staticmethod(lstm_update)
+  first: ClassVar = staticmethod(lstm_first)
   sequence: ClassVar = staticmethod(lstm_sequence)
 
   def _make_bias(self):
@@ -459,6 +485,7 @@ class GRU(Recurrent):
   num_gates: ClassVar[int] = 3
   carry_size: ClassVar[int] = 1
   update: ClassVar = staticmethod(gru_update)
+  first: ClassVar = staticmethod(gru_first)
   sequence: ClassVar = staticmethod(gru_sequence)
 
   def _make_bias(self):
