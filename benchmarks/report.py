@@ -77,8 +77,10 @@ def markdown(out: dict) -> str:
                      f"{'/'.join(row['vs'])} (target >= {row['target']}x): "
                      f"{'met' if row['met'] else 'missed'}")
     first = w["first_step_target"]
-    lines.append(f"- first_step_s: {first['seqjax_s']:.2f} s (target < "
-                 f"{first['max_s']} s): {'met' if first['met'] else 'missed'}")
+    if first.get("max_s") is not None:  # translate sets no compile target
+      lines.append(f"- first_step_s: {first['seqjax_s']:.2f} s (target < "
+                   f"{first['max_s']} s): "
+                   f"{'met' if first['met'] else 'missed'}")
   if out.get("notes"):
     lines += [""] + [f"- note: {n}" for n in out["notes"]]
   return "\n".join(lines)
