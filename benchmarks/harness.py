@@ -91,6 +91,60 @@ class CompileCounter:
     return False
 
 
+def seqjax_versions() -> dict:
+  import flax
+  import jax
+  import optax
+  import seqjax
+  return {"seqjax": seqjax.__version__, "jax": jax.__version__,
+          "flax": flax.__version__, "optax": optax.__version__}
+
+
+def keras_versions() -> dict:
+  import jax
+  import keras
+  return {"keras": keras.__version__, "backend": keras.backend.backend(),
+          "jax": jax.__version__}
+
+
+def time_keras_epoch(model, inputs: list, targets, batch_size: int) -> dict:
+  """A compiled Keras model's timed first ``train_on_batch`` (compile
+  included), then one timed ``fit`` epoch over all of ``inputs``. ``fit``
+  compiles a train function of its own: on one batch first, untimed, so
+  the epoch's samples/s excludes compiles as every framework's does."""
+  b = batch_size
+  with CompileCounter() as counter:
+    first, _ = timed(lambda: model.train_on_batch([x[:b] for x in inputs],
+                                                  targets[:b]))
+    model.fit([x[:b] for x in inputs], targets[:b], batch_size=b, epochs=1,
+              verbose=0)
+    secs, _ = timed(lambda: model.fit(inputs, targets, batch_size=b,
+                                      epochs=1, shuffle=True, verbose=0))
+  return {"first_step_s": first, "train_seconds": secs,
+          "train_samples": len(inputs[0]), "train_compiles": counter.count}
+
+
+def time_eager_epoch(step: Callable[[np.ndarray], Any], n: int,
+                     batch_size: int, seed) -> dict:
+  """An eager framework's epoch: ``step(rows)`` trains on those rows and
+  returns its loss (a scalar whose ``.item()`` waits for it). The first step is
+  timed apart; then the rest of the epoch's full batches, shuffled by
+  ``seed``. Nothing is compiled: ``train_compiles`` is 0."""
+  b = batch_size
+  perm = np.random.default_rng(seed).permutation(n)
+  first, _ = timed(lambda: step(perm[:b]).item())
+  starts = range(b, n - b + 1, b)
+
+  def rest():
+    loss = None
+    for start in starts:
+      loss = step(perm[start:start + b])
+    return None if loss is None else loss.item()
+  secs, _ = timed(rest)
+  return {"first_step_s": first, "train_seconds": secs,
+          "train_samples": len(starts) * b, "train_compiles": 0}
+
+
 def jax_matmul_gflops(n: int, reps: int = 3) -> float:
   """Best-of float32 (n, n) @ (n, n) with jitted JAX: the ceiling that JAX
   (so seqjax and Keras-JAX) reaches on this machine."""

@@ -14,7 +14,6 @@ import importlib
 import jax
 import numpy as np
 
-import seqjax
 from seqjax import decode as decode_lib
 from seqjax import metrics
 from seqjax import train as train_lib
@@ -122,10 +121,7 @@ class SeqjaxRunner:
         "then a Python loop of jitted decode_step calls)"]
 
   def versions(self) -> dict:
-    import flax
-    import optax
-    return {"seqjax": seqjax.__version__, "jax": jax.__version__,
-            "flax": flax.__version__, "optax": optax.__version__}
+    return harness.seqjax_versions()
 
   def train_epoch(self, rep: int) -> dict:
     s = self.w.s

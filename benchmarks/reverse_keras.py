@@ -71,27 +71,15 @@ class Runner:
                        metrics=["accuracy"])
 
   def versions(self) -> dict:
-    import jax
-    return {"keras": keras.__version__, "backend": keras.backend.backend(),
-            "jax": jax.__version__}
+    return harness.keras_versions()
 
   def train_epoch(self, rep: int) -> dict:
     s = self.w.s
     self._build(s.seed + rep)
-    b = s.batch_size
-    with harness.CompileCounter() as counter:
-      first, _ = harness.timed(lambda: self.model.train_on_batch(
-          [self.x1[:b], self.x2[:b]], self.y[:b]))
-      # fit compiles a train function of its own: on one batch, untimed.
-      self.model.fit([self.x1[:b], self.x2[:b]], self.y[:b], batch_size=b,
-                     epochs=1, verbose=0)
-      secs, _ = harness.timed(lambda: self.model.fit(
-          [self.x1, self.x2], self.y, batch_size=b, epochs=1, shuffle=True,
-          verbose=0))
+    out = harness.time_keras_epoch(self.model, [self.x1, self.x2], self.y,
+                                   s.batch_size)
     acc = self.w.accuracy(self.decode_batched(self.w.decode_sources()))
-    return {"first_step_s": first, "train_seconds": secs,
-            "train_samples": len(self.x1), "train_compiles": counter.count,
-            "decode_accuracy": acc}
+    return {**out, "decode_accuracy": acc}
 
   def _decode(self, src_onehot: np.ndarray) -> np.ndarray:
     h, c = self.encoder.predict_on_batch(src_onehot)

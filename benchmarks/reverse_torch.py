@@ -60,7 +60,8 @@ class Runner:
   def versions(self) -> dict:
     return {"torch": torch.__version__}
 
-  def _step(self, idx):
+  def _step(self, rows):
+    idx = torch.from_numpy(rows)
     self.opt.zero_grad(set_to_none=True)
     logits = self.model(self.x1[idx], self.x2[idx])
     loss = nn.functional.cross_entropy(
@@ -73,22 +74,10 @@ class Runner:
     s = self.w.s
     self._build(s.seed + rep)
     self.model.train()
-    b = s.batch_size
-    n = len(self.y)
-    perm = torch.from_numpy(np.random.default_rng([s.seed, rep]).permutation(n))
-    first, _ = harness.timed(lambda: self._step(perm[:b]).item())
-
-    starts = range(b, n - b + 1, b)  # the rest of the epoch's full batches
-
-    def rest():
-      for start in starts:
-        loss = self._step(perm[start:start + b])
-      return loss.item()
-    secs, _ = harness.timed(rest)
+    out = harness.time_eager_epoch(self._step, len(self.y), s.batch_size,
+                                   [s.seed, rep])
     acc = self.w.accuracy(self.decode_batched(self.w.decode_sources()))
-    return {"first_step_s": first, "train_seconds": secs,
-            "train_samples": len(starts) * b, "train_compiles": 0,
-            "decode_accuracy": acc}
+    return {**out, "decode_accuracy": acc}
 
   @torch.inference_mode()
   def _decode(self, src_onehot):

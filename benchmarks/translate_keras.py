@@ -51,28 +51,14 @@ class Runner:
         self.w.s.latent_dim)
 
   def versions(self) -> dict:
-    import jax
-    return {"keras": keras.__version__, "backend": keras.backend.backend(),
-            "jax": jax.__version__}
+    return harness.keras_versions()
 
   def train_epoch(self, rep: int) -> dict:
-    s = self.w.s
-    self._build(s.seed + rep)
-    b = s.batch_size
-    inputs = [self.enc_in, self.dec_in]
-    with harness.CompileCounter() as counter:
-      first, _ = harness.timed(lambda: self.model.train_on_batch(
-          [x[:b] for x in inputs], self.dec_target[:b]))
-      # fit compiles a train function of its own: on one batch, untimed.
-      self.model.fit([x[:b] for x in inputs], self.dec_target[:b],
-                     batch_size=b, epochs=1, verbose=0)
-      secs, _ = harness.timed(lambda: self.model.fit(
-          inputs, self.dec_target, batch_size=b, epochs=1, shuffle=True,
-          verbose=0))
+    self._build(self.w.s.seed + rep)
+    out = harness.time_keras_epoch(self.model, [self.enc_in, self.dec_in],
+                                   self.dec_target, self.w.s.batch_size)
     texts = self.decode_batched(self.w.decode_sources())
-    return {"first_step_s": first, "train_seconds": secs,
-            "train_samples": len(self.enc_in), "train_compiles": counter.count,
-            **self.w.decode_quality(texts)}
+    return {**out, **self.w.decode_quality(texts)}
 
   def _decode(self, src, batch_size: int) -> list[str]:
     return kt.greedy_decode(self.encoder, self.decoder, self.tables,

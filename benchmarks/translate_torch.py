@@ -19,21 +19,7 @@ from torch import nn
 
 from benchmarks import harness
 from benchmarks.peers import keras_translate as kt
-from benchmarks.reverse_torch import torch_matmul_gflops
-
-
-class Seq2Seq(nn.Module):
-
-  def __init__(self, n_input: int, n_output: int, units: int):
-    super().__init__()
-    self.encoder = nn.LSTM(n_input, units, batch_first=True)
-    self.decoder = nn.LSTM(n_output, units, batch_first=True)
-    self.readout = nn.Linear(units, n_output)
-
-  def forward(self, x1, x2):
-    _, state = self.encoder(x1)
-    out, _ = self.decoder(x2, state)
-    return self.readout(out)
+from benchmarks.reverse_torch import Seq2Seq, torch_matmul_gflops
 
 
 class Runner:
@@ -65,7 +51,8 @@ class Runner:
   def versions(self) -> dict:
     return {"torch": torch.__version__}
 
-  def _step(self, idx):
+  def _step(self, rows):
+    idx = torch.from_numpy(rows)
     self.opt.zero_grad(set_to_none=True)
     logits = self.model(self.eye_in[self.src[idx]],
                         self.eye_out[self.dec_in[idx]])
@@ -79,21 +66,10 @@ class Runner:
     s = self.w.s
     self._build(s.seed + rep)
     self.model.train()
-    b, n = s.batch_size, len(self.src)
-    perm = torch.from_numpy(np.random.default_rng([s.seed, rep]).permutation(n))
-    first, _ = harness.timed(lambda: self._step(perm[:b]).item())
-    starts = range(b, n - b + 1, b)  # the rest of the epoch's full batches
-
-    def rest():
-      loss = None
-      for start in starts:
-        loss = self._step(perm[start:start + b])
-      return None if loss is None else loss.item()
-    secs, _ = harness.timed(rest)
+    out = harness.time_eager_epoch(self._step, len(self.src), s.batch_size,
+                                   [s.seed, rep])
     texts = self.decode_batched(self.w.decode_sources())
-    return {"first_step_s": first, "train_seconds": secs,
-            "train_samples": len(starts) * b, "train_compiles": 0,
-            **self.w.decode_quality(texts)}
+    return {**out, **self.w.decode_quality(texts)}
 
   @torch.inference_mode()
   def _decode(self, src_ids) -> list[str]:
