@@ -2,8 +2,8 @@
 model (51 features, 128 LSTM units, batch 32, 25 steps per call):
 
 * ``nonfinite``: "ignore" (the library default), "stop" (the binaries'
-  default: finiteness checks and a select per step, a host sync per call),
-  "skip";
+  default: finiteness checks and a select per step; the host reads each
+  call's flags one call late, so it does not wait on the device), "skip";
 * metrics rows appended with fsync after every call (the worst case; the
   binaries log every 500 steps by default).
 

@@ -208,7 +208,12 @@ def make_multi_step(loss_fn: LossFn, nonfinite: str = "ignore", mesh=None):
   Runs K train steps in one call; step k trains on ``data[idx_KB[k]]`` when
   ``valid_K[k]``, and is skipped otherwise (its metrics are zeros).
   ``nonfinite``: as in ``make_train_step``; with "stop", the steps after a
-  non-finite one are skipped too, so the state is the last good one.
+  non-finite one are skipped too, so the state is the last good one. A
+  guarded ``run`` takes an optional fifth argument ``halted`` (a device
+  bool: skip every step, the previous call having stopped) and reports
+  ``metrics_K["halted"]``: passing the last call's ``metrics_K["halted"][-1]``
+  on lets ``fit`` check each call's flags one call late, without waiting for
+  the device after every call.
 
   With a ``mesh`` (``seqjax.sharding``), state, data and metrics are
   replicated and the indices' batch axis is split over ``data``: each device
@@ -238,7 +243,7 @@ def make_multi_step(loss_fn: LossFn, nonfinite: str = "ignore", mesh=None):
         return step_or_skip(state, gather(data, idx_B), valid)
       return jax.lax.scan(body, state, (idx_KB, valid_K))
   else:
-    def run(state, data, idx_KB, valid_K):
+    def run(state, data, idx_KB, valid_K, halted=None):
       def body(carry, inputs):
         state, halted = carry
         idx_B, valid = inputs
@@ -246,17 +251,19 @@ def make_multi_step(loss_fn: LossFn, nonfinite: str = "ignore", mesh=None):
                                       valid & ~halted)
         if nonfinite == "stop":
           halted = halted | (metrics["nonfinite"] > 0)
-        return (state, halted), metrics
-      (state, _), metrics_K = jax.lax.scan(
-          body, (state, jnp.zeros((), bool)), (idx_KB, valid_K))
+        return (state, halted), {**metrics, "halted": halted}
+      halted = jnp.zeros((), bool) if halted is None else halted
+      (state, _), metrics_K = jax.lax.scan(body, (state, halted),
+                                           (idx_KB, valid_K))
       return state, metrics_K
 
   if mesh is None:
     return jax.jit(run, donate_argnames="state")
   repl = sharding_lib.replicated(mesh)
-  return jax.jit(run, donate_argnames="state",
-                 in_shardings=(repl, repl, sharding_lib.indices_sharding(mesh),
-                               repl),
+  in_shardings = (repl, repl, sharding_lib.indices_sharding(mesh), repl)
+  if nonfinite != "ignore":
+    in_shardings += (repl,)
+  return jax.jit(run, donate_argnames="state", in_shardings=in_shardings,
                  out_shardings=(repl, repl))
 
 
@@ -523,6 +530,31 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
     device_data = sharding_lib.replicate(data, mesh)
     state = sharding_lib.replicate(state, mesh)
   step_start = step
+  # The guard checks a call's flags one call late (after the next call is
+  # dispatched) or at the next log / checkpoint / epoch end, whichever is
+  # first, so the host never waits on the device after every call. With
+  # "stop", a call after a non-finite step is passed the halted flag and
+  # skips all its steps: the state is still the last good one when seen.
+  unchecked = None   # (metrics_K, valid steps, step before the call)
+  no_halt = jnp.zeros((), bool)
+  if mesh is not None:
+    no_halt = sharding_lib.replicate(np.zeros((), bool), mesh)
+
+  def check_unchecked():
+    nonlocal unchecked
+    if unchecked is None:
+      return
+    metrics_K, kk, step_before = unchecked
+    unchecked = None
+    bad_K = np.asarray(metrics_K["nonfinite"])[:kk] > 0
+    if config.nonfinite == "stop" and bad_K.any():
+      # pending's last entry is this call (its steps up to the bad one are
+      # logged by _stop_nonfinite itself).
+      _stop_nonfinite(state, metrics_K, int(np.argmax(bad_K)), step_before,
+                      step_start, spe, pending[:-1], checkpointer,
+                      metrics_log)
+    stats.nonfinite_skipped += int(bad_K.sum())
+
   t_saved = time.perf_counter()
   k_max = max(1, config.steps_per_call)
   pending = []       # (metrics_K on device, number of valid steps)
@@ -573,22 +605,24 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
       if mesh is not None:
         none_valid = sharding_lib.replicate(none_valid, mesh)
       for d in range(len(device_data)):
-        state, _ = multi_step(state, device_data[d], idx, none_valid)
+        state, _ = multi_step(state, device_data[d], idx, none_valid,
+                              *((no_halt,) if guarded else ()))
     if stateful:
       reset = (np.arange(step, step + k_max) % reset_every == 0
                if reset_every else np.zeros(k_max, bool))
       state, carry, metrics_K = multi_step(state, carry, initial_carry,
                                            device_data, idx, valid, reset)
     else:
+      halted = ()
+      if guarded:  # the last call's final flag (a device value: no wait)
+        halted = (no_halt if unchecked is None
+                  else unchecked[0]["halted"][-1],)
       state, metrics_K = multi_step(
           state, device_data if batch_plan is None
-          else device_data[dataset_S[step % spe]], idx, valid)
-    if guarded:  # the flags are needed now: a host sync per call
-      bad_K = np.asarray(metrics_K["nonfinite"])[:k] > 0
-      if config.nonfinite == "stop" and bad_K.any():
-        _stop_nonfinite(state, metrics_K, int(np.argmax(bad_K)), step,
-                        step_start, spe, pending, checkpointer, metrics_log)
-      stats.nonfinite_skipped += int(bad_K.sum())
+          else device_data[dataset_S[step % spe]], idx, valid, *halted)
+    if guarded:
+      check_unchecked()  # the previous call's, while this one runs
+      unchecked = (metrics_K, k, step)
     pending.append((metrics_K, k))
     if stats.steps_run == 0:
       jax.block_until_ready(state.step)
@@ -602,6 +636,14 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
 
     at_log = config.log_every_steps and step % config.log_every_steps == 0
     at_epoch_end = step % spe == 0
+    at_ckpt = (config.checkpoint_every_steps and
+               step % config.checkpoint_every_steps == 0)
+    at_ckpt = at_ckpt or (config.checkpoint_every_secs and
+                          time.perf_counter() - t_saved >=
+                          config.checkpoint_every_secs)
+    stopping = (should_stop is not None and step < total and should_stop())
+    if at_log or at_epoch_end or at_ckpt or stopping or step == total:
+      check_unchecked()  # before anything is logged, saved or evaluated
     if at_log or at_epoch_end or step == total:
       row = (_reduce_guarded if guarded else _reduce_metrics)(pending)
       pending = []
@@ -622,11 +664,6 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
       if metrics_log:
         metrics_log.write(row)
       t_log, step_log = now, step
-    at_ckpt = (config.checkpoint_every_steps and
-               step % config.checkpoint_every_steps == 0)
-    at_ckpt = at_ckpt or (config.checkpoint_every_secs and
-                          time.perf_counter() - t_saved >=
-                          config.checkpoint_every_secs)
     if checkpointer is not None and (at_ckpt or at_epoch_end or step == total):
       checkpointer.save(state)
       t_saved = time.perf_counter()
@@ -637,7 +674,7 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
           metrics_log.write({"step": step, "epoch": step // spe, "eval": True,
                              "wall_s": time.perf_counter() - t_start,
                              "time": time.time(), **extra})
-    if should_stop is not None and step < total and should_stop():
+    if stopping:
       if pending:  # log the steps since the last row, then save this step
         row = (_reduce_guarded if guarded else _reduce_metrics)(pending)
         pending = []
@@ -667,6 +704,7 @@ def _reduce_guarded(pending) -> dict:
   sums, count, skipped = {}, 0, 0
   for metrics_K, k in pending:
     host = jax.device_get(metrics_K)
+    host.pop("halted", None)
     good_K = ~(np.asarray(host.pop("nonfinite"))[:k] > 0)
     for name, values in host.items():
       sums[name] = sums.get(name, 0.0) + float(

@@ -153,6 +153,43 @@ def test_nonfinite_stops_naming_step_and_value_keeps_last_good(tmp_path, kind):
   assert rows[-1]["nonfinite_step"] == bad and rows[-1]["step"] == bad - 1
 
 
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_nonfinite_seen_one_call_late_still_keeps_last_good(tmp_path,
+                                                            steps_per_call):
+  # No log, checkpoint or epoch boundary near the bad step: fit sees its
+  # flag only after dispatching the next call, which must skip every step.
+  state0, data, loss_fn = _setup()
+  data["poison"][37] = 1.0
+  bad = _step_of(37, seed=0)
+  ckpt = Checkpointer(str(tmp_path), {}, max_to_keep=None)
+  cfg = train_lib.FitConfig(batch_size=BSZ, epochs=2,
+                            steps_per_call=steps_per_call, log_every_steps=0,
+                            nonfinite="stop")
+  multi = train_lib.make_multi_step(_poisoned(loss_fn, "loss"), "stop")
+  calls = []
+
+  def counting(*args):
+    calls.append(int(np.asarray(args[3]).sum()))  # valid steps asked for
+    return multi(*args)
+  counting._cache_size = multi._cache_size
+  with pytest.raises(reliability.NonFiniteError,
+                     match=rf"at step {bad} .*last good checkpoint "
+                     rf"\(step {bad - 1}\)"):
+    train_lib.fit(_copy(state0), data, None, cfg, checkpointer=ckpt,
+                  multi_step=counting)
+  # The call after the bad one was made (and skipped): one call late.
+  assert sum(calls[:-1]) >= bad and len(calls) == -(-bad // steps_per_call) + 1
+  assert ckpt.latest_step() == bad - 1 and multi._cache_size() == 1
+  restored = Checkpointer(str(tmp_path), {}).restore(_copy(state0))
+  clean = {**data, "poison": np.zeros(N, np.float32)}
+  ref_cfg = dataclasses.replace(cfg, steps_per_call=1)
+  n = itertools.count(1)
+  ref, _ = train_lib.fit(_copy(state0), clean, None, ref_cfg,
+                         multi_step=multi, should_stop=lambda: next(n) >= bad - 1)
+  _assert_bit_equal(restored.params, ref.params)
+  _assert_bit_equal(restored.opt_state, ref.opt_state)
+
+
 def test_skip_nonfinite_updates_skips_and_counts(tmp_path):
   state0, data, loss_fn = _setup()
   data["poison"][[5, 100]] = 1.0
