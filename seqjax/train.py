@@ -171,12 +171,14 @@ def make_train_step(loss_fn: LossFn, nonfinite: str = "ignore"):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch)
     new = state.apply_gradients(grads=grads)
-    finite = (jnp.isfinite(loss) & _all_finite(grads) &
+    # A NaN or inf in any gradient makes their norm non-finite: one pass.
+    grad_norm = optax.tree.norm(grads)
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) &
               _all_finite(new.params))
     old = state if nonfinite == "stop" else state.replace(step=new.step)
     # A select, not a cond: a finite step's numbers are the plain step's.
     new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    return new, {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
+    return new, {"loss": loss, **aux, "grad_norm": grad_norm,
                  "nonfinite": (~finite).astype(jnp.float32)}
 
   return guarded_step
