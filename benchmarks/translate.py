@@ -35,6 +35,7 @@ from seqjax import metrics
 from seqjax import train as train_lib
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import vocab as vocab_lib
+from seqjax.errors import SeqjaxError
 from seqjax.models import Seq2Seq
 
 from benchmarks import harness
@@ -97,7 +98,7 @@ class Workload:
     self.train_pairs = train_pairs[:s.train_samples or None]
     self.decode_pairs = val_pairs[:s.decode_n]
     if len(self.train_pairs) < s.batch_size or not self.decode_pairs:
-      raise ValueError(f"{path}: {len(self.train_pairs)} training and "
+      raise SeqjaxError(f"{path}: {len(self.train_pairs)} training and "
                        f"{len(self.decode_pairs)} held-out pairs are too few "
                        f"for batch {s.batch_size}")
     # Greedy decoding's bound: the longest target of the pairs and its \n.
