@@ -147,6 +147,28 @@ def test_keras_peer_is_the_example_model(pair_file):
   assert r.decode_loop(src) == r.decode_batched(src)
 
 
+@pytest.mark.parametrize("name", ["keras", "torch"])
+def test_peers_early_stop_decodes_the_same_sentences(pair_file, name):
+  w, r = _peer(name, pair_file)
+  src = w.decode_sources()[:4]
+  fixed = r.decode_batched(src)
+  w.s.decode_early_stop = True  # the runner reads it at each decode
+  assert r.decode_batched(src) == fixed and r.decode_loop(src) == fixed
+  # A readout biased to the end symbol: every sentence stops at once.
+  end = r.tables.target_index[kt.END]
+  if name == "torch":
+    import torch
+    with torch.no_grad():
+      r.model.readout.bias[end] += 1e4
+  else:
+    kernel, bias = r.decoder.layers[-1].get_weights()
+    bias[end] += 1e4
+    r.decoder.layers[-1].set_weights([kernel, bias])
+  assert r.decode_batched(src) == [""] * 4 == r.decode_loop(src)
+  w.s.decode_early_stop = False
+  assert r.decode_batched(src) == [""] * 4
+
+
 def test_torch_peer_is_the_example_model_and_trains(pair_file):
   w, r = _peer("torch", pair_file)
   n_in, n_out = len(r.tables.input_chars), len(r.tables.target_chars)
