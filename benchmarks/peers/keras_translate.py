@@ -134,33 +134,14 @@ def teacher_forced_accuracy(model, tables: CharTables, pairs,
 def build_models(num_encoder_tokens: int, num_decoder_tokens: int,
                  latent_dim: int = 256):
   """-> (training model, encoder inference model, decoder inference model),
-  the example's definitions."""
-  import keras
-  encoder_inputs = keras.Input(shape=(None, num_encoder_tokens))
-  encoder = keras.layers.LSTM(latent_dim, return_state=True)
-  _, state_h, state_c = encoder(encoder_inputs)
-  encoder_states = [state_h, state_c]
-
-  decoder_inputs = keras.Input(shape=(None, num_decoder_tokens))
-  decoder_lstm = keras.layers.LSTM(latent_dim, return_sequences=True,
-                                   return_state=True)
-  decoder_outputs, _, _ = decoder_lstm(decoder_inputs,
-                                       initial_state=encoder_states)
-  decoder_dense = keras.layers.Dense(num_decoder_tokens, activation="softmax")
-  decoder_outputs = decoder_dense(decoder_outputs)
-  model = keras.Model([encoder_inputs, decoder_inputs], decoder_outputs)
+  the example's definitions: the same as the reverse tutorial's
+  ``define_models``, compiled with RMSprop."""
+  import keras  # noqa: F401  (imported first, with the caller's backend)
+  from benchmarks.reverse_keras import define_models
+  model, encoder_model, decoder_model = define_models(
+      num_encoder_tokens, num_decoder_tokens, latent_dim)
   model.compile(optimizer="rmsprop", loss="categorical_crossentropy",
                 metrics=["accuracy"])
-
-  encoder_model = keras.Model(encoder_inputs, encoder_states)
-  state_input_h = keras.Input(shape=(latent_dim,))
-  state_input_c = keras.Input(shape=(latent_dim,))
-  states_inputs = [state_input_h, state_input_c]
-  decoder_outputs, state_h_dec, state_c_dec = decoder_lstm(
-      decoder_inputs, initial_state=states_inputs)
-  decoder_outputs = decoder_dense(decoder_outputs)
-  decoder_model = keras.Model([decoder_inputs] + states_inputs,
-                              [decoder_outputs, state_h_dec, state_c_dec])
   return model, encoder_model, decoder_model
 
 
