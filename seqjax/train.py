@@ -643,8 +643,7 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
     at_ckpt = at_ckpt or (config.checkpoint_every_secs and
                           time.perf_counter() - t_saved >=
                           config.checkpoint_every_secs)
-    stopping = (should_stop is not None and step < total and should_stop())
-    if at_log or at_epoch_end or at_ckpt or stopping or step == total:
+    if at_log or at_epoch_end or at_ckpt or step == total:
       check_unchecked()  # before anything is logged, saved or evaluated
     if at_log or at_epoch_end or step == total:
       row = (_reduce_guarded if guarded else _reduce_metrics)(pending)
@@ -676,7 +675,8 @@ def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
           metrics_log.write({"step": step, "epoch": step // spe, "eval": True,
                              "wall_s": time.perf_counter() - t_start,
                              "time": time.time(), **extra})
-    if stopping:
+    if should_stop is not None and step < total and should_stop():
+      check_unchecked()
       if pending:  # log the steps since the last row, then save this step
         row = (_reduce_guarded if guarded else _reduce_metrics)(pending)
         pending = []
