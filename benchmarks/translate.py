@@ -118,9 +118,9 @@ class Workload:
   def decode_quality(self, texts) -> dict:
     """chrF of decoded texts against their references (a sanity check that
     every framework trained and decodes alike; one epoch is little), and
-    their mean length in characters: greedy decoding stops when a batch's
-    sentences have all ended, so a model that writes longer sentences
-    decodes more steps."""
+    their mean length in characters: with ``decode_early_stop`` a batch
+    stops once its sentences have all ended, so a model that writes longer
+    sentences would decode more steps."""
     refs = [t for _, t in self.decode_pairs[:len(texts)]]
     return {"decode_chrf": float(metrics.corpus_chrf(list(texts), refs)),
             "decode_mean_chars": float(np.mean([len(t) for t in texts]))}

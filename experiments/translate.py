@@ -211,7 +211,7 @@ def resolve_data_path(flag_value: str) -> str:
 
 
 def encode_pairs(src_vocab: Vocab, tgt_vocab: Vocab, pairs_: list,
-            src_width=None, tgt_width=None) -> dict[str, np.ndarray]:
+                 src_width=None, tgt_width=None) -> dict[str, np.ndarray]:
   return {**vocab_lib.encode_sources(src_vocab, [s for s, _ in pairs_],
                                      src_width),
           **vocab_lib.encode_targets(tgt_vocab, [t for _, t in pairs_],

@@ -31,7 +31,8 @@ def make_inference_fns(model: Seq2Seq):
 
   @jax.jit
   def encode(params, src_BS, src_mask_BS=None):
-    return model.apply(params, src_BS, src_mask_BS, method=Seq2Seq.encode_for_decoding)
+    return model.apply(params, src_BS, src_mask_BS,
+                       method=Seq2Seq.encode_for_decoding)
 
   @jax.jit
   def decode_step(params, token_B, carry):
@@ -62,10 +63,11 @@ def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
   a ``stop_id`` (and ``early_stop``) the loop is a ``lax.while_loop`` that
   ends as soon as every sequence of the batch has stopped (the steps left
   are all padding, so the tokens are those of the full ``max_len`` scan);
-  otherwise it is a ``lax.scan`` of ``max_len`` steps. Jit it (or call ``make_greedy_decoder``)
-  to compile the whole loop once.
+  otherwise it is a ``lax.scan`` of ``max_len`` steps. Jit it (or call
+  ``make_greedy_decoder``) to compile the whole loop once.
   """
-  carry = model.apply(params, src_BS, src_mask_BS, method=Seq2Seq.encode_for_decoding)
+  carry = model.apply(params, src_BS, src_mask_BS,
+                      method=Seq2Seq.encode_for_decoding)
   batch = src_BS.shape[0]
 
   def body(state, _):

@@ -60,6 +60,25 @@ def test_encode_for_decoding_equals_encode(cell, emb):
       np.testing.assert_allclose(g, e, atol=1e-6)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_final_carry_from_a_given_carry_equals_the_layer_call(cell):
+  from seqjax.recurrent import make_recurrent
+  layer = make_recurrent(cell, units=H, in_features=V)
+  rng = np.random.default_rng(1)
+  ids = rng.integers(0, V, size=(B, S)).astype(np.int32)
+  mask = np.arange(S)[None] < np.array([S, 1, 3, S, 2, 4])[:, None]
+  params = layer.init(jax.random.key(1), ids)
+  n = 2 if cell == "lstm" else 1
+  carry0 = tuple(jnp.asarray(rng.normal(size=(B, H)), jnp.float32)
+                 for _ in range(n))
+  for m in (None, mask):
+    _, expected = layer.apply(params, ids, carry0, m)
+    got = layer.apply(params, ids, carry0, m,
+                      method=lambda mod, *a: mod.final_carry(*a))
+    for e, g in zip(expected, got):
+      np.testing.assert_allclose(g, e, atol=1e-5)
+
+
 @pytest.mark.parametrize("stop_id,early_stop", [(None, True), (3, True),
                                                 (3, False)])
 def test_batched_greedy_equals_step_by_step_loop(stop_id, early_stop):
