@@ -16,10 +16,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from seqjax import config as config_lib
 from seqjax import reliability
+from seqjax import runner
 from seqjax.errors import SeqjaxError
 
 FLAGS = flags.FLAGS
+TRAINING_FLAGS = "training flags (seqjax.config.TrainingConfig)"
 
 
 def _flag_kind(tp):
@@ -33,12 +36,23 @@ def _flag_kind(tp):
           float: flags.DEFINE_float, str: flags.DEFINE_string}[tp]
 
 
-def define_flags(config_cls) -> None:
+def define_flags(config_cls, module_name: str) -> None:
+  """The fields of ``config_cls`` as flags: the task's own under
+  ``module_name``, the shared training flags under ``seqjax.config``, so
+  ``--help`` lists the task's first, then the shared ones."""
   hints = typing.get_type_hints(config_cls)
+  shared = {f.name for f in dataclasses.fields(config_lib.TrainingConfig)}
   for f in dataclasses.fields(config_cls):
     default = (f.default if f.default is not dataclasses.MISSING
                else f.default_factory())
-    _flag_kind(hints[f.name])(f.name, default, f.metadata.get("help", f.name))
+    owner = TRAINING_FLAGS if f.name in shared else module_name
+    _flag_kind(hints[f.name])(f.name, default, f.metadata.get("help", f.name),
+                              module_name=owner)
+  # absl's --help shows the main module's flags, which for `python -m` is a
+  # file path that owns none: show the task's, then the shared ones.
+  FLAGS.__dict__["main_module_help"] = lambda: "\n".join(
+      FLAGS.module_help(m) for m in (module_name, TRAINING_FLAGS)
+      if FLAGS.get_key_flags_for_module(m))
 
 
 def config_from_flags(config_cls):
@@ -58,8 +72,8 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
 
-def main(config_cls, run: Callable) -> None:
-  """Defines the flags of ``config_cls`` and runs ``run(config)``.
+def main(task) -> None:
+  """Defines the flags of ``task.config_cls`` and runs ``task.run(config)``.
 
   Bad flags stop before any work with a message naming them; a SeqjaxError
   (bad file, mismatched checkpoint, non-finite loss, busy workdir) ends the
@@ -67,7 +81,8 @@ def main(config_cls, run: Callable) -> None:
   checkpoint first; exit 130 / 143. Running out of memory is reported as a
   message, exit 2.
   """
-  define_flags(config_cls)
+  config_cls, run = task.config_cls, task.run
+  define_flags(config_cls, f"{task.name} flags")
 
   def _main(argv):
     if len(argv) > 1:
@@ -81,6 +96,9 @@ def main(config_cls, run: Callable) -> None:
       sys.exit(2)
     try:
       run(config)
+    except runner.ConfigError as e:  # the checks that need the devices
+      print(str(e), file=sys.stderr)
+      sys.exit(2)
     except SeqjaxError as e:
       print(f"Error: {e}", file=sys.stderr)
       sys.exit(2)

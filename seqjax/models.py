@@ -226,6 +226,14 @@ def build_seq2seq(model: str, *, src_vocab: int, tgt_vocab: int, units: int,
   raise ValueError(f"unknown model {model!r}; expected one of {MODEL_CHOICES}")
 
 
+def init_inputs(model: nn.Module, batch: dict) -> tuple:
+  """``model.init``'s example inputs from a batch: the first row of ``src``,
+  and of ``dec_in`` for a model that takes a decoder input."""
+  if getattr(model, "teacher_forced", True):
+    return batch["src"][:1], batch["dec_in"][:1]
+  return (batch["src"][:1],)
+
+
 def init_params(model: nn.Module, rng: Array, src_BS: Array,
                 dec_in_BT: Optional[Array] = None):
   """``model.init`` with the inputs the model takes (no ``dec_in`` for a

@@ -1,0 +1,163 @@
+"""Run configs: dataclasses whose fields are a binary's flags.
+
+A field declares its bounds and choices (``field(128, "Units.", low=1,
+high=MAX_UNITS)``); ``validate()`` turns the declarations into messages that
+name the flag, so no task writes "must be positive" by hand. Checks across
+fields stay code, in a subclass's ``validate()`` (call ``super()`` first).
+
+``validate()`` is pure: it reads the config and nothing else. Checks that need
+the devices (``device_errors()``) start a JAX backend, so the runner makes
+them separately, just before the work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import limits
+from seqjax import train as train_lib
+
+CELLS = ("lstm", "gru")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def field(default, help: str, *, low=None, high=None, above=None,  # pylint: disable=redefined-builtin
+          choices: Optional[Sequence[Any]] = None, **kwargs):
+  """A config field: its flag's default and help text, and what it accepts:
+  ``low`` <= value <= ``high``, value > ``above``, value in ``choices``. An
+  unset optional field (None) is always accepted."""
+  metadata = {"help": help, "low": low, "high": high, "above": above,
+              "choices": tuple(choices) if choices is not None else None}
+  return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def field_errors(name: str, value, meta) -> list[str]:
+  """The messages of one field's declarations (empty: it is accepted)."""
+  if value is None:
+    return []
+  if meta.get("choices") is not None and value not in meta["choices"]:
+    return [f"--{name} must be one of {', '.join(map(str, meta['choices']))};"
+            f" got {value!r}"]
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return []
+  if isinstance(value, float) and not math.isfinite(value):
+    return [f"--{name} must be a finite number; got {value}"]
+  low, high, above = meta.get("low"), meta.get("high"), meta.get("above")
+  if above is not None and not value > above:
+    return [f"--{name} must be {'positive' if above == 0 else f'> {above}'};"
+            f" got {value}"]
+  if low is not None and value < low:
+    return [f"--{name} must be {'positive' if low == 1 else f'>= {low}'}; "
+            f"got {value}"]
+  if high is not None and value > high:
+    return [f"--{name} must be <= {high:,}; got {value:,}"]
+  return []
+
+
+def declared_errors(config) -> list[str]:
+  """Every field's declaration checked, in field order."""
+  return [e for f in dataclasses.fields(config)
+          for e in field_errors(f.name, getattr(config, f.name), f.metadata)]
+
+
+@dataclasses.dataclass
+class Config:
+  """A config whose fields declare what they accept."""
+
+  def validate(self) -> list[str]:
+    """Messages naming each bad flag; empty when the config can run."""
+    return declared_errors(self)
+
+
+@dataclasses.dataclass
+class TrainingConfig(Config):
+  """Flags every training task has."""
+
+  workdir: str = field("", "Where checkpoints, metrics.jsonl and results.json "
+                       "go. Rerunning with the same workdir resumes. Empty: "
+                       "runs/<task>-<timestamp>.")
+  seed: int = field(0, "Seed of data, initialisation and shuffling.", low=0,
+                    high=limits.MAX_SEED)
+  epochs: int = field(1, "Passes over the training set.", low=1,
+                      high=limits.INT32_MAX)
+  batch_size: int = field(32, "Training batch size.", low=1,
+                          high=limits.MAX_BATCH)
+  optimizer: str = field("adam", "adam, rmsprop or sgd.",
+                         choices=train_lib.OPTIMIZERS)
+  learning_rate: Optional[float] = field(
+      None, "Learning rate; default: Keras' default for the optimizer.",
+      above=0)
+  eval_only: bool = field(False, "Restore the latest checkpoint from "
+                          "--workdir and evaluate, without training.")
+  steps_per_call: int = field(25, "Train steps run per jitted call (a scan "
+                              "over batches already on the device).", low=1,
+                              high=limits.MAX_STEPS_PER_CALL)
+  log_every: int = field(500, "Log training metrics every this many steps.",
+                         low=0, high=limits.INT32_MAX)
+  checkpoint_every: int = field(0, "Save a checkpoint every this many steps "
+                                "(0: at the end of each epoch).", low=0,
+                                high=limits.INT32_MAX)
+  num_devices: int = field(0, "Devices the batch is split over (data "
+                           "parallel; 0: all devices, of all processes).",
+                           low=0)
+  dtype: str = field("float32", "Compute dtype: float32 or bfloat16 "
+                     "(parameters, optimizer state and loss stay float32).",
+                     choices=tuple(DTYPES))
+  coordinator_address: str = field("", "Multi-process: host:port of process "
+                                   "0's coordinator (jax.distributed).")
+  num_processes: int = field(1, "Multi-process: number of processes.", low=1)
+  process_id: int = field(0, "Multi-process: this process's index.")
+  checkpoint_every_secs: float = field(
+      0.0, "Also save a checkpoint when this many seconds have passed since "
+      "the last one (0: off).", low=0, high=10**9)
+  skip_nonfinite_updates: bool = field(
+      False, "Skip a step whose loss or gradients are not finite (counted in "
+      "metrics.jsonl) instead of stopping the run there.")
+
+  def validate(self) -> list[str]:
+    errors = super().validate()
+    if self.num_processes >= 1 and not (
+        0 <= self.process_id < self.num_processes):
+      errors.append(f"--process_id={self.process_id} must be in "
+                    f"[0, --num_processes={self.num_processes})")
+    if self.num_processes > 1 and not self.coordinator_address:
+      errors.append("--coordinator_address (host:port of process 0) is needed "
+                    f"with --num_processes={self.num_processes}")
+    return errors
+
+  def device_errors(self) -> list[str]:
+    """The checks that need the devices (they start a JAX backend, which in
+    a multi-process run must wait for ``jax.distributed.initialize``)."""
+    if self.num_devices < 0 or self.batch_size < 1:
+      return []  # validate() names these
+    if self.num_processes > 1 and not jax.distributed.is_initialized():
+      devices = self.num_devices
+    else:
+      present = jax.device_count()
+      if self.num_devices > present:
+        return [f"--num_devices={self.num_devices} but only {present} "
+                f"{jax.default_backend()} device(s) are present"]
+      devices = self.num_devices or present
+    if devices and self.batch_size % devices:
+      return [f"--batch_size={self.batch_size} must divide by the {devices} "
+              f"devices of --num_devices={self.num_devices} (each device "
+              "takes an equal slice of the batch)"]
+    return []
+
+  def compute_dtype(self):
+    """The dtype models compute in (--dtype)."""
+    return DTYPES[self.dtype]
+
+  def fit_config(self) -> train_lib.FitConfig:
+    return train_lib.FitConfig(
+        batch_size=self.batch_size, epochs=self.epochs, seed=self.seed,
+        steps_per_call=self.steps_per_call, log_every_steps=self.log_every,
+        checkpoint_every_steps=self.checkpoint_every,
+        learning_rate=(self.learning_rate if self.learning_rate is not None
+                       else train_lib.DEFAULT_LEARNING_RATES.get(
+                           self.optimizer)))

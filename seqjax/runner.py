@@ -1,0 +1,153 @@
+"""The one runner every task shares: check, workdir, init, summary, train or
+resume, evaluate, results.json. See ``seqjax.task`` for what a task supplies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import tempfile
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+import seqjax
+from seqjax import limits
+from seqjax import reliability
+from seqjax import sharding as sharding_lib
+from seqjax import summary as summary_lib
+from seqjax import train as train_lib
+from seqjax.errors import SeqjaxError
+from seqjax.experiment import train_or_restore
+
+
+class ConfigError(SeqjaxError):
+  """A config that cannot run: its messages name the flags."""
+
+  def __init__(self, errors: list[str]):
+    self.errors = list(errors)
+    super().__init__("Bad flags:\n  " + "\n  ".join(self.errors))
+
+
+def check(config) -> None:
+  """Raises a ConfigError naming every bad flag: the declarations and the
+  cross-field checks, then those that need the devices. A multi-process run
+  joins its processes first, so the device checks see all their devices."""
+  errors = config.validate()
+  if not errors and getattr(config, "num_processes", 1) > 1:
+    sharding_lib.initialize_distributed(
+        config.coordinator_address, config.num_processes, config.process_id)
+  if not errors and hasattr(config, "device_errors"):
+    errors = config.device_errors()
+  if errors:
+    raise ConfigError(errors)
+
+
+def run(task, config, workdir: Optional[str] = None) -> dict:
+  """Trains (or resumes) ``task`` with ``config`` and evaluates the model it
+  hands back; -> the results, also in ``<workdir>/results.json``."""
+  check(config)
+  workdir = workdir or resolve_workdir(config, task.name)
+  setup = task.setup(config, workdir)
+  params = init_params(task, setup, config.seed)
+  print(summary_lib.format_summary(params, title=setup.title))
+  state, stats = train_or_restore(
+      model=setup.model, params=params, config=config, workdir=workdir,
+      model_config=setup.model_config, data=setup.train,
+      loss_fn=setup.loss_fn, epoch_end_fn=setup.epoch_end,
+      fit_config=setup.fit_config, initial_carry=setup.initial_carry,
+      reset_every=setup.reset_every, batch_plan=setup.batch_plan)
+  results = base_results(task.name, config)
+  results.update(workdir=workdir, step=int(state.step))
+  results.update(task.evaluate(config, setup, state))
+  results.update(training_results(stats, config.batch_size, params))
+  write_results(workdir, results)
+  return results
+
+
+def init_params(task, setup, seed: int):
+  """The model's parameters from ``seed``; a model too large to index (its
+  shapes are counted first, nothing allocated) is refused naming the task's
+  size flags."""
+  init = jax.jit(setup.model.init)
+  key = jax.random.key(seed)
+  n = summary_lib.count_params(jax.eval_shape(init, key, *setup.init_inputs))
+  if n > limits.INT32_MAX:
+    flags = ", ".join(f"--{f}" for f in getattr(task, "size_flags", ()))
+    raise SeqjaxError(f"the model would have {n:,} parameters, more than "
+                      f"{limits.INT32_MAX:,}: lower {flags or 'its sizes'}")
+  return init(key, *setup.init_inputs)
+
+
+def resolve_workdir(config, task: str) -> str:
+  """The run's workdir (created): --workdir, or a fresh timestamped one."""
+  workdir = config.workdir or os.path.join(
+      "runs", f"{task}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise SeqjaxError(f"--workdir={workdir} exists and is not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except (OSError, ValueError) as e:
+    raise SeqjaxError(f"--workdir={workdir!r} cannot be created: {e}") from e
+  reliability.check_workdir_free(workdir)  # a second run stops here, at once
+  return workdir
+
+
+def write_results(workdir: str, results: dict, name: str = "results.json"
+                  ) -> None:
+  """``<workdir>/<name>``, by process 0 only (one writer for a shared dir)."""
+  if jax.process_index() == 0:
+    write_json_atomic(os.path.join(workdir, name), results)
+    print(f"Wrote {os.path.join(workdir, name)}")
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON to a temporary file, then renames: readers never see half."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
+                             suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, default=_json_default, ensure_ascii=False)
+      f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())  # the data is on disk before the rename
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _json_default(x):
+  if isinstance(x, (np.generic, jax.Array, np.ndarray)):
+    return np.asarray(x).tolist()
+  return str(x)
+
+
+def base_results(task: str, config) -> dict:
+  return {
+      "task": task,
+      "flags": dataclasses.asdict(config),
+      "versions": {"seqjax": seqjax.__version__, "jax": jax.__version__,
+                   "python": platform.python_version()},
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+  }
+
+
+def training_results(stats: train_lib.FitStats, batch_size: int,
+                     params) -> dict:
+  """The training figures every task's results.json carries."""
+  return {
+      "train_loss": stats.last_metrics.get("loss"),
+      "train_seconds": stats.train_seconds,
+      "first_call_seconds": stats.first_call_seconds,
+      "train_samples_per_second": stats.samples_per_second(batch_size),
+      "train_compiles": stats.compiles,
+      "n_params": summary_lib.count_params(params),
+  }
