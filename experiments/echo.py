@@ -31,17 +31,17 @@ from typing import Optional
 import jax
 import numpy as np
 
-from seqjax import experiment
+from seqjax import config as config_lib
+from seqjax import limits
 from seqjax import metrics
-from seqjax import reliability
+from seqjax import runner
 from seqjax import stateful as stateful_lib
-from seqjax import summary
+from seqjax import task as task_lib
 from seqjax import train as train_lib
+from seqjax.config import field
 from seqjax.data import echo as echo_data
-from seqjax.experiment import field
 from seqjax.models import RecurrentClassifier
 
-TASK = "echo"
 MODES = ("current", "lag_one_step", "lag_window", "lag_table")
 # The tutorial's settings, for every flag left unset.
 MODE_DEFAULTS = {
@@ -67,13 +67,15 @@ FAILURE_EXPLANATION = (
 
 
 @dataclasses.dataclass
-class EchoConfig(experiment.TrainingConfig):
+class EchoConfig(config_lib.TrainingConfig):
   mode: str = field("current", "current, lag_one_step, lag_window or "
-                    "lag_table.")
+                    "lag_table.", choices=MODES)
   lag: Optional[int] = field(None, "Echo X(t-lag). Default: 0 for current, "
                              "1 otherwise; lag_window needs lag < --window; "
-                             "lag_table trains 1..window-1.")
-  window: int = field(5, "lag_window / lag_table: observations per sample.")
+                             "lag_table trains 1..window-1.", low=0,
+                             high=limits.MAX_LENGTH)
+  window: int = field(5, "lag_window / lag_table: observations per sample.",
+                      low=1, high=limits.MAX_LENGTH)
   stateful: Optional[bool] = field(
       None, "Keep the carry from batch to batch within a sequence (reset "
       "after each); false resets it every batch. Default: false for current, "
@@ -87,18 +89,24 @@ class EchoConfig(experiment.TrainingConfig):
   sequence_output: bool = field(False, "A prediction at every timestep (the "
                                 "sample's input, lag steps later), not only "
                                 "the last.")
-  seq_length: int = field(25, "Integers per sequence.")
-  n_values: int = field(100, "Values are 0..n_values-1 (the one-hot width).")
+  seq_length: int = field(25, "Integers per sequence.", low=1,
+                          high=limits.MAX_LENGTH)
+  n_values: int = field(100, "Values are 0..n_values-1 (the one-hot width).",
+                        low=2, high=limits.MAX_VOCAB)
   n_sequences: Optional[int] = field(None, "Training sequences, each a fresh "
                                      "draw. Default: 500 for current, 2000 "
-                                     "otherwise.")
+                                     "otherwise.", low=1,
+                                     high=limits.MAX_EXAMPLES)
   n_units: Optional[int] = field(None, "Recurrent units. Default: 15 for "
-                                 "current, 50 otherwise.")
-  cell: str = field("lstm", "Recurrent cell: lstm or gru.")
-  n_eval: int = field(100, "Fresh sequences to measure accuracy on.")
+                                 "current, 50 otherwise.", low=1,
+                                 high=limits.MAX_UNITS)
+  cell: str = field("lstm", "Recurrent cell: lstm or gru.",
+                    choices=config_lib.CELLS)
+  n_eval: int = field(100, "Fresh sequences to measure accuracy on.", low=1,
+                      high=limits.MAX_EXAMPLES)
   batch_size: Optional[int] = field(None, "Training batch size. Default: 1 "
                                     "for current, 6 for lag_one_step, 5 "
-                                    "otherwise.")
+                                    "otherwise.", low=1, high=limits.MAX_BATCH)
 
   def resolved(self) -> "EchoConfig":
     """This config with every unset flag set to the mode's default."""
@@ -118,31 +126,12 @@ class EchoConfig(experiment.TrainingConfig):
 
   def validate(self) -> list[str]:
     if self.mode not in MODES:
-      return [f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}"]
+      return config_lib.declared_errors(self)
     c = self.resolved()
-    errors = experiment.TrainingConfig.validate(c)
-    for name in ("seq_length", "n_values", "n_sequences", "n_units", "n_eval",
-                 "window"):
-      if getattr(c, name) < 1:
-        errors.append(f"--{name} must be positive; got {getattr(c, name)}")
-    if c.n_values < 2:
-      errors.append(f"--n_values must be >= 2; got {c.n_values}")
-    if c.cell not in ("lstm", "gru"):
-      errors.append(f"--cell must be lstm or gru; got {c.cell!r}")
-    errors += reliability.range_errors(c, {
-        "seq_length": (None, reliability.MAX_LENGTH),
-        "window": (None, reliability.MAX_LENGTH),
-        "lag": (None, reliability.MAX_LENGTH),
-        "n_values": (None, reliability.MAX_VOCAB),
-        "n_units": (None, reliability.MAX_UNITS),
-        "n_sequences": (None, reliability.MAX_EXAMPLES),
-        "n_eval": (None, reliability.MAX_EXAMPLES)})
+    errors = config_lib.TrainingConfig.validate(c)
     if errors:
       return errors
-    errors += c._size_errors()
-    if errors:
-      return errors
-    errors += c._mode_errors()
+    errors += c._size_errors() or c._mode_errors()
     if errors:
       return errors
     rows = c.framing(lag=1 if c.mode == "lag_table" else None
@@ -160,23 +149,17 @@ class EchoConfig(experiment.TrainingConfig):
     return errors
 
   def _size_errors(self) -> list[str]:
-    """Each size fits; their products must fit in memory too."""
-    errors = []
-    v, u = self.n_values, self.n_units
-    n_params = 4 * u * (v + u + 1) + (u + 1) * v
-    if n_params > reliability.INT32_MAX:
-      errors.append(f"--n_units={u} with --n_values={v} makes {n_params:,} "
-                    f"parameters; at most {reliability.INT32_MAX:,}")
+    """The input values, repeated by windows, must fit an int32 index."""
     # Samples of a window (or the whole sequence) repeat each value.
     width = (self.seq_length if self.whole_sequence else
              self.window if self.mode in ("lag_window", "lag_table") else 1)
     tokens = (self.n_sequences + self.n_eval) * self.seq_length * width
-    if tokens > reliability.INT32_MAX:
-      errors.append(f"--n_sequences + --n_eval = "
-                    f"{self.n_sequences + self.n_eval:,} sequences of "
-                    f"--seq_length={self.seq_length} make {tokens:,} input "
-                    f"values; at most {reliability.INT32_MAX:,}")
-    return errors
+    if tokens > limits.INT32_MAX:
+      return [f"--n_sequences + --n_eval = "
+              f"{self.n_sequences + self.n_eval:,} sequences of "
+              f"--seq_length={self.seq_length} make {tokens:,} input "
+              f"values; at most {limits.INT32_MAX:,}"]
+    return []
 
   def _mode_errors(self) -> list[str]:
     errors = []
@@ -218,7 +201,7 @@ class EchoConfig(experiment.TrainingConfig):
 
   def model_config(self) -> dict:
     """What the checkpoint must match."""
-    return {"task": TASK, "mode": self.mode, "lag": self.lag,
+    return {"task": "echo", "mode": self.mode, "lag": self.lag,
             "window": self.window, "n_values": self.n_values,
             "n_units": self.n_units, "cell": self.cell,
             "stateful": self.stateful, "mask_missing": self.mask_missing,
@@ -266,86 +249,100 @@ def _per_sequence(data: dict, n: int) -> dict:
   return {k: v.reshape((n, -1) + v.shape[1:]) for k, v in data.items()}
 
 
-def train_and_evaluate(cfg: EchoConfig, workdir: str) -> dict:
-  """Trains one mode (resuming from ``workdir``), evaluates it on fresh
-  sequences, prints Expected / Predicted; -> the results dict."""
-  framing = cfg.framing()
-  length, v = cfg.seq_length, cfg.n_values
-  rows, steps = framing.rows_per_sequence(length), framing.timesteps(length)
-  train = framing(echo_data.generate(np.random.default_rng([cfg.seed, 0]),
-                                     cfg.n_sequences, length, v))
-  fresh = _per_sequence(framing(echo_data.generate(
-      np.random.default_rng([cfg.seed, 1]), cfg.n_eval, length, v)),
-                        cfg.n_eval)
-  y_shape = train["y"].shape + (v,)
-  print(f"Mode {cfg.mode}, lag {cfg.lag}: {rows} samples of {steps} "
-        f"timestep(s) per sequence; X={train['x'].shape + (v,)} y={y_shape} "
-        f"(one-hot shapes; stored as int32 ids)"
-        + ("; missing values masked" if "x_mask" in train or "y_mask" in train
-           else ""))
+class EchoTask(task_lib.Task):
+  name = "echo"
+  config_cls = EchoConfig
+  metric = "accuracy"
+  size_flags = ("n_units", "n_values")
 
-  model = build_model(cfg)
-  params = jax.jit(model.init)(jax.random.key(cfg.seed), train["x"][:1])
-  print(summary.format_summary(params, title=f"RecurrentClassifier "
-                               f"({cfg.cell}, stateful={cfg.stateful})"))
-  batch = cfg.batch_size
-  # The tutorial shuffles the current mode's samples (Keras' default) and
-  # keeps the lag modes' samples in order (shuffle=False).
-  fit_config = dataclasses.replace(
-      cfg.fit_config(), shuffle=cfg.mode == "current" and not cfg.stateful)
-  stateful_kw = {}
-  if cfg.stateful:
-    stateful_kw = dict(initial_carry=model.initial_carry(batch),
-                       reset_every=rows // batch)  # reset after each sequence
-  state, stats = experiment.train_or_restore(
-      model=model, params=params, config=cfg, workdir=workdir,
-      model_config=cfg.model_config(), data=train,
-      loss_fn=train_lib.make_classifier_loss(model, stateful=cfg.stateful),
-      fit_config=fit_config, **stateful_kw)
+  def run(self, config: EchoConfig) -> dict:
+    runner.check(config)
+    cfg = config.resolved()
+    workdir = runner.resolve_workdir(cfg, self.name)
+    if cfg.mode == "lag_table":
+      results = run_lag_table(self, cfg, workdir)
+      runner.write_results(workdir, results)
+      return results
+    return runner.run(self, cfg, workdir)
 
-  predict = make_predict(model, batch, cfg.stateful)
-  inputs = {k: fresh[k] for k in ("x", "x_mask") if k in fresh}
-  pred = np.asarray(predict(state.params, inputs).argmax(-1))
-  y, y_mask = fresh["y"], fresh.get("y_mask", np.ones(fresh["y"].shape, bool))
-  accuracy = float(metrics.masked_token_accuracy(pred, y, y_mask))
-  right = (pred == y) | ~y_mask
-  sequence_accuracy = float(right.reshape(cfg.n_eval, -1).all(-1).mean())
-  # The tutorial's printout: the echo of each sample of one fresh sequence
-  # (the last step's prediction for a per-step model).
-  last = (lambda a: a[0, :, -1]) if cfg.sequence_output else (lambda a: a[0])
-  shown = last(y_mask)
-  expected = last(y)[shown].tolist()
-  predicted = last(pred)[shown].tolist()
-  print(f"Expected:  {expected}")
-  print(f"Predicted: {predicted}")
-  print(f"Accuracy: {accuracy * 100:.2f}% of the samples of {cfg.n_eval} fresh "
-        f"sequences ({sequence_accuracy * 100:.2f}% of them echoed entirely)")
+  def setup(self, cfg: EchoConfig, workdir: str) -> task_lib.Setup:
+    framing = cfg.framing()
+    length, v = cfg.seq_length, cfg.n_values
+    rows, steps = framing.rows_per_sequence(length), framing.timesteps(length)
+    train = framing(echo_data.generate(np.random.default_rng([cfg.seed, 0]),
+                                       cfg.n_sequences, length, v))
+    y_shape = train["y"].shape + (v,)
+    print(f"Mode {cfg.mode}, lag {cfg.lag}: {rows} samples of {steps} "
+          f"timestep(s) per sequence; X={train['x'].shape + (v,)} y={y_shape} "
+          f"(one-hot shapes; stored as int32 ids)"
+          + ("; missing values masked" if "x_mask" in train or "y_mask" in
+             train else ""))
+    model = build_model(cfg)
+    # The tutorial shuffles the current mode's samples (Keras' default) and
+    # keeps the lag modes' samples in order (shuffle=False).
+    fit_config = dataclasses.replace(
+        cfg.fit_config(), shuffle=cfg.mode == "current" and not cfg.stateful)
+    stateful_kw = {}
+    if cfg.stateful:  # the carry is reset after each sequence
+      stateful_kw = dict(initial_carry=model.initial_carry(cfg.batch_size),
+                         reset_every=rows // cfg.batch_size)
+    return task_lib.Setup(
+        model=model, init_inputs=(train["x"][:1],), train=train,
+        loss_fn=train_lib.make_classifier_loss(model, stateful=cfg.stateful),
+        model_config=cfg.model_config(), fit_config=fit_config,
+        title=f"RecurrentClassifier ({cfg.cell}, stateful={cfg.stateful})",
+        data={"rows": rows, "steps": steps}, **stateful_kw)
 
-  results = experiment.base_results(TASK, cfg)
-  results.update(
-      workdir=workdir, mode=cfg.mode, lag=cfg.lag, accuracy=accuracy,
-      sequence_accuracy=sequence_accuracy, n_eval=cfg.n_eval,
-      samples_per_sequence=rows, timesteps=steps, expected=expected,
-      predicted=predicted, step=int(state.step),
-      train_accuracy=stats.last_metrics.get("token_accuracy"),
-      **experiment.training_results(stats, batch, params))
-  if cfg.mode == "lag_one_step":
-    chance = 1.0 / v
-    reproduced = accuracy < 5 * chance
-    explanation = FAILURE_EXPLANATION.format(lag=cfg.lag, batch=batch)
-    if reproduced:
-      print(f"Expected failure (the tutorial's \"beginner's mistake\"): "
-            f"{accuracy * 100:.2f}% is chance level ({chance * 100:.0f}%). "
-            + explanation)
-    else:
-      print(f"Unexpected: the beginner's mistake should fail, yet "
-            f"{accuracy * 100:.2f}% is above chance ({chance * 100:.0f}%).")
-    results.update(expected_failure=True, failure_reproduced=reproduced,
-                   chance_accuracy=chance, explanation=explanation)
-  return results
+  def evaluate(self, cfg: EchoConfig, setup, state) -> dict:
+    fresh = _per_sequence(cfg.framing()(echo_data.generate(
+        np.random.default_rng([cfg.seed, 1]), cfg.n_eval, cfg.seq_length,
+        cfg.n_values)), cfg.n_eval)
+    predict = make_predict(setup.model, cfg.batch_size, cfg.stateful)
+    inputs = {k: fresh[k] for k in ("x", "x_mask") if k in fresh}
+    pred = np.asarray(predict(state.params, inputs).argmax(-1))
+    y, y_mask = fresh["y"], fresh.get("y_mask",
+                                      np.ones(fresh["y"].shape, bool))
+    accuracy = float(metrics.masked_token_accuracy(pred, y, y_mask))
+    right = (pred == y) | ~y_mask
+    sequence_accuracy = float(right.reshape(cfg.n_eval, -1).all(-1).mean())
+    # The tutorial's printout: the echo of each sample of one fresh sequence
+    # (the last step's prediction for a per-step model).
+    last = (lambda a: a[0, :, -1]) if cfg.sequence_output else (
+        lambda a: a[0])
+    shown = last(y_mask)
+    expected, predicted = last(y)[shown].tolist(), last(pred)[shown].tolist()
+    print(f"Expected:  {expected}")
+    print(f"Predicted: {predicted}")
+    print(f"Accuracy: {accuracy * 100:.2f}% of the samples of {cfg.n_eval} "
+          f"fresh sequences ({sequence_accuracy * 100:.2f}% of them echoed "
+          "entirely)")
+    results = dict(
+        mode=cfg.mode, lag=cfg.lag, accuracy=accuracy,
+        sequence_accuracy=sequence_accuracy, n_eval=cfg.n_eval,
+        samples_per_sequence=setup.data["rows"],
+        timesteps=setup.data["steps"], expected=expected, predicted=predicted)
+    if cfg.mode == "lag_one_step":
+      results.update(expected_failure(cfg, accuracy))
+    return results
 
 
-def run_lag_table(cfg: EchoConfig, workdir: str) -> dict:
+def expected_failure(cfg: EchoConfig, accuracy: float) -> dict:
+  """lag_one_step fails, as the tutorial shows: says so and why."""
+  chance = 1.0 / cfg.n_values
+  reproduced = accuracy < 5 * chance
+  explanation = FAILURE_EXPLANATION.format(lag=cfg.lag, batch=cfg.batch_size)
+  if reproduced:
+    print(f"Expected failure (the tutorial's \"beginner's mistake\"): "
+          f"{accuracy * 100:.2f}% is chance level ({chance * 100:.0f}%). "
+          + explanation)
+  else:
+    print(f"Unexpected: the beginner's mistake should fail, yet "
+          f"{accuracy * 100:.2f}% is above chance ({chance * 100:.0f}%).")
+  return dict(expected_failure=True, failure_reproduced=reproduced,
+              chance_accuracy=chance, explanation=explanation)
+
+
+def run_lag_table(task: EchoTask, cfg: EchoConfig, workdir: str) -> dict:
   """lag_window for every lag 1..window-1, each in ``<workdir>/lag<N>``."""
   rows = []
   for lag in range(1, cfg.window):
@@ -353,8 +350,7 @@ def run_lag_table(cfg: EchoConfig, workdir: str) -> dict:
     sub = dataclasses.replace(cfg, mode="lag_window", lag=lag)
     subdir = os.path.join(workdir, f"lag{lag}")
     os.makedirs(subdir, exist_ok=True)
-    res = train_and_evaluate(sub, subdir)
-    experiment.write_json_atomic(os.path.join(subdir, "results.json"), res)
+    res = runner.run(task, sub, subdir)
     rows.append({"lag": lag, "accuracy": res["accuracy"],
                  "sequence_accuracy": res["sequence_accuracy"],
                  "train_seconds": res["train_seconds"], "steps": res["step"]})
@@ -369,26 +365,16 @@ def run_lag_table(cfg: EchoConfig, workdir: str) -> dict:
     f.write(f"Echo X(t-lag) from a window of {cfg.window}, {cfg.n_sequences} "
             f"sequences, batch {cfg.batch_size}, stateful={cfg.stateful}, "
             f"seed {cfg.seed}.\n\n{table}\n")
-  experiment.write_json_atomic(os.path.join(workdir, "lag_table.json"), rows)
-  results = experiment.base_results(TASK, cfg)
+  runner.write_json_atomic(os.path.join(workdir, "lag_table.json"), rows)
+  results = runner.base_results(task.name, cfg)
   results.update(workdir=workdir, mode="lag_table", rows=rows,
                  train_seconds=sum(r["train_seconds"] for r in rows))
   return results
 
 
-def run(config: EchoConfig) -> dict:
-  experiment.check_config(config)
-  cfg = config.resolved()
-  workdir = experiment.resolve_workdir(cfg, TASK)
-  if cfg.mode == "lag_table":
-    results = run_lag_table(cfg, workdir)
-  else:
-    results = train_and_evaluate(cfg, workdir)
-  experiment.write_json_atomic(os.path.join(workdir, "results.json"), results)
-  print(f"Wrote {workdir}/results.json")
-  return results
-
+TASK = task_lib.register(EchoTask())
+run = TASK.run
 
 if __name__ == "__main__":
   from experiments import common
-  common.main(EchoConfig, run)
+  common.main(TASK)

@@ -16,31 +16,21 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seqjax import config as config_lib
+from seqjax import limits
 from seqjax import models
-from seqjax import reliability
 from seqjax import summary
-from seqjax.experiment import field
+from seqjax.config import field
 
 
 @dataclasses.dataclass
-class SummaryConfig:
-  input_dim: int = field(28, "Input (and output) cardinality.")
-  units: int = field(128, "Recurrent units.")
-  cell: str = field("lstm", "lstm or gru.")
-  model: str = field("encoder_decoder", "encoder_decoder or repeat_vector.")
-
-  def validate(self):
-    errors = [f"--{n} must be positive; got {getattr(self, n)}"
-              for n in ("input_dim", "units") if getattr(self, n) < 1]
-    if self.cell not in ("lstm", "gru"):
-      errors.append(f"--cell must be lstm or gru; got {self.cell!r}")
-    if self.model not in models.MODEL_CHOICES:
-      errors.append(f"--model must be one of {', '.join(models.MODEL_CHOICES)}"
-                    f"; got {self.model!r}")
-    errors += reliability.range_errors(self, {
-        "input_dim": (None, reliability.MAX_VOCAB),
-        "units": (None, reliability.MAX_UNITS)})
-    return errors
+class SummaryConfig(config_lib.Config):
+  input_dim: int = field(28, "Input (and output) cardinality.", low=1,
+                         high=limits.MAX_VOCAB)
+  units: int = field(128, "Recurrent units.", low=1, high=limits.MAX_UNITS)
+  cell: str = field("lstm", "lstm or gru.", choices=config_lib.CELLS)
+  model: str = field("encoder_decoder", "encoder_decoder or repeat_vector.",
+                     choices=models.MODEL_CHOICES)
 
 
 def model_params(config: SummaryConfig):
@@ -62,6 +52,11 @@ def run(config: SummaryConfig) -> int:
   return summary.count_params(params)
 
 
+class SummaryBinary:
+  """Not a training task: a config and a run, for ``common.main``."""
+  name, config_cls, run = "summary", SummaryConfig, staticmethod(run)
+
+
 if __name__ == "__main__":
   from experiments import common
-  common.main(SummaryConfig, run)
+  common.main(SummaryBinary)

@@ -19,8 +19,10 @@ whose ``results.json`` was written for the same flags is skipped, a
 half-finished one resumes from its latest checkpoint, a failed one is tried
 again. A failing run is recorded (status ``failed`` and its error; the log
 of every attempt is in ``<run>/log.txt``) and the others go on. After every
-run, ``sweep.csv`` and ``sweep.md`` rank the runs by accuracy, then
-samples/s, and with matplotlib ``sweep.png`` plots accuracy against training
+run, ``sweep.csv`` and ``sweep.md`` rank the runs by the task's declared
+metric (``Task.metric``, e.g. reverse's ``accuracy``, addition's
+``val_accuracy``; ``Task.maximize`` says which way is better), then
+samples/s, and with matplotlib ``sweep.png`` plots that metric against training
 time. Runs go one after another (they would share the devices). The exit
 status is 1 when a run failed, 2 on bad input.
 
@@ -47,6 +49,7 @@ import typing
 from typing import Any, Callable, Optional
 
 from experiments import registry
+from seqjax import task as task_lib
 from seqjax.errors import SeqjaxError
 
 # Set by the sweep itself: every run has its own workdir, and runs are single
@@ -95,7 +98,7 @@ def _parse_value(key: str, raw: str, tp) -> Any:
   raise SeqjaxError(f"--grid: {key} (a {tp}) cannot be swept")
 
 
-def typed_grid(task: registry.Task, grid: list[tuple[str, list[str]]]
+def typed_grid(task: task_lib.Task, grid: list[tuple[str, list[str]]]
                ) -> list[tuple[str, list[Any]]]:
   """Checks every flag against the task's config and parses the values."""
   hints = typing.get_type_hints(task.config_cls)
@@ -134,7 +137,7 @@ class Run:
 
 @dataclasses.dataclass
 class Plan:
-  task: registry.Task
+  task: task_lib.Task
   grid_text: str
   grid: list
   sweep_dir: str
@@ -158,7 +161,10 @@ def plan_sweep(task_name: str, grid_text: str, sweep_dir: str,
   if os.path.exists(sweep_dir) and not os.path.isdir(sweep_dir):
     raise SeqjaxError(f"--sweep_dir={sweep_dir} exists and is not a "
                       "directory")
-  task = registry.get(task_name)
+  try:
+    task = registry.get(task_name)
+  except SeqjaxError as e:
+    raise SeqjaxError(f"--task={task_name}: {e}") from e
   grid = typed_grid(task, parse_grid(grid_text))
   varying = [k for k, values in grid if len(values) > 1]
   runs, names = [], set()
@@ -172,7 +178,7 @@ def plan_sweep(task_name: str, grid_text: str, sweep_dir: str,
         **assignment, workdir=os.path.join(sweep_dir, "runs", name))
     runs.append(Run(name, assignment, config))
   errors = (_validate_in_subprocess(task_name, runs) if validate_in_subprocess
-            else [run.config.validate() for run in runs])
+            else [registry.config_errors(run.config) for run in runs])
   _raise_config_errors(runs, errors)
   return Plan(task, grid_text, grid, sweep_dir, runs)
 
@@ -286,7 +292,7 @@ def _row(plan: Plan, run: Run, status: str, results: Optional[dict],
          error: str = "", wall_s: Optional[float] = None) -> dict:
   results = results or {}
   return {"run": run.name, "status": status, **run.assignment,
-          "accuracy": results.get("accuracy"),
+          plan.task.metric: results.get(plan.task.metric),
           "samples_per_s": results.get("train_samples_per_second"),
           "train_seconds": results.get("train_seconds"),
           "steps": results.get("step"), "wall_s": wall_s,
@@ -297,7 +303,7 @@ def run_sweep(plan: Plan, isolate: bool = True,
               run_timeout: Optional[float] = None,
               log: Callable[[str], None] = print) -> list[dict]:
   """Runs (or skips, or resumes) every run; -> one row per run."""
-  from seqjax import experiment
+  from seqjax import runner
   os.makedirs(os.path.join(plan.sweep_dir, "runs"), exist_ok=True)
   rows = []
   for i, run in enumerate(plan.runs, 1):
@@ -311,7 +317,7 @@ def run_sweep(plan: Plan, isolate: bool = True,
     os.makedirs(run.workdir, exist_ok=True)
     resuming = os.path.isdir(os.path.join(run.workdir, "checkpoints"))
     log(f"{prefix}: {'resuming' if resuming else 'running'} in {run.workdir}")
-    experiment.write_json_atomic(os.path.join(run.workdir, "sweep_config.json"),
+    runner.write_json_atomic(os.path.join(run.workdir, "sweep_config.json"),
                                  dataclasses.asdict(run.config))
     t0 = time.perf_counter()
     error = (_run_subprocess(plan, run, run_timeout) if isolate
@@ -321,12 +327,12 @@ def run_sweep(plan: Plan, isolate: bool = True,
     if error is None and results is None:
       error = "the run ended without writing results.json for these flags"
     status = "failed" if error else "done"
-    experiment.write_json_atomic(
+    runner.write_json_atomic(
         os.path.join(run.workdir, "sweep_status.json"),
         {"status": status, "error": error or "", "wall_s": wall_s})
     log(f"{prefix}: {status} in {wall_s:.1f} s"
         + (f": {error}" if error else
-           f", accuracy {_fmt(results.get('accuracy'))}"))
+           f", {plan.task.metric} {_fmt(results.get(plan.task.metric))}"))
     rows.append(_row(plan, run, status, results, error or "", wall_s))
     write_reports(plan, rows)
   return rows
@@ -336,11 +342,18 @@ def _number(x) -> float:
   return x if isinstance(x, (int, float)) and not math.isnan(x) else -math.inf
 
 
-def rank(rows: list[dict]) -> list[dict]:
-  """Done runs by accuracy, then samples/s (both descending); failed last."""
-  return sorted(rows, key=lambda r: (r["status"] != "done",
-                                     -_number(r["accuracy"]),
-                                     -_number(r["samples_per_s"])))
+def rank(rows: list[dict], metric: str = "accuracy", maximize: bool = True
+         ) -> list[dict]:
+  """Done runs by ``metric``, best first (descending when ``maximize``),
+  then samples/s (descending); runs without it after them, failed ones last."""
+  sign = -1 if maximize else 1
+
+  def key(r):
+    value = _number(r.get(metric))
+    missing = value == -math.inf
+    return (r["status"] != "done", missing, 0 if missing else sign * value,
+            -_number(r["samples_per_s"]))
+  return sorted(rows, key=key)
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -353,9 +366,10 @@ def _fmt(x, digits: int = 4) -> str:
 
 def write_reports(plan: Plan, rows: list[dict]) -> list[str]:
   """sweep.csv, sweep.md and (with matplotlib) sweep.png; -> their paths."""
-  ranked = rank(rows)
+  m = plan.task.metric
+  ranked = rank(rows, m, plan.task.maximize)
   columns = (["rank", "run", "status"] + plan.grid_keys +
-             ["accuracy", "samples_per_s", "train_seconds", "steps", "wall_s",
+             [m, "samples_per_s", "train_seconds", "steps", "wall_s",
               "workdir", "error"])
   csv_path = os.path.join(plan.sweep_dir, "sweep.csv")
   with open(csv_path + ".tmp", "w", newline="", encoding="utf-8") as f:
@@ -371,20 +385,21 @@ def write_reports(plan: Plan, rows: list[dict]) -> list[str]:
   lines = [f"# Sweep: {plan.task.name}", "",
            f"Grid `{plan.grid_text}`: {len(plan.runs)} runs; {len(done)} done, "
            f"{len(failed)} failed, {len(plan.runs) - len(rows)} not run yet.",
-           "", "## Ranked by accuracy (then samples/s)", "",
+           "", f"## Ranked by {m} ({'higher' if plan.task.maximize else 'lower'}"
+           " is better; then samples/s)", "",
            "| rank | run | " + "".join(f"{k} | " for k in keys) +
-           "accuracy | samples/s | train s | steps |",
+           f"{m} | samples/s | train s | steps |",
            "|---" * (6 + len(keys)) + "|"]
   for i, r in enumerate(done, 1):
     lines.append(f"| {i} | {r['run']} | " +
                  "".join(f"{_fmt(r[k])} | " for k in keys) +
-                 f"{_fmt(r['accuracy'])} | {_fmt(r['samples_per_s'])} | "
+                 f"{_fmt(r[m])} | {_fmt(r['samples_per_s'])} | "
                  f"{_fmt(r['train_seconds'], 3)} | {_fmt(r['steps'])} |")
   fastest = sorted(done, key=lambda r: -_number(r["samples_per_s"]))
   lines += ["", "## Ranked by samples/s", "",
-            "| rank | run | samples/s | accuracy |", "|---|---|---|---|"]
+            f"| rank | run | samples/s | {m} |", "|---|---|---|---|"]
   lines += [f"| {i} | {r['run']} | {_fmt(r['samples_per_s'])} | "
-            f"{_fmt(r['accuracy'])} |" for i, r in enumerate(fastest, 1)]
+            f"{_fmt(r[m])} |" for i, r in enumerate(fastest, 1)]
   if failed:
     lines += ["", "## Failed", ""]
     lines += [f"- `{r['run']}`: {r['error']} (log: {r['workdir']}/log.txt)"
@@ -399,7 +414,8 @@ def write_reports(plan: Plan, rows: list[dict]) -> list[str]:
 
 def _plot(plan: Plan, done: list[dict]) -> Optional[str]:
   from experiments import plot
-  points = [r for r in done if r["accuracy"] is not None
+  m = plan.task.metric
+  points = [r for r in done if r[m] is not None
             and r["train_seconds"] is not None]
   if not points:
     return None
@@ -409,12 +425,12 @@ def _plot(plan: Plan, done: list[dict]) -> Optional[str]:
     return None  # the CSV and the table are the report; the plot is extra
   fig, ax = plt.subplots(figsize=(7, 4.5))
   ax.scatter([r["train_seconds"] for r in points],
-             [r["accuracy"] for r in points])
+             [r[m] for r in points])
   for r in points:
-    ax.annotate(r["run"], (r["train_seconds"], r["accuracy"]), fontsize=7,
+    ax.annotate(r["run"], (r["train_seconds"], r[m]), fontsize=7,
                 xytext=(3, 3), textcoords="offset points")
   ax.margins(0.15)  # room for the labels
-  ax.set(xlabel="training time (s)", ylabel="accuracy",
+  ax.set(xlabel="training time (s)", ylabel=m,
          title=f"Sweep: {plan.task.name}")
   ax.grid(alpha=0.3)
   fig.tight_layout()

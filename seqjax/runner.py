@@ -145,6 +145,7 @@ def training_results(stats: train_lib.FitStats, batch_size: int,
   """The training figures every task's results.json carries."""
   return {
       "train_loss": stats.last_metrics.get("loss"),
+      "train_token_accuracy": stats.last_metrics.get("token_accuracy"),
       "train_seconds": stats.train_seconds,
       "first_call_seconds": stats.first_call_seconds,
       "train_samples_per_second": stats.samples_per_second(batch_size),

@@ -15,6 +15,7 @@ import pytest
 from experiments import registry
 from experiments import reverse
 from experiments import sweep
+from seqjax import task as task_lib
 from seqjax.errors import SeqjaxError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,31 +24,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # work, so its sweeps take a second. x=2 fails at run time.
 FAKE_TASK = textwrap.dedent('''
     import dataclasses, os
-    from seqjax import experiment
-    from seqjax.experiment import field
+    from seqjax import config, runner, task
+    from seqjax.config import field
 
     @dataclasses.dataclass
-    class FakeConfig(experiment.TrainingConfig):
-      x: int = field(1, "x")
+    class FakeConfig(config.TrainingConfig):
+      x: int = field(1, "x", low=0)
       name: str = field("a", "name")
 
-      def validate(self):
-        errors = super().validate()
-        if self.x < 0:
-          errors.append(f"--x must be >= 0; got {self.x}")
-        return errors
+    class FakeTask(task.Task):
+      name, config_cls, metric = "sweepfake.task", FakeConfig, "accuracy"
 
-    def run(config):
-      experiment.check_config(config)
-      workdir = experiment.resolve_workdir(config, "fake")
-      if config.x == 2:
-        raise RuntimeError(f"boom at x={config.x}")
-      results = {"flags": dataclasses.asdict(config), "accuracy": config.x / 10,
-                 "train_samples_per_second": 100.0 / config.x,
-                 "train_seconds": float(config.x), "step": 7}
-      experiment.write_json_atomic(os.path.join(workdir, "results.json"),
-                                   results)
-      return results
+      def run(self, config):
+        runner.check(config)
+        workdir = runner.resolve_workdir(config, "fake")
+        if config.x == 2:
+          raise RuntimeError(f"boom at x={config.x}")
+        results = {"flags": dataclasses.asdict(config),
+                   "accuracy": config.x / 10,
+                   "train_samples_per_second": 100.0 / config.x,
+                   "train_seconds": float(config.x), "step": 7}
+        runner.write_results(workdir, results)
+        return results
+
+    TASK = task.register(FakeTask())
 ''')
 
 
@@ -97,9 +97,10 @@ def test_malformed_grids_are_named(grid, match):
     ("reverse", "workdir=a,b", "workdir is set by the sweep"),
     ("reverse", "num_processes=2", "num_processes is set by the sweep"),
     ("reverse", "n_units=16,16", "n_units repeats a value"),
-    ("nosuchtask", "n_units=1", "unknown --task=nosuchtask: no module "
-     "experiments.nosuchtask; known tasks: "),
-    ("summary", "units=3", "experiments.summary is not a training task"),
+    ("nosuchtask", "n_units=1", "--task=nosuchtask: unknown task "
+     "'nosuchtask'; known tasks: "),
+    ("summary", "units=3", "--task=summary: unknown task 'summary'"),
+    ("experiments.summary", "units=3", "experiments.summary defines no TASK"),
     ("reverse", "num_devices=1,10000", "--num_devices=10000 but only"),
     ("reverse", "n_steps_out=3,9", "--n_steps_out=9 must not exceed "
      "--n_steps_in=6 (run n_steps_out=9)"),
@@ -129,20 +130,37 @@ def test_grid_values_typed_and_expanded_in_order(tmp_path):
   assert not os.listdir(tmp_path)  # planning writes nothing
 
 
-def test_registry_convention_and_explicit_registration():
+def test_registry_finds_builtin_and_registered_tasks():
   task = registry.get("reverse")
-  assert task.config_cls is reverse.ReverseConfig and task.run is reverse.run
+  assert task.config_cls is reverse.ReverseConfig and task is reverse.TASK
+  assert task.metric == "accuracy" and task.maximize
   assert "reverse" in registry.known_tasks()
   assert "summary" not in registry.known_tasks()
   with pytest.raises(SeqjaxError, match="not a task name"):
     registry.get("../etc")
-  registry.register("reverse_alias", reverse.ReverseConfig, reverse.run)
+  with pytest.raises(SeqjaxError, match="unknown task 'nosuch'"):
+    registry.get("nosuch")
+
+  class Alias(task_lib.Task):
+    name, config_cls = "reverse_alias", reverse.ReverseConfig
+  alias = task_lib.register(Alias())
   try:
-    assert registry.get("reverse_alias").run is reverse.run
+    assert registry.get("reverse_alias") is alias
     with pytest.raises(SeqjaxError, match="bogus: not flags of task"):
-      registry.config_from_dict(registry.get("reverse_alias"), {"bogus": 1})
+      registry.config_from_dict(alias, {"bogus": 1})
   finally:
-    registry._REGISTERED.pop("reverse_alias")
+    task_lib._REGISTERED.pop("reverse_alias")
+
+
+def test_rank_follows_the_declared_metric_and_direction():
+  rows = [{"run": n, "status": st, "loss": v, "samples_per_s": sps}
+          for n, st, v, sps in [("a", "done", 0.5, 1.0), ("b", "done", 0.2, 1.0),
+                                ("c", "failed", None, None),
+                                ("d", "done", None, 9.0), ("e", "done", 0.2, 5.0)]]
+  assert [r["run"] for r in sweep.rank(rows, "loss", maximize=False)] == [
+      "e", "b", "a", "d", "c"]
+  assert [r["run"] for r in sweep.rank(rows, "loss", maximize=True)] == [
+      "a", "e", "b", "d", "c"]
 
 
 @pytest.mark.parametrize("isolate", [True, False])
@@ -218,7 +236,7 @@ def test_reverse_sweep_ranks_skips_and_resumes(tmp_path, capsys):
 def test_binary_reports_bad_input_without_traceback(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   for flags, message in [
-      (["--task=nosuchtask", "--grid=a=1"], "unknown --task=nosuchtask"),
+      (["--task=nosuchtask", "--grid=a=1"], "--task=nosuchtask: unknown task"),
       (["--task=reverse", "--grid=num_devices=99"],
        "--num_devices=99 but only 1"),
   ]:
