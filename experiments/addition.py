@@ -78,6 +78,14 @@ class AdditionConfig(config_lib.TrainingConfig):
   def n_train(self) -> int:
     return self.training_size - self.n_val
 
+  def model_config(self) -> dict:
+    """What the checkpoint must match: the model, and the data that decides
+    which questions are held out."""
+    return {"task": "addition", "model": self.model, "cell": self.cell,
+            "hidden_size": self.hidden_size, "digits": self.digits,
+            "reverse": self.reverse, "training_size": self.training_size,
+            "seed": self.seed}
+
 
 class AdditionTask(task_lib.Task):
   name = "addition"
@@ -103,7 +111,7 @@ class AdditionTask(task_lib.Task):
     return task_lib.Setup(
         model=model, init_inputs=inputs, train={k: train[k] for k in keys},
         loss_fn=train_lib.make_seq2seq_loss(model),
-        model_config=model_config(config),
+        model_config=config.model_config(),
         title=f"{config.model} ({config.cell})", epoch_end=held_out.epoch_end,
         data=held_out)
 
@@ -176,15 +184,6 @@ class HeldOut:
                          "val_token_accuracy": token_accuracy,
                          "wall_s": time.perf_counter() - self.t_start})
     return {"val_accuracy": accuracy, "val_token_accuracy": token_accuracy}
-
-
-def model_config(config: AdditionConfig) -> dict:
-  """What the checkpoint must match: the model, and the data that decides
-  which questions are held out."""
-  return {"task": "addition", "model": config.model, "cell": config.cell,
-          "hidden_size": config.hidden_size, "digits": config.digits,
-          "reverse": config.reverse, "training_size": config.training_size,
-          "seed": config.seed}
 
 
 def build_model(config: AdditionConfig):

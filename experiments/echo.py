@@ -148,6 +148,9 @@ class EchoConfig(config_lib.TrainingConfig):
                     f"{rows * c.n_sequences} training samples")
     return errors
 
+  def device_errors(self) -> list[str]:
+    return config_lib.TrainingConfig.device_errors(self.resolved())
+
   def _size_errors(self) -> list[str]:
     """The input values, repeated by windows, must fit an int32 index."""
     # Samples of a window (or the whole sequence) repeat each value.

@@ -67,6 +67,15 @@ class ReverseConfig(config_lib.TrainingConfig):
     return errors
 
 
+  def model_config(self) -> dict:
+    """What the checkpoint must match."""
+    saved = {"task": "reverse", "n_features": self.n_features,
+             "n_units": self.n_units, "cell": self.cell}
+    if self.model != "encoder_decoder":  # absent: older checkpoints resume
+      saved["model"] = self.model
+    return saved
+
+
 class ReverseTask(task_lib.Task):
   name = "reverse"
   config_cls = ReverseConfig
@@ -84,7 +93,7 @@ class ReverseTask(task_lib.Task):
     return task_lib.Setup(
         model=model, init_inputs=models.init_inputs(model, train),
         train=train, loss_fn=train_lib.make_seq2seq_loss(model),
-        model_config=model_config(config),
+        model_config=config.model_config(),
         title=f"{config.model} ({config.cell})")
 
   def evaluate(self, config: ReverseConfig, setup, state) -> dict:
@@ -109,15 +118,6 @@ def generate(config: ReverseConfig, stream: int, n: int) -> dict:
   return reverse_data.generate(
       np.random.default_rng([config.seed, stream]), n, config.n_steps_in,
       config.n_steps_out, config.n_features)
-
-
-def model_config(config: ReverseConfig) -> dict:
-  """What the checkpoint must match."""
-  saved = {"task": "reverse", "n_features": config.n_features,
-           "n_units": config.n_units, "cell": config.cell}
-  if config.model != "encoder_decoder":  # absent: older checkpoints resume
-    saved["model"] = config.model
-  return saved
 
 
 def build_model(config: ReverseConfig):

@@ -74,11 +74,11 @@ def main(scratch):
 
   # Flag checks that need more than one device present.
   out["errors_indivisible"] = reverse.ReverseConfig(
-      batch_size=12, num_devices=8).validate()
+      batch_size=12, num_devices=8).device_errors()
   out["errors_default_devices"] = reverse.ReverseConfig(
-      batch_size=12).validate()
+      batch_size=12).device_errors()
   out["errors_ok"] = reverse.ReverseConfig(batch_size=16,
-                                           num_devices=8).validate()
+                                           num_devices=8).device_errors()
 
   # The whole binary path on 8 devices, then resumed on one device from the
   # 8-device checkpoint.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from experiments import reverse as reverse_exp
-from seqjax import experiment
+from seqjax import runner
 from seqjax import reliability
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer, CheckpointMismatchError
@@ -362,14 +362,14 @@ def test_metrics_rows_are_whole_and_a_torn_tail_is_dropped_on_resume(tmp_path):
 def test_atomic_writes_leave_the_old_file_whole_on_failure(tmp_path,
                                                            monkeypatch):
   path = str(tmp_path / "results.json")
-  experiment.write_json_atomic(path, {"accuracy": 0.5})
+  runner.write_json_atomic(path, {"accuracy": 0.5})
   reliability.write_atomic(str(tmp_path / "vocab.txt"), "a\nb\n")
 
   def crash(*args):
     raise OSError("disk full")
   monkeypatch.setattr(os, "replace", crash)
   with pytest.raises(OSError):
-    experiment.write_json_atomic(path, {"accuracy": 0.9})
+    runner.write_json_atomic(path, {"accuracy": 0.9})
   with pytest.raises(OSError):
     reliability.write_atomic(str(tmp_path / "vocab.txt"), "c\n")
   assert json.load(open(path)) == {"accuracy": 0.5}

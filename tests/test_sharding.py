@@ -138,7 +138,7 @@ def test_two_processes_end_with_identical_parameters(tmp_path):
 ])
 def test_device_flags_are_checked_before_any_work(flags, names, tmp_path):
   cfg = reverse.ReverseConfig(workdir=str(tmp_path / "w"), **flags)
-  errors = cfg.validate()
+  errors = cfg.validate() or cfg.device_errors()
   assert len(errors) == 1 and all(n in errors[0] for n in names), errors
   with pytest.raises(SeqjaxError, match=re.escape(names[0])):
     reverse.run(cfg)
