@@ -4,14 +4,15 @@
       [--json=PATH] [--workdir=DIR] [--seed=0]
 
 The Keras defaults (the first 10,000 pairs, the last 20% held out): the data
-is prepared once (``experiments.translate.prepare_data``) and both models see
-exactly its training pairs; the Keras ``lstm_seq2seq`` model
+is prepared once (``experiments.translate.prepare_data``, the library's
+``seqjax.data.translation.prepare`` with the task's flags) and both models
+see exactly its training pairs; the Keras ``lstm_seq2seq`` model
 (``benchmarks/peers/keras_translate.py``, KERAS_BACKEND=jax) and seqjax's
 default translate model (``experiments.translate.run``) train for the same
 epochs, greedily decode the same held-out sources, and are scored with the
-same ``seqjax.metrics`` on the same references: BLEU, chrF, exact match and
-the masked teacher-forced token accuracy. Both character sets come from the
-training split only (held-out characters never seen in training are unknown
+same ``seqjax.evaluate.score`` on the same references: BLEU, chrF, exact
+match and the masked teacher-forced token accuracy. Both character sets come
+from the training split only (held-out characters never seen in training are unknown
 to both). Prints a table and writes JSON.
 """
 

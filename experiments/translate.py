@@ -56,7 +56,6 @@ from seqjax.checkpoint import Checkpointer
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
-from seqjax.data.vocab import Vocab
 from seqjax.errors import ParameterError, SeqjaxError
 from seqjax.experiment import field
 from seqjax.models import FEEDBACKS
@@ -183,17 +182,19 @@ def flag_error(e: ParameterError) -> ParameterError:
 
 
 def model_spec(config: TranslateConfig) -> translation.ModelSpec:
-  return translation.ModelSpec(
-      level=config.level, cell=config.cell, latent_dim=config.latent_dim,
-      embedding_dim=config.embedding_dim,
-      teacher_forcing=config.teacher_forcing, feedback=config.feedback)
+  return translation.ModelSpec(**{f.name: getattr(config, f.name) for f in
+                                  dataclasses.fields(translation.ModelSpec)})
 
 
 def prepare_data(config: TranslateConfig,
-                 vocabs: Optional[tuple[Vocab, Vocab]] = None
+                 restored: Optional[data_lib.VocabFile] = None
                  ) -> data_lib.TranslationData:
   """The task's data pipeline (``seqjax.data.translation.prepare``) with
-  these flags."""
+  these flags; with ``restored``, a trained model's vocabularies and
+  decoding bound."""
+  vocabs = (restored.source, restored.target) if restored else None
+  max_decode_len = (restored.max_decode_len if restored
+                    else config.max_decode_len)
   try:
     return data_lib.prepare(
         resolve_data_path(config.data_path), num_samples=config.num_samples,
@@ -202,7 +203,7 @@ def prepare_data(config: TranslateConfig,
         num_buckets=config.num_buckets,
         target_cost=functools.partial(data_lib.target_step_cost, config.cell,
                                       config.latent_dim),
-        max_decode_len=config.max_decode_len, vocabs=vocabs)
+        max_decode_len=max_decode_len, vocabs=vocabs)
   except ParameterError as e:
     raise flag_error(e) from e
 
@@ -217,10 +218,7 @@ def run(config: TranslateConfig) -> dict:
   workdir = config.workdir
   restored = (data_lib.load_vocab_file(workdir)
               if workdir and os.path.isdir(workdir) else None)
-  data = prepare_data(config, (restored.source, restored.target)
-                      if restored else None)
-  if restored:
-    data.max_decode_len = restored.max_decode_len
+  data = prepare_data(config, restored)
   print_data(data)
 
   workdir = experiment.resolve_workdir(config, TASK)
@@ -289,7 +287,7 @@ def train_and_evaluate(config: TranslateConfig, data, workdir: str,
   steady = timing["epoch_seconds"][1:]
   results = experiment.base_results(TASK, config)
   results.update(
-      workdir=workdir, **data_results(data, plan),
+      workdir=workdir, **data.counts(),
       step=int(state.step), epochs_completed=int(state.step) // (
           plan.steps_per_epoch if plan else
           len(data.train_pairs) // config.batch_size),
@@ -308,10 +306,11 @@ def train_and_evaluate(config: TranslateConfig, data, workdir: str,
 
 
 def print_data(data: data_lib.TranslationData) -> None:
-  pair_file, src_vocab, tgt_vocab = data.pair_file, data.src_vocab, data.tgt_vocab
-  print(pairs_lib.describe_malformed(
-      pair_file, note="--strict stops at the first") or
-        f"Read {len(pair_file.pairs)} pairs from {pair_file.path}.")
+  pair_file, src_vocab, tgt_vocab = (data.pair_file, data.src_vocab,
+                                     data.tgt_vocab)
+  print(pairs_lib.describe_malformed(pair_file,
+                                     note="--strict stops at the first")
+        or f"Read {len(pair_file.pairs)} pairs from {pair_file.path}.")
   print(f"Number of samples: {len(pair_file.pairs)} "
         f"({len(data.train_pairs)} training, {len(data.val_pairs)} held out)")
   print(f"Number of unique input tokens: {len(src_vocab) - 2} (+ padding, "
@@ -342,17 +341,6 @@ def print_held_out(config, data, hypotheses, held_out, scores) -> list[dict]:
         f"{scores['exact_match'] * 100:.2f}%, BLEU {scores['bleu']:.2f}, "
         f"chrF {scores['chrf']:.2f}")
   return examples
-
-
-def data_results(data: data_lib.TranslationData, plan) -> dict:
-  return dict(
-      data_path=data.pair_file.path, n_pairs=len(data.pair_file.pairs),
-      n_train=len(data.train_pairs), n_val=len(data.val_pairs),
-      malformed_lines=len(data.pair_file.malformed),
-      src_vocab=len(data.src_vocab), tgt_vocab=len(data.tgt_vocab),
-      val_unknown_source_symbols=int(data.val["src_unknown"].sum()),
-      buckets=[list(b["src"].shape) + [b["target"].shape[1]]
-               for b in data.buckets] if plan else None)
 
 
 def translate_sentences(config: TranslateConfig) -> dict:

@@ -81,15 +81,7 @@ def test_fuzzed_translate_flags_refuse_empty_sentences():
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
   """A tiny model trained on toy pairs (sources at most 7 characters)."""
-  tmp = tmp_path_factory.mktemp("tr")
-  path = translate_util.write_pairs(tmp / "pairs.txt",
-                                    translate_util.toy_pairs(40))
-  workdir = str(tmp / "w")
-  translate.run(translate.TranslateConfig(
-      data_path=path, workdir=workdir, num_samples=0, validation_split=0.25,
-      latent_dim=8, batch_size=10, epochs=1, log_every=0, n_examples=0,
-      num_buckets=1))
-  return workdir
+  return translate_util.train_tiny(tmp_path_factory.mktemp("tr"))
 
 
 def test_translate_truncates_long_sentences_and_names_unknowns(

@@ -61,13 +61,7 @@ def test_prepare_refuses_naming_the_parameter(tmp_path, kwargs, param):
 
 
 def test_load_translator_translates_as_the_binary(tmp_path, capsys):
-  path = translate_util.write_pairs(tmp_path / "p.txt",
-                                    translate_util.toy_pairs(40))
-  workdir = str(tmp_path / "w")
-  translate.run(translate.TranslateConfig(
-      data_path=path, workdir=workdir, num_samples=0, validation_split=0.25,
-      latent_dim=8, batch_size=10, epochs=1, log_every=0, n_examples=0,
-      num_buckets=1))
+  workdir = translate_util.train_tiny(tmp_path)
   sentences = ["dog 99.", "dog 99. cat 12. tea", "ü€"]
   capsys.readouterr()
   binary = translate.run(translate.TranslateConfig(

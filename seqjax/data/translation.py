@@ -52,6 +52,18 @@ class TranslationData:
         batch_size=batch_size, group=group)
     return [fit_arrays(b) for b in self.buckets], plan
 
+  def counts(self) -> dict:
+    """Pairs, vocabulary sizes and buckets ([rows, source width, target
+    width] each; None with one), for a run's results."""
+    return dict(
+        data_path=self.pair_file.path, n_pairs=len(self.pair_file.pairs),
+        n_train=len(self.train_pairs), n_val=len(self.val_pairs),
+        malformed_lines=len(self.pair_file.malformed),
+        src_vocab=len(self.src_vocab), tgt_vocab=len(self.tgt_vocab),
+        val_unknown_source_symbols=int(self.val["src_unknown"].sum()),
+        buckets=[list(b["src"].shape) + [b["target"].shape[1]]
+                 for b in self.buckets] if len(self.buckets) > 1 else None)
+
 
 def fit_arrays(arrays: dict) -> dict:
   """The arrays a training or evaluation step reads (no lengths, counts)."""
