@@ -219,7 +219,7 @@ def run(config: TranslateConfig) -> dict:
   restored = (data_lib.load_vocab_file(workdir)
               if workdir and os.path.isdir(workdir) else None)
   data = prepare_data(config, restored)
-  print_data(data)
+  print(data.describe(malformed_note="--strict stops at the first"))
 
   workdir = experiment.resolve_workdir(config, TASK)
   spec = model_spec(config)
@@ -303,25 +303,6 @@ def train_and_evaluate(config: TranslateConfig, data, workdir: str,
   experiment.write_json_atomic(f"{workdir}/results.json", results)
   print(f"Wrote {workdir}/results.json")
   return results
-
-
-def print_data(data: data_lib.TranslationData) -> None:
-  pair_file, src_vocab, tgt_vocab = (data.pair_file, data.src_vocab,
-                                     data.tgt_vocab)
-  print(pairs_lib.describe_malformed(pair_file,
-                                     note="--strict stops at the first")
-        or f"Read {len(pair_file.pairs)} pairs from {pair_file.path}.")
-  print(f"Number of samples: {len(pair_file.pairs)} "
-        f"({len(data.train_pairs)} training, {len(data.val_pairs)} held out)")
-  print(f"Number of unique input tokens: {len(src_vocab) - 2} (+ padding, "
-        f"unknown)")
-  print(f"Number of unique output tokens: {len(tgt_vocab) - 2} (with \\t, "
-        f"\\n; + padding, unknown)")
-  print(f"Max sequence length for inputs: {data.train['src'].shape[1]}")
-  print(f"Max sequence length for outputs: {data.train['target'].shape[1]}")
-  print("Length buckets (pairs, source x target width): " + ", ".join(
-      f"{len(b['src'])} {b['src'].shape[1]}x{b['target'].shape[1]}"
-      for b in data.buckets))
 
 
 def print_held_out(config, data, hypotheses, held_out, scores) -> list[dict]:

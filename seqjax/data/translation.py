@@ -64,6 +64,24 @@ class TranslationData:
         buckets=[list(b["src"].shape) + [b["target"].shape[1]]
                  for b in self.buckets] if len(self.buckets) > 1 else None)
 
+  def describe(self, malformed_note: str = "") -> str:
+    """The pairs read (or the malformed lines skipped, with
+    ``malformed_note``), the vocabularies, widths and buckets, for a log."""
+    pf, n_src, n_tgt = self.pair_file, len(self.src_vocab), len(self.tgt_vocab)
+    return "\n".join([
+        pairs_lib.describe_malformed(pf, note=malformed_note)
+        or f"Read {len(pf.pairs)} pairs from {pf.path}.",
+        f"Number of samples: {len(pf.pairs)} ({len(self.train_pairs)} "
+        f"training, {len(self.val_pairs)} held out)",
+        f"Number of unique input tokens: {n_src - 2} (+ padding, unknown)",
+        f"Number of unique output tokens: {n_tgt - 2} (with \\t, \\n; + "
+        "padding, unknown)",
+        f"Max sequence length for inputs: {self.train['src'].shape[1]}",
+        f"Max sequence length for outputs: {self.train['target'].shape[1]}",
+        "Length buckets (pairs, source x target width): " + ", ".join(
+            f"{len(b['src'])} {b['src'].shape[1]}x{b['target'].shape[1]}"
+            for b in self.buckets)])
+
 
 def fit_arrays(arrays: dict) -> dict:
   """The arrays a training or evaluation step reads (no lengths, counts)."""
