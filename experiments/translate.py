@@ -329,8 +329,8 @@ def translate_sentences(config: TranslateConfig) -> dict:
   try:
     translator = translation.load_translator(config.workdir)
   except translation.ModelNotFoundError as e:
-    raise SeqjaxError("--translate needs a trained model: "
-                      f"{flag_error(e)}") from e
+    raise SeqjaxError(f"--translate needs a trained model: {e.problem} in "
+                      f"--workdir={e.value}") from e
   except ParameterError as e:
     raise flag_error(e) from e
   print(f"Resumed from the checkpoint at step {translator.step} in "
