@@ -36,7 +36,7 @@ from seqjax import train as train_lib
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
-from seqjax.errors import SeqjaxError
+from seqjax.errors import ParameterError, SeqjaxError
 from seqjax.models import Seq2Seq
 
 from benchmarks import harness
@@ -89,10 +89,13 @@ class Workload:
   first_step_max_s = FIRST_STEP_MAX_S
 
   def __init__(self, settings: Settings):
-    from experiments import translate  # the task's data path resolution
+    from experiments import translate  # the path resolution, flag names
     self.s = s = settings
     path = translate.resolve_data_path(s.data_path)
-    pair_file = pairs_lib.load_pairs(path, s.num_samples or None)
+    try:
+      pair_file = pairs_lib.load_pairs(path, s.num_samples or None)
+    except ParameterError as e:
+      raise translate.flag_error(e) from e
     self.all_pairs = pair_file.pairs
     train_pairs, val_pairs = pairs_lib.split_pairs(self.all_pairs,
                                                    s.validation_split)
