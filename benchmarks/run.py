@@ -31,8 +31,8 @@ from seqjax.experiment import field
 WORKLOADS = {
     "reverse": ("benchmarks.reverse", (), ""),
     "translate": ("benchmarks.translate",
-                  ("seqjax.data.pairs", "experiments.translate"),
-                  "the translate experiment (seqjax.data.pairs, "
+                  ("seqjax.data.translation", "experiments.translate"),
+                  "the translate experiment (seqjax.data.translation, "
                   "experiments/translate.py) and its benchmark module "
                   "benchmarks/translate.py"),
 }

@@ -34,8 +34,9 @@ from seqjax import decode as decode_lib
 from seqjax import metrics
 from seqjax import train as train_lib
 from seqjax.data import pairs as pairs_lib
+from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
-from seqjax.errors import SeqjaxError
+from seqjax.errors import ParameterError, SeqjaxError
 from seqjax.models import Seq2Seq
 
 from benchmarks import harness
@@ -88,10 +89,13 @@ class Workload:
   first_step_max_s = FIRST_STEP_MAX_S
 
   def __init__(self, settings: Settings):
-    from experiments import translate  # the task's data path resolution
+    from experiments import translate  # the path resolution, flag names
     self.s = s = settings
     path = translate.resolve_data_path(s.data_path)
-    pair_file = pairs_lib.load_pairs(path, s.num_samples or None)
+    try:
+      pair_file = pairs_lib.load_pairs(path, s.num_samples or None)
+    except ParameterError as e:
+      raise translate.flag_error(e) from e
     self.all_pairs = pair_file.pairs
     train_pairs, val_pairs = pairs_lib.split_pairs(self.all_pairs,
                                                    s.validation_split)
@@ -139,19 +143,16 @@ class SeqjaxRunner:
   for a batch, and on a batch of one per sentence."""
 
   def __init__(self, workload: Workload):
-    from experiments import translate
     self.w = w = workload
     s = w.s
     # The example's character sets: over all the pairs.
-    self.src_vocab, self.tgt_vocab = translate.build_vocabs(w.all_pairs,
-                                                            "char")
-    train = translate.encode_pairs(self.src_vocab, self.tgt_vocab,
-                                   w.train_pairs)
-    self.buckets = [{k: b[k] for k in translate.TRAIN_KEYS}
-                    for b in translate.bucketize(
-                        train, s.num_buckets, s.batch_size,
-                        translate.target_step_cost("lstm", s.latent_dim,
-                                                   len(self.tgt_vocab)))]
+    self.src_vocab, self.tgt_vocab = data_lib.build_vocabs(w.all_pairs,
+                                                           "char")
+    train = data_lib.encode_pairs(self.src_vocab, self.tgt_vocab,
+                                  w.train_pairs)
+    self.buckets = [data_lib.fit_arrays(b) for b in data_lib.bucketize(
+        train, s.num_buckets, s.batch_size,
+        data_lib.target_step_cost("lstm", s.latent_dim, len(self.tgt_vocab)))]
     self.plan = train_lib.BucketPlan(
         sizes=tuple(len(b["src"]) for b in self.buckets),
         batch_size=s.batch_size, group=train_lib.FitConfig.steps_per_call)

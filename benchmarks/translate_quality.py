@@ -4,14 +4,15 @@
       [--json=PATH] [--workdir=DIR] [--seed=0]
 
 The Keras defaults (the first 10,000 pairs, the last 20% held out): the data
-is prepared once (``experiments.translate.prepare_data``) and both models see
-exactly its training pairs; the Keras ``lstm_seq2seq`` model
+is prepared once (``experiments.translate.prepare_data``, the library's
+``seqjax.data.translation.prepare`` with the task's flags) and both models
+see exactly its training pairs; the Keras ``lstm_seq2seq`` model
 (``benchmarks/peers/keras_translate.py``, KERAS_BACKEND=jax) and seqjax's
 default translate model (``experiments.translate.run``) train for the same
 epochs, greedily decode the same held-out sources, and are scored with the
-same ``seqjax.metrics`` on the same references: BLEU, chrF, exact match and
-the masked teacher-forced token accuracy. Both character sets come from the
-training split only (held-out characters never seen in training are unknown
+same ``seqjax.evaluate.score`` on the same references: BLEU, chrF, exact
+match and the masked teacher-forced token accuracy. Both character sets come
+from the training split only (held-out characters never seen in training are unknown
 to both). Prints a table and writes JSON.
 """
 
@@ -22,7 +23,6 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import argparse
-import dataclasses
 import json
 import platform
 import tempfile
@@ -33,39 +33,30 @@ import numpy as np
 
 def score_both(references, hypotheses_by_model: dict) -> dict:
   """Scores every model's hypotheses against the one list of references."""
-  from experiments import translate
+  from seqjax import evaluate
   out = {}
   for name, hypotheses in hypotheses_by_model.items():
     if len(hypotheses) != len(references):
       raise ValueError(f"{name}: {len(hypotheses)} hypotheses for "
                        f"{len(references)} references")
-    out[name] = translate.score(list(hypotheses), list(references))
+    out[name] = evaluate.score(list(hypotheses), list(references))
   return out
 
 
 def seqjax_hypotheses(config, data) -> list[str]:
   """Restores the model ``translate.run`` trained in ``config.workdir`` and
   greedily decodes the held-out sources of ``data`` (its decoder)."""
-  from experiments import translate
-  from seqjax import experiment
-  saved = translate.load_vocabs(config.workdir)
-  if saved is None or saved[0] != data.src_vocab or saved[1] != data.tgt_vocab:
+  from seqjax import evaluate
+  from seqjax import translation
+  translator = translation.load_translator(config.workdir)
+  if (translator.vocabs.source != data.src_vocab or
+      translator.vocabs.target != data.tgt_vocab):
     raise RuntimeError("the trained model's vocabulary differs from the "
                        "benchmark's data")
-  model = translate.build_model(config, data.src_vocab, data.tgt_vocab)
-  import jax
-  params = jax.jit(model.init)(jax.random.key(0), data.train["src"][:1],
-                               data.train["dec_in"][:1])
-  state, _ = experiment.train_or_restore(
-      model=model, params=params,
-      config=dataclasses.replace(config, eval_only=True),
-      workdir=config.workdir,
-      model_config=translate.model_config(config, data.src_vocab,
-                                          data.tgt_vocab),
-      data={}, loss_fn=None)
-  decoder = translate.make_decoder(config, model, data.max_decode_len)
-  return translate.decode_texts(decoder, state.params, data.tgt_vocab,
-                                data.val, config.eval_batch_size)
+  decoder = translation.make_decoder(translator.spec, translator.model,
+                                     data.max_decode_len)
+  return evaluate.decode_texts(decoder, translator.params, data.tgt_vocab,
+                               data.val, config.eval_batch_size)
 
 
 def main(argv=None) -> dict:

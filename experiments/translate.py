@@ -27,22 +27,17 @@ model decodes the way it was trained (softmax fed back, argmax emitted).
   python -m experiments.translate --epochs=30 --workdir=runs/cmn
   python -m experiments.translate --workdir=runs/cmn --translate="I'm hungry."
 
-``prepare_data(config)`` (load, split, vocabularies, arrays) is the data
-pipeline on its own, for other scripts.
-
-``--translate`` inputs: a character (or word) not in the training vocabulary
-is encoded as the unknown symbol and named in the output; an empty sentence
-(or one of spaces only) is refused by ``validate()``, naming it; a sentence
-longer than the longest training source (recorded in vocab.json) is
-truncated to that length with a warning naming what was dropped, since the
-encoder never saw longer inputs (older vocab.json files without the record
-translate it whole).
+The data pipeline is ``seqjax.data.translation``, the model and inference
+``seqjax.translation``. ``--translate``: a symbol not in the training
+vocabulary is translated as the unknown symbol and named; an empty sentence
+is refused by ``validate()``; one longer than the longest training source
+is truncated to it with a warning naming what was dropped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import os
 import time
 from typing import Optional
@@ -51,25 +46,25 @@ import jax
 import numpy as np
 from absl import logging
 
-from seqjax import decode as decode_lib
+from seqjax import evaluate
 from seqjax import experiment
-from seqjax import metrics
 from seqjax import reliability
 from seqjax import summary
 from seqjax import train as train_lib
+from seqjax import translation
 from seqjax.checkpoint import Checkpointer
 from seqjax.data import pairs as pairs_lib
+from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
-from seqjax.data.vocab import Vocab
-from seqjax.errors import SeqjaxError
+from seqjax.errors import ParameterError, SeqjaxError
 from seqjax.experiment import field
-from seqjax.models import FEEDBACKS, Seq2Seq
+from seqjax.models import FEEDBACKS
 
-TASK = "translate"
+TASK = translation.TASK
 ENV_VAR = "SEQJAX_CMN_PATH"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB_FILE = "vocab.json"
-TRAIN_KEYS = ("src", "src_mask", "dec_in", "target", "target_mask")
+# The library's parameter names that differ from the flags naming them.
+FLAG_OF = {"path": "data_path"}
 
 
 @dataclasses.dataclass
@@ -163,35 +158,6 @@ class TranslateConfig(experiment.TrainingConfig):
 # ----------------------------------------------------------------- the data
 
 
-@dataclasses.dataclass
-class TranslationData:
-  """Everything a run needs from the pair file."""
-
-  pair_file: pairs_lib.PairFile
-  train_pairs: list[tuple[str, str]]
-  val_pairs: list[tuple[str, str]]
-  src_vocab: Vocab
-  tgt_vocab: Vocab
-  train: dict[str, np.ndarray]          # all training pairs, padded to max
-  buckets: list[dict[str, np.ndarray]]  # the same rows, by length bucket
-  val: dict[str, np.ndarray]            # held-out pairs, padded to max
-  max_decode_len: int
-
-  def fit_data(self, batch_size: int, group: int = 1):
-    """-> (data, batch_plan) for ``train.fit``: the padded arrays and no plan
-    with one bucket, else the buckets and a ``BucketPlan`` over them."""
-    if len(self.buckets) == 1:
-      return _fit_arrays(self.train), None
-    plan = train_lib.BucketPlan(
-        sizes=tuple(len(b["src"]) for b in self.buckets),
-        batch_size=batch_size, group=group)
-    return [_fit_arrays(b) for b in self.buckets], plan
-
-
-def _fit_arrays(arrays: dict) -> dict:
-  return {k: arrays[k] for k in TRAIN_KEYS}
-
-
 def resolve_data_path(flag_value: str) -> str:
   """--data_path, else $SEQJAX_CMN_PATH, else ../shared/... beside the repo;
   a missing file stops with where the pairs come from."""
@@ -210,190 +176,36 @@ def resolve_data_path(flag_value: str) -> str:
   return path
 
 
-def encode_pairs(src_vocab: Vocab, tgt_vocab: Vocab, pairs_: list,
-                 src_width=None, tgt_width=None) -> dict[str, np.ndarray]:
-  return {**vocab_lib.encode_sources(src_vocab, [s for s, _ in pairs_],
-                                     src_width),
-          **vocab_lib.encode_targets(tgt_vocab, [t for _, t in pairs_],
-                                     tgt_width)}
+def flag_error(e: ParameterError) -> ParameterError:
+  """A library call's bad parameter, named by its flag."""
+  return e.renamed("--" + FLAG_OF.get(e.param, e.param))
 
 
-def target_step_cost(cell: str, units: int, tgt_vocab_size: int) -> float:
-  """A decoder step's work relative to an encoder step's: both run the
-  recurrent matmul (gates x units^2), the decoder also the readout (units x
-  vocabulary); inputs are row lookups."""
-  gates = 4 if cell == "lstm" else 3
-  return 1.0 + tgt_vocab_size / (gates * units)
-
-
-def bucketize(train: dict[str, np.ndarray], num_buckets: int,
-              batch_size: int, target_cost: float = 1.0
-              ) -> list[dict[str, np.ndarray]]:
-  """``train``'s rows in at most ``num_buckets`` length buckets (each at
-  least a batch), each cut to its own longest source and target; the
-  limits minimize the padded work (``vocab.length_buckets``)."""
-  buckets = []
-  for rows, src_w, tgt_w in vocab_lib.length_buckets(
-      train["src_len"], train["target_len"], num_buckets,
-      min_size=batch_size, target_cost=target_cost):
-    bucket = {k: v[rows] for k, v in train.items()}
-    for k in ("src", "src_mask"):
-      bucket[k] = bucket[k][:, :src_w]
-    for k in ("dec_in", "target", "target_mask"):
-      bucket[k] = bucket[k][:, :tgt_w]
-    buckets.append(bucket)
-  return buckets
-
-
-def build_vocabs(train_pairs: list, level: str) -> tuple[Vocab, Vocab]:
-  """From the training pairs only: held-out symbols never seen are unknown."""
-  return (Vocab.build([s for s, _ in train_pairs], level),
-          Vocab.build([t for _, t in train_pairs], "char", target=True))
+def model_spec(config: TranslateConfig) -> translation.ModelSpec:
+  return translation.ModelSpec(**{f.name: getattr(config, f.name) for f in
+                                  dataclasses.fields(translation.ModelSpec)})
 
 
 def prepare_data(config: TranslateConfig,
-                 vocabs: Optional[tuple[Vocab, Vocab]] = None
-                 ) -> TranslationData:
-  """Load, split, vocabularies (built from the training split unless given)
-  and id arrays: the whole data pipeline of the task."""
-  path = resolve_data_path(config.data_path)
-  pair_file = pairs_lib.load_pairs(path, config.num_samples or None,
-                                   config.strict)
-  train_pairs, val_pairs = pairs_lib.split_pairs(pair_file.pairs,
-                                                 config.validation_split)
-  n = len(pair_file.pairs)
-  if not train_pairs or not val_pairs:
-    raise SeqjaxError(f"--validation_split={config.validation_split} of {n} "
-                      "pairs leaves no training or no held-out pair")
-  if config.batch_size > len(train_pairs):
-    raise SeqjaxError(f"--batch_size={config.batch_size} exceeds the "
-                      f"{len(train_pairs)} training pairs (--num_samples="
-                      f"{config.num_samples}, --validation_split="
-                      f"{config.validation_split})")
-  src_vocab, tgt_vocab = vocabs or build_vocabs(train_pairs, config.level)
-  train = encode_pairs(src_vocab, tgt_vocab, train_pairs)
-  buckets = bucketize(train, config.num_buckets, config.batch_size,
-                      target_step_cost(config.cell, config.latent_dim,
-                                       len(tgt_vocab)))
-  val = encode_pairs(src_vocab, tgt_vocab, val_pairs)
-  max_decode_len = config.max_decode_len or int(
-      max(train["target_len"].max(), val["target_len"].max()))
-  return TranslationData(pair_file, train_pairs, val_pairs, src_vocab,
-                         tgt_vocab, train, buckets, val, max_decode_len)
-
-
-def save_vocabs(workdir: str, src_vocab: Vocab, tgt_vocab: Vocab,
-                max_decode_len: int,
-                max_source_len: Optional[int] = None) -> None:
-  saved = {"source": src_vocab.to_dict(), "target": tgt_vocab.to_dict(),
-           "max_decode_len": max_decode_len}
-  if max_source_len is not None:  # --translate truncates longer sentences
-    saved["max_source_len"] = int(max_source_len)
-  experiment.write_json_atomic(os.path.join(workdir, VOCAB_FILE), saved)
-
-
-def saved_max_source_len(workdir: str) -> Optional[int]:
-  """The longest training source (in tokens) vocab.json records; None for a
-  file written before it was recorded."""
+                 restored: Optional[data_lib.VocabFile] = None
+                 ) -> data_lib.TranslationData:
+  """The task's data pipeline (``seqjax.data.translation.prepare``) with
+  these flags; with ``restored``, a trained model's vocabularies and
+  decoding bound."""
+  vocabs = (restored.source, restored.target) if restored else None
+  max_decode_len = (restored.max_decode_len if restored
+                    else config.max_decode_len)
   try:
-    with open(os.path.join(workdir, VOCAB_FILE), encoding="utf-8") as f:
-      value = json.load(f).get("max_source_len")
-    return int(value) if value else None
-  except (OSError, ValueError, TypeError, AttributeError):
-    return None
-
-
-def load_vocabs(workdir: str) -> Optional[tuple[Vocab, Vocab, int]]:
-  path = os.path.join(workdir, VOCAB_FILE)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-    return (Vocab.from_dict(saved["source"]), Vocab.from_dict(saved["target"]),
-            int(saved["max_decode_len"]))
-  except (ValueError, KeyError, TypeError) as e:
-    raise SeqjaxError(f"{path} is not a vocabulary file of this task: "
-                      f"{e}") from e
-
-
-# ---------------------------------------------------------------- the model
-
-
-def model_config(config: TranslateConfig, src_vocab: Vocab,
-                 tgt_vocab: Vocab) -> dict:
-  """What a checkpoint must match (and what --translate rebuilds from)."""
-  return {"task": TASK, "level": config.level, "cell": config.cell,
-          "latent_dim": config.latent_dim,
-          "embedding_dim": config.embedding_dim,
-          "src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab),
-          "vocab": src_vocab.fingerprint() + tgt_vocab.fingerprint(),
-          "teacher_forcing": config.teacher_forcing,
-          "feedback": None if config.teacher_forcing else config.feedback,
-          "optimizer": config.optimizer}
-
-
-def build_model(config: TranslateConfig, src_vocab: Vocab,
-                tgt_vocab: Vocab) -> Seq2Seq:
-  return Seq2Seq(src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab),
-                 units=config.latent_dim, cell=config.cell,
-                 embedding_dim=config.embedding_dim)
-
-
-def make_loss(config: TranslateConfig, model: Seq2Seq):
-  if config.teacher_forcing:
-    return train_lib.make_seq2seq_loss(model)
-  return train_lib.make_free_running_loss(model, vocab_lib.START_ID,
-                                          config.feedback)
-
-
-def make_decoder(config: TranslateConfig, model: Seq2Seq, max_len: int):
-  """Greedy decoding as the model was trained (see the module docstring)."""
-  kwargs = dict(max_len=max_len, start_id=vocab_lib.START_ID,
-                stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID)
-  if config.teacher_forcing or config.feedback == "argmax":
-    return decode_lib.make_greedy_decoder(model, **kwargs)
-  return decode_lib.make_free_running_decoder(model, feedback=config.feedback,
-                                              **kwargs)
-
-
-# -------------------------------------------------------------- evaluation
-
-
-def evaluate_loss(eval_step, params, arrays: dict, batch_size: int) -> dict:
-  """Held-out loss and masked token accuracy, averaged over target tokens.
-
-  Fixed-size batches (the last padded with rows whose mask is all False)
-  so the step compiles once."""
-  data = _fit_arrays(arrays)
-  n = len(data["src"])
-  sums, tokens = {}, 0.0
-  for start in range(0, n, batch_size):
-    batch = {k: v[start:start + batch_size] for k, v in data.items()}
-    short = batch_size - len(batch["src"])
-    if short:
-      batch = {k: np.concatenate([v, np.repeat(v[-1:], short, 0)])
-               for k, v in batch.items()}
-      batch["target_mask"][-short:] = False
-    count = float(batch["target_mask"].sum())
-    for name, value in jax.device_get(eval_step(params, batch)).items():
-      sums[name] = sums.get(name, 0.0) + float(value) * count
-    tokens += count
-  return {name: total / max(tokens, 1.0) for name, total in sums.items()}
-
-
-def decode_texts(decoder, params, tgt_vocab: Vocab, arrays: dict,
-                 batch_size: int) -> list[str]:
-  tokens = decode_lib.decode_in_batches(decoder, params, arrays["src"],
-                                        batch_size, arrays["src_mask"])
-  return [tgt_vocab.decode(row) for row in tokens]
-
-
-def score(hypotheses: list[str], references: list[str]) -> dict:
-  return {"exact_match": float(np.mean([h == r for h, r in
-                                        zip(hypotheses, references)])),
-          "bleu": metrics.corpus_bleu(hypotheses, references),
-          "chrf": metrics.corpus_chrf(hypotheses, references)}
+    return data_lib.prepare(
+        resolve_data_path(config.data_path), num_samples=config.num_samples,
+        validation_split=config.validation_split, strict=config.strict,
+        level=config.level, batch_size=config.batch_size,
+        num_buckets=config.num_buckets,
+        target_cost=functools.partial(data_lib.target_step_cost, config.cell,
+                                      config.latent_dim),
+        max_decode_len=max_decode_len, vocabs=vocabs)
+  except ParameterError as e:
+    raise flag_error(e) from e
 
 
 # ------------------------------------------------------------------ the run
@@ -403,45 +215,41 @@ def run(config: TranslateConfig) -> dict:
   experiment.check_config(config)
   if config.translate:
     return translate_sentences(config)
-  checkpointer = None
   workdir = config.workdir
-  restored = (load_vocabs(workdir) if workdir and os.path.isdir(workdir)
-              else None)
-  data = prepare_data(config, restored[:2] if restored else None)
-  if restored:
-    data.max_decode_len = restored[2]
-  src_vocab, tgt_vocab = data.src_vocab, data.tgt_vocab
-  print(pairs_lib.describe_malformed(data.pair_file) or
-        f"Read {len(data.pair_file.pairs)} pairs from {data.pair_file.path}.")
-  print(f"Number of samples: {len(data.pair_file.pairs)} "
-        f"({len(data.train_pairs)} training, {len(data.val_pairs)} held out)")
-  print(f"Number of unique input tokens: {len(src_vocab) - 2} (+ padding, "
-        f"unknown)")
-  print(f"Number of unique output tokens: {len(tgt_vocab) - 2} (with \\t, "
-        f"\\n; + padding, unknown)")
-  print(f"Max sequence length for inputs: {data.train['src'].shape[1]}")
-  print(f"Max sequence length for outputs: {data.train['target'].shape[1]}")
-  print("Length buckets (pairs, source x target width): " + ", ".join(
-      f"{len(b['src'])} {b['src'].shape[1]}x{b['target'].shape[1]}"
-      for b in data.buckets))
+  restored = (data_lib.load_vocab_file(workdir)
+              if workdir and os.path.isdir(workdir) else None)
+  data = prepare_data(config, restored)
+  print(data.describe(malformed_note="--strict stops at the first"))
 
   workdir = experiment.resolve_workdir(config, TASK)
-  mconfig = model_config(config, src_vocab, tgt_vocab)
+  spec = model_spec(config)
+  mconfig = translation.model_config(spec, data.src_vocab, data.tgt_vocab,
+                                     config.optimizer)
   # A mismatched checkpoint stops the run before anything is written.
   checkpointer = Checkpointer(workdir, mconfig)
   checkpointer.check_compatible()
   checkpointer.close()
   if not restored:
-    save_vocabs(workdir, src_vocab, tgt_vocab, data.max_decode_len,
-                max_source_len=data.train["src"].shape[1])
+    data_lib.save_vocab_file(workdir, data_lib.VocabFile(
+        data.src_vocab, data.tgt_vocab, data.max_decode_len,
+        max_source_len=data.train["src"].shape[1]))
 
-  model = build_model(config, src_vocab, tgt_vocab)
+  model = translation.build_model(spec, data.src_vocab, data.tgt_vocab)
   params = jax.jit(model.init)(jax.random.key(config.seed),
                                data.train["src"][:1], data.train["dec_in"][:1])
   print(summary.format_summary(
       params, title=f"Seq2Seq ({config.cell}, {config.level} level)"))
-  loss_fn = make_loss(config, model)
+  return train_and_evaluate(config, data, workdir, mconfig, model, params)
+
+
+def train_and_evaluate(config: TranslateConfig, data, workdir: str,
+                       mconfig: dict, model, params) -> dict:
+  """Trains (or resumes), evaluates on the held-out pairs, writes
+  results.json."""
+  spec = model_spec(config)
+  loss_fn = translation.make_loss(spec, model)
   eval_step = train_lib.make_eval_step(loss_fn)
+  val_arrays = data_lib.fit_arrays(data.val)
   # Runs of steps_per_call batches of one bucket fill each jitted call.
   fit_data, plan = data.fit_data(config.batch_size, config.steps_per_call)
 
@@ -450,8 +258,8 @@ def run(config: TranslateConfig) -> dict:
   def epoch_end(state, epoch):
     t0 = time.perf_counter()
     timing["epoch_seconds"].append(t0 - timing["t"])
-    row = evaluate_loss(eval_step, state.params, data.val,
-                        config.eval_batch_size)
+    row = evaluate.evaluate_loss(eval_step, state.params, val_arrays,
+                                 config.eval_batch_size)
     print(f"Epoch {epoch}/{config.epochs}: {timing['epoch_seconds'][-1]:.1f}s"
           f" val_loss {row['loss']:.4f} val_token_accuracy "
           f"{row['token_accuracy']:.4f}", flush=True)
@@ -467,40 +275,19 @@ def run(config: TranslateConfig) -> dict:
       epoch_end_fn=epoch_end, batch_plan=plan)
 
   t0 = time.perf_counter()
-  held_out = evaluate_loss(eval_step, state.params, data.val,
-                           config.eval_batch_size)
-  decoder = make_decoder(config, model, data.max_decode_len)
-  hypotheses = decode_texts(decoder, state.params, tgt_vocab, data.val,
-                            config.eval_batch_size)
-  references = [t for _, t in data.val_pairs]
-  scores = score(hypotheses, references)
+  held_out = evaluate.evaluate_loss(eval_step, state.params, val_arrays,
+                                    config.eval_batch_size)
+  decoder = translation.make_decoder(spec, model, data.max_decode_len)
+  hypotheses = evaluate.decode_texts(decoder, state.params, data.tgt_vocab,
+                                     data.val, config.eval_batch_size)
+  scores = evaluate.score(hypotheses, [t for _, t in data.val_pairs])
   eval_seconds = time.perf_counter() - t0
-  examples = []
-  if config.n_examples:
-    for i in np.linspace(0, len(hypotheses) - 1,
-                         min(config.n_examples, len(hypotheses))).astype(int):
-      src, ref = data.val_pairs[i]
-      examples.append({"input": src, "decoded": hypotheses[i],
-                       "reference": ref})
-      print(f"-\nInput sentence: {src}\nDecoded sentence: {hypotheses[i]}\n"
-            f"Reference: {ref}")
-  print(f"Held out ({len(references)} pairs): loss {held_out['loss']:.4f}, "
-        f"token accuracy {held_out['token_accuracy'] * 100:.2f}%, exact match "
-        f"{scores['exact_match'] * 100:.2f}%, BLEU {scores['bleu']:.2f}, "
-        f"chrF {scores['chrf']:.2f}")
+  examples = print_held_out(config, data, hypotheses, held_out, scores)
 
-  epochs_run = len(timing["epoch_seconds"])
   steady = timing["epoch_seconds"][1:]
   results = experiment.base_results(TASK, config)
   results.update(
-      workdir=workdir, data_path=data.pair_file.path,
-      n_pairs=len(data.pair_file.pairs), n_train=len(data.train_pairs),
-      n_val=len(data.val_pairs),
-      malformed_lines=len(data.pair_file.malformed),
-      src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab),
-      val_unknown_source_symbols=int(data.val["src_unknown"].sum()),
-      buckets=[list(b["src"].shape) + [b["target"].shape[1]]
-               for b in data.buckets] if plan else None,
+      workdir=workdir, **data.counts(),
       step=int(state.step), epochs_completed=int(state.step) // (
           plan.steps_per_epoch if plan else
           len(data.train_pairs) // config.batch_size),
@@ -511,70 +298,60 @@ def run(config: TranslateConfig) -> dict:
       train_eval_seconds=timing["eval_seconds"],
       epoch_seconds=timing["epoch_seconds"],
       steady_epoch_seconds=(float(np.mean(steady)) if steady else None),
-      epochs_run=epochs_run,
+      epochs_run=len(timing["epoch_seconds"]),
       **experiment.training_results(stats, config.batch_size, params))
   experiment.write_json_atomic(f"{workdir}/results.json", results)
   print(f"Wrote {workdir}/results.json")
   return results
 
 
+def print_held_out(config, data, hypotheses, held_out, scores) -> list[dict]:
+  """Prints ``--n_examples`` held-out translations and the scores; -> the
+  examples."""
+  examples = []
+  if config.n_examples:
+    for i in np.linspace(0, len(hypotheses) - 1,
+                         min(config.n_examples, len(hypotheses))).astype(int):
+      src, ref = data.val_pairs[i]
+      examples.append({"input": src, "decoded": hypotheses[i],
+                       "reference": ref})
+      print(f"-\nInput sentence: {src}\nDecoded sentence: {hypotheses[i]}\n"
+            f"Reference: {ref}")
+  print(f"Held out ({len(data.val_pairs)} pairs): loss {held_out['loss']:.4f}, "
+        f"token accuracy {held_out['token_accuracy'] * 100:.2f}%, exact match "
+        f"{scores['exact_match'] * 100:.2f}%, BLEU {scores['bleu']:.2f}, "
+        f"chrF {scores['chrf']:.2f}")
+  return examples
+
+
 def translate_sentences(config: TranslateConfig) -> dict:
   """--translate: the model in --workdir translates the given sentences."""
-  workdir = config.workdir
-  saved = (Checkpointer(workdir, {}).saved_config()
-           if os.path.isdir(workdir) else None)
-  vocabs = load_vocabs(workdir) if saved else None
-  if saved is None or vocabs is None:
-    raise SeqjaxError(f"--translate needs a trained model: no checkpoint and "
-                      f"{VOCAB_FILE} in --workdir={workdir}")
-  if saved.get("task") != TASK:
-    raise SeqjaxError(f"--workdir={workdir} holds a {saved.get('task')!r} "
-                      "model, not a translation model")
-  src_vocab, tgt_vocab, max_decode_len = vocabs
-  config = dataclasses.replace(
-      config, eval_only=True, level=saved["level"], cell=saved["cell"],
-      latent_dim=saved["latent_dim"], embedding_dim=saved["embedding_dim"],
-      teacher_forcing=saved["teacher_forcing"],
-      feedback=saved["feedback"] or config.feedback,
-      optimizer=saved["optimizer"])
-  model = build_model(config, src_vocab, tgt_vocab)
-  # Longer than any training source: truncated (the encoder never saw such
-  # lengths), with a warning below.
-  max_src = saved_max_source_len(workdir)
-  tokens = [vocab_lib.tokenize(s, src_vocab.level) for s in config.translate]
-  width = max(len(t) for t in tokens)
-  if max_src is not None:
-    width = min(width, max_src)
-  src = vocab_lib.encode_sources(src_vocab, config.translate, width)
-  params = jax.jit(model.init)(jax.random.key(0), src["src"][:1],
-                               src["src"][:1, :1] * 0)
-  state, _ = experiment.train_or_restore(
-      model=model, params=params, config=config, workdir=workdir,
-      model_config=model_config(config, src_vocab, tgt_vocab), data={},
-      loss_fn=None)
-  decoder = make_decoder(config, model, max_decode_len)
-  decoded = decode_texts(decoder, state.params, tgt_vocab, src,
-                         len(config.translate))
+  try:
+    translator = translation.load_translator(config.workdir)
+  except translation.ModelNotFoundError as e:
+    raise SeqjaxError(f"--translate needs a trained model: {e.problem} in "
+                      f"--workdir={e.value}") from e
+  except ParameterError as e:
+    raise flag_error(e) from e
+  print(f"Resumed from the checkpoint at step {translator.step} in "
+        f"{config.workdir}.")
+  level = translator.vocabs.source.level
+  width = translator.vocabs.max_source_len
   out = []
-  for sentence, sym, text in zip(config.translate, tokens, decoded):
-    unknown = src_vocab.encode(sentence)[1]
-    dropped = sym[width:]
-    if dropped:
-      joiner = "" if src_vocab.level == "char" else " "
+  for t in translator.translate(config.translate):
+    if t.truncated:
       logging.warning("--translate: truncated to %d %ss, the longest "
-                      "training source; dropped %r", width,
-                      src_vocab.level, joiner.join(dropped))
-    print(f"-\nInput sentence: {sentence}\nDecoded sentence: {text}")
-    if dropped:
-      print(f"(truncated to the first {width} {src_vocab.level}s, the "
-            f"longest training source; dropped "
-            f"{joiner.join(dropped)!r})")
-    if unknown:
+                      "training source; dropped %r", width, level, t.dropped)
+    print(f"-\nInput sentence: {t.input}\nDecoded sentence: {t.decoded}")
+    if t.truncated:
+      print(f"(truncated to the first {width} {level}s, the longest training "
+            f"source; dropped {t.dropped!r})")
+    if t.unknown:
       print(f"(translated with the unknown symbol in place of "
-            f"{', '.join(repr(u) for u in dict.fromkeys(unknown))}: not in "
+            f"{', '.join(repr(u) for u in dict.fromkeys(t.unknown))}: not in "
             "the training vocabulary)")
-    out.append({"input": sentence, "decoded": text, "unknown": unknown,
-                "truncated": len(dropped)})
+    out.append({"input": t.input, "decoded": t.decoded, "unknown": t.unknown,
+                "truncated": t.truncated})
   return {"translations": out}
 
 

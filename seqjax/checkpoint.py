@@ -145,6 +145,22 @@ class Checkpointer:
     return state.replace(step=restored["step"], params=restored["params"],
                          opt_state=restored["opt_state"])
 
+  def restore_params(self, params, step: Optional[int] = None):
+    """The parameters alone of checkpoint ``step`` (default: the latest),
+    shaped and placed as ``params``: inference needs no optimizer state.
+    Raises CheckpointMismatchError for another model's checkpoint and
+    SeqjaxError when there is none (a damaged one is not skipped here)."""
+    step = self.check_compatible() if step is None else step
+    if step is None:
+      raise SeqjaxError(f"No checkpoint in {self.directory}")
+    target = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, params)}
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=target, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    ))["state"]
+    return jax.tree.map(_like, params, restored["params"])
+
   def _fits(self, step: int, target) -> Optional[bool]:
     """Whether checkpoint ``step``'s array metadata matches ``target``'s
     paths, shapes and dtypes; None when the metadata cannot be read."""

@@ -16,8 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from experiments import translate
+from seqjax import evaluate
+from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
+from seqjax.errors import SeqjaxError
 from tests import translate_util
 
 EXAMPLES = int(os.environ.get("SEQJAX_FUZZ_EXAMPLES", 100))
@@ -78,24 +81,16 @@ def test_fuzzed_translate_flags_refuse_empty_sentences():
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
   """A tiny model trained on toy pairs (sources at most 7 characters)."""
-  tmp = tmp_path_factory.mktemp("tr")
-  path = translate_util.write_pairs(tmp / "pairs.txt",
-                                    translate_util.toy_pairs(40))
-  workdir = str(tmp / "w")
-  translate.run(translate.TranslateConfig(
-      data_path=path, workdir=workdir, num_samples=0, validation_split=0.25,
-      latent_dim=8, batch_size=10, epochs=1, log_every=0, n_examples=0,
-      num_buckets=1))
-  return workdir
+  return translate_util.train_tiny(tmp_path_factory.mktemp("tr"))
 
 
 def test_translate_truncates_long_sentences_and_names_unknowns(
     trained_workdir, capsys, caplog, monkeypatch):
-  assert translate.saved_max_source_len(trained_workdir) == 7
+  assert data_lib.load_vocab_file(trained_workdir).max_source_len == 7
   long_ = "dog 99. cat 12. tea"
   seen = []  # the encoder's input arrays
-  decode_texts = translate.decode_texts
-  monkeypatch.setattr(translate, "decode_texts", lambda d, p, v, arrays, b: (
+  decode_texts = evaluate.decode_texts
+  monkeypatch.setattr(evaluate, "decode_texts", lambda d, p, v, arrays, b: (
       seen.append(arrays) or decode_texts(d, p, v, arrays, b)))
   got = translate.run(translate.TranslateConfig(
       workdir=trained_workdir,
@@ -117,14 +112,19 @@ def test_translate_truncates_long_sentences_and_names_unknowns(
 
 def test_vocab_files_without_the_length_record_do_not_truncate(
     trained_workdir, tmp_path):
-  # A vocab.json of before the record (or a damaged one): nothing is cut.
-  saved = json.load(open(os.path.join(trained_workdir, translate.VOCAB_FILE),
+  # A vocab.json of before the record: nothing is cut; a damaged one is
+  # refused, naming it.
+  saved = json.load(open(os.path.join(trained_workdir, data_lib.VOCAB_FILE),
                          encoding="utf-8"))
   del saved["max_source_len"]
-  for content in (json.dumps(saved), "[1, 2]", "{not json"):
-    (tmp_path / translate.VOCAB_FILE).write_text(content, encoding="utf-8")
-    assert translate.saved_max_source_len(str(tmp_path)) is None
-  assert translate.saved_max_source_len(str(tmp_path / "nowhere")) is None
+  (tmp_path / data_lib.VOCAB_FILE).write_text(json.dumps(saved),
+                                              encoding="utf-8")
+  assert data_lib.load_vocab_file(str(tmp_path)).max_source_len is None
+  for content in ("[1, 2]", "{not json"):
+    (tmp_path / data_lib.VOCAB_FILE).write_text(content, encoding="utf-8")
+    with pytest.raises(SeqjaxError, match="not a vocabulary file"):
+      data_lib.load_vocab_file(str(tmp_path))
+  assert data_lib.load_vocab_file(str(tmp_path / "nowhere")) is None
 
 
 def test_vocab_file_is_written_atomically(tmp_path, monkeypatch):
@@ -132,15 +132,17 @@ def test_vocab_file_is_written_atomically(tmp_path, monkeypatch):
   # whole and no temporary file behind.
   src = Vocab.build(["ab"], "char")
   tgt = Vocab.build(["字"], "char", target=True)
-  translate.save_vocabs(str(tmp_path), src, tgt, 5, max_source_len=2)
-  before = (tmp_path / translate.VOCAB_FILE).read_bytes()
+  data_lib.save_vocab_file(str(tmp_path), data_lib.VocabFile(src, tgt, 5, 2))
+  before = (tmp_path / data_lib.VOCAB_FILE).read_bytes()
 
   def fail(*args):
     raise OSError("disk full")
   monkeypatch.setattr(os, "replace", fail)
   with pytest.raises(OSError):
-    translate.save_vocabs(str(tmp_path), Vocab.build(["xyz"], "char"), tgt, 9)
-  assert (tmp_path / translate.VOCAB_FILE).read_bytes() == before
-  assert sorted(os.listdir(tmp_path)) == [translate.VOCAB_FILE]
+    data_lib.save_vocab_file(str(tmp_path), data_lib.VocabFile(
+        Vocab.build(["xyz"], "char"), tgt, 9))
+  assert (tmp_path / data_lib.VOCAB_FILE).read_bytes() == before
+  assert sorted(os.listdir(tmp_path)) == [data_lib.VOCAB_FILE]
   monkeypatch.undo()
-  assert translate.load_vocabs(str(tmp_path)) == (src, tgt, 5)
+  assert data_lib.load_vocab_file(str(tmp_path)) == data_lib.VocabFile(
+      src, tgt, 5, 2)

@@ -7,11 +7,12 @@ import random
 import numpy as np
 import pytest
 
+from experiments import translate
 from seqjax import metrics
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
-from seqjax.errors import SeqjaxError
+from seqjax.errors import ParameterError, SeqjaxError
 from tests import translate_util
 
 # ------------------------------------------------------------------ loader
@@ -76,9 +77,13 @@ def test_empty_or_invalid_file_is_refused(tmp_path, data, match):
 
 
 def test_missing_file_says_where_pairs_come_from(tmp_path):
-  with pytest.raises(SeqjaxError, match="manythings.org/anki") as e:
-    pairs_lib.load_pairs(str(tmp_path / "nope.txt"))
-  assert "--data_path=" in str(e.value)
+  missing = str(tmp_path / "nope.txt")
+  with pytest.raises(ParameterError, match="manythings.org/anki") as e:
+    pairs_lib.load_pairs(missing)
+  assert str(e.value).startswith(f"path={missing}: no such file")
+  # The binary names its flag.
+  assert str(translate.flag_error(e.value)).startswith(
+      f"--data_path={missing}: no such file")
 
 
 @pytest.mark.parametrize("n,split,n_train", [(10, 0.2, 8), (7, 0.2, 5),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import translate_quality
-from experiments import translate
+from seqjax import evaluate
 from seqjax import metrics
 
 PAIRS = [("Hi.", "嗨。"), ("Run!", "跑！"), ("Go.", "走。")]
@@ -27,7 +27,7 @@ def test_score_both_uses_the_same_references():
   assert scores["a"]["exact_match"] == pytest.approx(1 / 3)
   assert scores["b"]["exact_match"] == 1.0
   assert scores["b"]["chrf"] == pytest.approx(100.0)
-  assert scores == {k: translate.score(h, refs) for k, h in
+  assert scores == {k: evaluate.score(h, refs) for k, h in
                     {"a": ["嗨。", "跑", "x"], "b": refs}.items()}
   with pytest.raises(ValueError, match="2 hypotheses for 3"):
     translate_quality.score_both(refs, {"short": ["嗨。", "跑"]})

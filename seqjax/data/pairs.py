@@ -17,7 +17,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from seqjax.errors import SeqjaxError
+from seqjax.errors import ParameterError
 
 BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -60,29 +60,31 @@ def _check_line(raw: bytes) -> tuple[Optional[tuple[str, str]], str]:
 
 
 def load_pairs(path: str, num_samples: Optional[int] = None,
-               strict: bool = False, flag: str = "--data_path") -> PairFile:
+               strict: bool = False) -> PairFile:
   """Reads the first ``num_samples`` valid pairs (all when None).
 
-  Raises SeqjaxError (naming ``flag``, the file and the line) for a missing
-  or empty file, a file without a valid pair, or, with ``strict``, the first
-  malformed line.
+  Raises ParameterError (naming ``path`` and the file, or ``strict`` and the
+  line) for a missing or empty file, a file without a valid pair, or, with
+  ``strict``, the first malformed line.
   """
   if not os.path.isfile(path):
-    raise SeqjaxError(f"{flag}={path}: no such file. {HOW_TO_GET}")
+    raise ParameterError("path", path, f"no such file. {HOW_TO_GET}")
   try:
     with open(path, "rb") as f:
       data = f.read()
   except OSError as e:
-    raise SeqjaxError(f"{flag}={path}: cannot read it ({e.strerror})") from e
+    raise ParameterError("path", path,
+                         f"cannot read it ({e.strerror})") from e
   if data.startswith(UTF16_BOMS):
-    raise SeqjaxError(f"{flag}={path} is UTF-16 (it starts with a UTF-16 "
-                      "byte order mark); convert it to UTF-8, e.g. with "
-                      "iconv -f UTF-16 -t UTF-8.")
+    raise ParameterError("path", path, "the file is UTF-16 (it starts with a "
+                         "UTF-16 byte order mark); convert it to UTF-8, e.g. "
+                         "with iconv -f UTF-16 -t UTF-8.")
   if data.startswith(BOM):
     data = data[len(BOM):]
   if not data.strip():
-    raise SeqjaxError(f"{flag}={path} is empty: expected one sentence pair a "
-                      "line (source<TAB>target[<TAB>attribution]).")
+    raise ParameterError("path", path, "the file is empty: expected one "
+                         "sentence pair a line "
+                         "(source<TAB>target[<TAB>attribution]).")
   pairs, malformed, lineno = [], [], 0
   lines = data[:-1].split(b"\n") if data.endswith(b"\n") else data.split(b"\n")
   for lineno, raw in enumerate(lines, start=1):
@@ -95,29 +97,31 @@ def load_pairs(path: str, num_samples: Optional[int] = None,
     pair, reason = _check_line(raw)
     if pair is None:
       if strict:
-        raise SeqjaxError(f"{path}:{lineno}: {reason} (--strict stops at a "
-                          "malformed line; without it such lines are skipped "
-                          "and counted)")
+        raise ParameterError("strict", True, f"{path}:{lineno}: {reason} "
+                             "(strict loading stops at a malformed line; "
+                             "without it such lines are skipped and counted)")
       malformed.append((lineno, reason))
     else:
       pairs.append(pair)
   if not pairs:
     first = (f"; line {malformed[0][0]}: {malformed[0][1]}" if malformed
              else "")
-    raise SeqjaxError(f"{flag}={path}: no valid sentence pair in "
-                      f"{lineno} lines ({len(malformed)} malformed{first}). "
-                      "Expected source<TAB>target[<TAB>attribution] in UTF-8.")
+    raise ParameterError("path", path, f"no valid sentence pair in {lineno} "
+                         f"lines ({len(malformed)} malformed{first}). Expected "
+                         "source<TAB>target[<TAB>attribution] in UTF-8.")
   return PairFile(path=path, pairs=pairs, malformed=malformed,
                   lines_read=lineno)
 
 
-def describe_malformed(pair_file: PairFile, limit: int = 10) -> str:
-  """One line per malformed line (at most ``limit``), for the run's log."""
+def describe_malformed(pair_file: PairFile, limit: int = 10,
+                       note: str = "") -> str:
+  """One line per malformed line (at most ``limit``), for the run's log;
+  ``note`` goes in parentheses after the heading."""
   bad = pair_file.malformed
   if not bad:
     return ""
-  lines = [f"Skipped {len(bad)} malformed line(s) of {pair_file.path} "
-           "(--strict stops at the first):"]
+  lines = [f"Skipped {len(bad)} malformed line(s) of {pair_file.path}"
+           + (f" ({note})" if note else "") + ":"]
   lines += [f"  line {n}: {why}" for n, why in bad[:limit]]
   if len(bad) > limit:
     lines.append(f"  ... and {len(bad) - limit} more")

@@ -1,0 +1,176 @@
+"""The translation model: its settings, loss, decoder, and inference.
+
+``load_translator(workdir)`` rebuilds a trained model from the settings its
+checkpoint records and the vocabularies of ``vocab.json``, restores only its
+parameters, and translates sentences:
+
+  translator = load_translator("runs/cmn")
+  for t in translator.translate(["I'm hungry."]):
+    print(t.decoded, t.unknown, t.truncated)
+
+A symbol not in the training vocabulary is encoded as the unknown symbol and
+named (``Translation.unknown``); a sentence longer than the longest training
+source is cut to it (``Translation.dropped``), since the encoder never saw
+longer inputs (a vocab.json without that record translates it whole).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import jax
+
+from seqjax import decode as decode_lib
+from seqjax import evaluate
+from seqjax import train as train_lib
+from seqjax.checkpoint import Checkpointer
+from seqjax.data import translation as data_lib
+from seqjax.data import vocab as vocab_lib
+from seqjax.data.vocab import Vocab
+from seqjax.errors import ParameterError
+from seqjax.models import Seq2Seq
+
+TASK = "translate"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The settings that make a translation model (the Keras example's by
+  default). ``feedback`` applies without teacher forcing only."""
+
+  level: str = "char"
+  cell: str = "lstm"
+  latent_dim: int = 256
+  embedding_dim: Optional[int] = None
+  teacher_forcing: bool = True
+  feedback: str = "softmax"
+
+  @classmethod
+  def from_model_config(cls, saved: dict) -> "ModelSpec":
+    return cls(level=saved["level"], cell=saved["cell"],
+               latent_dim=saved["latent_dim"],
+               embedding_dim=saved["embedding_dim"],
+               teacher_forcing=saved["teacher_forcing"],
+               feedback=saved["feedback"] or cls.feedback)
+
+
+def model_config(spec: ModelSpec, src_vocab: Vocab, tgt_vocab: Vocab,
+                 optimizer: str) -> dict:
+  """What a checkpoint must match (and what ``load_translator`` rebuilds
+  from)."""
+  return {"task": TASK, "level": spec.level, "cell": spec.cell,
+          "latent_dim": spec.latent_dim,
+          "embedding_dim": spec.embedding_dim,
+          "src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab),
+          "vocab": src_vocab.fingerprint() + tgt_vocab.fingerprint(),
+          "teacher_forcing": spec.teacher_forcing,
+          "feedback": None if spec.teacher_forcing else spec.feedback,
+          "optimizer": optimizer}
+
+
+def build_model(spec: ModelSpec, src_vocab: Vocab, tgt_vocab: Vocab,
+                ) -> Seq2Seq:
+  return Seq2Seq(src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab),
+                 units=spec.latent_dim, cell=spec.cell,
+                 embedding_dim=spec.embedding_dim)
+
+
+def make_loss(spec: ModelSpec, model: Seq2Seq):
+  if spec.teacher_forcing:
+    return train_lib.make_seq2seq_loss(model)
+  return train_lib.make_free_running_loss(model, vocab_lib.START_ID,
+                                          spec.feedback)
+
+
+def make_decoder(spec: ModelSpec, model: Seq2Seq, max_len: int):
+  """Greedy decoding as the model was trained: a model trained without
+  teacher forcing on softmax feedback is fed its softmax back; others their
+  argmax token."""
+  kwargs = dict(max_len=max_len, start_id=vocab_lib.START_ID,
+                stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID)
+  if spec.teacher_forcing or spec.feedback == "argmax":
+    return decode_lib.make_greedy_decoder(model, **kwargs)
+  return decode_lib.make_free_running_decoder(model, feedback=spec.feedback,
+                                              **kwargs)
+
+
+# --------------------------------------------------------------- inference
+
+
+class ModelNotFoundError(ParameterError):
+  """A workdir without a trained translation model."""
+
+
+@dataclasses.dataclass
+class Translation:
+  input: str
+  decoded: str
+  unknown: list[str]   # symbols not in the training vocabulary, in order
+  dropped: str         # the text cut off past the longest training source
+  truncated: int       # how many tokens were cut off
+
+
+@dataclasses.dataclass
+class Translator:
+  """A trained translation model with its vocabularies."""
+
+  spec: ModelSpec
+  model: Seq2Seq
+  params: dict
+  vocabs: data_lib.VocabFile
+  step: int  # the checkpoint's
+
+  def translate(self, sentences: list[str]) -> list[Translation]:
+    """Greedy translations of ``sentences``, decoded in one batch."""
+    for i, s in enumerate(sentences, start=1):
+      if not s.strip():
+        raise ParameterError("sentences", repr(s), f"sentence {i} is empty "
+                             "or only spaces: nothing to translate")
+    src_vocab = self.vocabs.source
+    tokens = [vocab_lib.tokenize(s, src_vocab.level) for s in sentences]
+    width = max(len(t) for t in tokens)
+    if self.vocabs.max_source_len is not None:
+      width = min(width, self.vocabs.max_source_len)
+    src = vocab_lib.encode_sources(src_vocab, sentences, width)
+    decoder = make_decoder(self.spec, self.model, self.vocabs.max_decode_len)
+    decoded = evaluate.decode_texts(decoder, self.params, self.vocabs.target,
+                                    src, len(sentences))
+    joiner = "" if src_vocab.level == "char" else " "
+    return [Translation(input=s, decoded=text,
+                        unknown=src_vocab.encode(s)[1],
+                        dropped=joiner.join(sym[width:]),
+                        truncated=len(sym[width:]))
+            for s, sym, text in zip(sentences, tokens, decoded)]
+
+
+def load_translator(workdir: str) -> Translator:
+  """The translation model trained in ``workdir``: its checkpoint's settings
+  and latest parameters, its vocab.json. Raises ModelNotFoundError without
+  both, ParameterError for another task's model and CheckpointMismatchError
+  when vocab.json is not the checkpoint's."""
+  saved = None
+  if os.path.isdir(workdir):
+    checkpointer = Checkpointer(workdir, {})
+    saved = checkpointer.saved_config()
+    checkpointer.close()
+  vocabs = data_lib.load_vocab_file(workdir) if saved else None
+  if saved is None or vocabs is None:
+    raise ModelNotFoundError("workdir", workdir, "no checkpoint and "
+                             f"{data_lib.VOCAB_FILE}")
+  if saved.get("task") != TASK:
+    raise ParameterError("workdir", workdir, f"holds a {saved.get('task')!r} "
+                         "model, not a translation model")
+  spec = ModelSpec.from_model_config(saved)
+  model = build_model(spec, vocabs.source, vocabs.target)
+  params = jax.jit(model.init)(jax.random.key(0),
+                               jax.numpy.zeros((1, 1), "int32"),
+                               jax.numpy.zeros((1, 1), "int32"))
+  # Compared with the checkpoint's: a vocab.json not its own is refused.
+  checkpointer = Checkpointer(workdir, model_config(
+      spec, vocabs.source, vocabs.target, saved["optimizer"]))
+  step = checkpointer.check_compatible()
+  params = checkpointer.restore_params(params, step)
+  checkpointer.close()
+  return Translator(spec, model, params, vocabs, int(step))
