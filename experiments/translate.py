@@ -42,25 +42,23 @@ import os
 import time
 from typing import Optional
 
-import jax
 import numpy as np
 from absl import logging
 
+from seqjax import config as config_lib
 from seqjax import evaluate
-from seqjax import experiment
-from seqjax import reliability
-from seqjax import summary
+from seqjax import limits
+from seqjax import runner
+from seqjax import task as task_lib
 from seqjax import train as train_lib
 from seqjax import translation
-from seqjax.checkpoint import Checkpointer
+from seqjax.config import field
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.errors import ParameterError, SeqjaxError
-from seqjax.experiment import field
 from seqjax.models import FEEDBACKS
 
-TASK = translation.TASK
 ENV_VAR = "SEQJAX_CMN_PATH"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The library's parameter names that differ from the flags naming them.
@@ -68,86 +66,62 @@ FLAG_OF = {"path": "data_path"}
 
 
 @dataclasses.dataclass
-class TranslateConfig(experiment.TrainingConfig):
+class TranslateConfig(config_lib.TrainingConfig):
   # The Keras example's training settings.
-  epochs: int = field(100, "Passes over the training pairs (Keras: 100).")
-  batch_size: int = field(64, "Training batch size (Keras: 64).")
-  optimizer: str = field("rmsprop", "adam, rmsprop (Keras) or sgd.")
+  epochs: int = field(100, "Passes over the training pairs (Keras: 100).",
+                      low=1, high=limits.INT32_MAX)
+  batch_size: int = field(64, "Training batch size (Keras: 64).", low=1,
+                          high=limits.MAX_BATCH)
+  optimizer: str = field("rmsprop", "adam, rmsprop (Keras) or sgd.",
+                         choices=train_lib.OPTIMIZERS)
 
   data_path: str = field(
       "", f"The pair file (cmn.txt). Empty: ${ENV_VAR}, else "
       "../shared/data/cmn-eng/cmn.txt beside the repository.")
   num_samples: int = field(10_000, "Use the first N valid pairs (Keras: "
-                           "10000); 0: all.")
+                           "10000); 0: all.", low=0, high=limits.MAX_EXAMPLES)
   validation_split: float = field(0.2, "Fraction of the pairs, taken from the "
-                                  "end as in Keras, held out for evaluation.")
+                                  "end as in Keras, held out for evaluation.",
+                                  above=0.0, below=1.0)
   strict: bool = field(False, "Stop at a malformed line of the pair file "
                        "instead of skipping and counting it.")
   level: str = field("char", "char: characters in and out (Keras); word: "
                      "English words (needs --embedding_dim), Chinese "
-                     "characters.")
-  cell: str = field("lstm", "Recurrent cell: lstm or gru.")
-  latent_dim: int = field(256, "Units of encoder and decoder (Keras: 256).")
+                     "characters.", choices=vocab_lib.LEVELS)
+  cell: str = field("lstm", "Recurrent cell: lstm or gru.",
+                    choices=config_lib.CELLS)
+  latent_dim: int = field(256, "Units of encoder and decoder (Keras: 256).",
+                          low=1, high=limits.MAX_UNITS)
   embedding_dim: Optional[int] = field(
       None, "Embedding width in front of encoder and decoder; unset: one-hot "
-      "inputs (a kernel row lookup).")
+      "inputs (a kernel row lookup).", low=1, high=limits.MAX_UNITS)
   teacher_forcing: bool = field(True, "Feed the decoder the true previous "
                                 "character in training; false: its own "
                                 "prediction.")
   feedback: str = field("softmax", "Without teacher forcing, what is fed "
                         "back: softmax (the distribution, as Keras) or "
-                        "argmax (the token).")
+                        "argmax (the token).", choices=FEEDBACKS)
   num_buckets: int = field(4, "Length buckets of the training pairs (1: pad "
-                           "all to the longest, as Keras).")
+                           "all to the longest, as Keras).", low=1,
+                           high=limits.MAX_LENGTH)
   max_decode_len: int = field(0, "Decoding steps at most; 0: the longest "
-                              "target (with its end symbol) of the pairs.")
-  eval_batch_size: int = field(256, "Batch size of held-out evaluation.")
-  n_examples: int = field(10, "Held-out translations to print.")
+                              "target (with its end symbol) of the pairs.",
+                              low=0, high=limits.MAX_LENGTH)
+  eval_batch_size: int = field(256, "Batch size of held-out evaluation.",
+                               low=1, high=limits.MAX_BATCH)
+  n_examples: int = field(10, "Held-out translations to print.", low=0,
+                          high=limits.MAX_EXAMPLES)
   translate: Optional[list[str]] = field(
       None, "Translate these sentences with the model in --workdir (no "
       "training; the model settings come from its checkpoint). Repeatable.")
 
   def validate(self) -> list[str]:
     errors = super().validate()
-    for name in ("latent_dim", "num_buckets", "eval_batch_size"):
-      if getattr(self, name) < 1:
-        errors.append(f"--{name} must be positive; got {getattr(self, name)}")
-    for name in ("num_samples", "max_decode_len", "n_examples"):
-      if getattr(self, name) < 0:
-        errors.append(f"--{name} must be >= 0; got {getattr(self, name)}")
-    if not 0.0 < self.validation_split < 1.0:
-      errors.append(f"--validation_split must be in (0, 1); got "
-                    f"{self.validation_split}")
-    if self.level not in vocab_lib.LEVELS:
-      errors.append(f"--level must be char or word; got {self.level!r}")
-    if self.cell not in ("lstm", "gru"):
-      errors.append(f"--cell must be lstm or gru; got {self.cell!r}")
-    if self.embedding_dim is not None and self.embedding_dim < 1:
-      errors.append(f"--embedding_dim must be positive; got "
-                    f"{self.embedding_dim}")
     if self.level == "word" and self.embedding_dim is None:
       errors.append("--level=word needs --embedding_dim (words go through an "
                     "Embedding layer)")
-    if self.feedback not in FEEDBACKS:
-      errors.append(f"--feedback must be softmax or argmax; got "
-                    f"{self.feedback!r}")
     if self.translate and not self.workdir:
       errors.append("--translate needs --workdir (a trained model's)")
-    errors += reliability.range_errors(self, {
-        "latent_dim": (None, reliability.MAX_UNITS),
-        "embedding_dim": (None, reliability.MAX_UNITS),
-        "num_samples": (None, reliability.MAX_EXAMPLES),
-        "num_buckets": (None, reliability.MAX_LENGTH),
-        "max_decode_len": (None, reliability.MAX_LENGTH),
-        "eval_batch_size": (None, reliability.MAX_BATCH),
-        "n_examples": (None, reliability.MAX_EXAMPLES)})
-    u, e = self.latent_dim, self.embedding_dim or 0
-    if 1 <= u <= reliability.MAX_UNITS and 0 <= e <= reliability.MAX_UNITS:
-      n_params = 8 * u * (u + e + 1)  # the recurrent kernels alone
-      if n_params > reliability.INT32_MAX:
-        errors.append(f"--latent_dim={u} (--embedding_dim={e or None}) makes "
-                      f"over {n_params:,} parameters; at most "
-                      f"{reliability.INT32_MAX:,}")
     for i, sentence in enumerate(self.translate or [], start=1):
       if not sentence.strip():
         errors.append(f"--translate={sentence!r} (sentence {i}) is empty or "
@@ -155,7 +129,93 @@ class TranslateConfig(experiment.TrainingConfig):
     return errors
 
 
-# ----------------------------------------------------------------- the data
+class TranslateTask(task_lib.Task):
+  name = "translate"
+  config_cls = TranslateConfig
+  metric = "val_chrf"
+  size_flags = ("latent_dim", "embedding_dim")
+
+  def run(self, config: TranslateConfig) -> dict:
+    if config.translate:
+      runner.check(config)
+      return translate_sentences(config)
+    return runner.run(self, config)
+
+  def setup(self, config: TranslateConfig, workdir: str) -> task_lib.Setup:
+    restored = (data_lib.load_vocab_file(workdir) if os.path.isdir(workdir)
+                else None)
+    data = prepare_data(config, restored)
+    print(data.describe(malformed_note="--strict stops at the first"))
+    spec = model_spec(config)
+    model = translation.build_model(spec, data.src_vocab, data.tgt_vocab)
+    loss_fn = translation.make_loss(spec, model)
+    # Runs of steps_per_call batches of one bucket fill each jitted call.
+    fit_data, plan = data.fit_data(config.batch_size, config.steps_per_call)
+    held_out = HeldOut(config, data, train_lib.make_eval_step(loss_fn))
+    save = None if restored else functools.partial(
+        data_lib.save_vocab_file, vocab_file=data_lib.VocabFile(
+            data.src_vocab, data.tgt_vocab, data.max_decode_len,
+            max_source_len=data.train["src"].shape[1]))
+    return task_lib.Setup(
+        model=model, init_inputs=(data.train["src"][:1],
+                                  data.train["dec_in"][:1]),
+        train=fit_data, batch_plan=plan, loss_fn=loss_fn,
+        model_config=translation.model_config(spec, data.src_vocab,
+                                              data.tgt_vocab,
+                                              config.optimizer),
+        title=f"Seq2Seq ({config.cell}, {config.level} level)",
+        epoch_end=held_out.epoch_end, save_files=save, data=held_out)
+
+  def evaluate(self, config: TranslateConfig, setup, state) -> dict:
+    held_out, data = setup.data, setup.data.data
+    t0 = time.perf_counter()
+    losses = held_out.loss(state.params)
+    decoder = translation.make_decoder(model_spec(config), setup.model,
+                                       data.max_decode_len)
+    hypotheses = evaluate.decode_texts(decoder, state.params, data.tgt_vocab,
+                                       data.val, config.eval_batch_size)
+    scores = evaluate.score(hypotheses, [t for _, t in data.val_pairs])
+    eval_seconds = time.perf_counter() - t0
+    examples = print_held_out(config, data, hypotheses, losses, scores)
+    plan = setup.batch_plan
+    steady = held_out.epoch_seconds[1:]
+    return dict(
+        **data.counts(), epochs_completed=int(state.step) // (
+            plan.steps_per_epoch if plan else
+            len(data.train_pairs) // config.batch_size),
+        val_loss=losses["loss"], val_token_accuracy=losses["token_accuracy"],
+        **{f"val_{k}": v for k, v in scores.items()},
+        examples=examples, eval_seconds=eval_seconds,
+        train_eval_seconds=held_out.eval_seconds,
+        epoch_seconds=held_out.epoch_seconds,
+        steady_epoch_seconds=(float(np.mean(steady)) if steady else None),
+        epochs_run=len(held_out.epoch_seconds))
+
+
+class HeldOut:
+  """The held-out pairs' loss after each epoch, and the epochs' times."""
+
+  def __init__(self, config: TranslateConfig, data, eval_step):
+    self.config, self.data, self.eval_step = config, data, eval_step
+    self.arrays = data_lib.fit_arrays(data.val)
+    self.epoch_seconds, self.eval_seconds = [], 0.0
+    self.t = time.perf_counter()
+
+  def loss(self, params) -> dict:
+    return evaluate.evaluate_loss(self.eval_step, params, self.arrays,
+                                  self.config.eval_batch_size)
+
+  def epoch_end(self, state, epoch: int) -> dict:
+    t0 = time.perf_counter()
+    self.epoch_seconds.append(t0 - self.t)
+    row = self.loss(state.params)
+    print(f"Epoch {epoch}/{self.config.epochs}: {self.epoch_seconds[-1]:.1f}s"
+          f" val_loss {row['loss']:.4f} val_token_accuracy "
+          f"{row['token_accuracy']:.4f}", flush=True)
+    self.t = time.perf_counter()
+    self.eval_seconds += self.t - t0
+    return {"val_loss": row["loss"],
+            "val_token_accuracy": row["token_accuracy"]}
 
 
 def resolve_data_path(flag_value: str) -> str:
@@ -208,103 +268,6 @@ def prepare_data(config: TranslateConfig,
     raise flag_error(e) from e
 
 
-# ------------------------------------------------------------------ the run
-
-
-def run(config: TranslateConfig) -> dict:
-  experiment.check_config(config)
-  if config.translate:
-    return translate_sentences(config)
-  workdir = config.workdir
-  restored = (data_lib.load_vocab_file(workdir)
-              if workdir and os.path.isdir(workdir) else None)
-  data = prepare_data(config, restored)
-  print(data.describe(malformed_note="--strict stops at the first"))
-
-  workdir = experiment.resolve_workdir(config, TASK)
-  spec = model_spec(config)
-  mconfig = translation.model_config(spec, data.src_vocab, data.tgt_vocab,
-                                     config.optimizer)
-  # A mismatched checkpoint stops the run before anything is written.
-  checkpointer = Checkpointer(workdir, mconfig)
-  checkpointer.check_compatible()
-  checkpointer.close()
-  if not restored:
-    data_lib.save_vocab_file(workdir, data_lib.VocabFile(
-        data.src_vocab, data.tgt_vocab, data.max_decode_len,
-        max_source_len=data.train["src"].shape[1]))
-
-  model = translation.build_model(spec, data.src_vocab, data.tgt_vocab)
-  params = jax.jit(model.init)(jax.random.key(config.seed),
-                               data.train["src"][:1], data.train["dec_in"][:1])
-  print(summary.format_summary(
-      params, title=f"Seq2Seq ({config.cell}, {config.level} level)"))
-  return train_and_evaluate(config, data, workdir, mconfig, model, params)
-
-
-def train_and_evaluate(config: TranslateConfig, data, workdir: str,
-                       mconfig: dict, model, params) -> dict:
-  """Trains (or resumes), evaluates on the held-out pairs, writes
-  results.json."""
-  spec = model_spec(config)
-  loss_fn = translation.make_loss(spec, model)
-  eval_step = train_lib.make_eval_step(loss_fn)
-  val_arrays = data_lib.fit_arrays(data.val)
-  # Runs of steps_per_call batches of one bucket fill each jitted call.
-  fit_data, plan = data.fit_data(config.batch_size, config.steps_per_call)
-
-  timing = {"eval_seconds": 0.0, "epoch_seconds": [], "t": 0.0}
-
-  def epoch_end(state, epoch):
-    t0 = time.perf_counter()
-    timing["epoch_seconds"].append(t0 - timing["t"])
-    row = evaluate.evaluate_loss(eval_step, state.params, val_arrays,
-                                 config.eval_batch_size)
-    print(f"Epoch {epoch}/{config.epochs}: {timing['epoch_seconds'][-1]:.1f}s"
-          f" val_loss {row['loss']:.4f} val_token_accuracy "
-          f"{row['token_accuracy']:.4f}", flush=True)
-    timing["t"] = time.perf_counter()
-    timing["eval_seconds"] += timing["t"] - t0
-    return {"val_loss": row["loss"],
-            "val_token_accuracy": row["token_accuracy"]}
-
-  timing["t"] = time.perf_counter()
-  state, stats = experiment.train_or_restore(
-      model=model, params=params, config=config, workdir=workdir,
-      model_config=mconfig, data=fit_data, loss_fn=loss_fn,
-      epoch_end_fn=epoch_end, batch_plan=plan)
-
-  t0 = time.perf_counter()
-  held_out = evaluate.evaluate_loss(eval_step, state.params, val_arrays,
-                                    config.eval_batch_size)
-  decoder = translation.make_decoder(spec, model, data.max_decode_len)
-  hypotheses = evaluate.decode_texts(decoder, state.params, data.tgt_vocab,
-                                     data.val, config.eval_batch_size)
-  scores = evaluate.score(hypotheses, [t for _, t in data.val_pairs])
-  eval_seconds = time.perf_counter() - t0
-  examples = print_held_out(config, data, hypotheses, held_out, scores)
-
-  steady = timing["epoch_seconds"][1:]
-  results = experiment.base_results(TASK, config)
-  results.update(
-      workdir=workdir, **data.counts(),
-      step=int(state.step), epochs_completed=int(state.step) // (
-          plan.steps_per_epoch if plan else
-          len(data.train_pairs) // config.batch_size),
-      val_loss=held_out["loss"], val_token_accuracy=held_out["token_accuracy"],
-      **{f"val_{k}": v for k, v in scores.items()},
-      examples=examples, eval_seconds=eval_seconds,
-      train_token_accuracy=stats.last_metrics.get("token_accuracy"),
-      train_eval_seconds=timing["eval_seconds"],
-      epoch_seconds=timing["epoch_seconds"],
-      steady_epoch_seconds=(float(np.mean(steady)) if steady else None),
-      epochs_run=len(timing["epoch_seconds"]),
-      **experiment.training_results(stats, config.batch_size, params))
-  experiment.write_json_atomic(f"{workdir}/results.json", results)
-  print(f"Wrote {workdir}/results.json")
-  return results
-
-
 def print_held_out(config, data, hypotheses, held_out, scores) -> list[dict]:
   """Prints ``--n_examples`` held-out translations and the scores; -> the
   examples."""
@@ -355,6 +318,9 @@ def translate_sentences(config: TranslateConfig) -> dict:
   return {"translations": out}
 
 
+TASK = task_lib.register(TranslateTask())
+run = TASK.run
+
 if __name__ == "__main__":
   from experiments import common
-  common.main(TranslateConfig, run)
+  common.main(TASK)

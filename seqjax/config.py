@@ -27,11 +27,12 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def field(default, help: str, *, low=None, high=None, above=None,  # pylint: disable=redefined-builtin
-          choices: Optional[Sequence[Any]] = None, **kwargs):
+          below=None, choices: Optional[Sequence[Any]] = None, **kwargs):
   """A config field: its flag's default and help text, and what it accepts:
-  ``low`` <= value <= ``high``, value > ``above``, value in ``choices``. An
-  unset optional field (None) is always accepted."""
+  ``low`` <= value <= ``high``, ``above`` < value < ``below``, value in
+  ``choices``. An unset optional field (None) is always accepted."""
   metadata = {"help": help, "low": low, "high": high, "above": above,
+              "below": below,
               "choices": tuple(choices) if choices is not None else None}
   return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
@@ -48,12 +49,17 @@ def field_errors(name: str, value, meta) -> list[str]:
   if isinstance(value, float) and not math.isfinite(value):
     return [f"--{name} must be a finite number; got {value}"]
   low, high, above = meta.get("low"), meta.get("high"), meta.get("above")
+  below = meta.get("below")
+  if above is not None and below is not None and not above < value < below:
+    return [f"--{name} must be in ({above}, {below}); got {value}"]
   if above is not None and not value > above:
     return [f"--{name} must be {'positive' if above == 0 else f'> {above}'};"
             f" got {value}"]
   if low is not None and value < low:
     return [f"--{name} must be {'positive' if low == 1 else f'>= {low}'}; "
             f"got {value}"]
+  if below is not None and not value < below:
+    return [f"--{name} must be < {below}; got {value}"]
   if high is not None and value > high:
     return [f"--{name} must be <= {high:,}; got {value:,}"]
   return []

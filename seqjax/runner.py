@@ -9,7 +9,6 @@ import datetime
 import json
 import os
 import platform
-import tempfile
 from typing import Any, Optional
 
 import jax
@@ -21,6 +20,7 @@ from seqjax import reliability
 from seqjax import sharding as sharding_lib
 from seqjax import summary as summary_lib
 from seqjax import train as train_lib
+from seqjax.checkpoint import Checkpointer
 from seqjax.errors import SeqjaxError
 from seqjax.experiment import train_or_restore
 
@@ -51,8 +51,14 @@ def run(task, config, workdir: Optional[str] = None) -> dict:
   """Trains (or resumes) ``task`` with ``config`` and evaluates the model it
   hands back; -> the results, also in ``<workdir>/results.json``."""
   check(config)
-  workdir = workdir or resolve_workdir(config, task.name)
-  setup = task.setup(config, workdir)
+  workdir = workdir or default_workdir(config, task.name)
+  setup = task.setup(config, workdir)  # bad data stops before any file
+  make_workdir(workdir)
+  if setup.save_files is not None:
+    checker = Checkpointer(workdir, setup.model_config)
+    checker.check_compatible()  # a mismatch stops before anything is written
+    checker.close()
+    setup.save_files(workdir)
   params = init_params(task, setup, config.seed)
   print(summary_lib.format_summary(params, title=setup.title))
   state, stats = train_or_restore(
@@ -85,8 +91,16 @@ def init_params(task, setup, seed: int):
 
 def resolve_workdir(config, task: str) -> str:
   """The run's workdir (created): --workdir, or a fresh timestamped one."""
-  workdir = config.workdir or os.path.join(
+  return make_workdir(default_workdir(config, task))
+
+
+def default_workdir(config, task: str) -> str:
+  return config.workdir or os.path.join(
       "runs", f"{task}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+
+
+def make_workdir(workdir: str) -> str:
+  """Creates ``workdir``; a second run on it stops here, at once."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SeqjaxError(f"--workdir={workdir} exists and is not a directory")
   try:
@@ -106,21 +120,9 @@ def write_results(workdir: str, results: dict, name: str = "results.json"
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temporary file, then renames: readers never see half."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
-                             suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=2, default=_json_default, ensure_ascii=False)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())  # the data is on disk before the rename
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  """JSON (numbers and arrays as lists), written atomically."""
+  reliability.write_atomic(path, json.dumps(
+      obj, indent=2, default=_json_default, ensure_ascii=False) + "\n")
 
 
 def _json_default(x):

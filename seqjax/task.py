@@ -43,6 +43,9 @@ class Setup:
   initial_carry: Any = None        # stateful training (seqjax.train.fit)
   reset_every: int = 0
   epoch_end: Optional[Callable] = None   # (state, epoch) -> dict to log
+  # Files beside the checkpoint (vocabularies): save_files(workdir) runs once
+  # the workdir exists and its checkpoint, if any, matches model_config.
+  save_files: Optional[Callable[[str], None]] = None
   data: Any = None                 # anything else evaluate() needs
 
 

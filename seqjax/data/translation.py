@@ -17,12 +17,12 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from seqjax import reliability
 from seqjax import train as train_lib
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
 from seqjax.errors import ParameterError, SeqjaxError
-from seqjax.experiment import write_json_atomic
 
 VOCAB_FILE = "vocab.json"
 TRAIN_KEYS = ("src", "src_mask", "dec_in", "target", "target_mask")
@@ -185,7 +185,8 @@ def save_vocab_file(workdir: str, vocab_file: VocabFile) -> None:
            "max_decode_len": int(vocab_file.max_decode_len)}
   if vocab_file.max_source_len is not None:
     saved["max_source_len"] = int(vocab_file.max_source_len)
-  write_json_atomic(os.path.join(workdir, VOCAB_FILE), saved)
+  reliability.write_atomic(os.path.join(workdir, VOCAB_FILE), json.dumps(
+      saved, indent=2, ensure_ascii=False) + "\n")
 
 
 def load_vocab_file(workdir: str) -> Optional[VocabFile]:
