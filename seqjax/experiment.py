@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
+import secrets
 from typing import Any, Callable, Optional
 
 import jax
@@ -166,10 +166,14 @@ def resolve_workdir(config, task: str) -> str:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temporary file, then renames: readers never see half."""
+  """Writes JSON to a temporary file, then renames: readers never see half.
+  The file gets the mode any other file gets (0666 less the umask)."""
   directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
-                             suffix=os.path.basename(path))
+  tmp = os.path.join(directory,
+                     f".tmp-{secrets.token_hex(8)}{os.path.basename(path)}")
+  # Not mkstemp: it makes 0600 files. O_EXCL keeps mkstemp's safety, and the
+  # kernel applies the umask to 0666 as for open().
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump(obj, f, indent=2, default=_json_default, ensure_ascii=False)
