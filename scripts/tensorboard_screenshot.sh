@@ -49,21 +49,26 @@ with tensorboard.TensorBoardLog.resume(workdir, step) as log:
 print(f"Wrote {len(rows)} metrics.jsonl rows to {workdir}/tb/")
 PY
 
-PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-TB=$("$PYTHON" -c 'import shutil, sys, os; print(shutil.which("tensorboard", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]) or "")')
-if [[ -z "$TB" ]]; then
-  echo "Error: no tensorboard command (pip install tensorboard)" >&2
-  exit 2
-fi
-"$TB" --logdir_spec "reverse:$WORKDIR/tb" --host 127.0.0.1 --port "$PORT" \
-    > "$TMP/tensorboard.log" 2>&1 &
+PORT=$("$PYTHON" -c 'import socket; s = socket.socket()
+s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+URL="http://127.0.0.1:$PORT"
+"$PYTHON" -m tensorboard.main --logdir_spec "reverse:$WORKDIR/tb" \
+    --host 127.0.0.1 --port "$PORT" > "$TMP/tensorboard.log" 2>&1 &
 SERVER_PID=$!
+READY=""
 for _ in $(seq 60); do  # up to 30 s for the server to answer
-  if "$PYTHON" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/data/runs', timeout=1)" 2>/dev/null; then
+  if "$PYTHON" -c "import urllib.request as u, sys
+u.urlopen(sys.argv[1], timeout=1)" "$URL/data/runs" 2>/dev/null; then
+    READY=1
     break
   fi
   sleep 0.5
 done
+if [[ -z "$READY" ]]; then
+  echo "Error: TensorBoard did not answer on $URL (pip install tensorboard?):" >&2
+  cat "$TMP/tensorboard.log" >&2
+  exit 1
+fi
 mkdir -p "$(dirname "$OUT")"
 # The Scalars dashboard draws with SVG; Time Series needs WebGL, which
 # headless Chromium without a GPU does not draw. --virtual-time-budget lets
@@ -71,6 +76,6 @@ mkdir -p "$(dirname "$OUT")"
 "$BROWSER" --headless --no-sandbox --disable-gpu --hide-scrollbars \
     --window-size=1400,480 --virtual-time-budget=20000 \
     --user-data-dir="$TMP/chromium" --screenshot="$OUT" \
-    "http://127.0.0.1:$PORT/#scalars&tagFilter=loss%7Caccuracy" \
+    "$URL/#scalars&tagFilter=loss%7Caccuracy" \
     2> "$TMP/chromium.log"
 echo "Wrote $OUT"

@@ -8,7 +8,7 @@
 Modes (``MODES``): ``"bar"`` redraws one line per epoch with ``\\r`` (at most
 every ``min_interval`` seconds, and at each epoch's end, which ends the line):
 
-  epoch 2/10 [=========>.........] 45/100 12.3 steps/s loss 0.1234 ETA 0:04 (run 1:02)
+  epoch 2/10 [=====>....] 45/100 12.3 steps/s loss 0.1234 ETA 0:04 (run 1:02)
 
 ``"log"`` writes plain lines (no ``\\r``), one at each epoch's end and one at
 each update given a loss (fit has the loss only at its log rows, so pass it

@@ -168,7 +168,8 @@ def test_dev_quality_and_val_loss_are_drawn_per_epoch(tmp_path):
                                      "val_chrf", "bleu", "grad_norm")] == [
       "loss", "loss", "accuracy", "quality", "quality", None]
   pytest.importorskip("matplotlib")
-  with_quality = plot.plot_curves([str(tmp_path / "a")], str(tmp_path / "q.png"))
+  with_quality = plot.plot_curves([str(tmp_path / "a")],
+                                  str(tmp_path / "q.png"))
   _write_metrics(tmp_path / "b", TRAIN + EVAL)
   without = plot.plot_curves([str(tmp_path / "b")], str(tmp_path / "n.png"))
   # A third panel (6 inches at 110 dpi) only when chrF/BLEU were logged.

@@ -1,6 +1,7 @@
 """seqjax.progress: the bar on a terminal, plain lines elsewhere."""
 
 import io
+import os
 
 import pytest
 
@@ -105,3 +106,13 @@ def test_one_call_per_epoch_uses_the_run_rate():
 def test_format_seconds():
   assert [progress.format_seconds(s) for s in (None, 0, 7.4, 754, 3723)] == [
       "?", "0:00", "0:07", "12:34", "1:02:03"]
+
+
+def test_auto_draws_a_bar_on_a_real_pseudo_terminal():
+  master, slave = os.openpty()
+  with os.fdopen(slave, "w") as tty, os.fdopen(master, "rb") as reader:
+    bar = progress.Progress("auto", 4, 2, stream=tty, min_interval=0.0)
+    bar.update(2)
+    bar.close()
+    assert bar.mode == "bar"
+    assert reader.read1(4096).startswith(b"\repoch 1/2 [")

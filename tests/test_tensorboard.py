@@ -17,7 +17,7 @@ from seqjax import experiment  # pylint: disable=wrong-import-position
 from seqjax import reliability  # pylint: disable=wrong-import-position
 from seqjax import tensorboard  # pylint: disable=wrong-import-position
 from seqjax import train as train_lib  # pylint: disable=wrong-import-position
-from seqjax.data import reverse as reverse_data  # pylint: disable=wrong-import-position
+from seqjax.data import reverse as reverse_data  # pylint: disable=C0413
 
 GUIDANCE = {"scalars": 0, "tensors": 0, "images": 0}  # 0: keep every event
 
@@ -150,7 +150,8 @@ def test_images_round_trip(tmp_path):
   (from_array,) = acc.Images("attention/array")
   (from_file,) = acc.Images("attention/file")
   assert (from_array.width, from_array.height, from_array.step) == (7, 12, 2)
-  assert from_array.encoded_image_string == png == from_file.encoded_image_string
+  assert from_array.encoded_image_string == png
+  assert from_file.encoded_image_string == png
   pil = pytest.importorskip("PIL.Image")
   import io  # pylint: disable=import-outside-toplevel
   decoded = np.asarray(pil.open(io.BytesIO(png)))
