@@ -35,9 +35,9 @@ from __future__ import annotations
 import glob
 import os
 import struct
+import time
 import types
 import uuid
-import time
 import zlib
 from typing import Iterator, Optional, Union
 
@@ -126,7 +126,7 @@ class TensorBoardLog:
           kept.setdefault(event.SerializeToString(), event)
     log = cls(workdir, flush_secs)
     for row in reliability.read_jsonl(metrics_path):
-      if isinstance(row, dict) and row.get("step", 0) <= step:
+      if isinstance(row, dict) and "step" in row and row["step"] <= step:
         log.write(row)
     for event in kept.values():
       log._writer.add_event(event, event.step, event.wall_time)
