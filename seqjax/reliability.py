@@ -36,7 +36,7 @@ import math
 import os
 import signal
 import socket
-import tempfile
+import secrets
 import threading
 from typing import Any, Callable, Optional, Union
 
@@ -269,8 +269,11 @@ def write_atomic(path: str, data: Union[str, bytes]) -> None:
   """Writes a temporary file beside ``path``, fsyncs it, renames it over
   ``path``: readers see the old file or the new one, never half of one."""
   directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
-                             suffix=os.path.basename(path))
+  tmp = os.path.join(directory,
+                     f".tmp-{secrets.token_hex(8)}{os.path.basename(path)}")
+  # Not mkstemp, whose files are 0600: O_EXCL keeps its safety, and the
+  # kernel applies the umask to 0666 as for open().
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data.encode("utf-8") if isinstance(data, str) else data)

@@ -128,3 +128,74 @@ def test_plot_binary(tmp_path):
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 2 and "no such file" in bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+DEV = [{"step": 10, "epoch": 1, "eval": True, "val_loss": 1.5,
+        "dev_chrf": 20.5, "dev_bleu": 3.25, "val_token_accuracy": 0.4},
+       {"step": 20, "epoch": 2, "eval": True, "val_loss": 1.25,
+        "dev_chrf": 31.0, "dev_bleu": 7.5, "val_token_accuracy": 0.5}]
+
+
+def _png_width(path):
+  data = open(path, "rb").read()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n"
+  return int.from_bytes(data[16:20], "big")
+
+
+def test_a_torn_last_line_is_left_out(tmp_path):
+  _write_metrics(tmp_path / "a", TRAIN)
+  with open(tmp_path / "a" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 40, "loss": 0.')  # a run killed mid-write
+  (loss, _) = plot.collect_curves([str(tmp_path / "a")])
+  assert loss.xs == [10, 20, 30]
+
+
+def test_dev_quality_and_val_loss_are_drawn_per_epoch(tmp_path):
+  nonfinite = {"step": 25, "epoch": 2.5, "loss": 0.05,
+               "nonfinite_loss": "nan", "nonfinite_skipped": 1}
+  _write_metrics(tmp_path / "a", TRAIN[:2] + [nonfinite] + DEV)
+  curves = plot.collect_curves([str(tmp_path / "a")], x="epoch")
+  got = {(c.label, c.panel): (c.xs, c.ys) for c in curves if c.evaluation}
+  assert got == {
+      ("a eval dev_bleu", "quality"): ([1, 2], [3.25, 7.5]),
+      ("a eval dev_chrf", "quality"): ([1, 2], [20.5, 31.0]),
+      ("a eval val_loss", "loss"): ([1, 2], [1.5, 1.25]),
+      ("a eval val_token_accuracy", "accuracy"): ([1, 2], [0.4, 0.5]),
+  }
+  train_loss = [c for c in curves if c.label == "a train"]
+  assert [(c.xs, c.ys) for c in train_loss] == [([1, 2, 2.5], [0.2, 0.1, 0.05])]
+  assert [plot.panel_of(k) for k in ("loss", "val_loss", "val_accuracy",
+                                     "val_chrf", "bleu", "grad_norm")] == [
+      "loss", "loss", "accuracy", "quality", "quality", None]
+  pytest.importorskip("matplotlib")
+  with_quality = plot.plot_curves([str(tmp_path / "a")],
+                                  str(tmp_path / "q.png"))
+  _write_metrics(tmp_path / "b", TRAIN + EVAL)
+  without = plot.plot_curves([str(tmp_path / "b")], str(tmp_path / "n.png"))
+  # A third panel (6 inches at 110 dpi) only when chrF/BLEU were logged.
+  assert _png_width(with_quality) - _png_width(without) == 660
+
+
+def test_sweep_runs_are_overlaid(tmp_path):
+  sweep = tmp_path / "sweep"
+  _write_metrics(sweep / "runs" / "n_units=64", TRAIN + DEV)
+  _write_metrics(sweep / "runs" / "n_units=128", TRAIN[:1])
+  os.makedirs(sweep / "runs" / "never_started")
+  assert plot.sweep_workdirs(str(sweep)) == [
+      str(sweep / "runs" / "n_units=128"), str(sweep / "runs" / "n_units=64")]
+  with pytest.raises(SeqjaxError, match="no runs/\\*/metrics.jsonl"):
+    plot.sweep_workdirs(str(tmp_path / "empty"))
+  pytest.importorskip("matplotlib")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  ok = subprocess.run([sys.executable, "-m", "experiments.plot",
+                       f"--sweep_dir={sweep}", "--x=epoch"], cwd=ROOT, env=env,
+                      capture_output=True, text=True, timeout=120)
+  assert ok.returncode == 0, ok.stderr
+  assert _png_width(sweep / "curves.png") == 3 * 660
+  curves = plot.collect_curves(plot.sweep_workdirs(str(sweep)))
+  assert {c.run for c in curves} == {0, 1}
+  assert {c.label.split()[0] for c in curves} == {"n_units=128", "n_units=64"}
+  bad = subprocess.run([sys.executable, "-m", "experiments.plot",
+                        f"--sweep_dir={tmp_path / 'empty'}"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2 and "no runs/*/metrics.jsonl" in bad.stderr
