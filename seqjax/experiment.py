@@ -64,8 +64,8 @@ class TrainingConfig:
   num_processes: int = field(1, "Multi-process: number of processes.")
   process_id: int = field(0, "Multi-process: this process's index.")
   checkpoint_every_secs: float = field(
-      0.0, "Also save a checkpoint when this many seconds have passed since "
-      "the last one (0: off).")
+      60.0, "Also save a checkpoint when this many seconds have passed since "
+      "the last one, so a killed run loses at most about that much (0: off).")
   skip_nonfinite_updates: bool = field(
       False, "Skip a step whose loss or gradients are not finite (counted in "
       "metrics.jsonl) instead of stopping the run there.")
@@ -132,9 +132,9 @@ class TrainingConfig:
         batch_size=self.batch_size, epochs=self.epochs, seed=self.seed,
         steps_per_call=self.steps_per_call, log_every_steps=self.log_every,
         checkpoint_every_steps=self.checkpoint_every,
-        learning_rate=(self.learning_rate if self.learning_rate is not None
-                       else train_lib.DEFAULT_LEARNING_RATES.get(
-                           self.optimizer)))
+        log_learning_rate=(self.learning_rate if self.learning_rate is not
+                           None else train_lib.DEFAULT_LEARNING_RATES.get(
+                               self.optimizer)))
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -226,7 +226,8 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
   """Builds the train state, resumes from ``workdir`` and trains (or, with
   ``--eval_only``, only restores). A checkpoint written for another model stops
   the run before anything is written. ``initial_carry`` / ``reset_every``:
-  stateful training (see ``seqjax.train.fit``). With ``batch_plan``, ``data``
+  stateful training (see ``seqjax.train.fit``): the carry is checkpointed
+  with the state and resumed. With ``batch_plan``, ``data``
   is a list of datasets (length buckets; see ``train.fit``). Ctrl-C saves a checkpoint and
   raises ``reliability.TrainingInterrupted``; a damaged checkpoint is
   skipped."""
@@ -258,8 +259,10 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
   if mesh is not None:
     # Restored arrays take the target's sharding: replicated on the mesh.
     state = sharding_lib.replicate(state, mesh)
+  carry = initial_carry
   if latest is not None:
-    state = checkpointer.restore(state, latest)
+    state, carry = checkpointer.restore_with_carry(state, initial_carry,
+                                                   latest)
     print(f"Resumed from the checkpoint at step {int(state.step)} in "
           f"{workdir}.")
   if config.eval_only:
@@ -283,10 +286,10 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
     state, stats = train_lib.fit(
         state, data, loss_fn, fit_config,
         checkpointer=checkpointer, metrics_log=metrics_log,
-        epoch_end_fn=epoch_end_fn, initial_carry=initial_carry,
+        epoch_end_fn=epoch_end_fn, initial_carry=initial_carry, carry=carry,
         reset_every=reset_every, mesh=mesh, should_stop=interrupt.requested,
         batch_plan=batch_plan)
-  checkpointer.save(state)
+  checkpointer.save(state, carry=stats.final_carry)
   checkpointer.close()
   if interrupt.requested():
     raise reliability.TrainingInterrupted(int(state.step), workdir,
