@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 
 import jax
@@ -332,7 +333,8 @@ def test_lock_refuses_a_second_holder_until_released(tmp_path):
     reliability.WorkdirLock(str(tmp_path)).acquire()
   # A binary stops in resolve_workdir, before loading data or writing.
   before = sorted(os.listdir(tmp_path))
-  with pytest.raises(reliability.WorkdirBusyError, match="--workdir"):
+  with pytest.raises(reliability.WorkdirBusyError,
+                     match=f"workdir {re.escape(str(tmp_path))} is in use"):
     reverse_exp.run(reverse_exp.ReverseConfig(workdir=str(tmp_path),
                                               n_samples=64, n_eval=4))
   assert sorted(os.listdir(tmp_path)) == before
