@@ -148,8 +148,9 @@ def test_ctrl_c_then_kill_9_then_rerun_is_bit_equal(tmp_path, reference):
 
 ECHO_FLAGS = dict(mode="lag_window", seq_length=13, n_sequences=20,
                   n_units=16, batch_size=1, epochs=3, n_eval=5, log_every=0,
-                  steps_per_call=2, learning_rate=0.01, checkpoint_every=4)
-ECHO_TOTAL = 20 * 9 * 3  # 9 samples a sequence, a reset every 9 steps
+                  steps_per_call=2, learning_rate=0.01, checkpoint_every=3)
+ECHO_ROWS = 13 - 5  # samples a sequence (batch 1: a reset every 8 steps)
+ECHO_TOTAL = 20 * ECHO_ROWS * 3
 
 
 def _start_echo(workdir, log):
@@ -180,16 +181,16 @@ def test_stateful_echo_killed_mid_block_resumes_bit_equal(tmp_path, capsys):
     assert proc.wait(60) == -signal.SIGKILL
   killed_at = _steps(work)[-1]
   assert killed_at < ECHO_TOTAL, seed
-  if killed_at % 9 == 0:
-    # Checkpoints every 4 steps, resets every 9: resume 4 steps earlier, in
-    # a block, as if the kill had come before that save.
+  if killed_at % ECHO_ROWS == 0:
+    # Checkpoints every 3 steps, resets every 8: resume 3 steps earlier,
+    # between two resets, as if the kill had come before that save.
     shutil.rmtree(os.path.join(work, "checkpoints", str(killed_at)))
-    killed_at -= 4
+    killed_at -= 3
   with open(log_path, "w") as log:
     proc = _start_echo(work, log)
     assert proc.wait(300) == 0, open(log_path).read()[-3000:]
   out = open(log_path).read()
   resumed = int(re.search(r"Resumed from the checkpoint at step (\d+)",
                           out).group(1))
-  assert resumed == killed_at and resumed % 9, (seed, resumed)
+  assert resumed == killed_at and resumed % ECHO_ROWS, (seed, resumed)
   assert _fingerprint(out) == want, seed
