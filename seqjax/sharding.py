@@ -136,8 +136,8 @@ def local_copy(tree: Any) -> Any:
 
 
 def mesh_or_none(num_devices: int) -> Optional[Mesh]:
-  """The mesh over ``num_devices`` devices, or None for one device in one process (the
-  plain single-device path)."""
+  """The mesh over ``num_devices`` devices, or None for one device in one
+  process (the plain single-device path)."""
   if resolve_num_devices(num_devices) == 1 and jax.process_count() == 1:
     return None
   return make_mesh(num_devices)

@@ -10,6 +10,12 @@
   step compiles exactly once.
 * The data order is a function of (seed, epoch) alone, so a run resumed from a
   checkpoint sees the same batches as an uninterrupted one.
+
+``fit`` is a short loop over three parts: the train call (``make_multi_step``:
+one signature whether guarded, stateful or sharded), a schedule
+(``ShuffledRows``, ``StatefulBlocks``, ``BucketPlan``: the rows of each step)
+fed by ``_Feed``, and the periodic actions of ``_Loop`` (log, checkpoint by
+steps or seconds, epoch-end evaluation, the non-finite monitor, stop).
 """
 
 from __future__ import annotations
@@ -574,7 +580,8 @@ class _Feed:
   resets, placed for the mesh."""
 
   def __init__(self, schedule, seed: int, k_max: int, mesh):
-    self.schedule, self.seed, self.k_max, self.mesh = schedule, seed, k_max, mesh
+    self.schedule, self.seed = schedule, seed
+    self.k_max, self.mesh = k_max, mesh
     self._epoch, self._order = -1, None
 
   def __call__(self, step: int, limit: int):
