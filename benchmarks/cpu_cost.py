@@ -54,14 +54,18 @@ def run(config: CpuCostConfig) -> dict:
   state = train_lib.create_train_state(model, params,
                                        train_lib.make_optimizer("adam"))
   c = time.process_time()
-  multi_step.lower(state, device_data, idx[0], valid).compile()
+  no, halted = np.zeros(k, bool), np.zeros((), bool)
+  multi_step.lower(state, (), device_data, idx[0], valid, no,
+                   halted).compile()
   compile_cpu = time.process_time() - c
-  state, metrics = multi_step(state, device_data, idx[0], valid)
+  state, _, _, metrics = multi_step(state, (), device_data, idx[0], valid, no,
+                                    halted)
   jax.block_until_ready(metrics)
   steps = []
   for i in range(config.calls):
     c = time.process_time()
-    state, metrics = multi_step(state, device_data, idx[1 + i], valid)
+    state, _, _, metrics = multi_step(state, (), device_data, idx[1 + i],
+                                      valid, no, halted)
     jax.block_until_ready(metrics)
     steps.append((time.process_time() - c) / k)
   decoder = decode_lib.make_greedy_decoder(model, max_len=3, start_id=0)

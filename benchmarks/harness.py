@@ -36,6 +36,7 @@ three passes).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import statistics
@@ -89,6 +90,36 @@ class CompileCounter:
     self._active = False
     monitoring.unregister_event_duration_listener(self._listener)
     return False
+
+
+def reverse_default_setup(steps: int, batch_size: int = 32):
+  """The reverse task's default model (51 features, 128 LSTM units) and
+  ``steps`` batches of its data, for the overhead benchmarks: -> (model,
+  params, data, loss_fn, tx)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from seqjax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from seqjax.data import reverse  # pylint: disable=g-import-not-at-top
+  from seqjax.models import Seq2Seq  # pylint: disable=g-import-not-at-top
+  data = reverse.generate(np.random.default_rng(0), steps * batch_size)
+  model = Seq2Seq(src_vocab=51, tgt_vocab=51, units=128)
+  params = model.init(jax.random.key(0), data["src"][:1], data["dec_in"][:1])
+  # One optimizer object for every run: it is part of jit's cache key.
+  return (model, params, data, train_lib.make_seq2seq_loss(model),
+          train_lib.make_optimizer("adam"))
+
+
+def write_overhead_json(path: str, fields: dict, rows: list) -> None:
+  """An overhead benchmark's JSON: its settings (``fields``), the machine's
+  backend, devices, load and versions, and its ``rows``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  result = {**fields, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()],
+            "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(),
+            "python": platform.python_version(), "jax": jax.__version__,
+            "rows": rows}
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+  print(f"Wrote {path}")
 
 
 def seqjax_versions() -> dict:

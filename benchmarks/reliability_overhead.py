@@ -17,18 +17,15 @@ the rounds after the first, which compiles) and writes it as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import harness
 from seqjax import train as train_lib
-from seqjax.data import reverse
-from seqjax.models import Seq2Seq
 
 
 def main():
@@ -39,11 +36,8 @@ def main():
   args = parser.parse_args()
 
   bsz, k = 32, 25
-  data = reverse.generate(np.random.default_rng(0), args.steps * bsz)
-  model = Seq2Seq(src_vocab=51, tgt_vocab=51, units=128)
-  params = model.init(jax.random.key(0), data["src"][:1], data["dec_in"][:1])
-  loss_fn = train_lib.make_seq2seq_loss(model)
-  tx = train_lib.make_optimizer("adam")  # one object: it is part of jit's key
+  model, params, data, loss_fn, tx = harness.reverse_default_setup(
+      args.steps, bsz)
   tmp = tempfile.mkdtemp(prefix="seqjax-bench-")
   variants = [("ignore", False), ("stop", False), ("skip", False),
               ("stop", True)]
@@ -75,15 +69,9 @@ def main():
     row["relative"] = row["samples_per_s_median"] / base
     print(f"{row['nonfinite']:<10} {str(row['fsynced_row_every_call']):<11} "
           f"{row['samples_per_s_median']:>10,.0f} {row['relative']:>9.3f}")
-  result = {"steps": args.steps, "batch_size": bsz, "steps_per_call": k,
-            "repeats": args.repeats, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()],
-            "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(),
-            "python": platform.python_version(), "jax": jax.__version__,
-            "rows": rows}
-  with open(args.out, "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2)
-  print(f"Wrote {args.out}")
+  harness.write_overhead_json(args.out, {
+      "steps": args.steps, "batch_size": bsz, "steps_per_call": k,
+      "repeats": args.repeats}, rows)
 
 
 if __name__ == "__main__":

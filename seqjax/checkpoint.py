@@ -36,9 +36,14 @@ class CheckpointMismatchError(SeqjaxError):
   """The checkpoint in a workdir was written for a different model."""
 
 
-def _state_tree(state: TrainState) -> dict:
-  return {"step": state.step, "params": state.params,
+def _state_tree(state: TrainState, carry=None) -> dict:
+  """What is saved: the train state and, for a stateful run, the carry at
+  its step (so a resumed run continues mid-stream exactly)."""
+  tree = {"step": state.step, "params": state.params,
           "opt_state": state.opt_state}
+  if carry is not None:
+    tree["carry"] = carry
+  return tree
 
 
 def _jsonable(config: dict) -> dict:
@@ -102,8 +107,9 @@ class Checkpointer:
     if diffs:
       raise CheckpointMismatchError(
           f"The checkpoint in {self.directory} (step {step}) was written for a "
-          f"different model ({'; '.join(diffs)}). Use another --workdir or the "
-          "flags it was trained with; the checkpoint was left untouched.")
+          f"different model ({'; '.join(diffs)}). Train in another workdir or "
+          "with the settings it was trained with; the checkpoint was left "
+          "untouched.")
     return step
 
   def restore(self, state: TrainState, step: Optional[int] = None) -> TrainState:
@@ -112,14 +118,20 @@ class Checkpointer:
     If checkpoint ``step`` (default: the latest) is damaged, it is moved to
     ``checkpoints.damaged/`` and the newest good older one is restored, with
     a warning naming both; the step restored is ``int(result.step)``. With
-    no good checkpoint left, raises SeqjaxError.
+    no good checkpoint left, raises SeqjaxError. A stateful run's saved
+    carry is read and dropped (see ``restore_with_carry``).
     """
+    return self.restore_with_carry(state, None, step)[0]
+
+  def restore_with_carry(self, state: TrainState, carry, step: Optional[int]
+                         = None) -> tuple[TrainState, Any]:
+    """``restore`` for a stateful run: -> (state, the carry saved with it).
+    ``carry`` is a template (e.g. the initial carry); it comes back as it is
+    when the checkpoint holds none, or there is no checkpoint."""
     step = self.check_compatible() if step is None else step
-    if step is None:
-      return state
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
     damaged = []
     while step is not None:
+      target = self._target(state, carry, step)
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target)))["state"]
@@ -133,17 +145,40 @@ class Checkpointer:
         if self._fits(step, target) is False:
           raise CheckpointMismatchError(
               f"The checkpoint in {self.directory} (step {step}) does not fit "
-              f"the model: {e}. Use another --workdir; the checkpoint was left "
-              "untouched.") from e
+              f"the model: {e}. The checkpoint was left untouched.") from e
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
       damaged.append(self._set_aside(step, reason))
       step = self.check_compatible()  # the next older one
     self._report_damaged(damaged, step)
     if step is None:
-      return state
-    restored = jax.tree.map(_like, _state_tree(state), restored)
+      return state, carry
+    current = _state_tree(state, carry if "carry" in restored else None)
+    restored = jax.tree.map(_like, current, {k: restored[k] for k in current})
     return state.replace(step=restored["step"], params=restored["params"],
-                         opt_state=restored["opt_state"])
+                         opt_state=restored["opt_state"]), restored.get(
+                             "carry", carry)
+
+  def _target(self, state, carry, step: int) -> dict:
+    """The restore target: the state's (and carry's) shapes; a carry the
+    checkpoint holds but the caller did not ask for is read as saved, and
+    one asked for but not saved is left out."""
+    saved = self._metadata(step)
+    has_carry = isinstance(saved, dict) and "carry" in saved
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(
+        state, carry if has_carry or saved is None else None))
+    if carry is None and has_carry:
+        target["carry"] = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+            saved["carry"], is_leaf=lambda m: hasattr(m, "shape"))
+    return target
+
+  def _metadata(self, step: int):
+    """Checkpoint ``step``'s saved array metadata tree; None if unreadable."""
+    try:
+      return ocp.StandardCheckpointer().metadata(
+          os.path.join(self.directory, str(step), "state")).item_metadata.tree
+    except Exception:  # pylint: disable=broad-except
+      return None
 
   def restore_params(self, params, step: Optional[int] = None):
     """The parameters alone of checkpoint ``step`` (default: the latest),
@@ -164,12 +199,8 @@ class Checkpointer:
   def _fits(self, step: int, target) -> Optional[bool]:
     """Whether checkpoint ``step``'s array metadata matches ``target``'s
     paths, shapes and dtypes; None when the metadata cannot be read."""
-    try:
-      saved = ocp.StandardCheckpointer().metadata(
-          os.path.join(self.directory, str(step), "state")).item_metadata.tree
-    except Exception:  # pylint: disable=broad-except
-      return None
-    return _signature(saved) == _signature(target)
+    saved = self._metadata(step)
+    return None if saved is None else _signature(saved) == _signature(target)
 
   def _set_aside(self, step: int, reason: str) -> tuple[int, str, str]:
     """Moves damaged step ``step`` to checkpoints.damaged/ (kept, never
@@ -201,12 +232,14 @@ class Checkpointer:
       return []
     return sorted(self.manager.all_steps())
 
-  def save(self, state: TrainState, force: bool = False) -> bool:
+  def save(self, state: TrainState, force: bool = False, carry=None) -> bool:
+    """Saves ``state`` (and a stateful run's ``carry``) at its step, unless
+    that step is saved already (``force``: again)."""
     step = int(state.step)
     if not force and self.latest_step() == step:
       return False
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_state_tree(state)),
+        state=ocp.args.StandardSave(_state_tree(state, carry)),
         config=ocp.args.JsonSave(self.model_config)), force=force)
     self.manager.wait_until_finished()
     return True
@@ -222,7 +255,7 @@ def _like(current, restored):
   a device, while a fresh state's are not, and jit compiles once for each
   kind; a host round trip gives an uncommitted one, so a resumed run's train
   step compiles once, as a fresh run's does."""
-  if isinstance(current, jax.Array) and not getattr(current, "_committed", True):
+  if isinstance(current, jax.Array) and not current.committed:
     return jax.numpy.asarray(np.asarray(restored))
   return restored
 

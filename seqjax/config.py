@@ -119,8 +119,9 @@ class TrainingConfig(Config):
   num_processes: int = field(1, "Multi-process: number of processes.", low=1)
   process_id: int = field(0, "Multi-process: this process's index.")
   checkpoint_every_secs: float = field(
-      0.0, "Also save a checkpoint when this many seconds have passed since "
-      "the last one (0: off).", low=0, high=10**9)
+      60.0, "Also save a checkpoint when this many seconds have passed since "
+      "the last one, so a killed run loses at most about that much (0: off).",
+      low=0, high=10**9)
   skip_nonfinite_updates: bool = field(
       False, "Skip a step whose loss or gradients are not finite (counted in "
       "metrics.jsonl) instead of stopping the run there.")
@@ -164,6 +165,6 @@ class TrainingConfig(Config):
         batch_size=self.batch_size, epochs=self.epochs, seed=self.seed,
         steps_per_call=self.steps_per_call, log_every_steps=self.log_every,
         checkpoint_every_steps=self.checkpoint_every,
-        learning_rate=(self.learning_rate if self.learning_rate is not None
-                       else train_lib.DEFAULT_LEARNING_RATES.get(
-                           self.optimizer)))
+        log_learning_rate=(self.learning_rate if self.learning_rate is not
+                           None else train_lib.DEFAULT_LEARNING_RATES.get(
+                               self.optimizer)))

@@ -30,7 +30,8 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
   """Builds the train state, resumes from ``workdir`` and trains (or, with
   ``--eval_only``, only restores). A checkpoint written for another model stops
   the run before anything is written. ``initial_carry`` / ``reset_every``:
-  stateful training (see ``seqjax.train.fit``). With ``batch_plan``, ``data``
+  stateful training (see ``seqjax.train.fit``): the carry is checkpointed
+  with the state and resumed. With ``batch_plan``, ``data``
   is a list of datasets (length buckets; see ``train.fit``). Ctrl-C saves a checkpoint and
   raises ``reliability.TrainingInterrupted``; a damaged checkpoint is
   skipped."""
@@ -62,8 +63,10 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
   if mesh is not None:
     # Restored arrays take the target's sharding: replicated on the mesh.
     state = sharding_lib.replicate(state, mesh)
+  carry = initial_carry
   if latest is not None:
-    state = checkpointer.restore(state, latest)
+    state, carry = checkpointer.restore_with_carry(state, initial_carry,
+                                                   latest)
     print(f"Resumed from the checkpoint at step {int(state.step)} in "
           f"{workdir}.")
   if config.eval_only:
@@ -87,10 +90,10 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
     state, stats = train_lib.fit(
         state, data, loss_fn, fit_config,
         checkpointer=checkpointer, metrics_log=metrics_log,
-        epoch_end_fn=epoch_end_fn, initial_carry=initial_carry,
+        epoch_end_fn=epoch_end_fn, initial_carry=initial_carry, carry=carry,
         reset_every=reset_every, mesh=mesh, should_stop=interrupt.requested,
         batch_plan=batch_plan)
-  checkpointer.save(state)
+  checkpointer.save(state, carry=stats.final_carry)
   checkpointer.close()
   if interrupt.requested():
     raise reliability.TrainingInterrupted(int(state.step), workdir,

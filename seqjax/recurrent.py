@@ -117,7 +117,7 @@ def _lstm_cell(kernel_HG, h_BH, c_BH, xw_BG):
   return o * tc, c_new, jnp.concatenate([i, f, g, o, tc], axis=-1)
 
 
-def _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, save):
+def _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, save):
   def body(carry, inputs):
     h_BH, c_BH = carry
     xw_BG, m_B = inputs
@@ -126,31 +126,29 @@ def _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, save):
       h_new = jnp.where(m_B[:, None], h_new, h_BH)
       c_new = jnp.where(m_B[:, None], c_new, c_BH)
     return (h_new, c_new), (h_new, (acts, c_new) if save else None)
-  carry, (h_TBH, saved) = jax.lax.scan(body, (h_BH, c_BH), (xw_TBG, mask_TB),
-                                       unroll=unroll)
+  carry, (h_TBH, saved) = jax.lax.scan(body, (h_BH, c_BH), (xw_TBG, mask_TB))
   return (h_TBH, carry), saved
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _lstm_sequence(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, zero_start):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _lstm_sequence(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, zero_start):
   if zero_start:  # the carry is zeros: the first step needs no h @ U
     first = _lstm_cell(kernel_HG, None, None, xw_TBG[0])[:2]
     return _first_then_rest(
         first, xw_TBG, mask_TB, lambda carry, xw_TBG, mask_TB: _lstm_scan(
-            kernel_HG, xw_TBG, *carry, mask_TB, unroll, False)[0])
-  return _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, False)[0]
+            kernel_HG, xw_TBG, *carry, mask_TB, False)[0])
+  return _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, False)[0]
 
 
-def _lstm_sequence_fwd(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll,
-                       zero_start):
+def _lstm_sequence_fwd(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, zero_start):
   # Differentiated, the first step stays in the scan: peeling it would cost
   # more compile time than it saves in a typical run.
   del zero_start
-  out, saved = _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, unroll, True)
+  out, saved = _lstm_scan(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, True)
   return out, (kernel_HG, h_BH, c_BH, out[0], saved, mask_TB)
 
 
-def _lstm_sequence_bwd(unroll, zero_start, residuals, cotangents):
+def _lstm_sequence_bwd(zero_start, residuals, cotangents):
   del zero_start
   kernel_HG, h0_BH, c0_BH, h_TBH, (acts_TBA, c_TBH), mask_TB = residuals
   dh_TBH, (dh_BH, dc_BH) = cotangents
@@ -177,7 +175,7 @@ def _lstm_sequence_bwd(unroll, zero_start, residuals, cotangents):
     return (dh_prev, dc_prev), dz_BG
   (dh0_BH, dc0_BH), dz_TBG = jax.lax.scan(
       body, (dh_BH, dc_BH), (dh_TBH, acts_TBA, c_prev_TBH, mask_TB),
-      reverse=True, unroll=unroll)
+      reverse=True)
   h_prev_TBH = jnp.concatenate([h0_BH[None], h_TBH[:-1]], axis=0)
   dkernel_HG = jnp.einsum("tbh,tbg->hg", h_prev_TBH, dz_TBG)
   return dkernel_HG, dz_TBG, dh0_BH, dc0_BH, None
@@ -187,8 +185,7 @@ _lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)
 
 
 def lstm_sequence(recurrent: dict, carry: Optional[Carry], xw_TBG: Array,
-                  mask_TB: Optional[Array] = None, unroll: int = 1
-                  ) -> tuple[Array, Carry]:
+                  mask_TB: Optional[Array] = None) -> tuple[Array, Carry]:
   """All steps of ``lstm_update`` over projected inputs (T, B, 4H).
 
   Returns the outputs (T, B, H) and the final carry; masked steps (mask_TB
@@ -202,7 +199,7 @@ def lstm_sequence(recurrent: dict, carry: Optional[Carry], xw_TBG: Array,
     zeros_BH = jnp.zeros(xw_TBG.shape[1:2] + kernel_HG.shape[:1], xw_TBG.dtype)
     carry = (zeros_BH, zeros_BH)
   h_TBH, carry = _lstm_sequence(kernel_HG, xw_TBG, carry[0], carry[1],
-                                mask_TB, unroll, zero_start)
+                                mask_TB, zero_start)
   return h_TBH, carry
 
 
@@ -232,40 +229,38 @@ def _gru_cell(kernel_HG, bias_G, h_BH, xw_BG):
   return h_new, jnp.concatenate([z, r, n, hn], axis=-1)
 
 
-def _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, save):
+def _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, save):
   def body(h_BH, inputs):
     xw_BG, m_B = inputs
     h_new, acts = _gru_cell(kernel_HG, bias_G, h_BH, xw_BG)
     if m_B is not None:
       h_new = jnp.where(m_B[:, None], h_new, h_BH)
     return h_new, (h_new, acts if save else None)
-  h_BH, (h_TBH, saved) = jax.lax.scan(body, h_BH, (xw_TBG, mask_TB),
-                                      unroll=unroll)
+  h_BH, (h_TBH, saved) = jax.lax.scan(body, h_BH, (xw_TBG, mask_TB))
   return (h_TBH, h_BH), saved
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _gru_sequence(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, zero_start):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _gru_sequence(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, zero_start):
   if zero_start:  # the carry is zeros: the first step needs no h @ U
     first = (_gru_cell(kernel_HG, bias_G, None, xw_TBG[0])[0],)
 
     def rest(carry, xw_TBG, mask_TB):
       h_TBH, h_BH = _gru_scan(kernel_HG, bias_G, xw_TBG, carry[0], mask_TB,
-                              unroll, False)[0]
+                              False)[0]
       return h_TBH, (h_BH,)
     h_TBH, (h_BH,) = _first_then_rest(first, xw_TBG, mask_TB, rest)
     return h_TBH, h_BH
-  return _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, False)[0]
+  return _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, False)[0]
 
 
-def _gru_sequence_fwd(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll,
-                      zero_start):
+def _gru_sequence_fwd(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, zero_start):
   del zero_start  # as _lstm_sequence_fwd
-  out, saved = _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, unroll, True)
+  out, saved = _gru_scan(kernel_HG, bias_G, xw_TBG, h_BH, mask_TB, True)
   return out, (kernel_HG, h_BH, out[0], saved, mask_TB)
 
 
-def _gru_sequence_bwd(unroll, zero_start, residuals, cotangents):
+def _gru_sequence_bwd(zero_start, residuals, cotangents):
   del zero_start
   kernel_HG, h0_BH, h_TBH, acts_TBA, mask_TB = residuals
   dh_TBH, dh_BH = cotangents
@@ -288,8 +283,7 @@ def _gru_sequence_bwd(unroll, zero_start, residuals, cotangents):
       dh_prev = dh_prev + keep_h
     return dh_prev, (jnp.concatenate([dz, dr, dn], axis=-1), dhu_BG)
   dh0_BH, (dxw_TBG, dhu_TBG) = jax.lax.scan(
-      body, dh_BH, (dh_TBH, acts_TBA, h_prev_TBH, mask_TB), reverse=True,
-      unroll=unroll)
+      body, dh_BH, (dh_TBH, acts_TBA, h_prev_TBH, mask_TB), reverse=True)
   dkernel_HG = jnp.einsum("tbh,tbg->hg", h_prev_TBH, dhu_TBG)
   return dkernel_HG, dhu_TBG.sum(axis=(0, 1)), dxw_TBG, dh0_BH, None
 
@@ -298,8 +292,7 @@ _gru_sequence.defvjp(_gru_sequence_fwd, _gru_sequence_bwd)
 
 
 def gru_sequence(recurrent: dict, carry: Optional[Carry], xw_TBG: Array,
-                 mask_TB: Optional[Array] = None, unroll: int = 1
-                 ) -> tuple[Array, Carry]:
+                 mask_TB: Optional[Array] = None) -> tuple[Array, Carry]:
   """All steps of ``gru_update`` over projected inputs (T, B, 3H); see
   ``lstm_sequence``."""
   dtype = xw_TBG.dtype
@@ -309,15 +302,15 @@ def gru_sequence(recurrent: dict, carry: Optional[Carry], xw_TBG: Array,
     carry = (jnp.zeros(xw_TBG.shape[1:2] + kernel_HG.shape[:1], dtype),)
   h_TBH, h_BH = _gru_sequence(kernel_HG,
                               recurrent["recurrent_bias"].astype(dtype),
-                              xw_TBG, carry[0], mask_TB, unroll, zero_start)
+                              xw_TBG, carry[0], mask_TB, zero_start)
   return h_TBH, (h_BH,)
 
 
 class Recurrent(nn.Module):
   """Base of the recurrent layers: parameters, projection, step and scan.
 
-  Subclasses set ``num_gates``, ``carry_size``, ``update``, ``first`` and
-  ``_bias_init``.
+  Subclasses set ``num_gates``, ``carry_size``, ``update``, ``first``,
+  ``sequence`` and ``_make_bias``.
   """
 
   units: int
@@ -330,9 +323,8 @@ class Recurrent(nn.Module):
   update: ClassVar[Callable[[dict, Carry, Array], Carry]]
   # ``update`` from the zero carry, without the recurrent matmul.
   first: ClassVar[Callable[[dict, Array], Carry]]
-  # All steps at once with a hand-written backward pass (``lstm_sequence``);
-  # None: ``update`` scanned and differentiated by autodiff.
-  sequence: ClassVar[Optional[Callable]] = None
+  # All steps at once with a hand-written backward pass (``lstm_sequence``).
+  sequence: ClassVar[Callable]
 
   def setup(self):
     gh = self.num_gates * self.units
@@ -376,28 +368,12 @@ class Recurrent(nn.Module):
     carry = self.initial_carry(batch_size) if initial_carry is None else tuple(
         c.astype(self.dtype) for c in initial_carry)
     xw_TBG = jnp.swapaxes(self.project(x), 0, 1)
-    # Plain arrays and a pure function inside the scan: no module calls there.
-    recurrent = self._recurrent_params()
-    update = type(self).update
-
-    if type(self).sequence is not None:
-      mask_TB = None if mask is None else jnp.swapaxes(mask.astype(bool), 0, 1)
-      # None: the zero carry, whose first step skips the recurrent matmul.
-      h_TBH, carry = type(self).sequence(
-          recurrent, None if initial_carry is None else carry, xw_TBG, mask_TB)
-    elif mask is None:
-      def body(carry, xw_BG):
-        carry = update(recurrent, carry, xw_BG)
-        return carry, carry[0]
-      carry, h_TBH = jax.lax.scan(body, carry, xw_TBG)
-    else:
-      mask_TB = jnp.swapaxes(mask.astype(bool), 0, 1)
-
-      def body(carry, inputs):
-        xw_BG, m_B = inputs
-        carry = _keep_masked(m_B, update(recurrent, carry, xw_BG), carry)
-        return carry, carry[0]
-      carry, h_TBH = jax.lax.scan(body, carry, (xw_TBG, mask_TB))
+    mask_TB = None if mask is None else jnp.swapaxes(mask.astype(bool), 0, 1)
+    # Plain arrays and a pure function: no module calls inside the scan. A
+    # carry of None is the zero carry, whose first step skips h @ U.
+    h_TBH, carry = type(self).sequence(
+        self._recurrent_params(), None if initial_carry is None else carry,
+        xw_TBG, mask_TB)
     return jnp.swapaxes(h_TBH, 0, 1), carry
 
   def final_carry(self, x: Array, initial_carry: Optional[Carry] = None,

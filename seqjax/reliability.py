@@ -114,9 +114,9 @@ class WorkdirLock:
       holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
       os.close(fd)
       raise WorkdirBusyError(
-          f"--workdir={self.workdir} is in use by another run "
+          f"the workdir {self.workdir} is in use by another run "
           f"({holder or 'unknown process'}). Wait for it to finish, or use "
-          "another --workdir. (The lock goes away by itself when that process "
+          "another workdir. (The lock goes away by itself when that process "
           "exits, even if it is killed.)") from None
     except OSError as e:  # a filesystem without flock: run unprotected
       os.close(fd)
@@ -336,18 +336,18 @@ def with_reliability_flags(fit_config, config):
 
 
 def check_fit_size(fit_config, data) -> None:
-  """Refuses, naming the flag, a run whose batch is larger than the data or
-  whose step count would overflow the int32 step counter."""
+  """Refuses, naming the values, a run whose batch is larger than the data
+  or whose step count would overflow the int32 step counter."""
   try:
     n = len(next(iter(data.values())))
   except (AttributeError, StopIteration, TypeError):
     return  # not a dict of arrays: fit() checks its own input
   bsz = fit_config.batch_size
   if n < bsz:
-    raise SeqjaxError(f"--batch_size={bsz} exceeds the {n} training examples")
+    raise SeqjaxError(f"batch size {bsz} exceeds the {n} training examples")
   total = (n // bsz) * fit_config.epochs
   if total > INT32_MAX:
     raise SeqjaxError(
-        f"--epochs={fit_config.epochs} means {total:,} steps of "
-        f"--batch_size={bsz} over {n:,} examples, more than the step counter "
-        f"holds ({INT32_MAX:,})")
+        f"{fit_config.epochs} epochs of batch size {bsz} over {n:,} examples "
+        f"are {total:,} steps, more than the step counter holds "
+        f"({INT32_MAX:,})")

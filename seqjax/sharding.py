@@ -39,7 +39,7 @@ def initialize_distributed(coordinator_address: str, num_processes: int,
 
 
 def resolve_num_devices(num_devices: int) -> int:
-  """--num_devices, with 0 meaning every device (of every process)."""
+  """``num_devices``, with 0 meaning every device (of every process)."""
   return num_devices or jax.device_count()
 
 
@@ -52,18 +52,18 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   devices = jax.devices()
   n = resolve_num_devices(num_devices)
   if n > len(devices):
-    raise SeqjaxError(f"--num_devices={n} but only {len(devices)} device(s) "
-                      f"are present ({jax.default_backend()})")
+    raise SeqjaxError(f"asked for {n} devices but only {len(devices)} "
+                      f"{jax.default_backend()} device(s) are present")
   processes = jax.process_count()
   if n % processes:
-    raise SeqjaxError(f"--num_devices={n} must divide by the {processes} "
+    raise SeqjaxError(f"{n} devices do not divide by the {processes} "
                       "processes")
   chosen = []
   for p in range(processes):
     own = [d for d in devices if d.process_index == p]
     if len(own) < n // processes:
-      raise SeqjaxError(f"--num_devices={n}: process {p} has only "
-                        f"{len(own)} device(s)")
+      raise SeqjaxError(f"{n} devices over {processes} processes: process "
+                        f"{p} has only {len(own)} device(s)")
     chosen += own[:n // processes]
   return Mesh(np.array(chosen), (DATA_AXIS,))
 
@@ -84,8 +84,8 @@ def indices_sharding(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   if batch_size % mesh.size:
-    raise SeqjaxError(f"--batch_size={batch_size} does not divide by "
-                      f"--num_devices={mesh.size}")
+    raise SeqjaxError(f"batch size {batch_size} does not divide by the "
+                      f"{mesh.size} devices of the mesh")
 
 
 def _put(x: Any, sharding: NamedSharding) -> jax.Array:
@@ -136,8 +136,8 @@ def local_copy(tree: Any) -> Any:
 
 
 def mesh_or_none(num_devices: int) -> Optional[Mesh]:
-  """The mesh for --num_devices, or None for one device in one process (the
-  plain single-device path)."""
+  """The mesh over ``num_devices`` devices, or None for one device in one
+  process (the plain single-device path)."""
   if resolve_num_devices(num_devices) == 1 and jax.process_count() == 1:
     return None
   return make_mesh(num_devices)

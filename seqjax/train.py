@@ -10,14 +10,23 @@
   step compiles exactly once.
 * The data order is a function of (seed, epoch) alone, so a run resumed from a
   checkpoint sees the same batches as an uninterrupted one.
+
+``fit`` is a short loop over three parts: the train call (``make_multi_step``:
+one signature whether guarded, stateful or sharded), a schedule
+(``ShuffledRows``, ``StatefulBlocks``, ``BucketPlan``: the rows of each step)
+fed by ``_Feed``, and the periodic actions of ``_Loop`` (log, checkpoint by
+steps or seconds, epoch-end evaluation, the non-finite monitor, stop).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import itertools
 import json
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from absl import logging
 import jax
@@ -147,6 +156,47 @@ def make_free_running_loss(model, start_id: int, feedback: str = "softmax"
   return loss_fn
 
 
+def _loss_and_grads(loss_fn, params, batch, carry):
+  """-> (loss, aux, new carry, grads); ``carry`` () for a stateless loss
+  ``loss_fn(params, batch)``, else ``loss_fn(params, batch, carry)``."""
+  if carry == ():
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch)
+    return loss, aux, carry, grads
+  (loss, (aux, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, batch, carry)
+  return loss, aux, carry, grads
+
+
+def _make_step(loss_fn, nonfinite: str = "ignore"):
+  """-> pure ``step(state, carry, batch) -> (state, carry, metrics)``; see
+  ``make_train_step``. A step not applied also keeps the carry it was given
+  (a non-finite forward pass may have spoilt the new one)."""
+  if nonfinite not in NONFINITE_MODES:
+    raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}; got "
+                     f"{nonfinite!r}")
+
+  def step(state: TrainState, carry, batch: Batch):
+    loss, aux, new_carry, grads = _loss_and_grads(loss_fn, state.params,
+                                                  batch, carry)
+    new = state.apply_gradients(grads=grads)
+    metrics = {"loss": loss, **aux}
+    if nonfinite == "ignore":
+      return new, new_carry, metrics
+    # A NaN or inf in any gradient makes their norm non-finite: one pass.
+    grad_norm = optax.tree.norm(grads)
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) &
+              _all_finite(new.params))
+    old = state if nonfinite == "stop" else state.replace(step=new.step)
+    # A select, not a cond: a finite step's numbers are the plain step's.
+    new, new_carry = jax.tree.map(lambda a, b: jnp.where(finite, a, b),
+                                  (new, new_carry), (old, carry))
+    return new, new_carry, {**metrics, "grad_norm": grad_norm,
+                            "nonfinite": (~finite).astype(jnp.float32)}
+
+  return step
+
+
 def make_train_step(loss_fn: LossFn, nonfinite: str = "ignore"):
   """-> pure ``train_step(state, batch) -> (state, metrics)``.
 
@@ -155,33 +205,13 @@ def make_train_step(loss_fn: LossFn, nonfinite: str = "ignore"):
   state stay; with "skip" the step count still advances, so the data order is
   kept); its metrics have ``nonfinite`` 1.0, and ``grad_norm`` is reported.
   """
-  if nonfinite not in NONFINITE_MODES:
-    raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}; got "
-                     f"{nonfinite!r}")
+  step = _make_step(loss_fn, nonfinite)
 
   def train_step(state: TrainState, batch: Batch):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch)
-    return state.apply_gradients(grads=grads), {"loss": loss, **aux}
+    state, _, metrics = step(state, (), batch)
+    return state, metrics
 
-  if nonfinite == "ignore":
-    return train_step
-
-  def guarded_step(state: TrainState, batch: Batch):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch)
-    new = state.apply_gradients(grads=grads)
-    # A NaN or inf in any gradient makes their norm non-finite: one pass.
-    grad_norm = optax.tree.norm(grads)
-    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) &
-              _all_finite(new.params))
-    old = state if nonfinite == "stop" else state.replace(step=new.step)
-    # A select, not a cond: a finite step's numbers are the plain step's.
-    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    return new, {"loss": loss, **aux, "grad_norm": grad_norm,
-                 "nonfinite": (~finite).astype(jnp.float32)}
-
-  return guarded_step
+  return train_step
 
 
 def _all_finite(tree) -> jax.Array:
@@ -204,24 +234,40 @@ def make_eval_step(loss_fn: LossFn):
   return eval_step
 
 
-def make_multi_step(loss_fn: LossFn, nonfinite: str = "ignore", mesh=None):
-  """-> jitted ``run(state, data, idx_KB, valid_K) -> (state, metrics_K)``.
+class StreamCarry(NamedTuple):
+  """The carry of a stateful run as a train call takes it: the carry now and
+  the one a reset restores."""
+  carry: Any
+  initial: Any
+
+
+# Each train call gets its own name, so its compiles are counted apart.
+_CALL_IDS = itertools.count()
+
+
+def make_multi_step(loss_fn, nonfinite: str = "ignore", mesh=None):
+  """-> jitted ``train_call(state, carry, data, idx_KB, valid_K, reset_K,
+  halted) -> (state, carry, halted, metrics_K)``, one signature for every mode.
 
   Runs K train steps in one call; step k trains on ``data[idx_KB[k]]`` when
-  ``valid_K[k]``, and is skipped otherwise (its metrics are zeros).
-  ``nonfinite``: as in ``make_train_step``; with "stop", the steps after a
-  non-finite one are skipped too, so the state is the last good one. A
-  guarded ``run`` takes an optional fifth argument ``halted`` (a device
-  bool: skip every step, the previous call having stopped) and reports
-  ``metrics_K["halted"]``: passing the last call's ``metrics_K["halted"][-1]``
-  on lets ``fit`` check each call's flags one call late, without waiting for
-  the device after every call.
+  ``valid_K[k]`` and not ``halted``, and is skipped otherwise (its metrics are
+  zeros). ``carry`` is () for a stateless ``loss_fn(params, batch)``, or a
+  ``StreamCarry`` for a stateful ``loss_fn(params, batch, carry)``: a valid
+  step first resets the carry to ``initial`` if ``reset_K[k]``, trains from it
+  and hands its final carry to step k + 1 (gradients stop at the batch
+  boundary, as in Keras' stateful RNNs).
+
+  ``nonfinite``: as in ``make_train_step``; with "stop" the steps after a
+  non-finite one are skipped too and ``halted`` comes back true, so passing
+  it to the next call lets ``fit`` read each call's flags one call late
+  without waiting for the device after every call. ``halted`` is a device
+  bool; "ignore" and "skip" return it unchanged.
 
   With a ``mesh`` (``seqjax.sharding``), state, data and metrics are
   replicated and the indices' batch axis is split over ``data``: each device
   gathers its own rows and the partitioner all-reduces the gradients.
   """
-  train_step = make_train_step(loss_fn, nonfinite)
+  step = _make_step(loss_fn, nonfinite)
 
   def gather(data, idx_B):
     batch = jax.tree.map(lambda a: a[idx_B], data)
@@ -230,43 +276,42 @@ def make_multi_step(loss_fn: LossFn, nonfinite: str = "ignore", mesh=None):
           batch, sharding_lib.batch_sharding(mesh))
     return batch
 
-  def step_or_skip(state, batch, run_step):
-    _, metric_shapes = jax.eval_shape(train_step, state, batch)
+  def train_call(state, carry, data, idx_KB, valid_K, reset_K, halted):
+    def one(state_carry, batch, reset):
+      state, carry = state_carry
+      if isinstance(carry, StreamCarry):
+        now = stateful_lib.reset_carry(reset, carry.initial, carry.carry)
+        state, now, metrics = step(state, now, batch)
+        return (state, carry._replace(carry=now)), metrics
+      state, carry, metrics = step(state, carry, batch)
+      return (state, carry), metrics
 
-    def skip(state):
-      return state, jax.tree.map(
-          lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
-    return jax.lax.cond(run_step, lambda s: train_step(s, batch), skip, state)
+    def body(loop, inputs):
+      state, carry, halted = loop
+      idx_B, valid, reset = inputs
+      batch = gather(data, idx_B)
+      run = lambda sc: one(sc, batch, reset)
+      _, metric_shapes = jax.eval_shape(run, (state, carry))
 
-  if nonfinite == "ignore":
-    def run(state, data, idx_KB, valid_K):
-      def body(state, inputs):
-        idx_B, valid = inputs
-        return step_or_skip(state, gather(data, idx_B), valid)
-      return jax.lax.scan(body, state, (idx_KB, valid_K))
-  else:
-    def run(state, data, idx_KB, valid_K, halted=None):
-      def body(carry, inputs):
-        state, halted = carry
-        idx_B, valid = inputs
-        state, metrics = step_or_skip(state, gather(data, idx_B),
-                                      valid & ~halted)
-        if nonfinite == "stop":
-          halted = halted | (metrics["nonfinite"] > 0)
-        return (state, halted), {**metrics, "halted": halted}
-      halted = jnp.zeros((), bool) if halted is None else halted
-      (state, _), metrics_K = jax.lax.scan(body, (state, halted),
-                                           (idx_KB, valid_K))
-      return state, metrics_K
+      def skip(sc):
+        return sc, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                metric_shapes)
+      (state, carry), metrics = jax.lax.cond(valid & ~halted, run, skip,
+                                             (state, carry))
+      if nonfinite == "stop":
+        halted = halted | (metrics["nonfinite"] > 0)
+      return (state, carry, halted), metrics
+    (state, carry, halted), metrics_K = jax.lax.scan(
+        body, (state, carry, halted), (idx_KB, valid_K, reset_K))
+    return state, carry, halted, metrics_K
 
+  train_call.__name__ = f"train_call_{next(_CALL_IDS)}"
   if mesh is None:
-    return jax.jit(run, donate_argnames="state")
-  repl = sharding_lib.replicated(mesh)
-  in_shardings = (repl, repl, sharding_lib.indices_sharding(mesh), repl)
-  if nonfinite != "ignore":
-    in_shardings += (repl,)
-  return jax.jit(run, donate_argnames="state", in_shardings=in_shardings,
-                 out_shardings=(repl, repl))
+    return jax.jit(train_call, donate_argnames="state")
+  repl, idx = sharding_lib.replicated(mesh), sharding_lib.indices_sharding(mesh)
+  return jax.jit(train_call, donate_argnames="state",
+                 in_shardings=(repl, repl, repl, idx, repl, repl, repl),
+                 out_shardings=repl)
 
 
 def make_stateful_train_step(loss_fn: StatefulLossFn):
@@ -276,11 +321,10 @@ def make_stateful_train_step(loss_fn: StatefulLossFn):
   gradients stop at the batch boundary); the returned carry is the batch's
   final carry, for the next batch.
   """
+  step = _make_step(loss_fn)
 
   def train_step(state: TrainState, batch: Batch, carry):
-    (loss, (aux, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, carry)
-    return state.apply_gradients(grads=grads), carry, {"loss": loss, **aux}
+    return step(state, carry, batch)
 
   return train_step
 
@@ -296,37 +340,57 @@ def make_stateful_eval_step(loss_fn: StatefulLossFn):
   return eval_step
 
 
-def make_stateful_multi_step(loss_fn: StatefulLossFn):
-  """-> jitted ``run(state, carry, initial_carry, data, idx_KB, valid_K,
-  reset_K) -> (state, carry, metrics_K)``.
+# Backend compiles by function name ("jit(name)"), from jax.monitoring's
+# compile events, counted from import on.
+_COMPILES: collections.Counter = collections.Counter()
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
-  As ``make_multi_step``, with a carry threaded from step to step: a valid
-  step k first resets the carry to ``initial_carry`` if ``reset_K[k]``, trains
-  on ``data[idx_KB[k]]`` from it and hands its final carry to step k + 1.
-  """
-  train_step = make_stateful_train_step(loss_fn)
 
-  def run(state, carry, initial_carry, data, idx_KB, valid_K, reset_K):
-    def body(state_carry, inputs):
-      idx_B, valid, reset = inputs
-      batch = jax.tree.map(lambda a: a[idx_B], data)
+def _on_compile_event(event: str, duration: float, **kwargs):
+  del duration
+  if event == _BACKEND_COMPILE:
+    _COMPILES[kwargs.get("fun_name")] += 1
 
-      def step(state_carry):
-        state, carry = state_carry
-        carry = stateful_lib.reset_carry(reset, initial_carry, carry)
-        state, carry, metrics = train_step(state, batch, carry)
-        return (state, carry), metrics
-      _, metric_shapes = jax.eval_shape(step, state_carry)
 
-      def skip(state_carry):
-        return state_carry, jax.tree.map(
-            lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
-      return jax.lax.cond(valid, step, skip, state_carry)
-    (state, carry), metrics = jax.lax.scan(body, (state, carry),
-                                           (idx_KB, valid_K, reset_K))
-    return state, carry, metrics
+jax.monitoring.register_event_duration_secs_listener(_on_compile_event)
 
-  return jax.jit(run, donate_argnames="state")
+
+def compiles_of(fn) -> int:
+  """XLA compiles so far of the jitted function ``fn`` (by its name; a
+  string names it), the public stand-in for ``fn._cache_size()``."""
+  return _COMPILES[f"jit({fn if isinstance(fn, str) else fn.__name__})"]
+
+
+class CompileCount:
+  """Compiles of one function since ``count_compiles`` began (``count``)."""
+
+  def __init__(self, fn):
+    self.fn, self.start = fn, (sum(_COMPILES.values()) if fn is None
+                               else compiles_of(fn))
+
+  @property
+  def count(self) -> int:
+    now = sum(_COMPILES.values()) if self.fn is None else compiles_of(self.fn)
+    return now - self.start
+
+
+@contextlib.contextmanager
+def count_compiles(fn=None):
+  """``with count_compiles(f) as c: ...``: ``c.count`` is the XLA compiles of
+  the jitted function ``f`` (by name) in the block, of every function when
+  ``f`` is None."""
+  yield CompileCount(fn)
+
+
+# --------------------------------------------------------------------------
+# Schedules: the order of the batches, as a function of (seed, epoch).
+
+
+def epoch_permutation(seed: int, epoch: int, n: int, shuffle: bool = True
+                      ) -> np.ndarray:
+  if not shuffle:
+    return np.arange(n)
+  return np.random.default_rng([seed, 1_000_003, epoch]).permutation(n)
 
 
 def stateful_permutation(seed: int, epoch: int, n: int, block_rows: int,
@@ -338,11 +402,47 @@ def stateful_permutation(seed: int, epoch: int, n: int, block_rows: int,
   return (blocks[:, None] * block_rows + np.arange(block_rows)).ravel()
 
 
-def epoch_permutation(seed: int, epoch: int, n: int, shuffle: bool = True
-                      ) -> np.ndarray:
-  if not shuffle:
-    return np.arange(n)
-  return np.random.default_rng([seed, 1_000_003, epoch]).permutation(n)
+@dataclasses.dataclass(frozen=True)
+class ShuffledRows:
+  """Rows of one dataset in a new (seed, epoch) order each epoch, cut into
+  full batches (the partial last batch is dropped)."""
+
+  num_examples: int
+  batch_size: int
+  shuffle: bool = True
+  reset_every: int = 0        # a stateful schedule resets the carry so often
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return steps_per_epoch(self.num_examples, self.batch_size)
+
+  def epoch(self, seed: int, epoch: int) -> tuple[None, np.ndarray]:
+    """-> (None: one dataset, rows of each step flattened (S * B,))."""
+    return None, epoch_permutation(seed, epoch, self.num_examples,
+                                   self.shuffle)
+
+  def run_length(self, dataset_S, start: int) -> int:
+    del dataset_S
+    return self.steps_per_epoch - start
+
+
+@dataclasses.dataclass(frozen=True)
+class StatefulBlocks(ShuffledRows):
+  """Consecutive rows for a stateful run: shuffling permutes whole blocks of
+  ``reset_every`` batches (0: the epoch is one block), never rows in one;
+  the carry is reset at the start of each block."""
+
+  def __post_init__(self):
+    block = self.batch_size * self.reset_every
+    if self.reset_every and self.num_examples % block:
+      raise ValueError(f"stateful fit: the {self.num_examples} examples must "
+                       f"be whole blocks of reset_every * batch_size = "
+                       f"{block} rows")
+
+  def epoch(self, seed: int, epoch: int) -> tuple[None, np.ndarray]:
+    block = self.batch_size * (self.reset_every or self.steps_per_epoch)
+    return None, stateful_permutation(seed, epoch, self.num_examples, block,
+                                      self.shuffle)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,6 +461,7 @@ class BucketPlan:
   batch_size: int
   group: int = 1              # batches of one dataset kept consecutive
   shuffle: bool = True
+  reset_every = 0             # a schedule's carry resets: never (stateless)
 
   @property
   def num_examples(self) -> int:
@@ -403,8 +504,9 @@ class FitConfig:
   steps_per_call: int = 25
   log_every_steps: int = 500
   checkpoint_every_steps: int = 0   # 0: at each epoch end only
-  # Logged in metrics rows: a number, or a function of the step (a schedule).
-  learning_rate: Optional[Any] = None
+  # Only written to the metrics rows (the optimizer holds the real one): a
+  # number, or a function of the step (a schedule).
+  log_learning_rate: Optional[Any] = None
   checkpoint_every_secs: float = 0.0  # also save when this long since the last
   nonfinite: str = "ignore"         # see NONFINITE_MODES
 
@@ -416,7 +518,7 @@ class FitStats:
   first_call_seconds: float = 0.0   # the first call (compile + K steps)
   steady_seconds: float = 0.0       # the calls after the first
   steady_steps: int = 0
-  compiles: int = 0
+  compiles: int = 0                 # of the train call, during this fit
   last_metrics: dict = dataclasses.field(default_factory=dict)
   final_carry: Any = None          # stateful fit: the carry after the last step
   nonfinite_skipped: int = 0        # steps skipped (FitConfig.nonfinite="skip")
@@ -449,312 +551,343 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size
 
 
-def fit(state: TrainState, data: dict[str, np.ndarray], loss_fn: LossFn,
-        config: FitConfig, *, checkpointer=None,
-        metrics_log: Optional[MetricsLog] = None,
+def make_schedule(data, config: FitConfig, batch_plan=None,
+                  stateful: bool = False, reset_every: int = 0):
+  """The schedule ``fit`` follows: ``batch_plan``, stateful blocks or
+  shuffled rows; checks that it has a step."""
+  if batch_plan is not None:
+    if batch_plan.batch_size != config.batch_size:
+      raise ValueError(f"batch_plan.batch_size {batch_plan.batch_size} != "
+                       f"batch_size {config.batch_size}")
+    if stateful:
+      raise ValueError("stateful fit takes consecutive rows of one dataset, "
+                       "not a batch_plan")
+    schedule, n = batch_plan, batch_plan.num_examples
+  else:
+    n = len(next(iter(data.values())))
+    schedule = (StatefulBlocks(n, config.batch_size, config.shuffle,
+                               reset_every) if stateful else
+                ShuffledRows(n, config.batch_size, config.shuffle))
+  if schedule.steps_per_epoch == 0:
+    raise ValueError(f"batch_size {config.batch_size} is larger than the {n} "
+                     "training examples")
+  return schedule
+
+
+class _Feed:
+  """The next call's inputs from a schedule: K steps of batch indices (the
+  steps past ``limit`` or another dataset padded and marked invalid), carry
+  resets, placed for the mesh."""
+
+  def __init__(self, schedule, seed: int, k_max: int, mesh):
+    self.schedule, self.seed = schedule, seed
+    self.k_max, self.mesh = k_max, mesh
+    self._epoch, self._order = -1, None
+
+  def __call__(self, step: int, limit: int):
+    """-> (dataset index or None, steps k, (idx_KB, valid_K, reset_K))."""
+    spe, bsz, k_max = (self.schedule.steps_per_epoch,
+                       self.schedule.batch_size, self.k_max)
+    if step // spe != self._epoch:
+      self._epoch = step // spe
+      self._order = self.schedule.epoch(self.seed, self._epoch)
+    dataset_S, rows = self._order
+    k = min(k_max, limit - step,
+            self.schedule.run_length(dataset_S, step % spe))
+    offset = (step % spe) * bsz
+    idx = np.zeros((k_max, bsz), np.int32)
+    idx[:k] = rows[offset:offset + k * bsz].reshape(k, bsz)
+    every = self.schedule.reset_every
+    reset = (np.arange(step, step + k_max) % every == 0 if every
+             else np.zeros(k_max, bool))
+    dataset = None if dataset_S is None else int(dataset_S[step % spe])
+    return dataset, k, self.place(idx, np.arange(k_max) < k, reset)
+
+  def place(self, idx, valid, reset):
+    if self.mesh is None:
+      return idx, valid, reset
+    return (sharding_lib.shard_indices(idx, self.mesh),
+            *sharding_lib.replicate((valid, reset), self.mesh))
+
+
+def _reduce(pending) -> dict:
+  """Mean of each metric over the valid, finite steps of the pending calls
+  ((metrics_K, k) each); with the guard's flags, also the steps skipped."""
+  sums, count, skipped, guarded = {}, 0, 0, False
+  for metrics_K, k in pending:
+    host = dict(jax.device_get(metrics_K))
+    guarded = guarded or "nonfinite" in host
+    bad_K = np.asarray(host.pop("nonfinite", np.zeros(k)))[:k] > 0
+    for name, values in host.items():
+      sums[name] = sums.get(name, 0.0) + float(
+          np.asarray(values)[:k][~bad_K].sum())
+    count += int((~bad_K).sum())
+    skipped += int(bad_K.sum())
+  # No finite step in the window: NaN, not a misleading 0.
+  row = {name: total / count if count else float("nan")
+         for name, total in sums.items()}
+  if guarded:
+    row["nonfinite_skipped"] = skipped
+  return row
+
+
+class _Loop:
+  """The mutable part of one ``fit``: state and carry, the step, the calls
+  whose metrics are not yet logged (``pending``) or whose non-finite flags
+  are not yet read (``unchecked``), and the periodic actions on them."""
+
+  def __init__(self, state, carry, config, spe, checkpointer, metrics_log,
+               clock, mesh):
+    self.state, self.carry, self.config, self.spe = state, carry, config, spe
+    self.total = spe * config.epochs
+    self.step = self.step_start = int(state.step)
+    self.checkpointer, self.metrics_log = checkpointer, metrics_log
+    self.clock, self.stats = clock, FitStats()
+    self.guarded = config.nonfinite != "ignore"
+    self.pending, self.unchecked = [], None  # unchecked: (metrics_K, k, step)
+    self.halted = (jnp.zeros((), bool) if mesh is None else
+                   sharding_lib.replicate(np.zeros((), bool), mesh))
+    self.t_start = self.t_log = time.perf_counter()
+    self.t_first = self.t_steady = None
+    self.step_log, self.t_ckpt = self.step, clock()
+
+  def next_boundary(self) -> int:
+    """The first epoch end, log, checkpoint step or the end after ``step``."""
+    ends = [(self.step // self.spe + 1) * self.spe, self.total]
+    for every in (self.config.log_every_steps,
+                  self.checkpointer and self.config.checkpoint_every_steps):
+      if every:
+        ends.append((self.step // every + 1) * every)
+    return min(ends)
+
+  def dispatch(self, train_call, data, k, inputs):
+    """Runs one call; reads the previous call's flags while this one runs."""
+    if self.t_first is None:
+      self.t_first = time.perf_counter()
+    self.state, self.carry, self.halted, metrics_K = train_call(
+        self.state, self.carry, data, *inputs, self.halted)
+    if self.guarded:
+      self.monitor()
+      self.unchecked = (metrics_K, k, self.step)
+    self.pending.append((metrics_K, k))
+    if self.stats.steps_run == 0:
+      jax.block_until_ready(self.state.step)
+      self.stats.first_call_seconds = time.perf_counter() - self.t_first
+      self.t_steady = time.perf_counter()
+    else:
+      self.stats.steady_steps += k
+    self.stats.steps_run += k
+    self.step += k
+
+  def monitor(self):
+    """The non-finite monitor: reads the unchecked call's flags; with "stop"
+    a bad step ends the run (``_stop_nonfinite``)."""
+    if self.unchecked is None:
+      return
+    metrics_K, k, step_before = self.unchecked
+    self.unchecked = None
+    bad_K = np.asarray(metrics_K["nonfinite"])[:k] > 0
+    if self.config.nonfinite == "stop" and bad_K.any():
+      self._stop_nonfinite(metrics_K, int(np.argmax(bad_K)), step_before)
+    self.stats.nonfinite_skipped += int(bad_K.sum())
+
+  def due(self) -> tuple[bool, bool, bool]:
+    """-> (log, checkpoint, epoch end) after this call."""
+    cfg, step, end = self.config, self.step, self.step == self.total
+    epoch_end = step % self.spe == 0
+    log = bool(cfg.log_every_steps and step % cfg.log_every_steps == 0)
+    ckpt = bool(cfg.checkpoint_every_steps and
+                step % cfg.checkpoint_every_steps == 0)
+    # A clock read, no device sync: the save itself waits for the device.
+    ckpt = ckpt or bool(cfg.checkpoint_every_secs and self.clock() -
+                        self.t_ckpt >= cfg.checkpoint_every_secs)
+    ckpt = self.checkpointer is not None and (ckpt or epoch_end or end)
+    return log or epoch_end or end, ckpt, epoch_end
+
+  def write_row(self, pending, **fields) -> dict:
+    """The one reduce-and-log: the mean metrics of ``pending`` and
+    ``fields``, written to metrics.jsonl."""
+    row = _reduce(pending)
+    row.update(step=fields.pop("step", self.step),
+               epoch=fields.pop("epoch", self.step / self.spe), **fields)
+    if self.metrics_log:
+      self.metrics_log.write(row)
+    return row
+
+  def log(self, **fields):
+    now, step, total = time.perf_counter(), self.step, self.total
+    rate = (step - self.step_log) / max(now - self.t_log, 1e-9)
+    lr = self.config.log_learning_rate
+    if lr is not None:
+      fields["learning_rate"] = float(lr(step) if callable(lr) else lr)
+    row = self.write_row(self.pending, steps_per_s=rate,
+                         samples_per_s=rate * self.config.batch_size,
+                         wall_s=now - self.t_start, **fields, time=time.time())
+    self.pending, self.stats.last_metrics = [], row
+    logging.info("step %d/%d epoch %.2f loss %.4f token_acc %.4f "
+                 "%.1f steps/s ETA %.0fs", step, total, step / self.spe,
+                 row.get("loss", float("nan")),
+                 row.get("token_accuracy", float("nan")), rate,
+                 (total - step) / max(rate, 1e-9))
+    self.t_log, self.step_log = now, step
+
+  def save(self):
+    if self.checkpointer is not None:
+      self.checkpointer.save(self.state, carry=_carry_of(self.carry))
+      self.t_ckpt = self.clock()
+
+  def evaluate(self, epoch_end_fn):
+    extra = epoch_end_fn(self.state, self.step // self.spe)
+    if extra and self.metrics_log:
+      self.metrics_log.write({"step": self.step, "epoch": self.step // self.spe,
+                              "eval": True, "wall_s": time.perf_counter() -
+                              self.t_start, "time": time.time(), **extra})
+
+  def interrupt(self):
+    """``should_stop()``: logs the steps since the last row, saves, stops."""
+    self.monitor()
+    if self.pending:
+      self.stats.last_metrics = self.write_row(self.pending, interrupted=True)
+      self.pending = []
+    self.save()
+    self.stats.interrupted = True
+    logging.warning("Stopped at step %d on request.", self.step)
+
+  def _stop_nonfinite(self, metrics_K, j, step):
+    """Step ``step + j + 1`` was not finite: the state (and carry) are the
+    last good ones (step + j). Logs and saves them, then raises."""
+    host = jax.device_get(metrics_K)
+    bad, good = step + j + 1, step + j
+    loss, grad_norm = float(host["loss"][j]), float(host["grad_norm"][j])
+    # pending's last entry is this call; its steps before the bad one count.
+    self.write_row(self.pending[:-1] + [(metrics_K, j)], step=good,
+                   epoch=good / self.spe, nonfinite_step=bad,
+                   nonfinite_loss=str(loss), nonfinite_grad_norm=str(grad_norm))
+    saved = ""
+    if self.checkpointer is not None:
+      if good > self.step_start:
+        self.save()
+      last = self.checkpointer.latest_step()
+      saved = (f" The last good checkpoint (step {last}) in "
+               f"{self.checkpointer.directory} is kept; nothing non-finite was "
+               "saved." if last is not None else " Nothing was saved.")
+    what = (f"loss {loss}" if not np.isfinite(loss) else
+            f"gradient norm {grad_norm} (loss {loss})" if not np.isfinite(
+                grad_norm) else f"parameters after the update (loss {loss})")
+    raise reliability.NonFiniteError(
+        f"Non-finite {what} at step {bad} (epoch {bad / self.spe:.2f}): the "
+        f"update was not applied and training stopped.{saved} A lower "
+        "learning rate, or nonfinite=\"skip\" (skip such steps), avoids this.")
+
+  def finish(self):
+    jax.block_until_ready(self.state.params)
+    end = time.perf_counter()
+    self.stats.train_seconds = end - self.t_start
+    if self.stats.steps_run > 0 and self.stats.steady_steps:
+      self.stats.steady_seconds = end - self.t_steady
+    self.stats.final_carry = _carry_of(self.carry)
+
+
+def _carry_of(carry):
+  return carry.carry if isinstance(carry, StreamCarry) else None
+
+
+
+def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
+        checkpointer=None, metrics_log: Optional[MetricsLog] = None,
         epoch_end_fn: Optional[Callable[[TrainState, int], dict]] = None,
-        multi_step=None, initial_carry=None, reset_every: int = 0,
+        multi_step=None, initial_carry=None, carry=None, reset_every: int = 0,
         mesh=None, should_stop: Optional[Callable[[], bool]] = None,
         batch_plan: Optional[BucketPlan] = None,
+        clock: Callable[[], float] = time.monotonic,
         ) -> tuple[TrainState, FitStats]:
   """Trains ``state`` from its current step to ``epochs`` full epochs.
 
-  ``data`` is a dict of equally long arrays; batches are rows of it. Resumes
-  from ``state.step``. ``checkpointer.save(state)`` is called at checkpoint
-  boundaries and at the end; ``epoch_end_fn(state, epoch)`` after each epoch
-  (its dict is logged). ``should_stop()`` is polled after each jitted call:
-  when true, a checkpoint is saved at that step and fit returns with
-  ``stats.interrupted``. With ``config.nonfinite="stop"`` a non-finite step
-  raises ``reliability.NonFiniteError`` after saving the last good state.
+  ``data`` is a dict of equally long arrays; batches are rows of it, in the
+  order of a schedule (``make_schedule``). Resumes from ``state.step``.
+  Periodic actions after each jitted call (``multi_step``, default
+  ``make_multi_step``): a metrics row every ``log_every_steps`` and at epoch
+  ends; ``checkpointer.save(state, carry=)`` every ``checkpoint_every_steps``,
+  when ``checkpoint_every_secs`` have passed on ``clock`` since the last
+  save, at epoch ends and at the end; ``epoch_end_fn(state, epoch)`` after
+  each epoch (its dict is logged); ``should_stop()``: when true, a checkpoint
+  is saved at that step and fit returns with ``stats.interrupted``. With
+  ``config.nonfinite="stop"`` a non-finite step raises
+  ``reliability.NonFiniteError`` after saving the last good state and carry.
 
   Stateful training: with ``initial_carry`` (a carry pytree of batch size
-  ``batch_size``), ``loss_fn`` has the signature ``loss_fn(params, batch,
-  carry) -> (loss, (metrics, carry))``; each step starts from the previous
-  step's final carry, which is reset to ``initial_carry`` every
-  ``reset_every`` steps (0: never). Batches are consecutive rows; shuffling
-  permutes whole blocks of ``reset_every`` batches, never rows inside one.
-  The last carry is ``stats.final_carry``. The carry is not checkpointed: a
-  run resumed between two resets restarts from ``initial_carry``.
+  ``batch_size``), ``loss_fn(params, batch, carry) -> (loss, (metrics,
+  carry))``; each step starts from the previous step's final carry, reset to
+  ``initial_carry`` every ``reset_every`` steps (0: never). Batches are
+  consecutive rows; shuffling permutes whole blocks of ``reset_every``
+  batches. ``carry`` (default ``initial_carry``) is the carry at
+  ``state.step``, as a checkpoint restores it; the last is
+  ``stats.final_carry``.
 
-  With a ``mesh`` (``seqjax.sharding.make_mesh``) each
-  batch is split over its devices (data parallel); the returned state is
-  replicated on them.
-
+  With a ``mesh`` (``seqjax.sharding.make_mesh``) each batch is split over
+  its devices (data parallel); the returned state is replicated on them.
   With ``batch_plan`` (a ``BucketPlan``), ``data`` is a list of such dicts
   (e.g. length buckets, each with its own shapes) and the plan orders the
   batches; the step compiles once per dataset, for all of them before the
   first step (``stats.first_call_seconds`` includes those compiles).
   """
-  if batch_plan is not None and batch_plan.batch_size != config.batch_size:
-    raise ValueError(f"batch_plan.batch_size {batch_plan.batch_size} != "
-                     f"batch_size {config.batch_size}")
-  n = (len(next(iter(data.values()))) if batch_plan is None
-       else batch_plan.num_examples)
-  bsz = config.batch_size
-  spe = (steps_per_epoch(n, bsz) if batch_plan is None
-         else batch_plan.steps_per_epoch)
-  if spe == 0:
-    raise ValueError(f"batch_size {bsz} is larger than the {n} training "
-                     "examples")
   stateful = initial_carry is not None
-  if stateful and reset_every and n % (bsz * reset_every):
-    raise ValueError(f"stateful fit: the {n} examples must be whole blocks of "
-                     f"reset_every * batch_size = {reset_every * bsz} rows")
-  total = spe * config.epochs
-  step = int(state.step)
-  stats = FitStats()
-  if step >= total:
+  schedule = make_schedule(data, config, batch_plan, stateful, reset_every)
+  spe = schedule.steps_per_epoch
+  if int(state.step) >= spe * config.epochs:
     logging.info("Checkpoint at step %d already covers %d epoch(s); nothing "
-                 "to train.", step, config.epochs)
-    return state, stats
+                 "to train.", int(state.step), config.epochs)
+    return state, FitStats()
   if stateful and mesh is not None:
-    raise SeqjaxError("stateful training runs on one device: set "
-                      "--num_devices=1")
-  if stateful and batch_plan is not None:
-    raise ValueError("stateful fit takes consecutive rows of one dataset, not "
-                     "a batch_plan")
-  # The non-finite guard covers the stateless paths; a stateful run is not
-  # guarded (its carry would need the same treatment).
-  guarded = config.nonfinite != "ignore" and not stateful
-  if stateful:
-    multi_step = multi_step or make_stateful_multi_step(loss_fn)
-    carry = initial_carry
-    if reset_every and step % reset_every:
-      logging.warning("Resuming at step %d, between two carry resets: the "
-                      "carry restarts from initial_carry.", step)
-    device_data = jax.device_put(data)
-  elif mesh is None:
-    multi_step = multi_step or make_multi_step(loss_fn, config.nonfinite)
-    device_data = jax.device_put(data)
-  else:
-    sharding_lib.check_batch_size(bsz, mesh)
-    multi_step = multi_step or make_multi_step(loss_fn, config.nonfinite, mesh)
-    device_data = sharding_lib.replicate(data, mesh)
-    state = sharding_lib.replicate(state, mesh)
-  step_start = step
-  # The guard checks a call's flags one call late (after the next call is
-  # dispatched) or at the next log / checkpoint / epoch end, whichever is
-  # first, so the host never waits on the device after every call. With
-  # "stop", a call after a non-finite step is passed the halted flag and
-  # skips all its steps: the state is still the last good one when seen.
-  unchecked = None   # (metrics_K, valid steps, step before the call)
-  no_halt = jnp.zeros((), bool)
-  if mesh is not None:
-    no_halt = sharding_lib.replicate(np.zeros((), bool), mesh)
-
-  def check_unchecked():
-    nonlocal unchecked
-    if unchecked is None:
-      return
-    metrics_K, kk, step_before = unchecked
-    unchecked = None
-    bad_K = np.asarray(metrics_K["nonfinite"])[:kk] > 0
-    if config.nonfinite == "stop" and bad_K.any():
-      # pending's last entry is this call (its steps up to the bad one are
-      # logged by _stop_nonfinite itself).
-      _stop_nonfinite(state, metrics_K, int(np.argmax(bad_K)), step_before,
-                      step_start, spe, pending[:-1], checkpointer,
-                      metrics_log)
-    stats.nonfinite_skipped += int(bad_K.sum())
-
-  t_saved = time.perf_counter()
-  k_max = max(1, config.steps_per_call)
-  pending = []       # (metrics_K on device, number of valid steps)
-  perm_epoch, perm = -1, None
-  t_start = time.perf_counter()
-  t_log, step_log = t_start, step
+    raise SeqjaxError(f"stateful training runs on one device; the mesh has "
+                      f"{mesh.size}")
+  train_call = multi_step or make_multi_step(loss_fn, config.nonfinite, mesh)
+  carry = (StreamCarry(initial_carry if carry is None else carry,
+                       initial_carry) if stateful else ())
+  state, data = _place(state, data, mesh, config.batch_size)
+  loop = _Loop(state, carry, config, spe, checkpointer, metrics_log, clock,
+               mesh)
+  feed = _Feed(schedule, config.seed, max(1, config.steps_per_call), mesh)
   logging.info("Training %d steps (%d per epoch, batch %d) from step %d.",
-               total, spe, bsz, step)
-
-  def boundaries(step):
-    epoch_end = (step // spe + 1) * spe
-    ends = [epoch_end, total]
-    if config.log_every_steps:
-      ends.append((step // config.log_every_steps + 1) * config.log_every_steps)
-    if config.checkpoint_every_steps and checkpointer is not None:
-      every = config.checkpoint_every_steps
-      ends.append((step // every + 1) * every)
-    return min(ends)
-
-  while step < total:
-    epoch = step // spe
-    if epoch != perm_epoch:
-      if batch_plan is not None:  # perm: rows within each step's dataset
-        dataset_S, perm = batch_plan.epoch(config.seed, epoch)
-      elif stateful:
-        perm = stateful_permutation(config.seed, epoch, n,
-                                    bsz * (reset_every or spe), config.shuffle)
-      else:
-        perm = epoch_permutation(config.seed, epoch, n, config.shuffle)
-      perm_epoch = epoch
-    k = min(k_max, boundaries(step) - step)
-    if batch_plan is not None:
-      k = min(k, batch_plan.run_length(dataset_S, step % spe))
-    offset = (step % spe) * bsz
-    idx = np.zeros((k_max, bsz), np.int32)
-    idx[:k] = perm[offset:offset + k * bsz].reshape(k, bsz)
-    valid = np.arange(k_max) < k
-    if mesh is not None:
-      idx, valid = (sharding_lib.shard_indices(idx, mesh),
-                    sharding_lib.replicate(valid, mesh))
-    t_call = time.perf_counter()
-    if batch_plan is not None and stats.steps_run == 0:
-      # Compile the step for every dataset's shapes now, with all K steps
-      # skipped (the state comes back unchanged): no compile falls inside the
-      # epoch, and first_call_seconds counts them all.
-      t_first = t_call
-      none_valid = np.zeros(k_max, bool)
-      if mesh is not None:
-        none_valid = sharding_lib.replicate(none_valid, mesh)
-      for d in range(len(device_data)):
-        state, _ = multi_step(state, device_data[d], idx, none_valid,
-                              *((no_halt,) if guarded else ()))
-    if stateful:
-      reset = (np.arange(step, step + k_max) % reset_every == 0
-               if reset_every else np.zeros(k_max, bool))
-      state, carry, metrics_K = multi_step(state, carry, initial_carry,
-                                           device_data, idx, valid, reset)
-    else:
-      halted = ()
-      if guarded:  # the last call's final flag (a device value: no wait)
-        halted = (no_halt if unchecked is None
-                  else unchecked[0]["halted"][-1],)
-      state, metrics_K = multi_step(
-          state, device_data if batch_plan is None
-          else device_data[dataset_S[step % spe]], idx, valid, *halted)
-    if guarded:
-      check_unchecked()  # the previous call's, while this one runs
-      unchecked = (metrics_K, k, step)
-    pending.append((metrics_K, k))
-    if stats.steps_run == 0:
-      jax.block_until_ready(state.step)
-      stats.first_call_seconds = time.perf_counter() - (
-          t_first if batch_plan is not None else t_call)
-      t_steady = time.perf_counter()
-    else:
-      stats.steady_steps += k
-    stats.steps_run += k
-    step += k
-
-    at_log = config.log_every_steps and step % config.log_every_steps == 0
-    at_epoch_end = step % spe == 0
-    at_ckpt = (config.checkpoint_every_steps and
-               step % config.checkpoint_every_steps == 0)
-    at_ckpt = at_ckpt or (config.checkpoint_every_secs and
-                          time.perf_counter() - t_saved >=
-                          config.checkpoint_every_secs)
-    if at_log or at_epoch_end or at_ckpt or step == total:
-      check_unchecked()  # before anything is logged, saved or evaluated
-    if at_log or at_epoch_end or step == total:
-      row = (_reduce_guarded if guarded else _reduce_metrics)(pending)
-      pending = []
-      now = time.perf_counter()
-      rate = (step - step_log) / max(now - t_log, 1e-9)
-      eta = (total - step) / max(rate, 1e-9)
-      row.update(step=step, epoch=step / spe, steps_per_s=rate,
-                 samples_per_s=rate * bsz, wall_s=now - t_start)
-      if config.learning_rate is not None:
-        lr = config.learning_rate
-        row["learning_rate"] = float(lr(step) if callable(lr) else lr)
-      row["time"] = time.time()
-      logging.info("step %d/%d epoch %.2f loss %.4f token_acc %.4f "
-                   "%.1f steps/s ETA %.0fs", step, total, step / spe,
-                   row.get("loss", float("nan")),
-                   row.get("token_accuracy", float("nan")), rate, eta)
-      stats.last_metrics = row
-      if metrics_log:
-        metrics_log.write(row)
-      t_log, step_log = now, step
-    if checkpointer is not None and (at_ckpt or at_epoch_end or step == total):
-      checkpointer.save(state)
-      t_saved = time.perf_counter()
-    if at_epoch_end and epoch_end_fn is not None:
-      extra = epoch_end_fn(state, step // spe)
-      if extra:
-        if metrics_log:
-          metrics_log.write({"step": step, "epoch": step // spe, "eval": True,
-                             "wall_s": time.perf_counter() - t_start,
-                             "time": time.time(), **extra})
-    if should_stop is not None and step < total and should_stop():
-      check_unchecked()
-      if pending:  # log the steps since the last row, then save this step
-        row = (_reduce_guarded if guarded else _reduce_metrics)(pending)
-        pending = []
-        row.update(step=step, epoch=step / spe, interrupted=True)
-        stats.last_metrics = row
-        if metrics_log:
-          metrics_log.write(row)
-      if checkpointer is not None:
-        checkpointer.save(state)
-      stats.interrupted = True
-      logging.warning("Stopped at step %d on request.", step)
+               loop.total, spe, config.batch_size, loop.step)
+  if batch_plan is not None:
+    _warm_up(loop, train_call, data, feed)
+  while loop.step < loop.total:
+    dataset, k, inputs = feed(loop.step, loop.next_boundary())
+    loop.dispatch(train_call, data if dataset is None else data[dataset], k,
+                  inputs)
+    log, ckpt, epoch_end = loop.due()
+    if log or ckpt:
+      loop.monitor()  # before anything is logged, saved or evaluated
+    if log:
+      loop.log()
+    if ckpt:
+      loop.save()
+    if epoch_end and epoch_end_fn is not None:
+      loop.evaluate(epoch_end_fn)
+    if should_stop is not None and loop.step < loop.total and should_stop():
+      loop.interrupt()
       break
-
-  jax.block_until_ready(state.params)
-  end = time.perf_counter()
-  stats.train_seconds = end - t_start
-  if stats.steps_run > 0 and stats.steady_steps:
-    stats.steady_seconds = end - t_steady
-  stats.compiles = multi_step._cache_size()
-  if stateful:
-    stats.final_carry = carry
-  return state, stats
+  loop.finish()
+  loop.stats.compiles = compiles_of(train_call)  # its compiles so far
+  return loop.state, loop.stats
 
 
-def _reduce_guarded(pending) -> dict:
-  """Like _reduce_metrics, over the finite steps only; counts the others."""
-  sums, count, skipped = {}, 0, 0
-  for metrics_K, k in pending:
-    host = jax.device_get(metrics_K)
-    host.pop("halted", None)
-    good_K = ~(np.asarray(host.pop("nonfinite"))[:k] > 0)
-    for name, values in host.items():
-      sums[name] = sums.get(name, 0.0) + float(
-          np.asarray(values)[:k][good_K].sum())
-    count += int(good_K.sum())
-    skipped += k - int(good_K.sum())
-  # No finite step in the window: NaN, not a misleading 0.
-  row = {name: total / count if count else float("nan")
-         for name, total in sums.items()}
-  row["nonfinite_skipped"] = skipped
-  return row
+def _place(state, data, mesh, batch_size):
+  """State and data on the device, or replicated on the mesh."""
+  if mesh is None:
+    return state, jax.device_put(data)
+  sharding_lib.check_batch_size(batch_size, mesh)
+  return sharding_lib.replicate(state, mesh), sharding_lib.replicate(data, mesh)
 
 
-def _stop_nonfinite(state, metrics_K, j, step, step_start, spe, pending,
-                    checkpointer, metrics_log):
-  """Step ``step + j + 1`` was not finite: ``state`` is the last good one
-  (step + j). Logs and saves it (it is finite), then raises."""
-  host = jax.device_get(metrics_K)
-  bad_step = step + j + 1
-  loss, grad_norm = float(host["loss"][j]), float(host["grad_norm"][j])
-  row = _reduce_guarded(pending + [(metrics_K, j)]) if pending or j else {}
-  row.update(step=step + j, epoch=(step + j) / spe, nonfinite_step=bad_step,
-             nonfinite_loss=str(loss), nonfinite_grad_norm=str(grad_norm))
-  if metrics_log:
-    metrics_log.write(row)
-  saved = ""
-  if checkpointer is not None:
-    if step + j > step_start:
-      checkpointer.save(state)
-    last = checkpointer.latest_step()
-    saved = (f" The last good checkpoint (step {last}) in "
-             f"{checkpointer.directory} is kept; nothing non-finite was "
-             "saved." if last is not None else " Nothing was saved.")
-  what = (f"loss {loss}" if not np.isfinite(loss) else
-          f"gradient norm {grad_norm} (loss {loss})" if not np.isfinite(
-              grad_norm) else f"parameters after the update (loss {loss})")
-  raise reliability.NonFiniteError(
-      f"Non-finite {what} at step {bad_step} (epoch {bad_step / spe:.2f}): "
-      f"the update was not applied and training stopped.{saved} Lower "
-      "--learning_rate, or pass --skip_nonfinite_updates to skip such steps.")
-
-
-def _reduce_metrics(pending) -> dict:
-  """Mean of each metric over the valid steps of the pending calls."""
-  sums, count = {}, 0
-  for metrics_K, k in pending:
-    host = jax.device_get(metrics_K)
-    for name, values in host.items():
-      sums[name] = sums.get(name, 0.0) + float(np.asarray(values)[:k].sum())
-    count += k
-  return {name: total / max(count, 1) for name, total in sums.items()}
+def _warm_up(loop, train_call, data, feed):
+  """Compiles the train call for every dataset's shapes, with all K steps
+  skipped (the state comes back unchanged): no compile falls inside the
+  epoch, and first_call_seconds counts them all."""
+  loop.t_first = time.perf_counter()
+  _, _, (idx, _, reset) = feed(loop.step, loop.total)
+  none_valid = feed.place(idx, np.zeros(feed.k_max, bool), reset)
+  for dataset in data:
+    loop.state, loop.carry, _, _ = train_call(
+        loop.state, loop.carry, dataset, *none_valid, loop.halted)

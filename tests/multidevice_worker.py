@@ -46,8 +46,9 @@ def _fit(mesh):
   hlo = ""
   if mesh is not None:
     idx = np.zeros((4, 32), np.int32)
-    hlo = multi_step.lower(state, sharding.replicate(data, mesh), idx,
-                           np.ones(4, bool)).compile().as_text()
+    hlo = multi_step.lower(state, (), sharding.replicate(data, mesh), idx,
+                           np.ones(4, bool), np.zeros(4, bool),
+                           np.zeros((), bool)).compile().as_text()
   return state, [r["loss"] for r in log.rows], stats, hlo
 
 

@@ -55,8 +55,9 @@ def test_metrics_rows_carry_the_learning_curve_fields(tmp_path):
 
 
 def test_default_learning_rate_is_logged():
-  assert reverse.ReverseConfig(optimizer="sgd").fit_config().learning_rate == 1e-2
-  assert reverse.ReverseConfig().fit_config().learning_rate == 1e-3
+  sgd = reverse.ReverseConfig(optimizer="sgd").fit_config()
+  assert sgd.log_learning_rate == 1e-2
+  assert reverse.ReverseConfig().fit_config().log_learning_rate == 1e-3
 
 
 def _write_metrics(workdir, rows):

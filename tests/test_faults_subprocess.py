@@ -12,6 +12,7 @@ import glob
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,3 +141,56 @@ def test_ctrl_c_then_kill_9_then_rerun_is_bit_equal(tmp_path, reference):
   _assert_same_run(work, results, reference)
   print(f"seed {seed}: SIGINT at step {stopped}; kill -9 after checkpoint "
         f"{killed_at} (save cut: {save_cut}); rerun bit-equal")
+
+
+# --------------------------------------------------------------------------
+# A stateful echo run killed -9 between two carry resets.
+
+ECHO_FLAGS = dict(mode="lag_window", seq_length=13, n_sequences=20,
+                  n_units=16, batch_size=1, epochs=3, n_eval=5, log_every=0,
+                  steps_per_call=2, learning_rate=0.01, checkpoint_every=3)
+ECHO_ROWS = 13 - 5  # samples a sequence (batch 1: a reset every 8 steps)
+ECHO_TOTAL = 20 * ECHO_ROWS * 3
+
+
+def _start_echo(workdir, log):
+  argv = [sys.executable, "-m", "experiments.echo"] + [
+      f"--{k}={v}" for k, v in {**ECHO_FLAGS, "workdir": workdir}.items()]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log,
+                          stderr=subprocess.STDOUT)
+
+
+def _fingerprint(out: str) -> str:
+  return re.search(rf"Parameters at step {ECHO_TOTAL}: sha256 (\w+)",
+                   out).group(1)
+
+
+def test_stateful_echo_killed_mid_block_resumes_bit_equal(tmp_path, capsys):
+  from experiments import echo
+  seed = _seed()
+  rng = random.Random(seed)
+  echo.run(echo.EchoConfig(workdir=str(tmp_path / "ref"), **ECHO_FLAGS))
+  want = _fingerprint(capsys.readouterr().out)
+  work, log_path = str(tmp_path / "w"), str(tmp_path / "log")
+  target = rng.randrange(40, ECHO_TOTAL // 2)
+  with open(log_path, "w") as log:
+    proc = _start_echo(work, log)
+    _wait_for_step(proc, work, target, log_path)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(60) == -signal.SIGKILL
+  killed_at = _steps(work)[-1]
+  assert killed_at < ECHO_TOTAL, seed
+  if killed_at % ECHO_ROWS == 0:
+    # Checkpoints every 3 steps, resets every 8: resume 3 steps earlier,
+    # between two resets, as if the kill had come before that save.
+    shutil.rmtree(os.path.join(work, "checkpoints", str(killed_at)))
+    killed_at -= 3
+  with open(log_path, "w") as log:
+    proc = _start_echo(work, log)
+    assert proc.wait(300) == 0, open(log_path).read()[-3000:]
+  out = open(log_path).read()
+  resumed = int(re.search(r"Resumed from the checkpoint at step (\d+)",
+                          out).group(1))
+  assert resumed == killed_at and resumed % ECHO_ROWS, (seed, resumed)
+  assert _fingerprint(out) == want, seed

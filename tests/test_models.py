@@ -7,6 +7,7 @@ import pytest
 
 from seqjax import decode as decode_lib
 from seqjax import summary
+from seqjax import train as train_lib
 from seqjax.models import Seq2Seq
 from tests import reference
 
@@ -136,10 +137,11 @@ def test_greedy_decode_ends_when_every_sequence_stopped(max_len):
 def test_decode_in_batches_pads_the_last_batch_and_matches():
   model, params, src, _ = _model_and_params()
   decoder = decode_lib.make_greedy_decoder(model, max_len=4, start_id=0)
-  whole = np.asarray(decoder(params, src))
-  chunked = decode_lib.decode_in_batches(decoder, params, src, batch_size=4)
+  with train_lib.count_compiles(decoder) as compiles:
+    whole = np.asarray(decoder(params, src))
+    chunked = decode_lib.decode_in_batches(decoder, params, src, batch_size=4)
   np.testing.assert_array_equal(whole, chunked)
-  assert decoder._cache_size() == 2  # batch 6 and batch 4, nothing more
+  assert compiles.count == 2  # batch 6 and batch 4, nothing more
 
 
 def test_keras_parameter_count_of_the_generic_model():

@@ -1,6 +1,8 @@
 """Stateful training and prediction: the carry threaded through batches, its
 resets, masked steps, and the per-step classifier, against NumPy references."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -249,3 +251,114 @@ def test_stateful_fit_rejects_partial_blocks():
   with pytest.raises(ValueError, match="whole blocks"):
     train_lib.fit(state, data, loss_fn, train_lib.FitConfig(batch_size=2),
                   initial_carry=model.initial_carry(2), reset_every=3)
+
+
+def _bits(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def _copy(tree):  # fit donates its state; keep the original usable
+  return jax.tree.map(lambda x: jnp.asarray(np.array(x)), tree)
+
+
+def test_stateful_resume_mid_block_restores_the_carry_bit_for_bit(tmp_path):
+  """Stopped at step 4 (inside a reset block of 3 steps) and resumed from
+  the checkpoint: the same parameters and final carry as an uninterrupted
+  run; resumed from the initial carry instead, they differ."""
+  from seqjax.checkpoint import Checkpointer
+  b, every = 2, 3
+  model, state0, data, loss_fn = _stateful_setup(lr=0.5)
+  init = model.initial_carry(b)
+  cfg = train_lib.FitConfig(batch_size=b, epochs=2, steps_per_call=2,
+                            log_every_steps=0, checkpoint_every_steps=4,
+                            nonfinite="stop")
+  ref, ref_stats = train_lib.fit(_copy(state0), data, loss_fn, cfg,
+                                 initial_carry=init, reset_every=every)
+  calls = iter(range(1, 100))
+  part, stats = train_lib.fit(_copy(state0), data, loss_fn, cfg,
+                              checkpointer=Checkpointer(str(tmp_path), {}),
+                              initial_carry=init, reset_every=every,
+                              should_stop=lambda: next(calls) >= 2)
+  assert stats.interrupted and int(part.step) == 4
+  state, carry = Checkpointer(str(tmp_path), {}).restore_with_carry(
+      _copy(state0), init)
+  assert int(state.step) == 4
+  _bits(carry, stats.final_carry)
+  # The plain restore reads the same state and leaves the carry out.
+  _bits(Checkpointer(str(tmp_path), {}).restore(_copy(state0)).params,
+        state.params)
+  got, got_stats = train_lib.fit(state, data, loss_fn, cfg,
+                                 initial_carry=init, carry=carry,
+                                 reset_every=every)
+  _bits(got.params, ref.params)
+  _bits(got.opt_state, ref.opt_state)
+  _bits(got_stats.final_carry, ref_stats.final_carry)
+  state, _ = Checkpointer(str(tmp_path), {}).restore_with_carry(
+      _copy(state0), init)
+  wrong, _ = train_lib.fit(state, data, loss_fn, cfg, initial_carry=init,
+                           reset_every=every)
+  assert not np.array_equal(wrong.params["params"]["rnn"]["kernel"],
+                            ref.params["params"]["rnn"]["kernel"])
+
+
+def _poisoned_stateful(loss_fn):
+  def poisoned(params, batch, carry):
+    loss, aux = loss_fn(params, batch, carry)
+    return loss + jnp.where(batch["poison"].sum() > 0, jnp.nan, 0.0), aux
+  return poisoned
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_stateful_nonfinite_stop_keeps_the_last_good_state_and_carry(
+    tmp_path, steps_per_call):
+  from seqjax import reliability
+  from seqjax.checkpoint import Checkpointer
+  b, every = 2, 3
+  model, state0, data, loss_fn = _stateful_setup(lr=0.5)
+  data["poison"] = np.zeros(len(data["x"]), np.float32)
+  bad = 8                                   # rows 14, 15 (shuffle=False)
+  data["poison"][(bad - 1) * b] = 1.0
+  init = model.initial_carry(b)
+  cfg = train_lib.FitConfig(batch_size=b, epochs=2, shuffle=False,
+                            steps_per_call=steps_per_call, log_every_steps=0,
+                            checkpoint_every_steps=5, nonfinite="stop")
+  ckpt = Checkpointer(str(tmp_path), {}, max_to_keep=None)
+  with pytest.raises(reliability.NonFiniteError,
+                     match=rf"loss nan at step {bad} .*\(step {bad - 1}\)"):
+    train_lib.fit(_copy(state0), data, _poisoned_stateful(loss_fn), cfg,
+                  checkpointer=ckpt, initial_carry=init, reset_every=every)
+  assert ckpt.latest_step() == bad - 1
+  state, carry = Checkpointer(str(tmp_path), {}).restore_with_carry(
+      _copy(state0), init)
+  # Reference: a clean run stopped after bad - 1 steps, one step a call.
+  clean = {**data, "poison": np.zeros_like(data["poison"])}
+  calls = iter(range(1, 100))
+  ref, stats = train_lib.fit(
+      _copy(state0), clean, loss_fn,
+      dataclasses.replace(cfg, steps_per_call=1, checkpoint_every_steps=0),
+      initial_carry=init, reset_every=every,
+      should_stop=lambda: next(calls) >= bad - 1)
+  assert int(ref.step) == bad - 1
+  _bits(state.params, ref.params)
+  _bits(carry, stats.final_carry)
+  assert all(np.isfinite(c).all() for c in carry)
+
+
+def test_stateful_skip_keeps_the_carry_of_a_skipped_step():
+  """"skip" drops the bad step's update and its carry: the next step starts
+  from the carry the bad step was given (here: the last carry, no reset)."""
+  b = 2
+  model, state0, data, loss_fn = _stateful_setup(lr=0.0)
+  data["poison"] = np.zeros(len(data["x"]), np.float32)
+  data["poison"][-b] = 1.0                  # the last step of the epoch
+  init = model.initial_carry(b)
+  cfg = train_lib.FitConfig(batch_size=b, epochs=1, shuffle=False,
+                            steps_per_call=4, log_every_steps=0,
+                            nonfinite="skip")
+  got, stats = train_lib.fit(_copy(state0), data, _poisoned_stateful(loss_fn),
+                             cfg, initial_carry=init)
+  assert stats.nonfinite_skipped == 1 and int(got.step) == 12
+  short = {k: v[:-b] for k, v in data.items()}
+  _, want = train_lib.fit(_copy(state0), short, loss_fn, cfg,
+                          initial_carry=init)
+  _bits(stats.final_carry, want.final_carry)
