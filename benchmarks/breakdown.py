@@ -27,7 +27,7 @@ import optax
 from seqjax import recurrent as rec
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
-from seqjax.experiment import field
+from seqjax.config import field
 from seqjax.models import Seq2Seq
 
 
@@ -201,8 +201,8 @@ def run(config: BreakdownConfig) -> dict:
          "single_step_first_call_s": single_first,
          "steps_per_call": k}
   if config.json:
-    from seqjax import experiment
-    experiment.write_json_atomic(config.json, out)
+    from seqjax import runner
+    runner.write_json_atomic(config.json, out)
     print(f"Wrote {config.json}")
   return out
 

@@ -24,7 +24,7 @@ import numpy as np
 from seqjax import decode as decode_lib
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
-from seqjax.experiment import field
+from seqjax.config import field
 from seqjax.models import Seq2Seq
 
 

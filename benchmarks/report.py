@@ -9,7 +9,7 @@ import dataclasses
 import json
 
 from seqjax.errors import SeqjaxError
-from seqjax.experiment import field
+from seqjax.config import field
 
 from benchmarks.harness import KEYS
 

@@ -23,9 +23,9 @@ import importlib.util
 import sys
 import time
 
-from seqjax import experiment
+from seqjax import runner
 from seqjax.errors import SeqjaxError
-from seqjax.experiment import field
+from seqjax.config import field
 
 # Workload name -> (its benchmark module, modules it needs, what is missing).
 WORKLOADS = {
@@ -122,7 +122,7 @@ def select_peers(requested: list[str]) -> tuple[list[str], list[str]]:
 
 
 def run(config: BenchmarkConfig) -> dict:
-  experiment.check_config(config)
+  runner.check(config)
   module = load_workload(config.workload)
   peers, notes = select_peers(config.peer_list())
   for note in notes:
@@ -179,7 +179,7 @@ def run(config: BenchmarkConfig) -> dict:
       "seconds": time.perf_counter() - t0,
   }
   if config.json:
-    experiment.write_json_atomic(config.json, out)
+    runner.write_json_atomic(config.json, out)
     print(f"Wrote {config.json}")
   return out
 

@@ -76,12 +76,13 @@ def main(argv=None) -> dict:
   import keras
   from benchmarks.peers import keras_translate
   from experiments import translate
+  from seqjax import runner
 
   config = translate.TranslateConfig(
       epochs=args.epochs, data_path=args.data_path, seed=args.seed,
       num_samples=args.num_samples, n_examples=0,
       workdir=args.workdir or tempfile.mkdtemp(prefix="translate_quality_"))
-  translate.experiment.check_config(config)
+  runner.check(config)
   data = translate.prepare_data(config)   # once: both models use it
   references = [t for _, t in data.val_pairs]
   print(f"{len(data.train_pairs)} training pairs, {len(references)} held out "

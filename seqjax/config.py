@@ -165,6 +165,8 @@ class TrainingConfig(Config):
         batch_size=self.batch_size, epochs=self.epochs, seed=self.seed,
         steps_per_call=self.steps_per_call, log_every_steps=self.log_every,
         checkpoint_every_steps=self.checkpoint_every,
+        checkpoint_every_secs=self.checkpoint_every_secs,
+        nonfinite="skip" if self.skip_nonfinite_updates else "stop",
         log_learning_rate=(self.learning_rate if self.learning_rate is not
                            None else train_lib.DEFAULT_LEARNING_RATES.get(
                                self.optimizer)))

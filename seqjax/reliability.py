@@ -1,6 +1,6 @@
 """Nothing lost on a crash, a kill or a bad value.
 
-What every training binary gets through ``seqjax.experiment.train_or_restore``:
+What every training run gets through ``seqjax.runner.train_or_restore``:
 
 * **One run per workdir.** ``WorkdirLock`` takes an exclusive ``flock`` on
   ``<workdir>/.lock``; a second run refuses at once with a message naming the
@@ -17,9 +17,9 @@ What every training binary gets through ``seqjax.experiment.train_or_restore``:
   together with rows logged after the checkpoint being resumed (those steps
   are trained again and their rows rewritten, so each step is logged once).
 * **Atomic files** (``write_atomic``): write a temporary file, fsync, rename.
-* **Flag ranges** (``range_errors``, ``training_flag_errors``): values that
-  cannot run (non-finite, out of int32 / memory range) are refused by
-  ``validate()`` with a message naming the flag, before any work.
+* **Sizes** (``check_fit_size``): a batch larger than the data, or more steps
+  than the int32 step counter holds, is refused before any work. (Flags out
+  of range are refused by ``validate()``: see ``seqjax.config``.)
 
 Non-finite losses and gradients are handled in ``seqjax.train`` (``FitConfig.
 nonfinite``) and damaged checkpoints in ``seqjax.checkpoint``.
@@ -27,33 +27,21 @@ nonfinite``) and damaged checkpoints in ``seqjax.checkpoint``.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import fcntl
 import functools
 import json
-import math
 import os
 import signal
 import socket
 import secrets
 import threading
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 from absl import logging
 
 from seqjax.errors import SeqjaxError
-
-INT32_MAX = 2**31 - 1
-# Upper bounds of flags shared by the experiments: beyond them a value cannot
-# be an index (int32 ids and step counters) or would not fit in memory.
-MAX_VOCAB = 2**24
-MAX_UNITS = 2**16
-MAX_LENGTH = 2**16
-MAX_BATCH = 2**20
-MAX_STEPS_PER_CALL = 2**16
-MAX_EXAMPLES = 2**26  # generated examples: a few GB of int ids at most
-MAX_SEED = 2**63 - 1
+from seqjax.limits import INT32_MAX
 
 
 class NonFiniteError(SeqjaxError):
@@ -284,55 +272,6 @@ def write_atomic(path: str, data: Union[str, bytes]) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
-
-
-# --------------------------------------------------------------------------
-# Flags.
-
-
-def range_errors(config, bounds: dict[str, tuple[Any, Any]]) -> list[str]:
-  """Messages for fields outside [low, high] (None: unbounded) or, for floats,
-  not finite. A value of None (an optional flag left unset) passes."""
-  errors = []
-  for name, (low, high) in bounds.items():
-    value = getattr(config, name)
-    if value is None:
-      continue
-    if isinstance(value, float) and not math.isfinite(value):
-      errors.append(f"--{name} must be a finite number; got {value}")
-    elif low is not None and value < low:
-      errors.append(f"--{name} must be >= {low}; got {value}")
-    elif high is not None and value > high:
-      errors.append(f"--{name} must be <= {high:,}; got {value:,}")
-  return errors
-
-
-def training_flag_errors(config) -> list[str]:
-  """The checks of the shared training flags that ``TrainingConfig.validate``
-  leaves to this module: upper bounds, seeds, finiteness, the new flags."""
-  errors = range_errors(config, {
-      "seed": (0, MAX_SEED), "epochs": (None, INT32_MAX),
-      "batch_size": (None, MAX_BATCH),
-      "steps_per_call": (None, MAX_STEPS_PER_CALL),
-      "checkpoint_every_secs": (0, 10**9)})
-  lr = getattr(config, "learning_rate", None)
-  if lr is not None and lr > 0 and not math.isfinite(lr):
-    errors.append(f"--learning_rate must be finite; got {lr}")
-  return errors
-
-
-def with_reliability_flags(fit_config, config):
-  """``fit_config`` with the reliability flags of ``config`` applied: a
-  non-finite step stops the run, or is skipped with
-  --skip_nonfinite_updates; --checkpoint_every_secs."""
-  changes = {}
-  if fit_config.nonfinite == "ignore":
-    changes["nonfinite"] = ("skip" if getattr(config, "skip_nonfinite_updates",
-                                              False) else "stop")
-  secs = getattr(config, "checkpoint_every_secs", 0)
-  if secs and not fit_config.checkpoint_every_secs:
-    changes["checkpoint_every_secs"] = secs
-  return dataclasses.replace(fit_config, **changes)
 
 
 def check_fit_size(fit_config, data) -> None:

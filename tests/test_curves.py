@@ -11,7 +11,7 @@ import pytest
 
 from experiments import plot
 from experiments import reverse
-from seqjax import experiment
+from seqjax import runner
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
 from seqjax.errors import SeqjaxError
@@ -33,7 +33,7 @@ def test_metrics_rows_carry_the_learning_curve_fields(tmp_path):
     evaluated.append((int(state.step), epoch))
     return {"accuracy": 0.25 * epoch}
 
-  experiment.train_or_restore(
+  runner.train_or_restore(
       model=model, params=params, config=config, workdir=str(tmp_path),
       model_config=config.model_config(), data=data,
       loss_fn=train_lib.make_seq2seq_loss(model), epoch_end_fn=epoch_end_fn)

@@ -16,7 +16,7 @@ import pytest
 
 from experiments import reverse
 from seqjax import decode as decode_lib
-from seqjax import experiment
+from seqjax import runner
 from seqjax import metrics
 from seqjax import sharding
 from seqjax import train as train_lib
@@ -183,7 +183,7 @@ def test_dtype_flag_reaches_the_model_and_is_never_ignored(tmp_path):
   model, state, data, loss_fn = _setup()
   config = reverse.ReverseConfig(dtype="bfloat16", workdir=str(tmp_path))
   with pytest.raises(SeqjaxError, match="--dtype=bfloat16: this task's model"):
-    experiment.train_or_restore(
+    runner.train_or_restore(
         model=model, params=state.params, config=config,
         workdir=str(tmp_path), model_config={}, data=data, loss_fn=loss_fn)
   assert not os.listdir(tmp_path)

@@ -13,7 +13,7 @@ event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator")
 
 from experiments import reverse  # pylint: disable=wrong-import-position
-from seqjax import experiment  # pylint: disable=wrong-import-position
+from seqjax import runner  # pylint: disable=wrong-import-position
 from seqjax import reliability  # pylint: disable=wrong-import-position
 from seqjax import tensorboard  # pylint: disable=wrong-import-position
 from seqjax import train as train_lib  # pylint: disable=wrong-import-position
@@ -75,7 +75,7 @@ def _train(workdir, epochs, monkeypatch):
 
   monkeypatch.setattr(reliability, "prepare_resume", prepare_and_open)
   monkeypatch.setattr(train_lib.MetricsLog, "write", tee)
-  experiment.train_or_restore(
+  runner.train_or_restore(
       model=model, params=params, config=config, workdir=workdir,
       model_config=config.model_config(), data=data,
       loss_fn=train_lib.make_seq2seq_loss(model),
