@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from seqjax import limits
+from seqjax import progress as progress_lib
 from seqjax import train as train_lib
 
 CELLS = ("lstm", "gru")
@@ -122,6 +124,10 @@ class TrainingConfig(Config):
       60.0, "Also save a checkpoint when this many seconds have passed since "
       "the last one, so a killed run loses at most about that much (0: off).",
       low=0, high=10**9)
+  progress: str = field("auto", "Training progress: bar (a live bar per "
+                        "epoch), log (a line per --log_every steps), none; "
+                        "auto: bar on a terminal, else log.",
+                        choices=progress_lib.MODES)
   skip_nonfinite_updates: bool = field(
       False, "Skip a step whose loss or gradients are not finite (counted in "
       "metrics.jsonl) instead of stopping the run there.")
@@ -167,6 +173,7 @@ class TrainingConfig(Config):
         checkpoint_every_steps=self.checkpoint_every,
         checkpoint_every_secs=self.checkpoint_every_secs,
         nonfinite="skip" if self.skip_nonfinite_updates else "stop",
+        progress=progress_lib.resolve_mode(self.progress, sys.stdout),
         log_learning_rate=(self.learning_rate if self.learning_rate is not
                            None else train_lib.DEFAULT_LEARNING_RATES.get(
                                self.optimizer)))

@@ -129,7 +129,7 @@ def predict_tokens(model, params, src_BS: Array, *, max_len: int,
   step in one forward pass, so its tokens are the argmax of its logits. Steps
   after a ``stop_id`` are ``pad_id`` either way.
   """
-  if getattr(model, "teacher_forced", True):
+  if getattr(model, "takes_decoder_input", True):
     return greedy_decode(model, params, src_BS, max_len=max_len,
                          start_id=start_id, stop_id=stop_id, pad_id=pad_id,
                          src_mask_BS=src_mask_BS)

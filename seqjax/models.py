@@ -178,8 +178,8 @@ class RepeatVectorSeq2Seq(nn.Module):
   cell: str = "lstm"
   dtype: Any = jnp.float32
 
-  # Tells the shared loss and predictor that the model takes no decoder input.
-  teacher_forced: ClassVar[bool] = False
+  # The shared loss and predictor call it on the source alone.
+  takes_decoder_input: ClassVar[bool] = False
 
   def setup(self):
     self.encoder = make_recurrent(self.cell, units=self.units,
@@ -229,7 +229,7 @@ def build_seq2seq(model: str, *, src_vocab: int, tgt_vocab: int, units: int,
 def init_inputs(model: nn.Module, batch: dict) -> tuple:
   """``model.init``'s example inputs from a batch: the first row of ``src``,
   and of ``dec_in`` for a model that takes a decoder input."""
-  if getattr(model, "teacher_forced", True):
+  if getattr(model, "takes_decoder_input", True):
     return batch["src"][:1], batch["dec_in"][:1]
   return (batch["src"][:1],)
 
@@ -238,7 +238,7 @@ def init_params(model: nn.Module, rng: Array, src_BS: Array,
                 dec_in_BT: Optional[Array] = None):
   """``model.init`` with the inputs the model takes (no ``dec_in`` for a
   model that is not teacher-forced)."""
-  if getattr(model, "teacher_forced", True):
+  if getattr(model, "takes_decoder_input", True):
     return model.init(rng, src_BS, dec_in_BT)
   return model.init(rng, src_BS)
 

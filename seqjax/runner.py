@@ -20,6 +20,7 @@ from seqjax import limits
 from seqjax import reliability
 from seqjax import sharding as sharding_lib
 from seqjax import summary as summary_lib
+from seqjax import tensorboard as tensorboard_lib
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer
 from seqjax.config import DTYPES, TrainingConfig
@@ -211,19 +212,14 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
     if latest is None:
       raise SeqjaxError(f"--eval_only: no checkpoint in --workdir={workdir}")
     return sharding_lib.local_copy(state), train_lib.FitStats()
-  # One writer for the shared log when several processes train together.
-  metrics_log = train_lib.MetricsLog(
-      os.path.join(workdir, "metrics.jsonl") if jax.process_index() == 0
-      else None)
   if mesh is not None and epoch_end_fn is not None:
     # Evaluation code is written for one device: hand it a local copy.
     user_epoch_end_fn = epoch_end_fn
     epoch_end_fn = lambda s, e: user_epoch_end_fn(sharding_lib.local_copy(s), e)
   fit_config = fit_config or config.fit_config()
   reliability.check_fit_size(fit_config, data)
-  if metrics_log.path is not None:
-    reliability.prepare_resume(metrics_log.path, int(state.step))
-  with reliability.InterruptGuard() as interrupt:
+  metrics_log = open_logs(workdir, int(state.step), config)
+  with reliability.InterruptGuard() as interrupt, metrics_log:
     state, stats = train_lib.fit(
         state, data, loss_fn, fit_config,
         checkpointer=checkpointer, metrics_log=metrics_log,
@@ -241,6 +237,23 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
   print(f"{prefix}Parameters at step {int(state.step)}: sha256 "
         f"{params_fingerprint(state.params)}")
   return state, stats
+
+
+def open_logs(workdir: str, step: int, config) -> train_lib.MetricsLog:
+  """metrics.jsonl trimmed to ``step`` (a resume trains the later steps
+  again) and ``tb/`` rebuilt to agree with it, the run's flags as its text.
+  Only process 0 writes: the others get a log that writes nothing."""
+  if jax.process_index() != 0:
+    return train_lib.MetricsLog(None)
+  path = os.path.join(workdir, "metrics.jsonl")
+  reliability.prepare_resume(path, step)
+  fresh = not tensorboard_lib.event_files(
+      os.path.join(workdir, tensorboard_lib.TB_DIR))
+  tb = tensorboard_lib.TensorBoardLog.resume(workdir, step)
+  if fresh:  # a resume keeps the text it had
+    tb.text("flags", step, tensorboard_lib.flags_markdown(
+        dataclasses.asdict(config)))
+  return train_lib.MetricsLog(path, sinks=(tb,))
 
 
 def params_fingerprint(params) -> str:

@@ -36,6 +36,7 @@ import optax
 from flax.training import train_state
 
 from seqjax import metrics as metrics_lib
+from seqjax import progress as progress_lib
 from seqjax import stateful as stateful_lib
 from seqjax import sharding as sharding_lib
 from seqjax.errors import SeqjaxError
@@ -82,14 +83,14 @@ def make_seq2seq_loss(model) -> LossFn:
 
   The batch holds ``src`` (B, S), ``dec_in`` (B, T), ``target`` (B, T) and
   optionally ``src_mask`` / ``target_mask`` (padding False). A model with
-  ``teacher_forced = False`` (``RepeatVectorSeq2Seq``) is called on the source
-  alone and needs no ``dec_in``.
+  ``takes_decoder_input = False`` (``RepeatVectorSeq2Seq``) is called on the
+  source alone and needs no ``dec_in``.
   """
-  teacher_forced = getattr(model, "teacher_forced", True)
+  takes_decoder_input = getattr(model, "takes_decoder_input", True)
 
   def loss_fn(params, batch):
     mask = batch.get("target_mask")
-    if teacher_forced:
+    if takes_decoder_input:
       logits_BTV = model.apply(params, batch["src"], batch["dec_in"],
                                batch.get("src_mask"), mask)
     else:
@@ -509,6 +510,9 @@ class FitConfig:
   log_learning_rate: Optional[Any] = None
   checkpoint_every_secs: float = 0.0  # also save when this long since the last
   nonfinite: str = "ignore"         # see NONFINITE_MODES
+  # "log": a log line per metrics row; "bar": a live bar per epoch on stdout
+  # (seqjax.progress) instead; "none": neither.
+  progress: str = "log"
 
 
 @dataclasses.dataclass
@@ -533,16 +537,30 @@ class FitStats:
 
 
 class MetricsLog:
-  """Appends rows to ``<workdir>/metrics.jsonl`` (one JSON object a line)."""
+  """Appends rows to ``<workdir>/metrics.jsonl`` (one JSON object a line),
+  the record a resume trims, and hands each row to ``sinks`` (say a
+  ``seqjax.tensorboard.TensorBoardLog``) after it is written."""
 
-  def __init__(self, path: Optional[str]):
-    self.path = path
+  def __init__(self, path: Optional[str], sinks: tuple = ()):
+    self.path, self.sinks = path, tuple(sinks)
 
   def write(self, row: dict):
     if self.path is None:
       return
     # One whole line per write(2), fsynced: a crash never leaves half a row.
     reliability.append_line(self.path, json.dumps(row))
+    for sink in self.sinks:
+      sink.write(row)
+
+  def close(self):
+    for sink in self.sinks:
+      sink.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -724,12 +742,14 @@ class _Loop:
                          samples_per_s=rate * self.config.batch_size,
                          wall_s=now - self.t_start, **fields, time=time.time())
     self.pending, self.stats.last_metrics = [], row
-    logging.info("step %d/%d epoch %.2f loss %.4f token_acc %.4f "
-                 "%.1f steps/s ETA %.0fs", step, total, step / self.spe,
-                 row.get("loss", float("nan")),
-                 row.get("token_accuracy", float("nan")), rate,
-                 (total - step) / max(rate, 1e-9))
+    if self.config.progress == "log":
+      logging.info("step %d/%d epoch %.2f loss %.4f token_acc %.4f "
+                   "%.1f steps/s ETA %.0fs", step, total, step / self.spe,
+                   row.get("loss", float("nan")),
+                   row.get("token_accuracy", float("nan")), rate,
+                   (total - step) / max(rate, 1e-9))
     self.t_log, self.step_log = now, step
+    return row
 
   def save(self):
     if self.checkpointer is not None:
@@ -850,6 +870,8 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
   feed = _Feed(schedule, config.seed, max(1, config.steps_per_call), mesh)
   logging.info("Training %d steps (%d per epoch, batch %d) from step %d.",
                loop.total, spe, config.batch_size, loop.step)
+  bar = (progress_lib.Progress("bar", loop.total, spe, start_step=loop.step)
+         if config.progress == "bar" else None)
   if batch_plan is not None:
     _warm_up(loop, train_call, data, feed)
   while loop.step < loop.total:
@@ -859,8 +881,9 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
     log, ckpt, epoch_end = loop.due()
     if log or ckpt:
       loop.monitor()  # before anything is logged, saved or evaluated
-    if log:
-      loop.log()
+    row = loop.log() if log else {}
+    if bar is not None:  # the loss only where the host has it: log rows
+      bar.update(loop.step, row.get("loss"))
     if ckpt:
       loop.save()
     if epoch_end and epoch_end_fn is not None:
@@ -868,6 +891,8 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
     if should_stop is not None and loop.step < loop.total and should_stop():
       loop.interrupt()
       break
+  if bar is not None:
+    bar.close()
   loop.finish()
   loop.stats.compiles = compiles_of(train_call)  # its compiles so far
   return loop.state, loop.stats

@@ -116,3 +116,44 @@ def test_auto_draws_a_bar_on_a_real_pseudo_terminal():
     bar.close()
     assert bar.mode == "bar"
     assert reader.read1(4096).startswith(b"\repoch 1/2 [")
+
+
+def _run_reverse(args, use_pty):
+  """Runs a tiny reverse training; -> what it wrote to stdout and stderr."""
+  import os as os_
+  import pty
+  import subprocess as sp
+  import sys as sys_
+  root = os_.path.dirname(os_.path.dirname(os_.path.abspath(__file__)))
+  cmd = [sys_.executable, "-m", "experiments.reverse", *args]
+  env = {**os_.environ, "JAX_PLATFORMS": "cpu"}
+  if not use_pty:
+    out = sp.run(cmd, cwd=root, env=env, capture_output=True, timeout=300)
+    return (out.stdout + out.stderr).decode()
+  leader, follower = pty.openpty()
+  proc = sp.Popen(cmd, cwd=root, env=env, stdout=follower, stderr=follower)
+  os_.close(follower)
+  chunks = []
+  while True:
+    try:
+      chunk = os_.read(leader, 4096)
+    except OSError:  # the child closed the terminal
+      break
+    if not chunk:
+      break
+    chunks.append(chunk)
+  proc.wait(timeout=300)
+  os_.close(leader)
+  return b"".join(chunks).decode(errors="replace")
+
+
+def test_the_binary_draws_a_bar_on_a_terminal_and_logs_lines_otherwise(
+    tmp_path):
+  tiny = ["--n_samples=3200", "--epochs=2", "--n_units=16", "--n_eval=64",
+          "--n_examples=0", "--log_every=50"]
+  on_tty = _run_reverse(tiny + [f"--workdir={tmp_path}/a"], use_pty=True)
+  assert "epoch 2/2 [" in on_tty and "steps/s" in on_tty and "\r" in on_tty
+  assert "step 50/200" not in on_tty  # the bar replaces the log lines
+  piped = _run_reverse(tiny + [f"--workdir={tmp_path}/b"], use_pty=False)
+  assert "step 50/200 epoch 0.50" in piped and "\r" not in piped
+  assert "epoch 2/2 [" not in piped
