@@ -28,7 +28,6 @@ import dataclasses
 import os
 from typing import Optional
 
-import jax
 import numpy as np
 
 from seqjax import config as config_lib
@@ -220,34 +219,6 @@ def build_model(config: EchoConfig) -> RecurrentClassifier:
                              every_step=config.sequence_output)
 
 
-def make_predict(model: RecurrentClassifier, batch_size: int, stateful: bool):
-  """-> jitted ``predict(params, inputs) -> logits``; ``inputs``: ``x`` (and
-  ``x_mask``) as (S, R, ...) = the R samples of S sequences.
-
-  Stateful: as Keras' ``predict(X, batch_size)`` after ``reset_states()``:
-  each sequence's samples in batches of ``batch_size``, the carry threaded
-  through them (all S sequences side by side in one scan). Otherwise every
-  sample starts from the zero carry.
-  """
-
-  def apply(params, batch, carry):
-    return model.apply(params, batch["x"], carry, batch.get("x_mask"))
-
-  @jax.jit
-  def predict(params, inputs):
-    s, r = inputs["x"].shape[:2]
-    if stateful:
-      batches = stateful_lib.to_batches(inputs, batch_size)
-      logits, _ = stateful_lib.scan_batches(
-          apply, params, batches, model.initial_carry(s * batch_size))
-      return stateful_lib.from_batches(logits, s)
-    flat = jax.tree.map(lambda a: a.reshape((s * r,) + a.shape[2:]), inputs)
-    logits, _ = apply(params, flat, None)
-    return logits.reshape((s, r) + logits.shape[1:])
-
-  return predict
-
-
 def _per_sequence(data: dict, n: int) -> dict:
   return {k: v.reshape((n, -1) + v.shape[1:]) for k, v in data.items()}
 
@@ -300,7 +271,8 @@ class EchoTask(task_lib.Task):
     fresh = _per_sequence(cfg.framing()(echo_data.generate(
         np.random.default_rng([cfg.seed, 1]), cfg.n_eval, cfg.seq_length,
         cfg.n_values)), cfg.n_eval)
-    predict = make_predict(setup.model, cfg.batch_size, cfg.stateful)
+    predict = stateful_lib.make_classifier_predict(setup.model, cfg.batch_size,
+                                                    cfg.stateful)
     inputs = {k: fresh[k] for k in ("x", "x_mask") if k in fresh}
     pred = np.asarray(predict(state.params, inputs).argmax(-1))
     y, y_mask = fresh["y"], fresh.get("y_mask",

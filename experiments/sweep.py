@@ -461,6 +461,8 @@ def main(argv=None):
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from experiments import common
+    common.quiet_library_logs()  # in-process runs log as their binaries do
     try:
       if not FLAGS.task:
         raise SeqjaxError(f"--task is required; known tasks: "

@@ -151,7 +151,9 @@ class TranslateTask(task_lib.Task):
     loss_fn = translation.make_loss(spec, model)
     # Runs of steps_per_call batches of one bucket fill each jitted call.
     fit_data, plan = data.fit_data(config.batch_size, config.steps_per_call)
-    held_out = HeldOut(config, data, train_lib.make_eval_step(loss_fn))
+    held_out = evaluate.HeldOutLoss(
+        train_lib.make_eval_step(loss_fn), data_lib.fit_arrays(data.val),
+        config.eval_batch_size, config.epochs)
     save = None if restored else functools.partial(
         data_lib.save_vocab_file, vocab_file=data_lib.VocabFile(
             data.src_vocab, data.tgt_vocab, data.max_decode_len,
@@ -164,10 +166,11 @@ class TranslateTask(task_lib.Task):
                                               data.tgt_vocab,
                                               config.optimizer),
         title=f"Seq2Seq ({config.cell}, {config.level} level)",
-        epoch_end=held_out.epoch_end, save_files=save, data=held_out)
+        epoch_end=held_out.epoch_end, save_files=save,
+        data=(data, held_out))
 
   def evaluate(self, config: TranslateConfig, setup, state) -> dict:
-    held_out, data = setup.data, setup.data.data
+    data, held_out = setup.data
     t0 = time.perf_counter()
     losses = held_out.loss(state.params)
     decoder = translation.make_decoder(model_spec(config), setup.model,
@@ -190,32 +193,6 @@ class TranslateTask(task_lib.Task):
         epoch_seconds=held_out.epoch_seconds,
         steady_epoch_seconds=(float(np.mean(steady)) if steady else None),
         epochs_run=len(held_out.epoch_seconds))
-
-
-class HeldOut:
-  """The held-out pairs' loss after each epoch, and the epochs' times."""
-
-  def __init__(self, config: TranslateConfig, data, eval_step):
-    self.config, self.data, self.eval_step = config, data, eval_step
-    self.arrays = data_lib.fit_arrays(data.val)
-    self.epoch_seconds, self.eval_seconds = [], 0.0
-    self.t = time.perf_counter()
-
-  def loss(self, params) -> dict:
-    return evaluate.evaluate_loss(self.eval_step, params, self.arrays,
-                                  self.config.eval_batch_size)
-
-  def epoch_end(self, state, epoch: int) -> dict:
-    t0 = time.perf_counter()
-    self.epoch_seconds.append(t0 - self.t)
-    row = self.loss(state.params)
-    print(f"Epoch {epoch}/{self.config.epochs}: {self.epoch_seconds[-1]:.1f}s"
-          f" val_loss {row['loss']:.4f} val_token_accuracy "
-          f"{row['token_accuracy']:.4f}", flush=True)
-    self.t = time.perf_counter()
-    self.eval_seconds += self.t - t0
-    return {"val_loss": row["loss"],
-            "val_token_accuracy": row["token_accuracy"]}
 
 
 def resolve_data_path(flag_value: str) -> str:

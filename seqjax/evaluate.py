@@ -6,6 +6,8 @@ arrays with a ``target_mask`` and whose decoder reads ``src`` / ``src_mask``.
 
 from __future__ import annotations
 
+import time
+
 import jax
 import numpy as np
 
@@ -52,3 +54,30 @@ def score(hypotheses: list[str], references: list[str]) -> dict:
                                         zip(hypotheses, references)])),
           "bleu": metrics.corpus_bleu(hypotheses, references),
           "chrf": metrics.corpus_chrf(hypotheses, references)}
+
+
+class HeldOutLoss:
+  """An epoch-end evaluation (``Setup.epoch_end``): the token-weighted
+  held-out loss and metrics of ``arrays`` (``evaluate_loss``), printed and
+  logged as ``val_<name>``; each epoch's seconds and the seconds spent here
+  are kept (``epoch_seconds``, ``eval_seconds``)."""
+
+  def __init__(self, eval_step, arrays: dict, batch_size: int, epochs: int):
+    self.eval_step, self.arrays = eval_step, arrays
+    self.batch_size, self.epochs = batch_size, epochs
+    self.epoch_seconds, self.eval_seconds = [], 0.0
+    self.t = time.perf_counter()
+
+  def loss(self, params) -> dict:
+    return evaluate_loss(self.eval_step, params, self.arrays, self.batch_size)
+
+  def epoch_end(self, state, epoch: int) -> dict:
+    t0 = time.perf_counter()
+    self.epoch_seconds.append(t0 - self.t)
+    row = self.loss(state.params)
+    print(f"Epoch {epoch}/{self.epochs}: {self.epoch_seconds[-1]:.1f}s"
+          f" val_loss {row['loss']:.4f} val_token_accuracy "
+          f"{row['token_accuracy']:.4f}", flush=True)
+    self.t = time.perf_counter()
+    self.eval_seconds += self.t - t0
+    return {f"val_{name}": value for name, value in row.items()}

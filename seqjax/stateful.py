@@ -86,3 +86,32 @@ def scan_batches(apply_fn: Callable, params, batches, initial_carry: Carry,
 
   carry, outputs = jax.lax.scan(body, initial_carry, (batches, resets))
   return outputs, carry
+
+
+def make_classifier_predict(model, batch_size: int, stateful: bool):
+  """-> jitted ``predict(params, inputs) -> logits`` of a
+  ``RecurrentClassifier``-like ``model``; ``inputs``: ``x`` (and ``x_mask``)
+  as (S, R, ...) = the R samples of S sequences.
+
+  Stateful: as Keras' ``predict(X, batch_size)`` after ``reset_states()``:
+  each sequence's samples in batches of ``batch_size``, the carry threaded
+  through them (all S sequences side by side in one scan). Otherwise every
+  sample starts from the zero carry.
+  """
+
+  def apply(params, batch, carry):
+    return model.apply(params, batch["x"], carry, batch.get("x_mask"))
+
+  @jax.jit
+  def predict(params, inputs):
+    s, r = inputs["x"].shape[:2]
+    if stateful:
+      batches = to_batches(inputs, batch_size)
+      logits, _ = scan_batches(
+          apply, params, batches, model.initial_carry(s * batch_size))
+      return from_batches(logits, s)
+    flat = jax.tree.map(lambda a: a.reshape((s * r,) + a.shape[2:]), inputs)
+    logits, _ = apply(params, flat, None)
+    return logits.reshape((s, r) + logits.shape[1:])
+
+  return predict
