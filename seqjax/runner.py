@@ -247,12 +247,10 @@ def open_logs(workdir: str, step: int, config) -> train_lib.MetricsLog:
     return train_lib.MetricsLog(None)
   path = os.path.join(workdir, "metrics.jsonl")
   reliability.prepare_resume(path, step)
-  fresh = not tensorboard_lib.event_files(
-      os.path.join(workdir, tensorboard_lib.TB_DIR))
   tb = tensorboard_lib.TensorBoardLog.resume(workdir, step)
-  if fresh:  # a resume keeps the text it had
-    tb.text("flags", step, tensorboard_lib.flags_markdown(
-        dataclasses.asdict(config)))
+  # At each (re)start: a resume may change flags that keep the model.
+  tb.text("flags", step, tensorboard_lib.flags_markdown(
+      dataclasses.asdict(config)))
   return train_lib.MetricsLog(path, sinks=(tb,))
 
 

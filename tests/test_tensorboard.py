@@ -47,10 +47,9 @@ def _scalars(acc):
           for tag in acc.Tags()["scalars"]}
 
 
-def _train(workdir, epochs, monkeypatch):
-  """A tiny reverse training through train_or_restore, its metrics.jsonl rows
-  teed into a TensorBoardLog opened right after prepare_resume (the wiring
-  the binaries get)."""
+def _train(workdir, epochs):
+  """A tiny reverse training through train_or_restore, which writes tb/ as
+  every run does."""
   config = reverse.ReverseConfig(
       workdir=workdir, n_features=9, n_steps_in=4, n_steps_out=2, n_units=16,
       batch_size=32, epochs=epochs, log_every=4, steps_per_call=4,
@@ -58,39 +57,21 @@ def _train(workdir, epochs, monkeypatch):
   data = reverse_data.generate(np.random.default_rng(0), 320, 4, 2, 9)
   model = reverse.build_model(config)
   params = model.init(jax.random.key(0), data["src"][:1], data["dec_in"][:1])
-  logs = []
-  prepare = reliability.prepare_resume
-  write = train_lib.MetricsLog.write
-
-  def prepare_and_open(path, step):
-    dropped = prepare(path, step)
-    logs.append(tensorboard.TensorBoardLog.resume(workdir, step))
-    logs[-1].text("flags", step, tensorboard.flags_markdown(
-        {"epochs": epochs, "log_every": 4}))
-    return dropped
-
-  def tee(self, row):
-    write(self, row)
-    logs[-1].write(row)
-
-  monkeypatch.setattr(reliability, "prepare_resume", prepare_and_open)
-  monkeypatch.setattr(train_lib.MetricsLog, "write", tee)
   runner.train_or_restore(
       model=model, params=params, config=config, workdir=workdir,
       model_config=config.model_config(), data=data,
       loss_fn=train_lib.make_seq2seq_loss(model),
       epoch_end_fn=lambda state, epoch: {"accuracy": 0.25 * epoch,
                                          "dev_chrf": 10.0 * epoch})
-  monkeypatch.undo()
-  return logs[-1]
 
 
-def test_scalars_equal_metrics_jsonl_after_a_resume(tmp_path, monkeypatch):
+def test_scalars_equal_metrics_jsonl_after_a_resume(tmp_path):
   workdir = str(tmp_path)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  log = _train(workdir, 1, monkeypatch)
+  _train(workdir, 1)
   # What a run killed after step 16 (checkpoint at 10) leaves behind: rows
   # and a text past the checkpoint, in metrics.jsonl and in tb/ alike.
+  log = tensorboard.TensorBoardLog(workdir)
   log.text("examples", 5, "kept: before the checkpoint")
   for step in (12, 16):
     row = {"step": step, "epoch": step / 10, "loss": 99.0, "time": 1.0}
@@ -101,8 +82,7 @@ def test_scalars_equal_metrics_jsonl_after_a_resume(tmp_path, monkeypatch):
   first = _accumulator(workdir)
   assert (16, 99.0) in _scalars(first)["train/loss"]
 
-  log = _train(workdir, 2, monkeypatch)  # resumes from step 10
-  log.close()
+  _train(workdir, 2)  # resumes from step 10
   rows = reliability.read_jsonl(metrics_path)
   assert [r["step"] for r in rows if not r.get("eval")] == [
       4, 8, 10, 12, 16, 20]
