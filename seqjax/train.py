@@ -845,11 +845,9 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
   ``stats.final_carry``.
 
   With a ``mesh`` (``seqjax.sharding.make_mesh``) each batch is split over
-  its devices (data parallel); the returned state is replicated on them.
-  With ``batch_plan`` (a ``BucketPlan``), ``data`` is a list of such dicts
-  (e.g. length buckets, each with its own shapes) and the plan orders the
-  batches; the step compiles once per dataset, for all of them before the
-  first step (``stats.first_call_seconds`` includes those compiles).
+  its devices. With ``batch_plan`` (a ``BucketPlan``), ``data`` is a list of
+  such dicts (length buckets, each with its own shapes): the step compiles
+  once per dataset, all before the first step (in first_call_seconds).
   """
   stateful = initial_carry is not None
   schedule = make_schedule(data, config, batch_plan, stateful, reset_every)
@@ -858,20 +856,17 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
     logging.info("Checkpoint at step %d already covers %d epoch(s); nothing "
                  "to train.", int(state.step), config.epochs)
     return state, FitStats()
-  if stateful and mesh is not None:
-    raise SeqjaxError(f"stateful training runs on one device; the mesh has "
-                      f"{mesh.size}")
   train_call = multi_step or make_multi_step(loss_fn, config.nonfinite, mesh)
   carry = (StreamCarry(initial_carry if carry is None else carry,
                        initial_carry) if stateful else ())
-  state, data = _place(state, data, mesh, config.batch_size)
+  state, data = _place(state, data, mesh, config.batch_size, stateful)
   loop = _Loop(state, carry, config, spe, checkpointer, metrics_log, clock,
                mesh)
   feed = _Feed(schedule, config.seed, max(1, config.steps_per_call), mesh)
   logging.info("Training %d steps (%d per epoch, batch %d) from step %d.",
                loop.total, spe, config.batch_size, loop.step)
   bar = (progress_lib.Progress("bar", loop.total, spe, start_step=loop.step)
-         if config.progress == "bar" else None)
+         if config.progress == "bar" else None)  # "log": loop.log's lines
   if batch_plan is not None:
     _warm_up(loop, train_call, data, feed)
   while loop.step < loop.total:
@@ -891,17 +886,20 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
     if should_stop is not None and loop.step < loop.total and should_stop():
       loop.interrupt()
       break
+  loop.finish()
   if bar is not None:
     bar.close()
-  loop.finish()
   loop.stats.compiles = compiles_of(train_call)  # its compiles so far
   return loop.state, loop.stats
 
 
-def _place(state, data, mesh, batch_size):
+def _place(state, data, mesh, batch_size, stateful):
   """State and data on the device, or replicated on the mesh."""
   if mesh is None:
     return state, jax.device_put(data)
+  if stateful:
+    raise SeqjaxError(f"stateful training runs on one device; the mesh has "
+                      f"{mesh.size}")
   sharding_lib.check_batch_size(batch_size, mesh)
   return sharding_lib.replicate(state, mesh), sharding_lib.replicate(data, mesh)
 
