@@ -41,7 +41,7 @@ EXPERIMENTS = [
     # data_path "" falls back to $SEQJAX_CMN_PATH: the test's tiny pair file.
     ("experiments.translate", dict(
         num_samples=20, latent_dim=4, batch_size=4, epochs=1, num_buckets=1,
-        eval_batch_size=8, n_examples=1, log_every=1, steps_per_call=4), 8),
+        eval_batch_size=8, n_examples=1, log_every=1, steps_per_call=4), 16),
 ]
 # experiments.sweep has no config dataclass (its flags are a task name and a
 # grid string, fuzzed in test_sweep.py), so it is not in this list.
