@@ -15,10 +15,10 @@ A workload is a module registered in ``benchmarks.run.WORKLOADS`` (see
 A runner measures one framework:
 
 * ``train_epoch(rep) -> dict`` builds a fresh model (not timed), then times
-  its first training step (tracing and compiling included) and the rest of one
-  epoch: ``first_step_s``, ``train_seconds``, ``train_samples``,
-  ``train_compiles`` and a ``decode_*`` quality figure (optional sanity
-  check: ``decode_accuracy``, ``decode_chrf``);
+  ``first_step_s`` (see ``FIRST_STEP``) and one epoch: ``train_seconds``,
+  ``train_samples``, ``train_compiles`` (see ``TRAIN_COMPILES``),
+  ``threads`` and a ``decode_*`` quality figure (optional sanity check:
+  ``decode_accuracy``, ``decode_chrf``);
 * ``decode_batched(src) -> tokens`` and ``decode_loop(src) -> tokens`` decode
   held-out sources in batches / one at a time (warmed up before timing);
   ``extra_decoders()`` may name more one-at-a-time variants;
@@ -30,7 +30,7 @@ cache is shared, and a framework is idle while another is measured); the
 harness runs them one after another within each repetition (the order
 rotating), so a change in the machine's load hits all of them; every number
 is the median over repetitions (a repetition's decoding numbers: the best of
-three passes).
+three passes); a ratio is the median of the repetitions' own ratios.
 """
 
 from __future__ import annotations
@@ -49,6 +49,24 @@ import numpy as np
 KEYS = ("train_samples_per_s", "first_step_s", "train_compiles",
         "decode_batched_seq_per_s", "decode_loop_seq_per_s", "gflops",
         "ceiling_gflops")
+
+
+# One definition for every framework.
+FIRST_STEP = ("first_step_s: from a freshly built model to its first finished "
+              "parameter update, whatever the framework does before it "
+              "(tracing, every compile it makes first, one step)")
+TRAIN_COMPILES = ("train_compiles: XLA compiles inside the timed epoch "
+                  "(Keras: its timed fit alone; seqjax: all of fit, its "
+                  "untimed setup included, its step compiled beforehand; 0 "
+                  "for eager PyTorch)")
+
+
+def threads() -> int:
+  """The threads seqjax's XLA:CPU computes on (one with --single_thread):
+  the peers are set to the same number."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return 1 if "--xla_cpu_multi_thread_eigen=false" in flags else (
+      os.cpu_count() or 1)
 
 
 def median(values) -> float:
@@ -139,20 +157,46 @@ def keras_versions() -> dict:
 
 
 def time_keras_epoch(model, inputs: list, targets, batch_size: int) -> dict:
-  """A compiled Keras model's timed first ``train_on_batch`` (compile
-  included), then one timed ``fit`` epoch over all of ``inputs``. ``fit``
-  compiles a train function of its own: on one batch first, untimed, so
-  the epoch's samples/s excludes compiles as every framework's does."""
+  """A compiled Keras model's timed first ``train_on_batch`` (its first
+  update, compile included), then one timed ``fit`` epoch over all of
+  ``inputs``. ``fit`` compiles a train function of its own: on one batch
+  first, untimed, so the epoch's samples/s excludes compiles as every
+  framework's does; compiles are counted in the timed epoch alone."""
   b = batch_size
-  with CompileCounter() as counter:
+  with CompileCounter() as warmup:
     first, _ = timed(lambda: model.train_on_batch([x[:b] for x in inputs],
                                                   targets[:b]))
     model.fit([x[:b] for x in inputs], targets[:b], batch_size=b, epochs=1,
               verbose=0)
+  with CompileCounter() as counter:
     secs, _ = timed(lambda: model.fit(inputs, targets, batch_size=b,
                                       epochs=1, shuffle=True, verbose=0))
   return {"first_step_s": first, "train_seconds": secs,
-          "train_samples": len(inputs[0]), "train_compiles": counter.count}
+          "train_samples": len(inputs[0]), "train_compiles": counter.count,
+          "warmup_compiles": warmup.count, "threads": threads()}
+
+
+def time_jax_first_update(multi_step, state, datasets: list,
+                          batch_size: int, steps_per_call: int) -> float:
+  """seqjax's ``first_step_s``: a fresh jitted ``multi_step`` (``fit``'s)
+  compiled for every dataset's shapes, as ``fit`` does before its first step,
+  then a call that runs one step; ``state`` (donated) is a throwaway copy.
+  ``fit`` given the same ``multi_step`` then compiles nothing more."""
+  import jax
+  import jax.numpy as jnp
+  k = steps_per_call
+  idx_KB = np.zeros((k, batch_size), np.int32)
+  idx_KB[0] = np.arange(batch_size)
+  no_reset, halted = np.zeros(k, bool), jnp.zeros((), bool)
+  t = time.perf_counter()
+  device = [jax.device_put(d) for d in datasets]
+  for data in device[1:]:  # every step skipped: compiles only
+    state, _, _, _ = multi_step(state, (), data, idx_KB, np.zeros(k, bool),
+                                no_reset, halted)
+  state, _, _, _ = multi_step(state, (), device[0], idx_KB,
+                              np.arange(k) < 1, no_reset, halted)
+  jax.block_until_ready(state.params)
+  return time.perf_counter() - t
 
 
 def time_eager_epoch(step: Callable[[np.ndarray], Any], n: int,
@@ -174,6 +218,13 @@ def time_eager_epoch(step: Callable[[np.ndarray], Any], n: int,
   secs, _ = timed(rest)
   return {"first_step_s": first, "train_seconds": secs,
           "train_samples": len(starts) * b, "train_compiles": 0}
+
+
+def set_torch_threads() -> int:
+  """PyTorch on as many threads as seqjax (``threads``); -> that number."""
+  import torch
+  torch.set_num_threads(threads())
+  return torch.get_num_threads()
 
 
 def jax_matmul_gflops(n: int, reps: int = 3) -> float:
@@ -425,26 +476,48 @@ def measure(workload, frameworks: list[str], reps: int,
       worker.close()
 
 
-def ratios(results: dict, targets: list[tuple]) -> list[dict]:
-  """``targets``: (metric, peers, at_least, lower_is_better). A ratio is
-  seqjax's number over the best of those peers present (for a metric where
-  lower is better, the best peer's over seqjax's)."""
+def rep_ratios(results: dict, metric: str, peers: list[str],
+               lower_is_better: bool = False, ours: str = "seqjax"
+               ) -> list[float]:
+  """Each repetition's ratio: ``ours``' number over the same repetition's
+  best peer (for a metric where lower is better, the best peer's over
+  ours)."""
+  mine = results[ours]["reps"][metric]
+  theirs = [results[p]["reps"][metric] for p in peers]
+  out = []
+  for i, value in enumerate(mine):
+    row = [t[i] for t in theirs]
+    out.append(min(row) / value if lower_is_better else value / max(row))
+  return out
+
+
+def ratios(results: dict, targets: list[tuple], ours: str = "seqjax"
+           ) -> list[dict]:
+  """``targets``: (metric, peers, at_least, lower_is_better). ``ratio`` is
+  the median of the repetitions' ratios (``rep_ratios``), ``range`` their
+  least and greatest; ``ratio_of_medians`` is kept for comparison."""
   rows = []
-  ours = results.get("seqjax")
+  mine = results.get(ours)
   for metric, peers, at_least, lower_is_better in targets:
     present = [p for p in peers if p in results]
     row = {"metric": metric, "vs": present, "target": at_least}
-    if ours is None or not present:
+    if ours != "seqjax":
+      row["ours"] = ours
+    if mine is None or not present:
       row.update(ratio=None, met=None)
       rows.append(row)
       continue
+    per_rep = rep_ratios(results, metric, present, lower_is_better, ours)
     if lower_is_better:
       best = min(results[p][metric] for p in present)
-      ratio = best / ours[metric]
+      of_medians = best / mine[metric]
     else:
       best = max(results[p][metric] for p in present)
-      ratio = ours[metric] / best
-    row.update(ratio=ratio, met=bool(ratio >= at_least), best_peer=best)
+      of_medians = mine[metric] / best
+    ratio = median(per_rep)
+    row.update(ratio=ratio, range=[min(per_rep), max(per_rep)],
+               rep_ratios=per_rep, ratio_of_medians=of_medians,
+               met=bool(ratio >= at_least), best_peer=best)
     rows.append(row)
   return rows
 
@@ -473,7 +546,10 @@ def format_ratios(rows: list[dict]) -> str:
     if row["ratio"] is None:
       lines.append(f"{row['metric']:26s} no peer measured")
       continue
-    lines.append(f"{row['metric']:26s} {row['ratio']:6.2f}x vs best of "
+    lo, hi = row["range"]
+    label = row["metric"] + (f" ({row['ours']})" if "ours" in row else "")
+    lines.append(f"{label:26s} {row['ratio']:6.2f}x "
+                 f"({lo:.2f}-{hi:.2f}) vs best of "
                  f"{'/'.join(row['vs'])} (target >= {row['target']}x): "
                  f"{'met' if row['met'] else 'MISSED'}")
   return "\n".join(lines)

@@ -8,7 +8,7 @@ model (51 features, 128 LSTM units, batch 32, 25 steps per call):
   binaries log every 500 steps by default).
 
   python -m benchmarks.reliability_overhead [--steps=1500 --repeats=6
-      --out=reliability_overhead.json]
+      --out=benchmarks/runs/reliability_overhead.json]
 
 Prints a table of steady-state samples/s (compile excluded; the median over
 the rounds after the first, which compiles) and writes it as JSON.
@@ -32,7 +32,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=1500)
   parser.add_argument("--repeats", type=int, default=6)
-  parser.add_argument("--out", default="reliability_overhead.json")
+  parser.add_argument("--out",
+                      default="benchmarks/runs/reliability_overhead.json")
   args = parser.parse_args()
 
   bsz, k = 32, 25

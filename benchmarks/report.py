@@ -16,7 +16,7 @@ from benchmarks.harness import KEYS
 FORMATS = {"train_samples_per_s": "{:,.0f}", "first_step_s": "{:.2f}",
            "train_compiles": "{:d}", "decode_batched_seq_per_s": "{:,.0f}",
            "decode_loop_seq_per_s": "{:,.0f}", "gflops": "{:.1f}",
-           "ceiling_gflops": "{:.0f}"}
+           "ceiling_gflops": "{:.0f}", "threads": "{:d}"}
 
 
 @dataclasses.dataclass
@@ -30,8 +30,7 @@ class ReportConfig:
 def _cell(key, values):
   if key not in FORMATS:
     return " / ".join(f"{v:,.0f}" for v in values)
-  return " / ".join(FORMATS[key].format(int(v) if key == "train_compiles"
-                                        else v) for v in values)
+  return " / ".join(FORMATS[key].format(_as(key, v)) for v in values)
 
 
 def markdown(out: dict) -> str:
@@ -53,9 +52,10 @@ def markdown(out: dict) -> str:
                   for fw in fws), "",
               "| median of reps | " + " | ".join(fws) + " |",
               "| --- | " + " | ".join("---:" for _ in fws) + " |"]
-    for key in KEYS:
-      lines.append(f"| {key} | " + " | ".join(
-          FORMATS[key].format(res[fw][key]) for fw in fws) + " |")
+    for key in KEYS + ("threads",):
+      if all(key in res[fw] for fw in fws):
+        lines.append(f"| {key} | " + " | ".join(
+            FORMATS[key].format(_as(key, res[fw][key])) for fw in fws) + " |")
     lines += ["", "Per repetition (in order):", "",
               "| | " + " | ".join(fws) + " |",
               "| --- | " + " | ".join("---:" for _ in fws) + " |"]
@@ -68,14 +68,9 @@ def markdown(out: dict) -> str:
     for key in extra:
       lines.append(f"| seqjax {key} | " + _cell(key, res["seqjax"]["reps"][key])
                    + " |" + " |" * (len(fws) - 1))
-    lines += ["", "Ratios (seqjax over the best peer measured):", ""]
-    for row in w["ratios"]:
-      if row["ratio"] is None:
-        lines.append(f"- {row['metric']}: no peer measured")
-      else:
-        lines.append(f"- {row['metric']}: {row['ratio']:.2f}x vs "
-                     f"{'/'.join(row['vs'])} (target >= {row['target']}x): "
-                     f"{'met' if row['met'] else 'missed'}")
+    lines += ["", "Ratios (each repetition's seqjax over the same "
+              "repetition's best peer: their median, range and values):", ""]
+    lines += [_ratio_line(row) for row in w["ratios"]]
     first = w["first_step_target"]
     if first.get("max_s") is not None:  # translate sets no compile target
       lines.append(f"- first_step_s: {first['seqjax_s']:.2f} s (target < "
@@ -83,7 +78,28 @@ def markdown(out: dict) -> str:
                    f"{'met' if first['met'] else 'missed'}")
   if out.get("notes"):
     lines += [""] + [f"- note: {n}" for n in out["notes"]]
+  if out.get("definitions"):
+    lines += [""] + [f"- {d}" for d in out["definitions"]]
   return "\n".join(lines)
+
+
+def _as(key, value):
+  return int(value) if key in ("train_compiles", "threads") else value
+
+
+def _ratio_line(row: dict) -> str:
+  who = (f" ({row['ours']}: equal work, every pair padded to the longest as "
+         "the peers)" if "ours" in row else "")
+  if row["ratio"] is None:
+    return f"- {row['metric']}{who}: no peer measured"
+  spread = ""
+  if "range" in row:
+    lo, hi = row["range"]
+    spread = (f" (range {lo:.2f}-{hi:.2f}; per rep " +
+              " / ".join(f"{r:.2f}" for r in row["rep_ratios"]) + ")")
+  return (f"- {row['metric']}{who}: {row['ratio']:.2f}x{spread} vs "
+          f"{'/'.join(row['vs'])} (target >= {row['target']}x): "
+          f"{'met' if row['met'] else 'missed'}")
 
 
 def run(config: ReportConfig) -> str:

@@ -47,9 +47,11 @@ class Runner:
     self.x1 = self.eye[torch.from_numpy(d["src"]).long()]
     self.x2 = self.eye[torch.from_numpy(d["dec_in"]).long()]
     self.y = torch.from_numpy(d["target"]).long()
+    self.threads = harness.set_torch_threads()  # as many as seqjax's
     self._build(0)
-    self.notes = [f"eager PyTorch ({torch.get_num_threads()} threads): "
-                  "nothing is compiled, so train_compiles is 0"]
+    self.notes = [f"eager PyTorch ({self.threads} threads, as seqjax; "
+                  f"{torch.get_num_interop_threads()} inter-op): nothing is "
+                  "compiled, so train_compiles is 0"]
 
   def _build(self, seed: int):
     torch.manual_seed(seed)
@@ -77,7 +79,8 @@ class Runner:
     out = harness.time_eager_epoch(self._step, len(self.y), s.batch_size,
                                    [s.seed, rep])
     acc = self.w.accuracy(self.decode_batched(self.w.decode_sources()))
-    return {**out, "decode_accuracy": acc}
+    return {**out, "decode_accuracy": acc,
+            "threads": torch.get_num_threads()}
 
   @torch.inference_mode()
   def _decode(self, src_onehot):

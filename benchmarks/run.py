@@ -138,7 +138,8 @@ def run(config: BenchmarkConfig) -> dict:
   load_before = harness.load_average()
   t0 = time.perf_counter()
   workload = module.Workload(settings)
-  frameworks = ["seqjax"] + [p for p in peers if p in workload.frameworks()]
+  frameworks = (["seqjax"] + list(getattr(workload, "variants", ()))
+                + [p for p in peers if p in workload.frameworks()])
   print(f"Workload {config.workload}: {settings}")
   print(f"Frameworks: {', '.join(frameworks)}; {config.reps} repetitions; "
         f"load average {load_before}")
@@ -147,6 +148,8 @@ def run(config: BenchmarkConfig) -> dict:
   notes += worker_notes
   machine = results["seqjax"].pop("machine")
   rows = harness.ratios(results, workload.targets)
+  for variant in getattr(workload, "variants", ()):
+    rows += harness.ratios(results, workload.targets, ours=variant)
   first = results["seqjax"]["first_step_s"]
   first_ok = bool(first < workload.first_step_max_s)
   load_after = harness.load_average()
@@ -176,6 +179,10 @@ def run(config: BenchmarkConfig) -> dict:
               else workload.first_step_max_s),
                                 "seqjax_s": first, "met": first_ok}}},
       "notes": notes,
+      "definitions": [harness.FIRST_STEP, harness.TRAIN_COMPILES,
+                      "ratio: the median of each repetition's seqjax over "
+                      "the same repetition's best peer; range: their least "
+                      "and greatest"],
       "seconds": time.perf_counter() - t0,
   }
   if config.json:

@@ -28,6 +28,7 @@ import dataclasses
 import importlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from seqjax import decode as decode_lib
@@ -113,8 +114,12 @@ class Workload:
     self.loop_n = min(s.loop_n, len(self.decode_pairs))
     self.ceiling_n = s.ceiling_n
 
+  # Measured beside seqjax: its equal-work ratio (one bucket: every pair
+  # padded to the longest, as the peers train).
+  variants = ("seqjax_padded",)
+
   def frameworks(self) -> dict[str, str]:
-    return {"seqjax": __name__, **PEERS}
+    return {"seqjax": __name__, "seqjax_padded": __name__, **PEERS}
 
   def decode_sources(self) -> np.ndarray:
     return np.array([src for src, _ in self.decode_pairs], dtype=object)
@@ -132,6 +137,8 @@ class Workload:
   def runner(self, framework: str):
     if framework == "seqjax":
       return SeqjaxRunner(self)
+    if framework == "seqjax_padded":
+      return SeqjaxRunner(self, num_buckets=1)
     module = importlib.import_module(PEERS[framework])
     return module.Runner(self)
 
@@ -142,20 +149,22 @@ class SeqjaxRunner:
   steps per jitted call; ``make_greedy_decoder`` (one compiled ``lax.scan``)
   for a batch, and on a batch of one per sentence."""
 
-  def __init__(self, workload: Workload):
+  def __init__(self, workload: Workload, num_buckets: int = 0):
     self.w = w = workload
     s = w.s
+    num_buckets = num_buckets or s.num_buckets
     # The example's character sets: over all the pairs.
     self.src_vocab, self.tgt_vocab = data_lib.build_vocabs(w.all_pairs,
                                                            "char")
     train = data_lib.encode_pairs(self.src_vocab, self.tgt_vocab,
                                   w.train_pairs)
     self.buckets = [data_lib.fit_arrays(b) for b in data_lib.bucketize(
-        train, s.num_buckets, s.batch_size,
+        train, num_buckets, s.batch_size,
         data_lib.target_step_cost("lstm", s.latent_dim, len(self.tgt_vocab)))]
     self.plan = train_lib.BucketPlan(
         sizes=tuple(len(b["src"]) for b in self.buckets),
-        batch_size=s.batch_size, group=train_lib.FitConfig.steps_per_call)
+        batch_size=s.batch_size, group=train_lib.FitConfig.steps_per_call
+    ) if len(self.buckets) > 1 else None
     # One source width for decoding: one compiled shape.
     self.src_width = max(len(src) for src, _ in w.all_pairs)
     self.model = Seq2Seq(src_vocab=len(self.src_vocab),
@@ -173,7 +182,8 @@ class SeqjaxRunner:
         ", ".join(f"{b['src'].shape[1]}x{b['target'].shape[1]}"
                   for b in self.buckets) +
         "): the step compiles once per bucket, all before the first step; "
-        "first_step_s is those compiles plus the first jitted call",
+        "first_step_s: those compiles, then one step "
+        "(harness.time_jax_first_update)",
         "decode_loop: the jitted greedy decoder on a batch of one; "
         "decode_loop_split: the tutorial's split (jitted encode, a Python "
         "loop of jitted decode_step calls)"]
@@ -193,15 +203,25 @@ class SeqjaxRunner:
     multi_step = train_lib.make_multi_step(self.loss_fn)  # a fresh compile
     config = train_lib.FitConfig(batch_size=s.batch_size, epochs=1,
                                  seed=s.seed + rep, log_every_steps=0)
-    state, stats = train_lib.fit(state, self.buckets, self.loss_fn, config,
-                                 multi_step=multi_step, batch_plan=self.plan)
+    first = harness.time_jax_first_update(
+        multi_step, jax.tree.map(jnp.copy, state), self.buckets,
+        s.batch_size, config.steps_per_call)
+    cached = train_lib.compiles_of(multi_step)
+    with harness.CompileCounter() as counter:
+      state, stats = train_lib.fit(
+          state, self.buckets if self.plan else self.buckets[0],
+          self.loss_fn, config, multi_step=multi_step, batch_plan=self.plan)
     self.params = state.params
     texts = self.decode_batched(self.w.decode_sources())
-    return {"first_step_s": stats.first_call_seconds,
+    return {"first_step_s": first,
             "train_seconds": stats.steady_seconds,
             "train_samples": stats.steady_steps * s.batch_size,
-            "train_compiles": stats.compiles,
+            # All of fit (an upper bound of its timed epoch's compiles).
+            "train_compiles": counter.count,
+            "step_compiles_in_fit": train_lib.compiles_of(multi_step) - cached,
+            "step_shapes_compiled": stats.compiles,
             "train_shapes": len(self.buckets),
+            "threads": harness.threads(),
             **self.w.decode_quality(texts)}
 
   def _encode(self, src) -> dict:

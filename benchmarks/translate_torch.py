@@ -37,9 +37,11 @@ class Runner:
         target)
     self.start = self.tables.target_index[kt.START]
     self.end = self.tables.target_index[kt.END]
+    self.threads = harness.set_torch_threads()  # as many as seqjax's
     self._build(0)
-    self.notes = [f"eager PyTorch ({torch.get_num_threads()} threads): "
-                  "nothing is compiled, so train_compiles is 0"]
+    self.notes = [f"eager PyTorch ({self.threads} threads, as seqjax; "
+                  f"{torch.get_num_interop_threads()} inter-op): nothing is "
+                  "compiled, so train_compiles is 0"]
 
   def _build(self, seed: int):
     torch.manual_seed(seed)
@@ -69,7 +71,8 @@ class Runner:
     out = harness.time_eager_epoch(self._step, len(self.src), s.batch_size,
                                    [s.seed, rep])
     texts = self.decode_batched(self.w.decode_sources())
-    return {**out, **self.w.decode_quality(texts)}
+    return {**out, **self.w.decode_quality(texts),
+            "threads": torch.get_num_threads()}
 
   @torch.inference_mode()
   def _decode(self, src_ids) -> list[str]:

@@ -56,8 +56,10 @@ def _argmax(logits_BV: Array) -> Array:
 def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
                   start_id: int, stop_id: Optional[int] = None, pad_id: int = 0,
                   src_mask_BS: Optional[Array] = None,
-                  early_stop: bool = True) -> Array:
-  """Greedy decoding of a batch -> tokens (B, max_len).
+                  early_stop: bool = True, return_steps: bool = False):
+  """Greedy decoding of a batch -> tokens (B, max_len); with
+  ``return_steps``, ``(tokens, steps)``: the decoder steps actually run
+  (an int32 scalar; ``max_len`` without the early stop).
 
   The stop token itself is emitted; every step after it is ``pad_id``. With
   a ``stop_id`` (and ``early_stop``) the loop is a ``lax.while_loop`` that
@@ -85,7 +87,8 @@ def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
   if stop_id is None or not early_stop:
     _, tokens_TB = jax.lax.scan(body, (carry, start_B, done_B), None,
                                 length=max_len)
-    return tokens_TB.T
+    steps = jnp.asarray(max_len, jnp.int32)
+    return (tokens_TB.T, steps) if return_steps else tokens_TB.T
 
   def unfinished(loop):
     t, (_, _, done_B), _ = loop
@@ -97,10 +100,10 @@ def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
     return t + 1, state, tokens_TB.at[t].set(out_B)
 
   tokens_TB = jnp.full((max_len, batch), pad_id, jnp.int32)
-  _, _, tokens_TB = jax.lax.while_loop(
+  steps, _, tokens_TB = jax.lax.while_loop(
       unfinished, step, (jnp.zeros((), jnp.int32), (carry, start_B, done_B),
                          tokens_TB))
-  return tokens_TB.T
+  return (tokens_TB.T, steps) if return_steps else tokens_TB.T
 
 
 def make_greedy_decoder(model: Seq2Seq, *, max_len: int, start_id: int,

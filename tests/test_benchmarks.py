@@ -30,10 +30,14 @@ def test_train_flops_per_sample_counted_by_hand():
                                                          + 3 * readout)
 
 
+def _one_rep(**metrics):
+  return {**metrics, "reps": {k: [v] for k, v in metrics.items()}}
+
+
 def test_ratios_take_the_best_peer_and_respect_direction():
-  results = {"seqjax": {"train_samples_per_s": 300.0, "first_step_s": 0.5},
-             "keras": {"train_samples_per_s": 100.0, "first_step_s": 2.0},
-             "torch": {"train_samples_per_s": 200.0, "first_step_s": 1.0}}
+  results = {"seqjax": _one_rep(train_samples_per_s=300.0, first_step_s=0.5),
+             "keras": _one_rep(train_samples_per_s=100.0, first_step_s=2.0),
+             "torch": _one_rep(train_samples_per_s=200.0, first_step_s=1.0)}
   rows = harness.ratios(results, [
       ("train_samples_per_s", ("keras", "torch"), 2.0, False),
       ("first_step_s", ("keras", "torch"), 1.5, True),
@@ -41,6 +45,29 @@ def test_ratios_take_the_best_peer_and_respect_direction():
   assert rows[0]["ratio"] == pytest.approx(1.5) and rows[0]["met"] is False
   assert rows[1]["ratio"] == pytest.approx(2.0) and rows[1]["met"] is True
   assert rows[2]["ratio"] is None  # no such peer measured
+
+
+def test_ratios_pair_each_repetition_with_its_own_best_peer():
+  # Per rep: 300 / max(100, 200) = 1.5, 100 / max(50, 40) = 2.0,
+  # 120 / max(40, 100) = 1.2: median 1.5. The ratio of medians (120 over
+  # max(50, 100)) would be 1.2, from numbers of different reps.
+  rate = "train_samples_per_s"
+  results = {fw: {rate: float(np.median(v)), "reps": {rate: v}}
+             for fw, v in [("seqjax", [300.0, 100.0, 120.0]),
+                           ("keras", [100.0, 50.0, 40.0]),
+                           ("torch", [200.0, 40.0, 100.0])]}
+  assert harness.rep_ratios(results, rate, ["keras", "torch"]) == [
+      1.5, 2.0, 1.2]
+  (row,) = harness.ratios(results, [(rate, ("keras", "torch"), 1.4, False)])
+  assert row["ratio"] == 1.5 and row["range"] == [1.2, 2.0] and row["met"]
+  assert row["ratio_of_medians"] == pytest.approx(1.2)
+  # Lower is better: the best (least) peer's over ours, rep by rep.
+  first = "first_step_s"
+  for fw, v in [("seqjax", [1.0, 2.0]), ("keras", [3.0, 1.0]),
+                ("torch", [2.0, 4.0])]:
+    results[fw]["reps"][first] = v
+  assert harness.rep_ratios(results, first, ["keras", "torch"], True) == [
+      2.0, 0.5]
 
 
 def test_median_ignores_missing_values():
@@ -96,9 +123,14 @@ def test_tiny_run_has_every_key_and_compiles_the_step_once(tmp_path):
   res = on_disk["workloads"]["reverse"]["results"]["seqjax"]
   for key in harness.KEYS + ("versions",):
     assert key in res, key
-  assert res["train_compiles"] == 1  # once, for the epoch's 3 calls
+  # A fresh step each rep, compiled once before the timed epoch, nothing
+  # compiled inside it.
+  assert res["reps"]["step_shapes_compiled"] == [1, 1]
+  assert res["reps"]["step_compiles_in_fit"] == [0, 0]
+  # fit's own setup may compile a scalar; nothing else compiles in it.
+  assert all(c <= 1 for c in res["reps"]["train_compiles"])
+  assert res["reps"]["threads"] == [1, 1]  # single_thread
   assert len(res["reps"]["decode_loop_split_seq_per_s"]) == 2
-  assert res["reps"]["train_compiles"] == [1, 1]  # a fresh step each rep
   assert all(v > 0 for v in res["reps"]["first_step_s"])
   flops = on_disk["workloads"]["reverse"]["train_flops_per_sample"]
   assert res["gflops"] == pytest.approx(

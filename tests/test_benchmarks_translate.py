@@ -92,13 +92,28 @@ def test_seqjax_decoders_agree_and_buckets_compile_once_each(pair_file):
   r = w.runner("seqjax")
   out = r.train_epoch(0)
   assert 1 < out["train_shapes"] == len(r.buckets) <= 4
-  assert out["train_compiles"] == out["train_shapes"]
+  # Every bucket shape compiled before the timed epoch; none inside it.
+  assert out["step_shapes_compiled"] == out["train_shapes"]
+  assert out["step_compiles_in_fit"] == 0 and out["train_compiles"] <= 1
   assert out["train_samples"] > 0 and out["first_step_s"] > 0
   src = w.decode_sources()[:5]
   batched = r.decode_batched(src)
   assert r.decode_loop(src) == batched
   assert r.decode_loop_split(src) == batched
   assert 0.0 <= out["decode_chrf"] <= 100.0
+
+
+def test_padded_variant_is_one_bucket_as_wide_as_the_peers(pair_file):
+  w = _workload(pair_file)
+  r, bucketed = w.runner("seqjax_padded"), w.runner("seqjax")
+  (b,) = r.buckets
+  assert r.plan is None and len(b["src"]) == sum(
+      len(x["src"]) for x in bucketed.buckets)
+  assert b["target"].shape[1] == max(x["target"].shape[1]
+                                     for x in bucketed.buckets)
+  out = r.train_epoch(0)
+  assert out["train_shapes"] == 1 == out["step_shapes_compiled"]
+  assert out["step_compiles_in_fit"] == 0 and out["first_step_s"] > 0
 
 
 def test_tiny_run_has_every_key(pair_file):
@@ -109,7 +124,8 @@ def test_tiny_run_has_every_key(pair_file):
   for key in harness.KEYS + ("versions", "decode_chrf", "decode_mean_chars",
                              "train_shapes"):
     assert key in res, key
-  assert res["train_compiles"] == res["train_shapes"]
+  assert res["step_shapes_compiled"] == res["train_shapes"]
+  assert res["step_compiles_in_fit"] == 0 and res["train_compiles"] <= 1
   assert res["gflops"] == pytest.approx(
       res["train_samples_per_s"] * w.train_flops_per_sample / 1e9)
   assert notes == []

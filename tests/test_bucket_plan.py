@@ -21,12 +21,63 @@ def test_plan_uses_each_row_at_most_once_per_epoch():
     used = rows_SB[dataset_S == d].ravel()
     assert len(used) == n // 8 * 8 == len(set(used.tolist()))
     assert used.max() < n
-  # Runs of one dataset are at most `group` long unless two runs meet.
-  assert plan.run_length(dataset_S, 0) >= 1
+  _check_groups(plan, dataset_S)
   again = plan.epoch(seed=0, epoch=0)
   np.testing.assert_array_equal(again[1], rows)
   assert not np.array_equal(plan.epoch(seed=0, epoch=1)[1], rows)
   assert not np.array_equal(plan.epoch(seed=1, epoch=0)[1], rows)
+
+
+def _maximal_runs(dataset_S):
+  """[(dataset, length)] of the maximal runs of equal entries."""
+  runs = []
+  for d in dataset_S.tolist():
+    if runs and runs[-1][0] == d:
+      runs[-1][1] += 1
+    else:
+      runs.append([d, 1])
+  return runs
+
+
+def _check_groups(plan, dataset_S):
+  """Dataset d's k_d batches come in ceil(k_d / group) groups, each kept
+  together (all `group` long but the last): a maximal run of d is a whole
+  number of them, and there are at most as many runs as groups."""
+  runs = _maximal_runs(dataset_S)
+  groups = 0
+  for d, n in enumerate(plan.sizes):
+    k = n // plan.batch_size
+    sizes = [plan.group] * (k // plan.group) + (
+        [k % plan.group] if k % plan.group else [])
+    groups += len(sizes)
+    for _, length in (r for r in runs if r[0] == d):
+      # A sum of some of the group sizes (all equal but possibly one).
+      full, rest = sizes.count(plan.group), sizes[-1] % plan.group
+      assert any(length == a * plan.group + b * rest
+                 for a in range(full + 1) for b in (0, 1) if a + b), (
+                     d, length, sizes)
+  assert len(runs) <= groups, (runs, groups)
+  return runs
+
+
+def test_plan_keeps_groups_together_and_shuffles_them():
+  plan = train_lib.BucketPlan(sizes=(50, 23, 64), batch_size=8, group=3)
+  # Groups: dataset 0 3+3, dataset 1 2, dataset 2 3+3+2: 6 in all.
+  lengths = {0: set(), 2: set()}
+  for seed in range(20):
+    dataset_S, _ = plan.epoch(seed=seed, epoch=0)
+    for d, length in _check_groups(plan, dataset_S):
+      lengths.get(d, set()).add(length)
+  # Groups of 3 do not always stay adjacent: runs of one group are seen.
+  assert 3 in lengths[0] and {2, 3} & lengths[2], lengths
+  one = train_lib.BucketPlan(sizes=(50, 23, 64), batch_size=8, group=1)
+  assert max(len(_maximal_runs(one.epoch(seed=s, epoch=0)[0]))
+             for s in range(5)) > 6  # group=1: batches interleave freely
+  flat = train_lib.BucketPlan(sizes=(50, 23, 64), batch_size=8, group=3,
+                              shuffle=False)
+  dataset_S, rows = flat.epoch(seed=0, epoch=0)
+  assert dataset_S.tolist() == [0] * 6 + [1] * 2 + [2] * 8
+  np.testing.assert_array_equal(rows[:48], np.arange(48))
 
 
 def test_run_length():

@@ -1,5 +1,7 @@
 """Encoder-decoder, the inference split, greedy decoding, parameter counts."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,3 +164,34 @@ def test_gru_parameter_count_matches_keras_formula():
   params = jax.eval_shape(model.init, jax.random.key(0), tok, tok)
   gru = 3 * (128 * 28 + 128 * 128 + 2 * 128)  # Keras GRU, reset_after=True
   assert summary.count_params(params) == 2 * gru + 128 * 28 + 28
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_greedy_early_exit_runs_only_the_steps_until_every_row_stopped(
+    early_stop):
+  # The steps run, not only the tokens (the same with or without the exit):
+  # with the exit, as many as the row that stops last needs (the position of
+  # its stop token in the free-running decode, + 1), else max_len.
+  model, params, src, _ = _model_and_params()
+  max_len = 9
+  free = np.asarray(decode_lib.make_greedy_decoder(
+      model, max_len=max_len, start_id=0)(params, src))
+  for stop in sorted({int(free[0, 1]), int(free[0, 0]), int(free[-1, -1])}):
+    ends = [int(np.flatnonzero(row == stop)[0]) + 1 if (row == stop).any()
+            else max_len for row in free]
+    decode = jax.jit(functools.partial(
+        decode_lib.greedy_decode, model, max_len=max_len, start_id=0,
+        stop_id=stop, early_stop=early_stop, return_steps=True))
+    tokens, steps = decode(params, src)
+    assert int(steps) == (max(ends) if early_stop else max_len), (stop, ends)
+    np.testing.assert_array_equal(
+        tokens, decode_lib.make_greedy_decoder(
+            model, max_len=max_len, start_id=0, stop_id=stop)(params, src))
+  # Every row's first token is the stop token: one step with the exit.
+  params = jax.tree.map(lambda x: x, params)
+  bias = params["params"]["readout"]["bias"]
+  params["params"]["readout"]["bias"] = bias.at[5].add(1e4)
+  _, steps = decode_lib.greedy_decode(
+      model, params, src, max_len=max_len, start_id=0, stop_id=5,
+      early_stop=early_stop, return_steps=True)
+  assert int(steps) == (1 if early_stop else max_len)
