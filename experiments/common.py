@@ -36,7 +36,7 @@ def _flag_kind(tp):
           float: flags.DEFINE_float, str: flags.DEFINE_string}[tp]
 
 
-def define_flags(config_cls, module_name: str) -> None:
+def define_flags(config_cls, module_name: str, flag_values=FLAGS) -> None:
   """The fields of ``config_cls`` as flags: the task's own under
   ``module_name``, the shared training flags under ``seqjax.config``, so
   ``--help`` lists the task's first, then the shared ones."""
@@ -47,17 +47,26 @@ def define_flags(config_cls, module_name: str) -> None:
                else f.default_factory())
     owner = TRAINING_FLAGS if f.name in shared else module_name
     _flag_kind(hints[f.name])(f.name, default, f.metadata.get("help", f.name),
-                              module_name=owner)
+                              module_name=owner, flag_values=flag_values)
   # absl's --help shows the main module's flags, which for `python -m` is a
   # file path that owns none: show the task's, then the shared ones.
-  FLAGS.__dict__["main_module_help"] = lambda: "\n".join(
-      FLAGS.module_help(m) for m in (module_name, TRAINING_FLAGS)
-      if FLAGS.get_key_flags_for_module(m))
+  flag_values.__dict__["main_module_help"] = lambda: "\n".join(
+      flag_values.module_help(m) for m in (module_name, TRAINING_FLAGS)
+      if flag_values.get_key_flags_for_module(m))
 
 
-def config_from_flags(config_cls):
-  return config_cls(**{f.name: FLAGS[f.name].value
+def config_from_flags(config_cls, flag_values=FLAGS):
+  return config_cls(**{f.name: flag_values[f.name].value
                        for f in dataclasses.fields(config_cls)})
+
+
+def config_from_flagfile(task, path: str):
+  """``task``'s config as ``--flagfile=path`` sets it (the other flags at
+  their defaults), parsed by absl as the binary would."""
+  flag_values = flags.FlagValues()
+  define_flags(task.config_cls, f"{task.name} flags", flag_values)
+  flag_values([task.name, f"--flagfile={path}"])
+  return config_from_flags(task.config_cls, flag_values)
 
 
 class _DropLibraryInfo(std_logging.Filter):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 import time
 from typing import Optional
 
@@ -113,7 +114,9 @@ class TranslateConfig(config_lib.TrainingConfig):
                           high=limits.MAX_EXAMPLES)
   translate: Optional[list[str]] = field(
       None, "Translate these sentences with the model in --workdir (no "
-      "training; the model settings come from its checkpoint). Repeatable.")
+      "training; the model settings come from its checkpoint). Repeatable; "
+      "'-': read standard input, one sentence a line, one translation a "
+      "line out.")
 
   def validate(self) -> list[str]:
     errors = super().validate()
@@ -273,6 +276,8 @@ def translate_sentences(config: TranslateConfig) -> dict:
                       f"--workdir={e.value}") from e
   except ParameterError as e:
     raise flag_error(e) from e
+  if config.translate == ["-"]:
+    return translate_stream(translator, sys.stdin, sys.stdout)
   print(f"Resumed from the checkpoint at step {translator.step} in "
         f"{config.workdir}.")
   level = translator.vocabs.source.level
@@ -293,6 +298,22 @@ def translate_sentences(config: TranslateConfig) -> dict:
     out.append({"input": t.input, "decoded": t.decoded, "unknown": t.unknown,
                 "truncated": t.truncated})
   return {"translations": out}
+
+
+def translate_stream(translator, lines, out) -> dict:
+  """--translate=-: one translation a line of ``lines``, written (and
+  flushed) as each is decoded; a blank line gives a blank line. Every line
+  is padded to the longest training source: one compiled shape."""
+  width = translator.vocabs.max_source_len or 0
+  count = 0
+  for line in lines:
+    sentence = line.rstrip("\r\n")
+    text = (translator.translate([sentence], width=width or None)[0].decoded
+            if sentence.strip() else "")
+    out.write(text + "\n")
+    out.flush()
+    count += 1
+  return {"translated_lines": count}
 
 
 TASK = task_lib.register(TranslateTask())

@@ -17,6 +17,7 @@ longer inputs (a vocab.json without that record translates it whole).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Optional
 
@@ -122,21 +123,29 @@ class Translator:
   vocabs: data_lib.VocabFile
   step: int  # the checkpoint's
 
-  def translate(self, sentences: list[str]) -> list[Translation]:
-    """Greedy translations of ``sentences``, decoded in one batch."""
+  @functools.cached_property
+  def decoder(self):
+    """The jitted greedy decoder, made once: one compile per input shape."""
+    return make_decoder(self.spec, self.model, self.vocabs.max_decode_len)
+
+  def translate(self, sentences: list[str], width: Optional[int] = None
+                ) -> list[Translation]:
+    """Greedy translations of ``sentences``, decoded in one batch padded to
+    ``width`` tokens (default: the longest sentence; either way at most the
+    longest training source, and longer sentences are truncated). A fixed
+    ``width`` gives one compiled shape for any sentences."""
     for i, s in enumerate(sentences, start=1):
       if not s.strip():
         raise ParameterError("sentences", repr(s), f"sentence {i} is empty "
                              "or only spaces: nothing to translate")
     src_vocab = self.vocabs.source
     tokens = [vocab_lib.tokenize(s, src_vocab.level) for s in sentences]
-    width = max(len(t) for t in tokens)
+    width = width or max(len(t) for t in tokens)
     if self.vocabs.max_source_len is not None:
       width = min(width, self.vocabs.max_source_len)
     src = vocab_lib.encode_sources(src_vocab, sentences, width)
-    decoder = make_decoder(self.spec, self.model, self.vocabs.max_decode_len)
-    decoded = evaluate.decode_texts(decoder, self.params, self.vocabs.target,
-                                    src, len(sentences))
+    decoded = evaluate.decode_texts(self.decoder, self.params,
+                                    self.vocabs.target, src, len(sentences))
     joiner = "" if src_vocab.level == "char" else " "
     return [Translation(input=s, decoded=text,
                         unknown=src_vocab.encode(s)[1],
