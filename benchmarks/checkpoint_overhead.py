@@ -12,7 +12,7 @@ batch 32, 25 steps per call, the binaries' non-finite guard):
   above, median) divided by 60 s.
 
   python -m benchmarks.checkpoint_overhead [--steps=6000 --repeats=4
-      --every_secs=2 --out=checkpoint_overhead.json]
+      --every_secs=2 --out=benchmarks/runs/checkpoint_overhead.json]
 
 Prints a table of steady-state samples/s (compile excluded; the median over
 the rounds after the first, which compiles) and writes it as JSON.
@@ -64,7 +64,8 @@ def main():
   parser.add_argument("--steps", type=int, default=6000)
   parser.add_argument("--repeats", type=int, default=4)
   parser.add_argument("--every_secs", type=float, default=2.0)
-  parser.add_argument("--out", default="checkpoint_overhead.json")
+  parser.add_argument("--out",
+                      default="benchmarks/runs/checkpoint_overhead.json")
   args = parser.parse_args()
 
   bsz, k = 32, 25
