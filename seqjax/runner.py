@@ -74,6 +74,10 @@ def run(task, config, workdir: Optional[str] = None) -> dict:
   results.update(task.evaluate(config, setup, state))
   results.update(training_results(stats, config.batch_size, params))
   write_results(workdir, results)
+  if results.get("examples") and jax.process_index() == 0:
+    with tensorboard_lib.TensorBoardLog(workdir) as tb:  # shown as text
+      tb.text("examples", int(state.step),
+              tensorboard_lib.examples_markdown(results["examples"]))
   return results
 
 

@@ -93,6 +93,17 @@ def flags_markdown(flags: dict) -> str:
   return "\n".join(lines)
 
 
+def examples_markdown(examples: list[dict]) -> str:
+  """Example rows (say input / decoded / reference) as a Markdown table."""
+  keys = list(dict.fromkeys(k for row in examples for k in row))
+  lines = ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
+  for row in examples:
+    cells = (str(row.get(k, "")).replace("|", "\\|").replace("\n", " ")
+             for k in keys)
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 class TensorBoardLog:
   """One event file in ``<workdir>/tb/``; ``workdir=None`` writes nothing."""
 

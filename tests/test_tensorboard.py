@@ -183,3 +183,23 @@ def test_resume_after_a_crash_mid_resume_keeps_one_copy(tmp_path):
   (loss,) = acc.Scalars("train/loss")
   assert (text.step, loss.step, loss.value, loss.wall_time) == (2, 2, 1.5, 50)
   assert len(tensorboard.event_files(tb_dir)) == 1
+
+
+def test_a_translation_run_shows_its_held_out_examples_as_text(tmp_path):
+  from experiments import translate
+  from tests import translate_util
+  path = translate_util.write_pairs(tmp_path / "pairs.txt",
+                                    translate_util.toy_pairs(40))
+  workdir = str(tmp_path / "w")
+  results = translate.run(translate.TranslateConfig(
+      data_path=path, workdir=workdir, num_samples=0, validation_split=0.25,
+      latent_dim=8, batch_size=10, epochs=1, log_every=0, n_examples=2,
+      num_buckets=1))
+  acc = _accumulator(workdir)
+  (event,) = acc.Tensors("examples/text_summary")
+  text = event.tensor_proto.string_val[0].decode()
+  assert event.step == results["step"]
+  assert text.splitlines()[0] == "| input | decoded | reference |"
+  for example in results["examples"]:
+    assert f"| {example['input']} | {example['decoded']} |" in text
+  assert "flags/text_summary" in acc.Tags()["tensors"]
