@@ -10,7 +10,6 @@ import dataclasses
 import logging as std_logging
 import sys
 import typing
-from typing import Callable
 
 from absl import app
 from absl import flags
