@@ -46,6 +46,7 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
+from seqjax import attention as attention_lib
 from seqjax import config as config_lib
 from seqjax import evaluate
 from seqjax import limits
@@ -102,6 +103,25 @@ class TranslateConfig(config_lib.TrainingConfig):
   feedback: str = field("softmax", "Without teacher forcing, what is fed "
                         "back: softmax (the distribution, as Keras) or "
                         "argmax (the token).", choices=FEEDBACKS)
+  encoder_layers: int = field(1, "Stacked encoder layers.", low=1,
+                              high=limits.MAX_LENGTH)
+  decoder_layers: int = field(1, "Stacked decoder layers.", low=1,
+                              high=limits.MAX_LENGTH)
+  bidirectional: bool = field(False, "A backward layer beside each encoder "
+                              "layer (outputs concatenated; a bridge maps "
+                              "the final carries to the decoder's).")
+  attention: str = field("none", "none (Keras), bahdanau (additive) or luong "
+                         "(multiplicative) attention over the source.",
+                         choices=attention_lib.KINDS)
+  attention_score: str = field("general", "Luong's score: dot or general.",
+                               choices=attention_lib.SCORES)
+  input_feeding: bool = field(True, "Luong: feed the attentional state to "
+                              "the next decoder step.")
+  dropout: float = field(0.0, "Dropout on embeddings, between layers and "
+                         "before the readout (training only).", low=0.0,
+                         below=1.0)
+  label_smoothing: float = field(0.0, "Label smoothing of the training loss.",
+                                 low=0.0, below=1.0)
   num_buckets: int = field(4, "Length buckets of the training pairs (1: pad "
                            "all to the longest, as Keras).", low=1,
                            high=limits.MAX_LENGTH)
@@ -123,6 +143,10 @@ class TranslateConfig(config_lib.TrainingConfig):
     if self.level == "word" and self.embedding_dim is None:
       errors.append("--level=word needs --embedding_dim (words go through an "
                     "Embedding layer)")
+    if (self.attention == "luong" and self.attention_score == "dot"
+        and self.bidirectional):
+      errors.append("--attention_score=dot needs encoder outputs of the "
+                    "decoder's size: not with --bidirectional (use general)")
     if self.translate and not self.workdir:
       errors.append("--translate needs --workdir (a trained model's)")
     for i, sentence in enumerate(self.translate or [], start=1):
@@ -151,7 +175,7 @@ class TranslateTask(task_lib.Task):
     print(data.describe(malformed_note="--strict stops at the first"))
     spec = model_spec(config)
     model = translation.build_model(spec, data.src_vocab, data.tgt_vocab)
-    loss_fn = translation.make_loss(spec, model)
+    loss_fn = translation.make_loss(spec, model, config.seed)
     # Runs of steps_per_call batches of one bucket fill each jitted call.
     fit_data, plan = data.fit_data(config.batch_size, config.steps_per_call)
     held_out = evaluate.HeldOutLoss(

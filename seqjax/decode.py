@@ -56,10 +56,13 @@ def _argmax(logits_BV: Array) -> Array:
 def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
                   start_id: int, stop_id: Optional[int] = None, pad_id: int = 0,
                   src_mask_BS: Optional[Array] = None,
-                  early_stop: bool = True, return_steps: bool = False):
+                  early_stop: bool = True, return_steps: bool = False,
+                  return_attention: bool = False):
   """Greedy decoding of a batch -> tokens (B, max_len); with
   ``return_steps``, ``(tokens, steps)``: the decoder steps actually run
-  (an int32 scalar; ``max_len`` without the early stop).
+  (an int32 scalar; ``max_len`` without the early stop); with
+  ``return_attention`` (a model that attends), the attention weights of
+  every step (B, max_len, S) follow the tokens (zeros after the stop).
 
   The stop token itself is emitted; every step after it is ``pad_id``. With
   a ``stop_id`` (and ``early_stop``) the loop is a ``lax.while_loop`` that
@@ -70,7 +73,7 @@ def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
   """
   carry = model.apply(params, src_BS, src_mask_BS,
                       method=Seq2Seq.encode_for_decoding)
-  batch = src_BS.shape[0]
+  batch, src_len = src_BS.shape
 
   def body(state, _):
     carry, token_B, done_B = state
@@ -78,37 +81,51 @@ def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
                                    method=Seq2Seq.decode_step)
     next_B = _argmax(logits_BV)
     out_B = jnp.where(done_B, pad_id, next_B)
+    weights_BS = (jnp.where(done_B[:, None], 0.0, carry.weights_BS)
+                  if return_attention else None)
     if stop_id is not None:
       done_B = done_B | (next_B == stop_id)
-    return (carry, next_B, done_B), out_B
+    return (carry, next_B, done_B), (out_B, weights_BS)
+
+  def result(tokens_TB, weights_TBS, steps):
+    out = (tokens_TB.T,)
+    if return_steps:
+      out += (steps,)
+    if return_attention:
+      out += (jnp.swapaxes(weights_TBS, 0, 1),)
+    return out[0] if len(out) == 1 else out
 
   start_B = jnp.full((batch,), start_id, jnp.int32)
   done_B = jnp.zeros((batch,), bool)
   if stop_id is None or not early_stop:
-    _, tokens_TB = jax.lax.scan(body, (carry, start_B, done_B), None,
-                                length=max_len)
-    steps = jnp.asarray(max_len, jnp.int32)
-    return (tokens_TB.T, steps) if return_steps else tokens_TB.T
+    _, (tokens_TB, weights_TBS) = jax.lax.scan(
+        body, (carry, start_B, done_B), None, length=max_len)
+    return result(tokens_TB, weights_TBS, jnp.asarray(max_len, jnp.int32))
 
   def unfinished(loop):
     t, (_, _, done_B), _ = loop
     return (t < max_len) & ~jnp.all(done_B)
 
   def step(loop):
-    t, state, tokens_TB = loop
-    state, out_B = body(state, None)
-    return t + 1, state, tokens_TB.at[t].set(out_B)
+    t, state, (tokens_TB, weights_TBS) = loop
+    state, (out_B, weights_BS) = body(state, None)
+    if return_attention:
+      weights_TBS = weights_TBS.at[t].set(weights_BS)
+    return t + 1, state, (tokens_TB.at[t].set(out_B), weights_TBS)
 
   tokens_TB = jnp.full((max_len, batch), pad_id, jnp.int32)
-  steps, _, tokens_TB = jax.lax.while_loop(
+  weights_TBS = (jnp.zeros((max_len, batch, src_len), jnp.float32)
+                 if return_attention else None)
+  steps, _, (tokens_TB, weights_TBS) = jax.lax.while_loop(
       unfinished, step, (jnp.zeros((), jnp.int32), (carry, start_B, done_B),
-                         tokens_TB))
-  return (tokens_TB.T, steps) if return_steps else tokens_TB.T
+                         (tokens_TB, weights_TBS)))
+  return result(tokens_TB, weights_TBS, steps)
 
 
 def make_greedy_decoder(model: Seq2Seq, *, max_len: int, start_id: int,
                         stop_id: Optional[int] = None, pad_id: int = 0,
-                        early_stop: bool = True):
+                        early_stop: bool = True,
+                        return_attention: bool = False):
   """Jitted ``decode(params, src_BS, src_mask_BS=None) -> tokens (B, max_len)``.
 
   Also the way to decode one sequence (a batch of one): one compiled call,
@@ -116,7 +133,8 @@ def make_greedy_decoder(model: Seq2Seq, *, max_len: int, start_id: int,
   benchmarks/RESULTS.md)."""
   fn = functools.partial(greedy_decode, model, max_len=max_len,
                          start_id=start_id, stop_id=stop_id, pad_id=pad_id,
-                         early_stop=early_stop)
+                         early_stop=early_stop,
+                         return_attention=return_attention)
   return jax.jit(lambda params, src, src_mask=None: fn(params, src,
                                                         src_mask_BS=src_mask))
 

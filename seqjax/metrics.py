@@ -14,10 +14,19 @@ Array = jax.Array
 
 
 def masked_cross_entropy(logits_BTV: Array, targets_BT: Array,
-                         mask_BT: Optional[Array] = None) -> Array:
-  """Mean cross-entropy over the real (mask True) target steps."""
+                         mask_BT: Optional[Array] = None,
+                         label_smoothing: float = 0.0) -> Array:
+  """Mean cross-entropy over the real (mask True) target steps.
+
+  ``label_smoothing`` e: the target distribution is ``1 - e`` on the target
+  and ``e / V`` on every class (Szegedy et al. 2016)."""
+  logits_BTV = logits_BTV.astype(jnp.float32)
   losses_BT = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BTV.astype(jnp.float32), targets_BT)
+      logits_BTV, targets_BT)
+  if label_smoothing:
+    uniform_BT = -jax.nn.log_softmax(logits_BTV, axis=-1).mean(axis=-1)
+    losses_BT = (1.0 - label_smoothing) * losses_BT + (
+        label_smoothing * uniform_BT)
   if mask_BT is None:
     return losses_BT.mean()
   mask_BT = mask_BT.astype(jnp.float32)

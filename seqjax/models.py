@@ -15,13 +15,15 @@ final output repeated once per output step, no teacher forcing.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+import functools
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax.recurrent import CELLS, Carry, make_recurrent
+from seqjax import attention as attention_lib
+from seqjax.recurrent import CELLS, Carry, make_recurrent, project_inputs
 
 Array = jax.Array
 
@@ -29,16 +31,72 @@ dense_init = nn.initializers.xavier_uniform()  # Keras' glorot_uniform
 FEEDBACKS = ("softmax", "argmax")  # what a free-running decoder is fed back
 
 
+def _layer_name(base: str, i: int) -> str:
+  """Layer 0 keeps the tutorial's name ("encoder"), so a one-layer model's
+  parameters are the tutorial model's."""
+  return base if i == 0 else f"{base}_{i}"
+
+
+def reverse_by_length(x_BS: Array, lengths_B: Array) -> Array:
+  """Each row's first ``length`` steps reversed, its padding left in place
+  (ids (B, S) or vectors (B, S, F)): a backward recurrence then starts at
+  the last real token."""
+  steps = x_BS.shape[1]
+  t_S = jnp.arange(steps)
+  idx_BS = jnp.where(t_S[None] < lengths_B[:, None],
+                     lengths_B[:, None] - 1 - t_S[None], t_S[None])
+  if x_BS.ndim == 3:
+    idx_BS = idx_BS[..., None]
+  return jnp.take_along_axis(x_BS, idx_BS, axis=1)
+
+
+def check_architecture(model) -> None:
+  """Raises ValueError for settings a ``Seq2Seq`` cannot be built with."""
+  if model.encoder_layers < 1 or model.decoder_layers < 1:
+    raise ValueError(f"layers must be at least 1; got encoder "
+                     f"{model.encoder_layers}, decoder {model.decoder_layers}")
+  if not 0.0 <= model.dropout < 1.0:
+    raise ValueError(f"dropout must be in [0, 1); got {model.dropout}")
+  if model.attention != "none":
+    attention_lib.check(model.attention, model.attention_score, model.units,
+                        model.units * (2 if model.bidirectional else 1))
+
+
+class DecoderState(NamedTuple):
+  """The decoder's state between steps when it attends (a plain decoder's
+  state is its recurrent carry)."""
+  rnn: tuple          # one carry per decoder layer
+  feed_BH: Array      # the last attentional state (Luong input feeding)
+  weights_BS: Array   # the last step's attention weights
+  memory: attention_lib.Memory
+
+
 class Seq2Seq(nn.Module):
   """Encoder-decoder over token ids.
+
+  The defaults are the tutorial's model: one LSTM layer each side, the
+  encoder's final carry the decoder's start, a Dense readout.
 
   Attributes:
     src_vocab: size of the source vocabulary (one-hot width in the tutorial).
     tgt_vocab: size of the target vocabulary.
-    units: recurrent units of encoder and decoder.
+    units: recurrent units of encoder and decoder (each direction).
     cell: "lstm" or "gru".
     embedding_dim: None feeds tokens as one-hot (a kernel row lookup); an int
       puts an Embedding of that width in front of encoder and decoder.
+    encoder_layers, decoder_layers: stacked recurrent layers.
+    bidirectional: a backward layer beside each encoder layer, started at
+      each sentence's last real token; their outputs are concatenated.
+    attention: "none", "bahdanau" or "luong" (``seqjax.attention``), with
+      ``attention_score`` ("dot" / "general") for Luong, and
+      ``input_feeding`` (Luong: the attentional state is an input of the next
+      decoder step).
+    dropout: rate on embeddings, between layers and before the readout,
+      applied only when the call is given a "dropout" rng (training).
+
+  Where the encoder's final carries and the decoder's differ in size
+  (bidirectional, or other layer counts) a learned bridge maps one to the
+  other: ``tanh(Dense(all encoder final carries))``.
   """
 
   src_vocab: int
@@ -47,22 +105,89 @@ class Seq2Seq(nn.Module):
   cell: str = "lstm"
   embedding_dim: Optional[int] = None
   dtype: Any = jnp.float32
+  encoder_layers: int = 1
+  decoder_layers: int = 1
+  bidirectional: bool = False
+  attention: str = "none"
+  attention_score: str = "general"
+  input_feeding: bool = True
+  dropout: float = 0.0
 
   def setup(self):
+    check_architecture(self)
     if self.embedding_dim is not None:
       self.src_embed = nn.Embed(self.src_vocab, self.embedding_dim,
                                 name="src_embedding")
       self.tgt_embed = nn.Embed(self.tgt_vocab, self.embedding_dim,
                                 name="tgt_embedding")
-    width = self.embedding_dim
-    self.encoder = make_recurrent(self.cell, units=self.units,
-                                  in_features=width or self.src_vocab,
-                                  dtype=self.dtype, name="encoder")
-    self.decoder = make_recurrent(self.cell, units=self.units,
-                                  in_features=width or self.tgt_vocab,
-                                  dtype=self.dtype, name="decoder")
+    width, units = self.embedding_dim, self.units
+    layer = functools.partial(make_recurrent, self.cell, units=units,
+                              dtype=self.dtype)
+    directions = 2 if self.bidirectional else 1
+    enc_in = [width or self.src_vocab] + [units * directions] * (
+        self.encoder_layers - 1)
+    self.encoders = [layer(in_features=f, name=_layer_name("encoder", i))
+                     for i, f in enumerate(enc_in)]
+    self.backward_encoders = [
+        layer(in_features=f, name=_layer_name("encoder_backward", i))
+        for i, f in enumerate(enc_in)] if self.bidirectional else []
+    self.decoders = [
+        layer(in_features=f, name=_layer_name("decoder", i))
+        for i, f in enumerate([(width or self.tgt_vocab) + self._extra_in()]
+                              + [units] * (self.decoder_layers - 1))]
+    if self._needs_bridge():
+      self.bridges = [nn.Dense(self.decoder_layers * units, dtype=self.dtype,
+                               name=f"bridge_{k}")
+                      for k in range(CELLS[self.cell].carry_size)]
+    if self.attention != "none":
+      memory = units * directions
+      self.attention_layer = attention_lib.Attention(
+          self.attention, units, memory, self.attention_score,
+          name="attention")
+      self.combine = self.param("combine", dense_init, (memory + units, units))
     self.readout = nn.Dense(self.tgt_vocab, kernel_init=dense_init,
                             dtype=self.dtype, name="readout")
+
+  # The tutorial's names for the one-layer model's recurrences.
+  @property
+  def encoder(self):
+    return self.encoders[0]
+
+  @property
+  def decoder(self):
+    return self.decoders[0]
+
+  def _feeds(self) -> bool:
+    return self.attention == "luong" and self.input_feeding
+
+  def _stepwise(self) -> bool:
+    """Does teacher forcing need a step at a time (the previous step's
+    attention enters the next)?"""
+    return self.attention == "bahdanau" or self._feeds()
+
+  def _extra_in(self) -> int:
+    """Features the first decoder layer reads beside the token."""
+    if self.attention == "bahdanau":
+      return self.units * (2 if self.bidirectional else 1)
+    return self.units if self._feeds() else 0
+
+  def _needs_bridge(self) -> bool:
+    return self.bidirectional or self.encoder_layers != self.decoder_layers
+
+  def _drop(self, x: Array) -> Array:
+    """Dropout where the call has a "dropout" rng (training) and a rate."""
+    if (self.dropout == 0.0 or not self.has_rng("dropout")
+        or jnp.issubdtype(x.dtype, jnp.integer)):
+      return x
+    keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout,
+                                x.shape)
+    return jnp.where(keep, x / (1.0 - self.dropout), 0.0).astype(x.dtype)
+
+  def _drop_scale(self, shape) -> Optional[Array]:
+    """A dropout mask already scaled (keep / (1 - rate)), or None when off."""
+    if self.dropout == 0.0 or not self.has_rng("dropout"):
+      return None
+    return self._drop(jnp.ones(shape, self.dtype))
 
   def _src_inputs(self, tokens: Array) -> Array:
     return tokens if self.embedding_dim is None else self.src_embed(tokens)
@@ -70,42 +195,196 @@ class Seq2Seq(nn.Module):
   def _tgt_inputs(self, tokens: Array) -> Array:
     return tokens if self.embedding_dim is None else self.tgt_embed(tokens)
 
-  def encode(self, src_BS: Array, src_mask_BS: Optional[Array] = None) -> Carry:
-    """Source tokens -> the encoder's final carry (the decoder's start)."""
-    _, carry = self.encoder(self._src_inputs(src_BS), mask=src_mask_BS)
-    return carry
+  # ------------------------------------------------------------ encoder
+
+  def _encode_layers(self, src_BS: Array, src_mask_BS: Optional[Array]):
+    """-> outputs (B, S, M) of the top layer, final carries per layer (a
+    forward and, when bidirectional, a backward one each)."""
+    x = self._drop(self._src_inputs(src_BS))
+    lengths_B = (jnp.full(src_BS.shape[:1], src_BS.shape[1], jnp.int32)
+                 if src_mask_BS is None else src_mask_BS.sum(-1))
+    finals = []
+    for i, forward in enumerate(self.encoders):
+      out_BSH, carry = forward(x, mask=src_mask_BS)
+      finals.append(carry)
+      if self.bidirectional:
+        back_BSH, back = self.backward_encoders[i](
+            reverse_by_length(x, lengths_B), mask=src_mask_BS)
+        out_BSH = jnp.concatenate(
+            [out_BSH, reverse_by_length(back_BSH, lengths_B)], axis=-1)
+        finals.append(back)
+      x = self._drop(out_BSH) if i + 1 < self.encoder_layers else out_BSH
+    return x, finals
+
+  def _start(self, finals: list) -> tuple:
+    """The decoder layers' start carries from the encoder's final ones."""
+    if not self._needs_bridge():
+      return tuple(finals)
+    starts = []
+    for k, bridge in enumerate(self.bridges):
+      x_BF = jnp.concatenate([c[k] for c in finals], axis=-1)
+      starts.append(jnp.split(jnp.tanh(bridge(x_BF)), self.decoder_layers,
+                              axis=-1))
+    return tuple(tuple(s[i] for s in starts)
+                 for i in range(self.decoder_layers))
+
+  def _decoder_state(self, rnn: tuple, memory_BSM: Array, src_BS: Array,
+             src_mask_BS: Optional[Array]):
+    if self.attention == "none":
+      return rnn[0] if self.decoder_layers == 1 else rnn
+    mask_BS = (jnp.ones(src_BS.shape, bool) if src_mask_BS is None
+               else src_mask_BS)
+    memory = attention_lib.make_memory(self.attention_layer.arrays(),
+                                       memory_BSM, mask_BS)
+    batch = src_BS.shape[0]
+    feed_BH = jnp.zeros((batch, self.units if self._feeds() else 0),
+                        self.dtype)
+    return DecoderState(rnn, feed_BH, jnp.zeros(src_BS.shape, jnp.float32),
+                        memory)
+
+  def _layers_of(self, state) -> tuple:
+    if isinstance(state, DecoderState):
+      return state.rnn
+    return (state,) if self.decoder_layers == 1 else state
+
+  def encode(self, src_BS: Array, src_mask_BS: Optional[Array] = None):
+    """Source tokens -> the decoder's start state: the carry (a tuple per
+    layer when stacked) or, with attention, a ``DecoderState``."""
+    memory_BSM, finals = self._encode_layers(src_BS, src_mask_BS)
+    return self._decoder_state(self._start(finals), memory_BSM, src_BS, src_mask_BS)
 
   def encode_for_decoding(self, src_BS: Array,
-                          src_mask_BS: Optional[Array] = None) -> Carry:
-    """``encode``'s carry, computed for inference: source rows are looked up
-    inside each encoder step (``Recurrent.final_carry``), which is faster
-    for the large batches of batched decoding."""
+                          src_mask_BS: Optional[Array] = None):
+    """``encode``'s state, computed for inference. The one-layer plain model
+    looks source rows up inside each encoder step (``Recurrent.final_carry``),
+    faster for the large batches of batched decoding; others need every
+    output (attention) and take ``encode``."""
+    if (self.attention != "none" or self.bidirectional
+        or self.encoder_layers > 1 or self.decoder_layers > 1):
+      return self.encode(src_BS, src_mask_BS)
     return self.encoder.final_carry(self._src_inputs(src_BS),
                                     mask=src_mask_BS)
 
-  def decode_step(self, token_B: Array, carry: Carry) -> tuple[Array, Carry]:
-    """One decoder step: previous token (B,) and carry -> logits (B, V), carry."""
-    carry, h_BH = self.decoder.step(carry, self._tgt_inputs(token_B))
-    return self.readout(h_BH).astype(jnp.float32), carry
+  # ------------------------------------------------------------ decoder
 
-  def decode_teacher_forced(self, dec_in_BT: Array, carry: Carry,
-                            dec_mask_BT: Optional[Array] = None) -> Array:
-    """Teacher forcing: the true previous tokens are fed -> logits (B, T, V)."""
-    h_BTH, _ = self.decoder(self._tgt_inputs(dec_in_BT), initial_carry=carry,
-                            mask=dec_mask_BT)
-    return self.readout(h_BTH).astype(jnp.float32)
+  def _first_layer_xw(self, x: Array, extra: Optional[Array]) -> Array:
+    """The first decoder layer's projected input: the token (ids or
+    vectors) and the extra features (context or fed state) beside it."""
+    layer = self.decoder
+    kernel = layer.kernel
+    rows = kernel.shape[0] - self._extra_in()
+    xw = project_inputs(kernel[:rows], layer._input_bias(), x, self.dtype)
+    if extra is not None:
+      xw = xw + extra.astype(self.dtype) @ kernel[rows:].astype(self.dtype)
+    return xw
 
-  def decode_step_dense(self, x_BV: Array, carry: Carry
-                        ) -> tuple[Array, Carry]:
+  def _attend(self, query_BXH: Array, memory) -> tuple[Array, Array, Array]:
+    """-> attentional state tanh(W_c [context; h]), context, weights."""
+    context, weights = attention_lib.attend(self.attention_layer.arrays(),
+                                            self.attention, query_BXH, memory)
+    both = jnp.concatenate([context, query_BXH], axis=-1)
+    return jnp.tanh(both @ self.combine.astype(both.dtype)), context, weights
+
+  def _step(self, x: Array, state) -> tuple[Array, Any]:
+    """One decoder step on the previous token's input (ids or vectors)."""
+    rnn = list(self._layers_of(state))
+    attending = isinstance(state, DecoderState)
+    extra = None
+    if self.attention == "bahdanau":
+      _, extra, weights = self._attend(rnn[-1][0], state.memory)
+    elif self._feeds():
+      extra = state.feed_BH
+    x = self._drop(x)
+    for i, layer in enumerate(self.decoders):
+      xw = self._first_layer_xw(x, extra) if i == 0 else layer.project(x)
+      rnn[i] = type(layer).update(layer._recurrent_params(), rnn[i], xw)
+      x = rnn[i][0] if i + 1 == len(self.decoders) else self._drop(rnn[i][0])
+    if attending:
+      att_BH, _, w = self._attend(x, state.memory)
+      if self.attention == "luong":
+        weights = w
+      x = self._drop(att_BH)
+      state = DecoderState(tuple(rnn), x if self._feeds() else state.feed_BH,
+                           weights, state.memory)
+    else:
+      x = self._drop(x)
+      state = rnn[0] if self.decoder_layers == 1 else tuple(rnn)
+    return self.readout(x).astype(jnp.float32), state
+
+  def decode_step(self, token_B: Array, state) -> tuple[Array, Any]:
+    """One decoder step: previous token (B,) and state -> logits (B, V),
+    state."""
+    return self._step(self._tgt_inputs(token_B), state)
+
+  def decode_step_dense(self, x_BV: Array, state) -> tuple[Array, Any]:
     """One decoder step fed a distribution over the target vocabulary (B, V)
     instead of a token: a matmul with the decoder kernel (one-hot inputs), or
-    the expected embedding ``x @ table`` -> logits (B, V), carry."""
+    the expected embedding ``x @ table`` -> logits (B, V), state."""
     if self.embedding_dim is not None:
       x_BV = x_BV @ self.tgt_embed.embedding.astype(x_BV.dtype)
-    carry, h_BH = self.decoder.step(carry, x_BV)
-    return self.readout(h_BH).astype(jnp.float32), carry
+    return self._step(x_BV, state)
 
-  def decode_free_running(self, carry: Carry, start_B: Array, num_steps: int,
+  def decode_teacher_forced(self, dec_in_BT: Array, state,
+                            dec_mask_BT: Optional[Array] = None) -> Array:
+    """Teacher forcing: the true previous tokens are fed -> logits (B, T, V)."""
+    if self._stepwise():
+      return self.readout(self._stepwise_teacher_forced(dec_in_BT, state)
+                          ).astype(jnp.float32)
+    x = self._drop(self._tgt_inputs(dec_in_BT))
+    for i, (layer, carry) in enumerate(zip(self.decoders,
+                                           self._layers_of(state))):
+      x, _ = layer(x, initial_carry=carry, mask=dec_mask_BT)
+      if i + 1 < self.decoder_layers:
+        x = self._drop(x)
+    if self.attention == "luong":  # no feeding: all steps attend at once
+      x = self._attend(x, state.memory)[0]
+    return self.readout(self._drop(x)).astype(jnp.float32)
+
+  def _stepwise_teacher_forced(self, dec_in_BT: Array, state) -> Array:
+    """The attentional states (B, T, H) of a decoder whose steps depend on
+    the previous step's attention: a scan over pure functions of the
+    parameters, the token inputs projected for all steps first."""
+    xw_TBG = jnp.swapaxes(self._first_layer_xw(
+        self._drop(self._tgt_inputs(dec_in_BT)), None), 0, 1)
+    steps, batch = xw_TBG.shape[:2]
+    arrays = self.attention_layer.arrays()
+    combine = self.combine.astype(self.dtype)
+    extra_kernel = self.decoder.kernel[-self._extra_in():].astype(self.dtype)
+    layers = [(type(l).update, l._recurrent_params(), l.kernel,
+               l._input_bias()) for l in self.decoders]
+    drops = [self._drop_scale((steps, batch, self.units))
+             for _ in range(self.decoder_layers)]
+    kind, feeds = self.attention, self._feeds()
+
+    def attend(query_BH, memory):
+      context, _ = attention_lib.attend(arrays, kind, query_BH, memory)
+      return jnp.tanh(jnp.concatenate([context, query_BH], -1) @ combine
+                      ), context
+
+    def body(loop, inputs):
+      rnn, feed_BH = loop
+      xw_BG, drop = inputs
+      rnn = list(rnn)
+      extra = attend(rnn[-1][0], state.memory)[1] if kind == "bahdanau" else (
+          feed_BH)
+      x = None
+      for i, (update, recurrent, kernel, bias) in enumerate(layers):
+        xw = (xw_BG + extra @ extra_kernel if i == 0
+              else project_inputs(kernel, bias, x, self.dtype))
+        rnn[i] = update(recurrent, rnn[i], xw)
+        x = rnn[i][0]
+        if i + 1 < len(layers) and drop[i] is not None:  # between layers
+          x = x * drop[i]
+      att_BH, _ = attend(x, state.memory)
+      if drop[-1] is not None:  # before the readout (and what is fed)
+        att_BH = att_BH * drop[-1]
+      return (tuple(rnn), att_BH if feeds else feed_BH), att_BH
+
+    _, att_TBH = jax.lax.scan(body, (state.rnn, state.feed_BH),
+                              (xw_TBG, drops))
+    return jnp.swapaxes(att_TBH, 0, 1)
+
+  def decode_free_running(self, state, start_B: Array, num_steps: int,
                           feedback: str = "softmax") -> Array:
     """The decoder fed its own previous prediction -> logits (B, num_steps, V).
 
@@ -119,38 +398,38 @@ class Seq2Seq(nn.Module):
       raise ValueError(f"unknown feedback {feedback!r}; expected one of "
                        f"{FEEDBACKS}")
 
-    def body(mdl, state, _):
-      carry, x = state
+    def body(mdl, loop, _):
+      state, x = loop
       if feedback == "softmax":
-        logits_BV, carry = mdl.decode_step_dense(x, carry)
+        logits_BV, state = mdl.decode_step_dense(x, state)
         x = jax.nn.softmax(logits_BV, axis=-1)
       else:
-        logits_BV, carry = mdl.decode_step(x, carry)
+        logits_BV, state = mdl.decode_step(x, state)
         x = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-      return (carry, x), logits_BV
+      return (state, x), logits_BV
 
     x0 = (jax.nn.one_hot(start_B, self.tgt_vocab, dtype=jnp.float32)
           if feedback == "softmax" else start_B.astype(jnp.int32))
     scan = nn.scan(body, variable_broadcast="params",
-                   split_rngs={"params": False}, length=num_steps,
-                   out_axes=1)
-    _, logits_BTV = scan(self, (carry, x0), None)
+                   split_rngs={"params": False, "dropout": True},
+                   length=num_steps, out_axes=1)
+    _, logits_BTV = scan(self, (state, x0), None)
     return logits_BTV
 
   def free_running(self, src_BS: Array, num_steps: int, start_id: int,
                    src_mask_BS: Optional[Array] = None,
                    feedback: str = "softmax") -> Array:
     """The free-running training model: source -> logits (B, num_steps, V)."""
-    carry = self.encode(src_BS, src_mask_BS)
+    state = self.encode(src_BS, src_mask_BS)
     start_B = jnp.full((src_BS.shape[0],), start_id, jnp.int32)
-    return self.decode_free_running(carry, start_B, num_steps, feedback)
+    return self.decode_free_running(state, start_B, num_steps, feedback)
 
   def __call__(self, src_BS: Array, dec_in_BT: Array,
                src_mask_BS: Optional[Array] = None,
                dec_mask_BT: Optional[Array] = None) -> Array:
     """The teacher-forced training model: logits (B, T, V)."""
-    carry = self.encode(src_BS, src_mask_BS)
-    return self.decode_teacher_forced(dec_in_BT, carry, dec_mask_BT)
+    state = self.encode(src_BS, src_mask_BS)
+    return self.decode_teacher_forced(dec_in_BT, state, dec_mask_BT)
 
 
 MODEL_CHOICES = ("encoder_decoder", "repeat_vector")

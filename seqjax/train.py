@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import time
@@ -78,28 +79,50 @@ def create_train_state(model, params, tx) -> TrainState:
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def make_seq2seq_loss(model) -> LossFn:
+def _dropout_rngs(dropout_seed: Optional[int], step) -> Optional[dict]:
+  """The "dropout" rng of a train step: the run's seed folded with the step,
+  so a resumed run draws the same masks. None (evaluation): no dropout."""
+  if dropout_seed is None or step is None:
+    return None
+  return {"dropout": jax.random.fold_in(jax.random.key(dropout_seed), step)}
+
+
+def _sequence_loss(logits_BTV, batch, mask, label_smoothing: float):
+  loss = metrics_lib.masked_cross_entropy(logits_BTV, batch["target"], mask,
+                                          label_smoothing)
+  pred_BT = jnp.argmax(logits_BTV, axis=-1)
+  acc = metrics_lib.masked_token_accuracy(pred_BT, batch["target"], mask)
+  return loss, {"token_accuracy": acc}
+
+
+def make_seq2seq_loss(model, label_smoothing: float = 0.0,
+                      dropout_seed: Optional[int] = None) -> LossFn:
   """Teacher-forced loss of a ``Seq2Seq``-like model.
 
   The batch holds ``src`` (B, S), ``dec_in`` (B, T), ``target`` (B, T) and
   optionally ``src_mask`` / ``target_mask`` (padding False). A model with
   ``takes_decoder_input = False`` (``RepeatVectorSeq2Seq``) is called on the
   source alone and needs no ``dec_in``.
+
+  ``label_smoothing`` spreads that much of each target's probability evenly
+  over the vocabulary. With a ``dropout_seed`` the train step passes its
+  ``step`` and the model gets a "dropout" rng (``_dropout_rngs``); the
+  evaluation step passes none, so dropout is off there.
   """
   takes_decoder_input = getattr(model, "takes_decoder_input", True)
 
-  def loss_fn(params, batch):
+  def loss_fn(params, batch, step=None):
     mask = batch.get("target_mask")
+    rngs = _dropout_rngs(dropout_seed, step)
     if takes_decoder_input:
       logits_BTV = model.apply(params, batch["src"], batch["dec_in"],
-                               batch.get("src_mask"), mask)
+                               batch.get("src_mask"), mask, rngs=rngs)
     else:
-      logits_BTV = model.apply(params, batch["src"], batch.get("src_mask"))
-    loss = metrics_lib.masked_cross_entropy(logits_BTV, batch["target"], mask)
-    pred_BT = jnp.argmax(logits_BTV, axis=-1)
-    acc = metrics_lib.masked_token_accuracy(pred_BT, batch["target"], mask)
-    return loss, {"token_accuracy": acc}
+      logits_BTV = model.apply(params, batch["src"], batch.get("src_mask"),
+                               rngs=rngs)
+    return _sequence_loss(logits_BTV, batch, mask, label_smoothing)
 
+  loss_fn.takes_step = dropout_seed is not None
   return loss_fn
 
 
@@ -134,32 +157,36 @@ def make_classifier_loss(model, stateful: bool = False):
   return loss_fn
 
 
-def make_free_running_loss(model, start_id: int, feedback: str = "softmax"
-                           ) -> LossFn:
+def make_free_running_loss(model, start_id: int, feedback: str = "softmax",
+                           label_smoothing: float = 0.0,
+                           dropout_seed: Optional[int] = None) -> LossFn:
   """Loss of a ``Seq2Seq`` whose decoder runs free (no teacher forcing).
 
   The decoder starts from ``start_id`` and is fed its own previous prediction
   (see ``Seq2Seq.free_running``) for ``target.shape[1]`` steps; the batch's
   ``dec_in`` is never read. The batch holds ``src``, ``target`` and optionally
-  ``src_mask`` / ``target_mask``.
+  ``src_mask`` / ``target_mask``. ``label_smoothing``, ``dropout_seed``: as
+  in ``make_seq2seq_loss``.
   """
 
-  def loss_fn(params, batch):
+  def loss_fn(params, batch, step=None):
     mask = batch.get("target_mask")
     logits_BTV = model.apply(params, batch["src"], batch["target"].shape[1],
                              start_id, batch.get("src_mask"), feedback,
-                             method="free_running")
-    loss = metrics_lib.masked_cross_entropy(logits_BTV, batch["target"], mask)
-    pred_BT = jnp.argmax(logits_BTV, axis=-1)
-    acc = metrics_lib.masked_token_accuracy(pred_BT, batch["target"], mask)
-    return loss, {"token_accuracy": acc}
+                             method="free_running",
+                             rngs=_dropout_rngs(dropout_seed, step))
+    return _sequence_loss(logits_BTV, batch, mask, label_smoothing)
 
+  loss_fn.takes_step = dropout_seed is not None
   return loss_fn
 
 
-def _loss_and_grads(loss_fn, params, batch, carry):
+def _loss_and_grads(loss_fn, params, batch, carry, step=None):
   """-> (loss, aux, new carry, grads); ``carry`` () for a stateless loss
-  ``loss_fn(params, batch)``, else ``loss_fn(params, batch, carry)``."""
+  ``loss_fn(params, batch)``, else ``loss_fn(params, batch, carry)``. A loss
+  with ``takes_step`` (dropout) also gets the train step's ``step``."""
+  if getattr(loss_fn, "takes_step", False):
+    loss_fn = functools.partial(loss_fn, step=step)
   if carry == ():
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, batch)
@@ -179,7 +206,7 @@ def _make_step(loss_fn, nonfinite: str = "ignore"):
 
   def step(state: TrainState, carry, batch: Batch):
     loss, aux, new_carry, grads = _loss_and_grads(loss_fn, state.params,
-                                                  batch, carry)
+                                                  batch, carry, state.step)
     new = state.apply_gradients(grads=grads)
     metrics = {"loss": loss, **aux}
     if nonfinite == "ignore":

@@ -36,10 +36,18 @@ from seqjax.models import Seq2Seq
 TASK = "translate"
 
 
+# The architecture settings beyond the Keras model's, with their defaults:
+# recorded in a checkpoint only when changed, so older checkpoints resume.
+ARCHITECTURE = {"encoder_layers": 1, "decoder_layers": 1,
+                "bidirectional": False, "attention": "none",
+                "attention_score": "general", "input_feeding": True}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """The settings that make a translation model (the Keras example's by
-  default). ``feedback`` applies without teacher forcing only."""
+  default). ``feedback`` applies without teacher forcing only; ``dropout``
+  and ``label_smoothing`` shape training, not the parameters."""
 
   level: str = "char"
   cell: str = "lstm"
@@ -47,6 +55,14 @@ class ModelSpec:
   embedding_dim: Optional[int] = None
   teacher_forcing: bool = True
   feedback: str = "softmax"
+  encoder_layers: int = 1
+  decoder_layers: int = 1
+  bidirectional: bool = False
+  attention: str = "none"
+  attention_score: str = "general"
+  input_feeding: bool = True
+  dropout: float = 0.0
+  label_smoothing: float = 0.0
 
   @classmethod
   def from_model_config(cls, saved: dict) -> "ModelSpec":
@@ -54,45 +70,60 @@ class ModelSpec:
                latent_dim=saved["latent_dim"],
                embedding_dim=saved["embedding_dim"],
                teacher_forcing=saved["teacher_forcing"],
-               feedback=saved["feedback"] or cls.feedback)
+               feedback=saved["feedback"] or cls.feedback,
+               **{k: saved.get(k, v) for k, v in ARCHITECTURE.items()})
 
 
 def model_config(spec: ModelSpec, src_vocab: Vocab, tgt_vocab: Vocab,
                  optimizer: str) -> dict:
   """What a checkpoint must match (and what ``load_translator`` rebuilds
   from)."""
-  return {"task": TASK, "level": spec.level, "cell": spec.cell,
-          "latent_dim": spec.latent_dim,
-          "embedding_dim": spec.embedding_dim,
-          "src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab),
-          "vocab": src_vocab.fingerprint() + tgt_vocab.fingerprint(),
-          "teacher_forcing": spec.teacher_forcing,
-          "feedback": None if spec.teacher_forcing else spec.feedback,
-          "optimizer": optimizer}
+  saved = {"task": TASK, "level": spec.level, "cell": spec.cell,
+           "latent_dim": spec.latent_dim,
+           "embedding_dim": spec.embedding_dim,
+           "src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab),
+           "vocab": src_vocab.fingerprint() + tgt_vocab.fingerprint(),
+           "teacher_forcing": spec.teacher_forcing,
+           "feedback": None if spec.teacher_forcing else spec.feedback,
+           "optimizer": optimizer}
+  if spec.attention != "luong":  # the score and feeding are Luong's
+    spec = dataclasses.replace(spec, attention_score="general",
+                               input_feeding=True)
+  saved.update({k: getattr(spec, k) for k, v in ARCHITECTURE.items()
+                if getattr(spec, k) != v})
+  return saved
 
 
 def build_model(spec: ModelSpec, src_vocab: Vocab, tgt_vocab: Vocab,
                 ) -> Seq2Seq:
   return Seq2Seq(src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab),
                  units=spec.latent_dim, cell=spec.cell,
-                 embedding_dim=spec.embedding_dim)
+                 embedding_dim=spec.embedding_dim, dropout=spec.dropout,
+                 **{k: getattr(spec, k) for k in ARCHITECTURE})
 
 
-def make_loss(spec: ModelSpec, model: Seq2Seq):
+def make_loss(spec: ModelSpec, model: Seq2Seq, seed: int = 0):
+  """The training loss; dropout masks come from ``seed`` and the step."""
+  dropout_seed = seed if spec.dropout else None
   if spec.teacher_forcing:
-    return train_lib.make_seq2seq_loss(model)
+    return train_lib.make_seq2seq_loss(model, spec.label_smoothing,
+                                       dropout_seed)
   return train_lib.make_free_running_loss(model, vocab_lib.START_ID,
-                                          spec.feedback)
+                                          spec.feedback, spec.label_smoothing,
+                                          dropout_seed)
 
 
-def make_decoder(spec: ModelSpec, model: Seq2Seq, max_len: int):
+def make_decoder(spec: ModelSpec, model: Seq2Seq, max_len: int,
+                 return_attention: bool = False):
   """Greedy decoding as the model was trained: a model trained without
   teacher forcing on softmax feedback is fed its softmax back; others their
-  argmax token."""
+  argmax token. ``return_attention``: the decoder also returns the weights
+  (B, T, S) (an attention model decoded with tokens fed back)."""
   kwargs = dict(max_len=max_len, start_id=vocab_lib.START_ID,
                 stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID)
-  if spec.teacher_forcing or spec.feedback == "argmax":
-    return decode_lib.make_greedy_decoder(model, **kwargs)
+  if spec.teacher_forcing or spec.feedback == "argmax" or return_attention:
+    return decode_lib.make_greedy_decoder(model, **kwargs,
+                                          return_attention=return_attention)
   return decode_lib.make_free_running_decoder(model, feedback=spec.feedback,
                                               **kwargs)
 
