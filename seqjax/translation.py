@@ -128,6 +128,26 @@ def make_decoder(spec: ModelSpec, model: Seq2Seq, max_len: int,
                                               **kwargs)
 
 
+def attention_examples(spec: ModelSpec, model: Seq2Seq, params,
+                       src_vocab: Vocab, tgt_vocab: Vocab, sentences: list,
+                       max_len: int) -> list:
+  """Greedy translations of ``sentences`` with the attention weights of
+  every output symbol (``seqjax.attention_plot.AttentionExample``)."""
+  from seqjax import attention_plot
+  decoder = make_decoder(spec, model, max_len, return_attention=True)
+  src = vocab_lib.encode_sources(src_vocab, sentences)
+  tokens_NT, weights_NTS = jax.device_get(
+      decoder(params, src["src"], src["src_mask"]))
+  outputs = []
+  for row in tokens_NT:
+    ids = list(row)
+    end = ids.index(vocab_lib.END_ID) + 1 if vocab_lib.END_ID in ids else len(
+        ids)
+    outputs.append([tgt_vocab.symbols[i] for i in ids[:end]])
+  sources = [vocab_lib.tokenize(s, src_vocab.level) for s in sentences]
+  return attention_plot.examples_from(sources, outputs, weights_NTS)
+
+
 # --------------------------------------------------------------- inference
 
 
