@@ -21,12 +21,15 @@ def masked_cross_entropy(logits_BTV: Array, targets_BT: Array,
   ``label_smoothing`` e: the target distribution is ``1 - e`` on the target
   and ``e / V`` on every class (Szegedy et al. 2016)."""
   logits_BTV = logits_BTV.astype(jnp.float32)
-  losses_BT = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BTV, targets_BT)
   if label_smoothing:
-    uniform_BT = -jax.nn.log_softmax(logits_BTV, axis=-1).mean(axis=-1)
-    losses_BT = (1.0 - label_smoothing) * losses_BT + (
-        label_smoothing * uniform_BT)
+    logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
+    nll_BT = -jnp.take_along_axis(logp_BTV, targets_BT[..., None],
+                                  axis=-1)[..., 0]
+    losses_BT = (1.0 - label_smoothing) * nll_BT - (
+        label_smoothing * logp_BTV.mean(axis=-1))
+  else:
+    losses_BT = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BTV, targets_BT)
   if mask_BT is None:
     return losses_BT.mean()
   mask_BT = mask_BT.astype(jnp.float32)
