@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import decode as decode_lib
-from seqjax import metrics
+from seqjax import evaluate
 from seqjax import train as train_lib
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import translation as data_lib
@@ -131,7 +131,7 @@ class Workload:
     stops once its sentences have all ended, so a model that writes longer
     sentences would decode more steps."""
     refs = [t for _, t in self.decode_pairs[:len(texts)]]
-    return {"decode_chrf": float(metrics.corpus_chrf(list(texts), refs)),
+    return {"decode_chrf": evaluate.score(list(texts), refs)["chrf"],
             "decode_mean_chars": float(np.mean([len(t) for t in texts]))}
 
   def runner(self, framework: str):

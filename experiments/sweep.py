@@ -20,8 +20,10 @@ half-finished one resumes from its latest checkpoint, a failed one is tried
 again. A failing run is recorded (status ``failed`` and its error; the log
 of every attempt is in ``<run>/log.txt``) and the others go on. After every
 run, ``sweep.csv`` and ``sweep.md`` rank the runs by the task's declared
-metric (``Task.metric``, e.g. reverse's ``accuracy``, addition's
-``val_accuracy``; ``Task.maximize`` says which way is better), then
+metric (``Task.metric_for`` the runs' flags, e.g. reverse's ``accuracy``,
+addition's ``val_accuracy``, translate's ``val_chrf``, or ``dev_chrf`` with
+``--split=random``: never a test score; ``Task.maximize`` says which way is
+better), then
 samples/s, and with matplotlib ``sweep.png`` plots that metric against training
 time. Runs go one after another (they would share the devices). The exit
 status is 1 when a run failed, 2 on bad input.
@@ -142,6 +144,10 @@ class Plan:
   grid: list
   sweep_dir: str
   runs: list[Run]
+  metric: str = ""   # what ranks the runs (Task.metric_for their configs)
+
+  def __post_init__(self):
+    self.metric = self.metric or self.task.metric
 
   @property
   def grid_keys(self) -> list[str]:
@@ -180,7 +186,12 @@ def plan_sweep(task_name: str, grid_text: str, sweep_dir: str,
   errors = (_validate_in_subprocess(task_name, runs) if validate_in_subprocess
             else [registry.config_errors(run.config) for run in runs])
   _raise_config_errors(runs, errors)
-  return Plan(task, grid_text, grid, sweep_dir, runs)
+  metrics = list(dict.fromkeys(task.metric_for(r.config) for r in runs))
+  if len(metrics) > 1:
+    raise SeqjaxError(f"--grid: its runs are ranked by different metrics "
+                      f"({', '.join(metrics)}; the flags choose the held-out "
+                      "set): sweep them separately")
+  return Plan(task, grid_text, grid, sweep_dir, runs, metrics[0])
 
 
 def _raise_config_errors(runs: list[Run], errors: list[list[str]]) -> None:
@@ -292,7 +303,7 @@ def _row(plan: Plan, run: Run, status: str, results: Optional[dict],
          error: str = "", wall_s: Optional[float] = None) -> dict:
   results = results or {}
   return {"run": run.name, "status": status, **run.assignment,
-          plan.task.metric: results.get(plan.task.metric),
+          plan.metric: results.get(plan.metric),
           "samples_per_s": results.get("train_samples_per_second"),
           "train_seconds": results.get("train_seconds"),
           "steps": results.get("step"), "wall_s": wall_s,
@@ -332,7 +343,7 @@ def run_sweep(plan: Plan, isolate: bool = True,
         {"status": status, "error": error or "", "wall_s": wall_s})
     log(f"{prefix}: {status} in {wall_s:.1f} s"
         + (f": {error}" if error else
-           f", {plan.task.metric} {_fmt(results.get(plan.task.metric))}"))
+           f", {plan.metric} {_fmt(results.get(plan.metric))}"))
     rows.append(_row(plan, run, status, results, error or "", wall_s))
     write_reports(plan, rows)
   return rows
@@ -366,7 +377,7 @@ def _fmt(x, digits: int = 4) -> str:
 
 def write_reports(plan: Plan, rows: list[dict]) -> list[str]:
   """sweep.csv, sweep.md and (with matplotlib) sweep.png; -> their paths."""
-  m = plan.task.metric
+  m = plan.metric
   ranked = rank(rows, m, plan.task.maximize)
   columns = (["rank", "run", "status"] + plan.grid_keys +
              [m, "samples_per_s", "train_seconds", "steps", "wall_s",
@@ -414,7 +425,7 @@ def write_reports(plan: Plan, rows: list[dict]) -> list[str]:
 
 def _plot(plan: Plan, done: list[dict]) -> Optional[str]:
   from experiments import plot
-  m = plan.task.metric
+  m = plan.metric
   points = [r for r in done if r[m] is not None
             and r["train_seconds"] is not None]
   if not points:

@@ -24,7 +24,22 @@ loss of later steps also trains earlier predictions, while the argmax
 (``--feedback=argmax``) passes no gradient back through the loop. Such a
 model decodes the way it was trained (softmax fed back, argmax emitted).
 
+Evaluation: the held-out set is decoded greedily after every epoch (its
+loss, chrF and BLEU printed and logged as ``val_*``) and at the end; scores
+are sacrebleu's (``seqjax.evaluate.score``: corpus chrF, BLEU with
+``tokenize="zh"``, their signatures; exact match against any reference),
+and again after converting hypotheses and references to simplified Chinese
+(``*_simplified``, OpenCC). ``--split=random`` is the split reported
+results use (``../shared/data/cmn-eng/README.md``): all pairs (unless
+``--num_samples``), grouped by English sentence, ``--num_test`` test and
+``--num_dev`` dev sentences drawn with ``--split_seed``, each with all its
+translations as references. Then the dev set is what each epoch decodes
+(``dev_chrf``: the selection metric) and the test set is decoded only at
+the end (``test_chrf``, ...). ``--target_script=simplified|traditional``
+converts training targets and references with OpenCC.
+
   python -m experiments.translate --epochs=30 --workdir=runs/cmn
+  python -m experiments.translate --split=random --epochs=30 --workdir=runs/r
   python -m experiments.translate --workdir=runs/cmn --translate="I'm hungry."
 
 The data pipeline is ``seqjax.data.translation``, the model and inference
@@ -56,6 +71,7 @@ from seqjax import train as train_lib
 from seqjax import translation
 from seqjax.config import field
 from seqjax.data import pairs as pairs_lib
+from seqjax.data import script as script_lib
 from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.errors import ParameterError, SeqjaxError
@@ -64,7 +80,8 @@ from seqjax.models import FEEDBACKS
 ENV_VAR = "SEQJAX_CMN_PATH"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The library's parameter names that differ from the flags naming them.
-FLAG_OF = {"path": "data_path"}
+FLAG_OF = {"path": "data_path", "script": "target_script"}
+NUM_SAMPLES = {"tail": 10_000, "random": 0}  # --num_samples unset (0: all)
 
 
 @dataclasses.dataclass
@@ -80,11 +97,32 @@ class TranslateConfig(config_lib.TrainingConfig):
   data_path: str = field(
       "", f"The pair file (cmn.txt). Empty: ${ENV_VAR}, else "
       "../shared/data/cmn-eng/cmn.txt beside the repository.")
-  num_samples: int = field(10_000, "Use the first N valid pairs (Keras: "
-                           "10000); 0: all.", low=0, high=limits.MAX_EXAMPLES)
-  validation_split: float = field(0.2, "Fraction of the pairs, taken from the "
-                                  "end as in Keras, held out for evaluation.",
+  num_samples: Optional[int] = field(
+      None, "Use the first N valid pairs; 0: all; unset: 10000 with "
+      "--split=tail (Keras), all with --split=random (the reported split).",
+      low=0, high=limits.MAX_EXAMPLES)
+  split: str = field(
+      "tail", "tail: the last --validation_split of the pairs held out "
+      "(Keras; the file is sorted by length, so the longest); random: by "
+      "English sentence, --num_test and --num_dev sentences held out with "
+      "all their translations as references (the split reported results "
+      "use, ../shared/data/cmn-eng/README.md).", choices=data_lib.SPLITS)
+  validation_split: float = field(0.2, "--split=tail: the fraction of the "
+                                  "pairs, taken from the end as in Keras, "
+                                  "held out for evaluation.",
                                   above=0.0, below=1.0)
+  split_seed: int = field(0, "--split=random: the seed of the sentences' "
+                          "permutation.", low=0, high=limits.MAX_SEED)
+  num_test: int = field(1000, "--split=random: test sentences, scored once "
+                        "at the end (never looked at in training).", low=1,
+                        high=limits.MAX_EXAMPLES)
+  num_dev: int = field(500, "--split=random: dev sentences, decoded and "
+                       "scored after every epoch (model selection).", low=1,
+                       high=limits.MAX_EXAMPLES)
+  target_script: str = field(
+      "as_is", "Convert the Chinese targets (training pairs and references) "
+      "to one script with OpenCC: as_is, simplified or traditional.",
+      choices=script_lib.SCRIPTS)
   strict: bool = field(False, "Stop at a malformed line of the pair file "
                        "instead of skipping and counting it.")
   level: str = field("char", "char: characters in and out (Keras); word: "
@@ -147,6 +185,10 @@ class TranslateConfig(config_lib.TrainingConfig):
         and self.bidirectional):
       errors.append("--attention_score=dot needs encoder outputs of the "
                     "decoder's size: not with --bidirectional (use general)")
+    if (self.target_script != script_lib.AS_IS and not self.translate
+        and not script_lib.available()):
+      errors.append(f"--target_script={self.target_script} needs OpenCC: "
+                    f"{script_lib.INSTALL}")
     if self.translate and not self.workdir:
       errors.append("--translate needs --workdir (a trained model's)")
     for i, sentence in enumerate(self.translate or [], start=1):
@@ -156,11 +198,25 @@ class TranslateConfig(config_lib.TrainingConfig):
     return errors
 
 
+@dataclasses.dataclass
+class Evaluation:
+  """What the final evaluation needs beside the state."""
+
+  data: data_lib.TranslationData
+  held_out: evaluate.HeldOutLoss   # the epoch-end evaluation (dev or val)
+  eval_step: object
+  decoder: object
+
+
 class TranslateTask(task_lib.Task):
   name = "translate"
   config_cls = TranslateConfig
   metric = "val_chrf"
   size_flags = ("latent_dim", "embedding_dim")
+
+  def metric_for(self, config: TranslateConfig) -> str:
+    # A sweep selects: on dev with the random split, never on test.
+    return "dev_chrf" if config.split == "random" else self.metric
 
   def run(self, config: TranslateConfig) -> dict:
     if config.translate:
@@ -171,6 +227,7 @@ class TranslateTask(task_lib.Task):
   def setup(self, config: TranslateConfig, workdir: str) -> task_lib.Setup:
     restored = (data_lib.load_vocab_file(workdir) if os.path.isdir(workdir)
                 else None)
+    check_trained_data(config, restored, workdir)
     data = prepare_data(config, restored)
     print(data.describe(malformed_note="--strict stops at the first"))
     spec = model_spec(config)
@@ -178,13 +235,20 @@ class TranslateTask(task_lib.Task):
     loss_fn = translation.make_loss(spec, model, config.seed)
     # Runs of steps_per_call batches of one bucket fill each jitted call.
     fit_data, plan = data.fit_data(config.batch_size, config.steps_per_call)
+    eval_step = train_lib.make_eval_step(loss_fn)
+    decoder = translation.make_decoder(spec, model, data.max_decode_len)
+    # Every epoch: the selection set's loss and greedy chrF / BLEU (dev, or
+    # the tail split's val); the test set is only decoded at the end.
+    selection = data.selection
     held_out = evaluate.HeldOutLoss(
-        train_lib.make_eval_step(loss_fn), data_lib.fit_arrays(data.val),
-        config.eval_batch_size, config.epochs)
+        eval_step, data_lib.fit_arrays(selection.loss_arrays),
+        config.eval_batch_size, config.epochs, decoder=decoder,
+        held_out=selection, tgt_vocab=data.tgt_vocab)
     save = None if restored else functools.partial(
         data_lib.save_vocab_file, vocab_file=data_lib.VocabFile(
             data.src_vocab, data.tgt_vocab, data.max_decode_len,
-            max_source_len=data.train["src"].shape[1]))
+            max_source_len=data.train["src"].shape[1],
+            data=data_settings(config)))
     return task_lib.Setup(
         model=model, init_inputs=(data.train["src"][:1],
                                   data.train["dec_in"][:1]),
@@ -194,32 +258,92 @@ class TranslateTask(task_lib.Task):
                                               config.optimizer),
         title=f"Seq2Seq ({config.cell}, {config.level} level)",
         epoch_end=held_out.epoch_end, save_files=save,
-        data=(data, held_out))
+        data=Evaluation(data, held_out, eval_step, decoder),
+        select_metric=f"{selection.name}_chrf", select_maximize=True)
 
   def evaluate(self, config: TranslateConfig, setup, state) -> dict:
-    data, held_out = setup.data
+    ev = setup.data
+    data, held_out = ev.data, ev.held_out
     t0 = time.perf_counter()
-    losses = held_out.loss(state.params)
-    decoder = translation.make_decoder(model_spec(config), setup.model,
-                                       data.max_decode_len)
-    hypotheses = evaluate.decode_texts(decoder, state.params, data.tgt_vocab,
-                                       data.val, config.eval_batch_size)
-    scores = evaluate.score(hypotheses, [t for _, t in data.val_pairs])
+    views = score_views()
+    results, shown = {}, {}
+    for name, held in data.held_out.items():  # tail: val; random: dev, test
+      losses = evaluate.evaluate_loss(
+          ev.eval_step, state.params, data_lib.fit_arrays(held.loss_arrays),
+          config.eval_batch_size)
+      hypotheses = evaluate.decode_texts(ev.decoder, state.params,
+                                         data.tgt_vocab, held.decode_arrays,
+                                         config.eval_batch_size)
+      scores = evaluate.score_views(hypotheses, held.references, views)
+      results.update({f"{name}_loss": losses["loss"],
+                      f"{name}_token_accuracy": losses["token_accuracy"],
+                      **{f"{name}_{k}": v for k, v in scores.items()}})
+      shown[name] = (hypotheses, losses, scores)
     eval_seconds = time.perf_counter() - t0
-    examples = print_held_out(config, data, hypotheses, losses, scores)
+    examples = print_held_out(config, data.reported,
+                              *shown[data.reported.name])
+    for name, held in data.held_out.items():
+      print_scores(held, *shown[name][1:])
     plan = setup.batch_plan
     steady = held_out.epoch_seconds[1:]
     return dict(
-        **data.counts(), epochs_completed=int(state.step) // (
+        **data.counts(), split_settings=data_settings(config),
+        reported_set=data.reported.name, select_metric=setup.select_metric,
+        epochs_completed=int(state.step) // (
             plan.steps_per_epoch if plan else
             len(data.train_pairs) // config.batch_size),
-        val_loss=losses["loss"], val_token_accuracy=losses["token_accuracy"],
-        **{f"val_{k}": v for k, v in scores.items()},
-        examples=examples, eval_seconds=eval_seconds,
+        **results, examples=examples, eval_seconds=eval_seconds,
         train_eval_seconds=held_out.eval_seconds,
         epoch_seconds=held_out.epoch_seconds,
         steady_epoch_seconds=(float(np.mean(steady)) if steady else None),
         epochs_run=len(held_out.epoch_seconds))
+
+
+def score_views() -> dict:
+  """The scores reported beside the raw ones: hypotheses and references
+  both converted to simplified Chinese (the corpus mixes the scripts);
+  none, with a warning, without OpenCC."""
+  if not script_lib.available():
+    logging.warning("OpenCC is not installed (%s): no _simplified scores",
+                    script_lib.INSTALL)
+    return {}
+  return {"simplified": script_lib.converter("simplified")}
+
+
+def data_settings(config: TranslateConfig) -> dict:
+  """The split and target script of these flags, as vocab.json records."""
+  return data_lib.data_settings(
+      split=config.split, target_script=config.target_script,
+      split_seed=config.split_seed, num_test=config.num_test,
+      num_dev=config.num_dev, num_samples=num_samples(config))
+
+
+def check_trained_data(config: TranslateConfig,
+                       restored: Optional[data_lib.VocabFile],
+                       workdir: str) -> None:
+  """A model resumed or evaluated in ``workdir`` must have been trained on
+  the same split and target script (another split's held-out sentences
+  may be its training ones); stops naming the flags otherwise."""
+  if restored is None:
+    return
+  trained = restored.data or data_lib.UNRECORDED_DATA
+  now = data_settings(config)
+  if trained != now:
+    diffs = ", ".join(f"--{k}={trained.get(k)} (now {now.get(k)})"
+                      for k in dict.fromkeys([*trained, *now])
+                      if trained.get(k) != now.get(k))
+    raise SeqjaxError(
+        f"--workdir={workdir}: its model was trained with {diffs} "
+        f"({data_lib.VOCAB_FILE}); evaluating or training it on other data "
+        "could score it on its own training sentences. Use the flags it was "
+        "trained with, or another workdir; nothing was changed.")
+
+
+def num_samples(config: TranslateConfig) -> int:
+  """--num_samples, or its default for the split (0: all)."""
+  if config.num_samples is None:
+    return NUM_SAMPLES[config.split]
+  return config.num_samples
 
 
 def resolve_data_path(flag_value: str) -> str:
@@ -261,34 +385,52 @@ def prepare_data(config: TranslateConfig,
                     else config.max_decode_len)
   try:
     return data_lib.prepare(
-        resolve_data_path(config.data_path), num_samples=config.num_samples,
+        resolve_data_path(config.data_path), num_samples=num_samples(config),
         validation_split=config.validation_split, strict=config.strict,
         level=config.level, batch_size=config.batch_size,
         num_buckets=config.num_buckets,
         target_cost=functools.partial(data_lib.target_step_cost, config.cell,
                                       config.latent_dim),
-        max_decode_len=max_decode_len, vocabs=vocabs)
+        max_decode_len=max_decode_len, vocabs=vocabs, split=config.split,
+        split_seed=config.split_seed, num_test=config.num_test,
+        num_dev=config.num_dev, target_script=config.target_script)
   except ParameterError as e:
     raise flag_error(e) from e
 
 
-def print_held_out(config, data, hypotheses, held_out, scores) -> list[dict]:
-  """Prints ``--n_examples`` held-out translations and the scores; -> the
-  examples."""
+def print_held_out(config, held_out: evaluate.HeldOut, hypotheses,
+                   losses, scores) -> list[dict]:
+  """Prints ``--n_examples`` translations of ``held_out`` with their
+  references; -> the examples ("reference": the first, "references": all
+  where there are more)."""
+  del losses, scores  # printed by print_scores
   examples = []
   if config.n_examples:
     for i in np.linspace(0, len(hypotheses) - 1,
                          min(config.n_examples, len(hypotheses))).astype(int):
-      src, ref = data.val_pairs[i]
-      examples.append({"input": src, "decoded": hypotheses[i],
-                       "reference": ref})
+      src, refs = held_out.sources[i], held_out.references[i]
+      example = {"input": src, "decoded": hypotheses[i], "reference": refs[0]}
+      if len(refs) > 1:
+        example["references"] = refs
+      examples.append(example)
       print(f"-\nInput sentence: {src}\nDecoded sentence: {hypotheses[i]}\n"
-            f"Reference: {ref}")
-  print(f"Held out ({len(data.val_pairs)} pairs): loss {held_out['loss']:.4f}, "
-        f"token accuracy {held_out['token_accuracy'] * 100:.2f}%, exact match "
-        f"{scores['exact_match'] * 100:.2f}%, BLEU {scores['bleu']:.2f}, "
-        f"chrF {scores['chrf']:.2f}")
+            f"Reference{'s' if len(refs) > 1 else ''}: {' | '.join(refs)}")
   return examples
+
+
+def print_scores(held_out: evaluate.HeldOut, losses, scores) -> None:
+  """One line of a held-out set's loss and scores (and, where computed,
+  those in simplified script)."""
+  simplified = (f" (simplified: BLEU {scores['bleu_simplified']:.2f}, chrF "
+                f"{scores['chrf_simplified']:.2f})"
+                if "chrf_simplified" in scores else "")
+  what = (f"{len(held_out.sources)} pairs" if held_out.name == "val" else
+          f"{held_out.name}: {len(held_out.sources)} sentences, "
+          f"{held_out.n_references} references")
+  print(f"Held out ({what}): loss {losses['loss']:.4f}, token accuracy "
+        f"{losses['token_accuracy'] * 100:.2f}%, exact match "
+        f"{scores['exact_match'] * 100:.2f}%, BLEU {scores['bleu']:.2f}, "
+        f"chrF {scores['chrf']:.2f}{simplified}")
 
 
 def translate_sentences(config: TranslateConfig) -> dict:

@@ -5,7 +5,8 @@ A task is data + a model + a loss + an evaluation. It subclasses ``Task``:
 * ``name``, ``config_cls`` (a ``seqjax.config.TrainingConfig`` dataclass: its
   fields are the binary's flags, with declared bounds and choices);
 * ``metric`` and ``maximize``: the results.json key that ranks its runs (a
-  sweep sorts by it) and whether higher is better;
+  sweep sorts by it) and whether higher is better; ``metric_for(config)``
+  when flags change it (translate's split: val or dev, never test);
 * ``setup(config, workdir) -> Setup``: the training data, the model, its loss
   and what a checkpoint must match (``model_config``);
 * ``evaluate(config, setup, state) -> dict``: the trained model's results
@@ -47,6 +48,10 @@ class Setup:
   # the workdir exists and its checkpoint, if any, matches model_config.
   save_files: Optional[Callable[[str], None]] = None
   data: Any = None                 # anything else evaluate() needs
+  # Model selection: the epoch_end key (on a held-out set that is not the
+  # reported test set) by which a model is chosen; None: none declared.
+  select_metric: Optional[str] = None
+  select_maximize: bool = True
 
 
 class Task:
@@ -57,6 +62,12 @@ class Task:
   metric: str = "accuracy"
   maximize: bool = True
   size_flags: tuple = ()          # named when the model is too large
+
+  def metric_for(self, config) -> str:
+    """The results key that ranks a run with ``config`` (``metric`` unless
+    a task's flags choose among held-out sets)."""
+    del config
+    return self.metric
 
   def setup(self, config, workdir: str) -> Setup:
     raise NotImplementedError

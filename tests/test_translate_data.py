@@ -1,14 +1,12 @@
-"""The pair-file loader, vocabularies, length buckets, BLEU and chrF."""
+"""The pair-file loader, vocabularies and length buckets (the splits and
+scores: test_split_scores.py)."""
 
 import itertools
-import math
-import random
 
 import numpy as np
 import pytest
 
 from experiments import translate
-from seqjax import metrics
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
@@ -204,59 +202,3 @@ def test_length_buckets_minimize_padded_work_like_brute_force(seed):
   assert work([r for r, _, _ in buckets]) == pytest.approx(best)
   rows = np.concatenate([r for r, _, _ in buckets])
   np.testing.assert_array_equal(np.sort(rows), np.arange(n))
-
-
-# ----------------------------------------------------------- BLEU and chrF
-
-
-def test_bleu_hand_computed():
-  # 1..4-gram precisions 4/5, 3/4, 2/3, 1/2, same length: no brevity penalty.
-  assert metrics.corpus_bleu(["abcde"], ["abcdf"]) == pytest.approx(
-      100 * (0.8 * 0.75 * (2 / 3) * 0.5) ** 0.25)
-  assert metrics.corpus_bleu(["abcd"], ["abcd"]) == pytest.approx(100)
-  # Precisions all 1, hypothesis 4 of 6 characters: BP = exp(1 - 6/4).
-  assert metrics.corpus_bleu(["abcd"], ["abcdef"]) == pytest.approx(
-      100 * math.exp(-0.5))
-  # 3- and 4-grams never match: "exp" smoothing gives 1/(2*2), 1/(4*1).
-  assert metrics.corpus_bleu(["abab"], ["abba"]) == pytest.approx(
-      100 * (1 * (2 / 3) * (1 / 4) * (1 / 4)) ** 0.25)
-  assert metrics.corpus_bleu(["abab"], ["abba"], smooth="none") == 0.0
-  # Corpus level: counts are summed before the precisions are taken.
-  assert metrics.corpus_bleu(["abcd", "xyz"], ["abcd", "xyw"]) == (
-      pytest.approx(100 * ((6 / 7) * (4 / 5) * (2 / 3) * 1) ** 0.25))
-  # Whitespace is not a character of the score.
-  assert metrics.corpus_bleu(["a b c d"], ["abcd"]) == pytest.approx(100)
-  assert metrics.corpus_bleu(["xyz"], ["abc"]) == 0.0
-  assert metrics.corpus_bleu([""], ["abc"]) == 0.0
-
-
-def test_chrf_hand_computed():
-  # n=1: P 2/2, R 2/3; n=2: P 1/1, R 1/2; n>=3: no hypothesis n-gram.
-  p, r = 1.0, (2 / 3 + 1 / 2) / 2
-  assert metrics.corpus_chrf(["ab"], ["abc"]) == pytest.approx(
-      100 * 5 * p * r / (4 * p + r))
-  # A reference with no 3-gram leaves the hypothesis' 3-grams uncounted:
-  # n=1: P 2/4, R 2/2; n=2: P 1/3, R 1/1.
-  p, r = (2 / 4 + 1 / 3) / 2, 1.0
-  assert metrics.corpus_chrf(["abcd"], ["ab"]) == pytest.approx(
-      100 * 5 * p * r / (4 * p + r))
-  assert metrics.corpus_chrf(["你好。"], ["你好。"]) == pytest.approx(100)
-  assert metrics.corpus_chrf(["xyz"], ["abc"]) == 0.0
-  # beta weights recall: a short correct prefix scores below its precision.
-  assert metrics.corpus_chrf(["ab"], ["abcdef"]) < 50
-
-
-def test_bleu_and_chrf_match_sacrebleu():
-  sacrebleu = pytest.importorskip("sacrebleu")
-  rng = random.Random(0)
-  alphabet = "我你他是的了不好吗。"
-  refs = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
-          for _ in range(40)]
-  hyps = ["".join(ch for ch in r if rng.random() < 0.8) +
-          "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3)))
-          for r in refs]
-  ours = metrics.corpus_bleu(hyps, refs)
-  theirs = sacrebleu.corpus_bleu(hyps, [refs], tokenize="char").score
-  assert 0 < ours < 100 and ours == pytest.approx(theirs, abs=1e-9)
-  assert metrics.corpus_chrf(hyps, refs) == pytest.approx(
-      sacrebleu.corpus_chrf(hyps, [refs]).score, abs=1e-9)

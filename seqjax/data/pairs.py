@@ -9,6 +9,10 @@ CR-only line ends, whose text would otherwise load as garbage pairs), is
 malformed: it is counted with its line number and skipped, or, with
 ``strict``, stops the load. An empty file, one without a valid pair, a UTF-16
 file (refused as a whole) or an unreadable one stops it too.
+
+Splits: ``split_pairs`` (Keras' ``validation_split``: the last fraction) and
+``split_random`` (by source sentence, seeded: the split the cmn-eng README
+defines for reported results).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from typing import Optional
+
+import numpy as np
 
 from seqjax.errors import ParameterError
 
@@ -135,3 +141,59 @@ def split_pairs(pairs: list, validation_split: float) -> tuple[list, list]:
                      f"{validation_split}")
   split_at = int(len(pairs) * (1.0 - validation_split))
   return pairs[:split_at], pairs[split_at:]
+
+
+def group_by_source(pairs: list) -> list[tuple[str, list[str]]]:
+  """Each distinct source in the order of its first appearance, with all
+  its targets in file order."""
+  groups: dict[str, list[str]] = {}
+  for source, target in pairs:
+    groups.setdefault(source, []).append(target)
+  return list(groups.items())
+
+
+@dataclasses.dataclass
+class RandomSplit:
+  """``split_random``'s sides: training pairs, held-out sentences."""
+
+  train: list[tuple[str, str]]        # every pair of the training sources
+  dev: list[tuple[str, list[str]]]    # (source, all its targets)
+  test: list[tuple[str, list[str]]]
+  n_sources: int                      # distinct sources of all the pairs
+
+  @property
+  def n_train_sources(self) -> int:
+    return self.n_sources - len(self.dev) - len(self.test)
+
+
+def split_random(pairs: list, seed: int, num_test: int, num_dev: int
+                 ) -> RandomSplit:
+  """The random split by source sentence (all the targets of a source fall
+  on one side), as the cmn-eng README defines it: the distinct sources in
+  order of first appearance, ``numpy.random.default_rng(seed)
+  .permutation(n)``; the first ``num_test`` of that order are the test
+  set, the next ``num_dev`` the dev set (each in that order, with all its
+  targets in file order as references), the rest the training set with
+  every one of their pairs (in file order).
+
+  Raises ParameterError for num_test or num_dev below 1 and for num_test +
+  num_dev at or above the number of distinct sources (no training sentence
+  would be left)."""
+  for name, value in (("num_test", num_test), ("num_dev", num_dev)):
+    if value < 1:
+      raise ParameterError(name, value, "must be at least 1 (held-out "
+                           "sentences)")
+  groups = group_by_source(pairs)
+  n = len(groups)
+  if num_test + num_dev >= n:
+    raise ParameterError(
+        "num_test", num_test, f"num_test + num_dev ({num_test} + {num_dev} "
+        f"= {num_test + num_dev}) is at or above the {n} distinct source "
+        f"sentences of the {len(pairs)} pairs: no training sentence would "
+        "be left")
+  order = np.random.default_rng(seed).permutation(n)
+  test = [groups[i] for i in order[:num_test]]
+  dev = [groups[i] for i in order[num_test:num_test + num_dev]]
+  held_out = {groups[i][0] for i in order[:num_test + num_dev]}
+  train = [(s, t) for s, t in pairs if s not in held_out]
+  return RandomSplit(train=train, dev=dev, test=test, n_sources=n)

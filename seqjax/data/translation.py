@@ -1,11 +1,17 @@
 """The translation data pipeline: a pair file to id arrays and length buckets.
 
-``prepare`` loads the first ``num_samples`` valid pairs (``pairs.load_pairs``),
-holds out the last ``validation_split`` of them as Keras does, builds the
-vocabularies from the training split (held-out symbols never seen are
-unknown), encodes both splits (targets ``"\\t" + sentence + "\\n"``) and groups
-the training rows into length buckets. ``vocab.json`` in a workdir records the
-vocabularies a model was trained with (``VocabFile``).
+``prepare`` loads the first ``num_samples`` valid pairs (``pairs.load_pairs``)
+and splits them: ``split="tail"`` holds out the last ``validation_split`` of
+them as Keras does (one held-out set, ``val``, one reference a pair);
+``split="random"`` is ``pairs.split_random`` (by English sentence, the
+split that reported results use: ``dev`` and ``test`` sets of distinct
+sentences, each with all its translations as references). Targets can be
+converted to one Chinese script first (``target_script``, OpenCC). The
+vocabularies come from the training split (held-out symbols never seen are
+unknown); both splits are encoded (targets ``"\\t" + sentence + "\\n"``)
+and the training rows grouped into length buckets. ``vocab.json`` in a
+workdir records the vocabularies a model was trained with and the split it
+was trained on (``VocabFile``).
 """
 
 from __future__ import annotations
@@ -20,12 +26,15 @@ import numpy as np
 from seqjax import reliability
 from seqjax import train as train_lib
 from seqjax.data import pairs as pairs_lib
+from seqjax.data import script as script_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
 from seqjax.errors import ParameterError, SeqjaxError
+from seqjax.evaluate import HeldOut
 
 VOCAB_FILE = "vocab.json"
 TRAIN_KEYS = ("src", "src_mask", "dec_in", "target", "target_mask")
+SPLITS = ("tail", "random")
 
 
 @dataclasses.dataclass
@@ -34,13 +43,28 @@ class TranslationData:
 
   pair_file: pairs_lib.PairFile
   train_pairs: list[tuple[str, str]]
-  val_pairs: list[tuple[str, str]]
+  val_pairs: Optional[list[tuple[str, str]]]  # the tail split's held out
   src_vocab: Vocab
   tgt_vocab: Vocab
   train: dict[str, np.ndarray]          # all training pairs, padded to max
   buckets: list[dict[str, np.ndarray]]  # the same rows, by length bucket
-  val: dict[str, np.ndarray]            # held-out pairs, padded to max
+  val: Optional[dict[str, np.ndarray]]  # tail: held-out pairs, padded
   max_decode_len: int
+  # The held-out sets by name: tail {"val"}, random {"dev", "test"}.
+  held_out: dict[str, HeldOut] = dataclasses.field(default_factory=dict)
+  split: str = "tail"
+  n_train_sentences: int = 0            # distinct training sources
+
+  @property
+  def selection(self) -> HeldOut:
+    """The set evaluated every epoch and models are chosen on: dev (random
+    split) or val (tail); never the test set."""
+    return self.held_out["dev" if self.split == "random" else "val"]
+
+  @property
+  def reported(self) -> HeldOut:
+    """The set whose scores are the run's result: test, or val (tail)."""
+    return self.held_out["test" if self.split == "random" else "val"]
 
   def fit_data(self, batch_size: int, group: int = 1):
     """-> (data, batch_plan) for ``train.fit``: the padded arrays and no plan
@@ -53,26 +77,39 @@ class TranslationData:
     return [fit_arrays(b) for b in self.buckets], plan
 
   def counts(self) -> dict:
-    """Pairs, vocabulary sizes and buckets ([rows, source width, target
-    width] each; None with one), for a run's results."""
-    return dict(
+    """Pairs, sentences and references of each side, vocabulary sizes and
+    buckets ([rows, source width, target width] each; None with one), for
+    a run's results. ``n_train``: training pairs; ``n_<set>``: held-out
+    sentences (tail: pairs, one reference each)."""
+    counts = dict(
         data_path=self.pair_file.path, n_pairs=len(self.pair_file.pairs),
-        n_train=len(self.train_pairs), n_val=len(self.val_pairs),
+        n_train=len(self.train_pairs),
+        n_train_sentences=self.n_train_sentences,
         malformed_lines=len(self.pair_file.malformed),
         src_vocab=len(self.src_vocab), tgt_vocab=len(self.tgt_vocab),
-        val_unknown_source_symbols=int(self.val["src_unknown"].sum()),
         buckets=[list(b["src"].shape) + [b["target"].shape[1]]
                  for b in self.buckets] if len(self.buckets) > 1 else None)
+    for held_out in self.held_out.values():
+      counts.update(held_out.counts())
+    return counts
 
   def describe(self, malformed_note: str = "") -> str:
     """The pairs read (or the malformed lines skipped, with
-    ``malformed_note``), the vocabularies, widths and buckets, for a log."""
+    ``malformed_note``), the split, the vocabularies, widths and buckets,
+    for a log."""
     pf, n_src, n_tgt = self.pair_file, len(self.src_vocab), len(self.tgt_vocab)
+    if self.split == "random":
+      sets = ", ".join(f"{h.name} {len(h.sources)} sentences ({h.n_references}"
+                       " references)" for h in self.held_out.values())
+      samples = (f"Number of samples: {len(pf.pairs)}, random split by "
+                 f"English sentence: {len(self.train_pairs)} training pairs "
+                 f"({self.n_train_sentences} sentences), {sets}")
+    else:
+      samples = (f"Number of samples: {len(pf.pairs)} ({len(self.train_pairs)}"
+                 f" training, {len(self.val_pairs)} held out)")
     return "\n".join([
         pairs_lib.describe_malformed(pf, note=malformed_note)
-        or f"Read {len(pf.pairs)} pairs from {pf.path}.",
-        f"Number of samples: {len(pf.pairs)} ({len(self.train_pairs)} "
-        f"training, {len(self.val_pairs)} held out)",
+        or f"Read {len(pf.pairs)} pairs from {pf.path}.", samples,
         f"Number of unique input tokens: {n_src - 2} (+ padding, unknown)",
         f"Number of unique output tokens: {n_tgt - 2} (with \\t, \\n; + "
         "padding, unknown)",
@@ -129,37 +166,85 @@ def build_vocabs(train_pairs: list, level: str) -> tuple[Vocab, Vocab]:
           Vocab.build([t for _, t in train_pairs], "char", target=True))
 
 
+def encode_held_out(name: str, groups: list, src_vocab: Vocab,
+                    tgt_vocab: Vocab) -> HeldOut:
+  """A held-out set of ``groups`` ((source, [references]) each): the sources
+  encoded for decoding, one loss row per (source, reference) pair."""
+  held_out = HeldOut(name, [s for s, _ in groups], [list(r) for _, r in groups],
+                     {}, {})
+  held_out.decode_arrays = vocab_lib.encode_sources(src_vocab,
+                                                    held_out.sources)
+  held_out.loss_arrays = encode_pairs(src_vocab, tgt_vocab, held_out.pairs())
+  return held_out
+
+
+def tail_held_out(val: dict, val_pairs: list) -> HeldOut:
+  """The tail split's held-out pairs as a set: one source a pair (repeats
+  kept, as Keras scores them), its target the one reference; the encoded
+  pairs serve both decoding and the loss."""
+  return HeldOut("val", [s for s, _ in val_pairs], [[t] for _, t in val_pairs],
+                 val, val)
+
+
 def prepare(path: str, *, num_samples: int, validation_split: float,
             strict: bool, level: str, batch_size: int, num_buckets: int,
             target_cost: Union[float, Callable[[int], float]] = 1.0,
             max_decode_len: int = 0,
-            vocabs: Optional[tuple[Vocab, Vocab]] = None) -> TranslationData:
-  """Load, split, vocabularies (built from the training split unless given)
-  and id arrays. ``num_samples`` 0: all pairs. ``target_cost``: a decoder
-  step's work in encoder steps (``target_step_cost``), or a function of the
-  target vocabulary's size giving it. ``max_decode_len`` 0: the longest
-  target (with its end symbol) of both splits. Raises ParameterError."""
+            vocabs: Optional[tuple[Vocab, Vocab]] = None,
+            split: str = "tail", split_seed: int = 0, num_test: int = 1000,
+            num_dev: int = 500, target_script: str = script_lib.AS_IS
+            ) -> TranslationData:
+  """Load, convert the targets to ``target_script``, split (``split``:
+  tail, by ``validation_split``; random, by ``split_seed``, ``num_test``,
+  ``num_dev``: see the module docstring), vocabularies (built from the
+  training split unless given) and id arrays. ``num_samples`` 0: all pairs.
+  ``target_cost``: a decoder step's work in encoder steps
+  (``target_step_cost``), or a function of the target vocabulary's size
+  giving it. ``max_decode_len`` 0: the longest target (with its end symbol)
+  of the training pairs and of the held-out pairs (tail) or the dev set
+  (random; the test set is not looked at). Raises ParameterError."""
+  if split not in SPLITS:
+    raise ParameterError("split", split, f"must be one of {', '.join(SPLITS)}")
+  convert = script_lib.converter(target_script)
   pair_file = pairs_lib.load_pairs(path, num_samples or None, strict)
-  train_pairs, val_pairs = pairs_lib.split_pairs(pair_file.pairs,
-                                                 validation_split)
-  n = len(pair_file.pairs)
-  if not train_pairs or not val_pairs:
-    raise ParameterError("validation_split", validation_split, f"of {n} "
-                         "pairs leaves no training or no held-out pair")
+  pairs = [(s, convert(t)) for s, t in pair_file.pairs]
+  n = len(pairs)
+  if split == "random":
+    sides = pairs_lib.split_random(pairs, split_seed, num_test, num_dev)
+    train_pairs, val_pairs, n_train_sentences = (
+        sides.train, None, sides.n_train_sources)
+    detail = f"{n} pairs read from {path}, random split"
+  else:
+    train_pairs, val_pairs = pairs_lib.split_pairs(pairs, validation_split)
+    if not train_pairs or not val_pairs:
+      raise ParameterError("validation_split", validation_split, f"of {n} "
+                           "pairs leaves no training or no held-out pair")
+    n_train_sentences = len({s for s, _ in train_pairs})
+    detail = (f"{n} pairs read from {path}, validation_split "
+              f"{validation_split}")
   if batch_size > len(train_pairs):
     raise ParameterError("batch_size", batch_size, f"exceeds the "
-                         f"{len(train_pairs)} training pairs ({n} pairs read "
-                         f"from {path}, validation_split {validation_split})")
+                         f"{len(train_pairs)} training pairs ({detail})")
   src_vocab, tgt_vocab = vocabs or build_vocabs(train_pairs, level)
   if callable(target_cost):
     target_cost = target_cost(len(tgt_vocab))
   train = encode_pairs(src_vocab, tgt_vocab, train_pairs)
   buckets = bucketize(train, num_buckets, batch_size, target_cost)
-  val = encode_pairs(src_vocab, tgt_vocab, val_pairs)
+  if split == "random":
+    val = None
+    held_out = {name: encode_held_out(name, groups, src_vocab, tgt_vocab)
+                for name, groups in (("dev", sides.dev), ("test", sides.test))}
+    bound = held_out["dev"].loss_arrays
+  else:
+    val = encode_pairs(src_vocab, tgt_vocab, val_pairs)
+    held_out = {"val": tail_held_out(val, val_pairs)}
+    bound = val
   max_decode_len = max_decode_len or int(
-      max(train["target_len"].max(), val["target_len"].max()))
+      max(train["target_len"].max(), bound["target_len"].max()))
   return TranslationData(pair_file, train_pairs, val_pairs, src_vocab,
-                         tgt_vocab, train, buckets, val, max_decode_len)
+                         tgt_vocab, train, buckets, val, max_decode_len,
+                         held_out=held_out, split=split,
+                         n_train_sentences=n_train_sentences)
 
 
 # -------------------------------------------------------------- vocab.json
@@ -175,6 +260,26 @@ class VocabFile:
   # The longest training source in tokens: inference truncates longer
   # sentences. None in a file written before it was recorded.
   max_source_len: Optional[int] = None
+  # The data the model was trained on (``data_settings``); None in a file
+  # written before it was recorded (the tail split, targets as they are).
+  data: Optional[dict] = None
+
+
+def data_settings(*, split: str, target_script: str, split_seed: int = 0,
+                  num_test: int = 0, num_dev: int = 0, num_samples: int = 0
+                  ) -> dict:
+  """What ``vocab.json`` records of the data a model was trained on: the
+  split (for the random split, every setting that decides its sentences)
+  and the target script. A model is only evaluated (or trained on) with
+  the same: another split's test sentences may be its training ones."""
+  settings = {"split": split, "target_script": target_script}
+  if split == "random":
+    settings.update(split_seed=split_seed, num_test=num_test,
+                    num_dev=num_dev, num_samples=num_samples)
+  return settings
+
+
+UNRECORDED_DATA = {"split": "tail", "target_script": script_lib.AS_IS}
 
 
 def save_vocab_file(workdir: str, vocab_file: VocabFile) -> None:
@@ -185,6 +290,8 @@ def save_vocab_file(workdir: str, vocab_file: VocabFile) -> None:
            "max_decode_len": int(vocab_file.max_decode_len)}
   if vocab_file.max_source_len is not None:
     saved["max_source_len"] = int(vocab_file.max_source_len)
+  if vocab_file.data is not None:
+    saved["data"] = vocab_file.data
   reliability.write_atomic(os.path.join(workdir, VOCAB_FILE), json.dumps(
       saved, indent=2, ensure_ascii=False) + "\n")
 
@@ -202,7 +309,8 @@ def load_vocab_file(workdir: str) -> Optional[VocabFile]:
     return VocabFile(Vocab.from_dict(saved["source"]),
                      Vocab.from_dict(saved["target"]),
                      int(saved["max_decode_len"]),
-                     int(max_src) if max_src else None)
+                     int(max_src) if max_src else None,
+                     saved.get("data"))
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise SeqjaxError(f"{path} is not a vocabulary file of a translation "
                       f"model: {e}") from e
