@@ -170,6 +170,9 @@ class TranslateConfig(config_lib.TrainingConfig):
                                low=1, high=limits.MAX_BATCH)
   n_examples: int = field(10, "Held-out translations to print.", low=0,
                           high=limits.MAX_EXAMPLES)
+  n_attention_plots: int = field(4, "With attention: heat maps of this many "
+                                 "dev sentences (attention.png/.json).",
+                                 low=0, high=100)
   translate: Optional[list[str]] = field(
       None, "Translate these sentences with the model in --workdir (no "
       "training; the model settings come from its checkpoint). Repeatable; "
@@ -206,6 +209,7 @@ class Evaluation:
   held_out: evaluate.HeldOutLoss   # the epoch-end evaluation (dev or val)
   eval_step: object
   decoder: object
+  workdir: str
 
 
 class TranslateTask(task_lib.Task):
@@ -258,7 +262,7 @@ class TranslateTask(task_lib.Task):
                                               config.optimizer),
         title=f"Seq2Seq ({config.cell}, {config.level} level)",
         epoch_end=held_out.epoch_end, save_files=save,
-        data=Evaluation(data, held_out, eval_step, decoder),
+        data=Evaluation(data, held_out, eval_step, decoder, workdir),
         select_metric=f"{selection.name}_chrf", select_maximize=True)
 
   def evaluate(self, config: TranslateConfig, setup, state) -> dict:
@@ -284,6 +288,8 @@ class TranslateTask(task_lib.Task):
                               *shown[data.reported.name])
     for name, held in data.held_out.items():
       print_scores(held, *shown[name][1:])
+    if config.attention != "none" and config.n_attention_plots:
+      save_attention(config, setup, state, ev)
     plan = setup.batch_plan
     steady = held_out.epoch_seconds[1:]
     return dict(
@@ -297,6 +303,31 @@ class TranslateTask(task_lib.Task):
         epoch_seconds=held_out.epoch_seconds,
         steady_epoch_seconds=(float(np.mean(steady)) if steady else None),
         epochs_run=len(held_out.epoch_seconds))
+
+
+def save_attention(config: TranslateConfig, setup, state, ev) -> None:
+  """The attention weights of the first --n_attention_plots sentences of the
+  selection set (dev, or val): attention.json, and attention.png drawn
+  where matplotlib is installed."""
+  data = ev.data
+  sentences = data.selection.sources[:config.n_attention_plots]
+  examples = translation.attention_examples(
+      model_spec(config), setup.model, state.params, data.src_vocab,
+      data.tgt_vocab, sentences, data.max_decode_len)
+  runner.write_json_atomic(os.path.join(ev.workdir, "attention.json"),
+                           [e.to_dict() for e in examples])
+  try:
+    from seqjax import attention_plot
+    font = attention_plot.draw(os.path.join(ev.workdir, "attention.png"),
+                               examples)
+  except ImportError:
+    print("attention.json written; attention.png needs matplotlib "
+          "(pip install 'seqjax[plot]')")
+    return
+  print(f"Attention heat maps of {len(examples)} {data.selection.name} "
+        f"sentences: {ev.workdir}/attention.png (" + (
+            f"characters in {font})" if font else "no CJK font installed: "
+            "symbol indices on the axes)"))
 
 
 def score_views() -> dict:
