@@ -1,11 +1,15 @@
 """Keras' ``addition_rnn`` example: learn to add, "535+61" -> "596".
 
 Distinct questions with up to ``--digits`` digits per operand, padded (and with
-``--reverse``, reversed); 10% are held out. ``--model=repeat_vector`` (the
-example's model: LSTM encoder, RepeatVector, LSTM decoder, TimeDistributed
-Dense) or ``--model=encoder_decoder`` (teacher forcing, greedy decoding).
-After each epoch the held-out exact-match accuracy and a few examples are
-printed; ``<workdir>/results.json`` gets the per-epoch history of this run.
+``--reverse``, reversed); 10% are held out, as in Keras, and split in two
+halves: dev and test. ``--model=repeat_vector`` (the example's model: LSTM
+encoder, RepeatVector, LSTM decoder, TimeDistributed Dense) or
+``--model=encoder_decoder`` (teacher forcing, greedy decoding). After each
+epoch the dev exact-match accuracy and a few dev examples are printed; the
+epoch with the best dev exact match is kept (``--keep_best``) and is the
+model handed back, scored once on the test questions at the end (training
+never looks at them). ``<workdir>/results.json`` gets ``test_exact_match``,
+the dev numbers of the selected epoch and the per-epoch history of this run.
 
   python -m experiments.addition [--model=encoder_decoder --digits=3 ...]
 """
@@ -28,6 +32,8 @@ from seqjax.config import field
 from seqjax.data import addition as addition_data
 
 HELD_OUT_FRACTION = 10   # 1 / 10 of the questions are held out, as in Keras
+# ... the first half of them dev (selection), the rest test (the result).
+MIN_TRAINING_SIZE = 2 * HELD_OUT_FRACTION
 
 
 @dataclasses.dataclass
@@ -41,15 +47,16 @@ class AdditionConfig(config_lib.TrainingConfig):
                       high=addition_data.MAX_DIGITS)
   reverse: bool = field(True, "Feed the question reversed (' 16+535').")
   training_size: int = field(50_000, "Distinct questions generated; 10% of "
-                             "them are held out.", low=HELD_OUT_FRACTION)
+                             "them are held out: half dev, half test.",
+                             low=MIN_TRAINING_SIZE)
   hidden_size: int = field(128, "Recurrent units of encoder and decoder.",
                            low=1, high=limits.MAX_UNITS)
   cell: str = field("lstm", "Recurrent cell: lstm or gru.",
                     choices=config_lib.CELLS)
-  n_examples: int = field(10, "Held-out examples printed after each epoch.",
+  n_examples: int = field(10, "Dev examples printed after each epoch.",
                           low=0, high=limits.MAX_EXAMPLES)
   target_accuracy: float = field(0.99, "results.json records the first epoch "
-                                 "whose held-out exact match reaches this.",
+                                 "whose dev exact match reaches this.",
                                  above=0, high=1)
 
   def validate(self):
@@ -71,12 +78,20 @@ class AdditionConfig(config_lib.TrainingConfig):
     return errors
 
   @property
-  def n_val(self) -> int:
+  def n_held_out(self) -> int:
     return self.training_size // HELD_OUT_FRACTION
 
   @property
+  def n_dev(self) -> int:
+    return self.n_held_out // 2
+
+  @property
+  def n_test(self) -> int:
+    return self.n_held_out - self.n_dev
+
+  @property
   def n_train(self) -> int:
-    return self.training_size - self.n_val
+    return self.training_size - self.n_held_out
 
   def model_config(self) -> dict:
     """What the checkpoint must match: the model, and the data that decides
@@ -90,69 +105,78 @@ class AdditionConfig(config_lib.TrainingConfig):
 class AdditionTask(task_lib.Task):
   name = "addition"
   config_cls = AdditionConfig
-  metric = "val_accuracy"
+  # Runs are ranked by the dev number (what selection saw); the test
+  # number is the reported result.
+  metric = "dev_exact_match"
   size_flags = ("hidden_size",)
 
   def setup(self, config: AdditionConfig, workdir: str) -> task_lib.Setup:
     data = addition_data.generate(
         np.random.default_rng([config.seed, 0]), config.training_size,
         config.digits, config.reverse)
-    train, val = split(data, config.n_val)
+    train, dev, test = split(data, config.n_dev, config.n_test)
     n_chars = addition_data.VOCAB
     print(f"Training data: x {train['src'].shape + (n_chars,)} y "
-          f"{train['target'].shape + (n_chars,)}; held out: x "
-          f"{val['src'].shape + (n_chars,)} (one-hot shapes; stored as int32 "
-          "ids)")
+          f"{train['target'].shape + (n_chars,)}; held out: dev "
+          f"{len(dev['src'])}, test {len(test['src'])} questions (one-hot "
+          "shapes; stored as int32 ids)")
     model = build_model(config)
     inputs = models.init_inputs(model, train)
     keys = ("src", "dec_in", "target") if len(inputs) == 2 else ("src",
                                                                  "target")
-    held_out = HeldOut(config, model, train, val)
+    held_out = HeldOut(config, model, train, dev, test)
     return task_lib.Setup(
         model=model, init_inputs=inputs, train={k: train[k] for k in keys},
         loss_fn=train_lib.make_seq2seq_loss(model),
         model_config=config.model_config(),
         title=f"{config.model} ({config.cell})", epoch_end=held_out.epoch_end,
-        data=held_out)
+        select_metric="dev_exact_match", data=held_out)
 
   def evaluate(self, config: AdditionConfig, setup, state) -> dict:
+    """The handed-back model (the selected epoch's): dev numbers (from the
+    history when this run evaluated it), then the test questions, once."""
     held_out = setup.data
-    history = held_out.history
-    if history and history[-1]["step"] == int(state.step):
-      accuracy = history[-1]["val_accuracy"]
-      token_accuracy = history[-1]["val_token_accuracy"]
+    history, step = held_out.history, int(state.step)
+    seen = [h for h in history if h["step"] == step]
+    if seen:
+      dev, dev_tokens = seen[-1]["dev_exact_match"], seen[-1][
+          "dev_token_accuracy"]
     else:  # restored (or --eval_only): this state was not evaluated yet
-      accuracy, token_accuracy = held_out.evaluate(
-          state.params, int(state.step), f"Step {int(state.step)}")
+      dev, dev_tokens = held_out.evaluate(state.params, "dev", step,
+                                          f"Step {step}")
+    test, test_tokens = held_out.evaluate(state.params, "test", step,
+                                          f"Step {step}", examples=False)
     train_accuracy = float(metrics.exact_sequence_accuracy(
-        held_out.predict(state.params, held_out.train["src"]),
-        held_out.train["target"]))
-    print(f"Held-out exact match: {accuracy * 100:.2f}%; training questions: "
-          f"{train_accuracy * 100:.2f}%")
+        held_out.predict(state.params, held_out.splits["train"]["src"]),
+        held_out.splits["train"]["target"]))
+    print(f"Test exact match: {test * 100:.2f}% (dev {dev * 100:.2f}%, "
+          f"training questions {train_accuracy * 100:.2f}%; step {step})")
     reached = [h for h in history
-               if h["val_accuracy"] >= config.target_accuracy]
-    return {"model": config.model, "val_accuracy": accuracy,
-            "val_token_accuracy": token_accuracy,
+               if h["dev_exact_match"] >= config.target_accuracy]
+    return {"model": config.model, "test_exact_match": test,
+            "test_token_accuracy": test_tokens, "dev_exact_match": dev,
+            "dev_token_accuracy": dev_tokens,
             "train_accuracy": train_accuracy, "n_train": config.n_train,
-            "n_val": config.n_val, "history": history,
+            "n_dev": config.n_dev, "n_test": config.n_test,
+            "history": history,
             "first_epoch_at_target": reached[0]["epoch"] if reached else None,
             "seconds_to_target": reached[0]["wall_s"] if reached else None}
 
 
 class HeldOut:
-  """The held-out questions: exact match after each epoch, with examples;
-  ``history`` has one row per epoch trained by this run."""
+  """The held-out questions: dev exact match after each epoch, with
+  examples (``history``: one row per epoch trained by this run); the test
+  questions only when ``evaluate`` is asked for them (at the end)."""
 
-  def __init__(self, config: AdditionConfig, model, train: dict, val: dict):
-    self.config, self.train, self.val = config, train, val
+  def __init__(self, config: AdditionConfig, model, train: dict, dev: dict,
+               test: dict):
+    self.config = config
+    self.splits = {"train": train, "dev": dev, "test": test}
     self.predictor = decode_lib.make_token_predictor(
         model, max_len=addition_data.answer_len(config.digits),
         start_id=addition_data.START_ID)
-    # One batch size for held-out and training questions: one compile.
-    self.batch = min(config.n_val, 1000)
-    self.questions = addition_data.question_strings(
-        val["a"], val["b"], config.digits, reverse=False)
-    self.answers = addition_data.decode(val["target"])
+    # One batch size for every split: one compile.
+    self.batch = min(config.n_dev, 1000)
     self.history = []
     self.t_start = time.perf_counter()
 
@@ -160,30 +184,41 @@ class HeldOut:
     return decode_lib.decode_in_batches(self.predictor, params, src,
                                         batch_size=self.batch)
 
-  def evaluate(self, params, step: int, label: str) -> tuple[float, float]:
-    pred = self.predict(params, self.val["src"])
-    accuracy = float(metrics.exact_sequence_accuracy(pred, self.val["target"]))
+  def evaluate(self, params, split: str, step: int, label: str,
+               examples: bool = True) -> tuple[float, float]:
+    """-> (exact match, character accuracy) on ``split``, printed."""
+    questions = self.splits[split]
+    pred = self.predict(params, questions["src"])
+    accuracy = float(metrics.exact_sequence_accuracy(pred,
+                                                     questions["target"]))
     token_accuracy = float(metrics.masked_token_accuracy(pred,
-                                                         self.val["target"]))
-    print(f"{label}: held-out exact match {accuracy * 100:.2f}% "
+                                                         questions["target"]))
+    print(f"{label}: {split} exact match {accuracy * 100:.2f}% "
           f"(characters {token_accuracy * 100:.2f}%, {len(pred)} questions)")
+    if examples:
+      self.show_examples(questions, pred, step)
+    return accuracy, token_accuracy
+
+  def show_examples(self, questions: dict, pred, step: int) -> None:
+    texts = addition_data.question_strings(
+        questions["a"], questions["b"], self.config.digits, reverse=False)
+    answers = addition_data.decode(questions["target"])
     guesses = addition_data.decode(pred)
     rng = np.random.default_rng([self.config.seed, 2, step])
     shown = rng.choice(len(pred), min(self.config.n_examples, len(pred)),
                        replace=False)
     for i in shown:
-      mark = "☑" if guesses[i] == self.answers[i] else "☒"
-      print(f"Q {self.questions[i]} T {self.answers[i]} {mark} {guesses[i]}")
-    return accuracy, token_accuracy
+      mark = "☑" if guesses[i] == answers[i] else "☒"
+      print(f"Q {texts[i]} T {answers[i]} {mark} {guesses[i]}")
 
   def epoch_end(self, state, epoch: int) -> dict:
-    accuracy, token_accuracy = self.evaluate(state.params, int(state.step),
-                                             f"Epoch {epoch}")
+    accuracy, token_accuracy = self.evaluate(
+        state.params, "dev", int(state.step), f"Epoch {epoch}")
     self.history.append({"epoch": epoch, "step": int(state.step),
-                         "val_accuracy": accuracy,
-                         "val_token_accuracy": token_accuracy,
+                         "dev_exact_match": accuracy,
+                         "dev_token_accuracy": token_accuracy,
                          "wall_s": time.perf_counter() - self.t_start})
-    return {"val_accuracy": accuracy, "val_token_accuracy": token_accuracy}
+    return {"dev_exact_match": accuracy, "dev_token_accuracy": token_accuracy}
 
 
 def build_model(config: AdditionConfig):
@@ -197,11 +232,14 @@ def build_model(config: AdditionConfig):
       out_len=addition_data.answer_len(config.digits), cell=config.cell)
 
 
-def split(data: dict, n_val: int) -> tuple[dict, dict]:
-  """The last ``n_val`` questions are held out (the order is already random)."""
-  cut = len(data["src"]) - n_val
+def split(data: dict, n_dev: int, n_test: int) -> tuple[dict, dict, dict]:
+  """-> (train, dev, test): the last ``n_dev + n_test`` questions are held
+  out, dev first (the order is already random; the questions are distinct,
+  so the three share none)."""
+  cut, mid = len(data["src"]) - n_dev - n_test, len(data["src"]) - n_test
   return ({k: v[:cut] for k, v in data.items()},
-          {k: v[cut:] for k, v in data.items()})
+          {k: v[cut:mid] for k, v in data.items()},
+          {k: v[mid:] for k, v in data.items()})
 
 
 TASK = task_lib.register(AdditionTask())

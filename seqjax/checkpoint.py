@@ -14,6 +14,11 @@ orbax's retention count, so ``max_to_keep`` never deletes the only good
 checkpoint to make room. Orbax writes each step to a temporary directory and
 renames it when complete, so a save killed halfway never looks like a step
 (its leftovers are removed when the next run opens the directory).
+
+A run that selects by a held-out metric (``seqjax.selection``) saves the
+tracker's record as a JSON item of each step, and keeps the best epoch's
+state beside the latest ones: ``BestCheckpoint``, ``<workdir>/best`` (one
+step) and ``<workdir>/best.json`` (its step, epoch, metric and value).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from seqjax import reliability
 from seqjax.errors import SeqjaxError
 from seqjax.train import TrainState
 
@@ -53,8 +59,9 @@ def _jsonable(config: dict) -> dict:
 class Checkpointer:
   """Saves and restores a ``TrainState`` under ``<workdir>/checkpoints``."""
 
-  def __init__(self, workdir: str, model_config: dict, max_to_keep: int = 3):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  def __init__(self, workdir: str, model_config: dict, max_to_keep: int = 3,
+               subdir: str = "checkpoints"):
+    self.directory = os.path.abspath(os.path.join(workdir, subdir))
     self.model_config = _jsonable(model_config)
     self._manager: Optional[ocp.CheckpointManager] = None
     self._max_to_keep = max_to_keep
@@ -69,7 +76,8 @@ class Checkpointer:
           # other process is writing here.
           cleanup_tmp_directories=True)
       self._manager = ocp.CheckpointManager(
-          self.directory, options=options, item_names=("state", "config"))
+          self.directory, options=options,
+          item_names=("state", "config", "selection"))
     return self._manager
 
   def latest_step(self) -> Optional[int]:
@@ -84,6 +92,17 @@ class Checkpointer:
     restored = self.manager.restore(
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return restored["config"]
+
+  def saved_selection(self, step: Optional[int] = None) -> Optional[dict]:
+    """The selection record (``selection.Tracker.to_json``) saved with
+    checkpoint ``step`` (default: the latest); None when it has none."""
+    step = self.latest_step() if step is None else step
+    if step is None or not os.path.isdir(
+        os.path.join(self.directory, str(step), "selection")):
+      return None
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(selection=ocp.args.JsonRestore()))
+    return restored["selection"]
 
   def check_compatible(self) -> Optional[int]:
     """Raises CheckpointMismatchError if the latest checkpoint is for another
@@ -232,17 +251,24 @@ class Checkpointer:
       return []
     return sorted(self.manager.all_steps())
 
-  def save(self, state: TrainState, force: bool = False, carry=None) -> bool:
-    """Saves ``state`` (and a stateful run's ``carry``) at its step, unless
-    that step is saved already (``force``: again)."""
+  def save(self, state: TrainState, force: bool = False, carry=None,
+           selection: Optional[dict] = None) -> bool:
+    """Saves ``state`` (and a stateful run's ``carry``, and the selection
+    record) at its step, unless that step is saved already (``force``:
+    again)."""
     step = int(state.step)
     if not force and self.latest_step() == step:
       return False
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_state_tree(state, carry)),
-        config=ocp.args.JsonSave(self.model_config)), force=force)
+    items = dict(state=ocp.args.StandardSave(_state_tree(state, carry)),
+                 config=ocp.args.JsonSave(self.model_config))
+    if selection is not None:
+      items["selection"] = ocp.args.JsonSave(selection)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=force)
     self.manager.wait_until_finished()
     return True
+
+  def delete(self, step: int) -> None:
+    self.manager.delete(step)
 
   def close(self):
     if self._manager is not None:
@@ -273,3 +299,54 @@ def _signature(tree) -> dict:
   return {"/".join(name(k) for k in path):
           (tuple(x.shape), np.dtype(x.dtype).name) for path, x in leaves
           if hasattr(x, "shape")}
+
+
+class BestCheckpoint:
+  """The state of the best epoch so far (by a ``selection.Tracker``), in
+  ``<workdir>/best`` (orbax, one step kept) beside the latest checkpoints,
+  and its record in ``<workdir>/best.json``: step, epoch, metric, value."""
+
+  def __init__(self, workdir: str, model_config: dict):
+    self.checkpointer = Checkpointer(workdir, model_config, max_to_keep=1,
+                                     subdir="best")
+    self.path = os.path.join(os.path.abspath(workdir), "best.json")
+
+  def save(self, state: TrainState, tracker) -> None:
+    """``state`` as the best, at its step (replacing the one there)."""
+    step = int(state.step)
+    if self.checkpointer.latest_step() == step:
+      # A resumed run trained this epoch again: its state replaces the one
+      # the killed run saved.
+      self.checkpointer.delete(step)
+    self.checkpointer.save(state)
+    if jax.process_index() == 0:
+      reliability.write_atomic(self.path, json.dumps({
+          "step": step, "epoch": tracker.best_epoch,
+          "metric": tracker.metric, "value": tracker.best,
+          "maximize": tracker.maximize}, indent=2) + "\n")
+
+  def step(self) -> Optional[int]:
+    return self.checkpointer.latest_step()
+
+  def record(self) -> Optional[dict]:
+    """best.json, or None when there is none (or it cannot be read)."""
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return None
+
+  def restore(self, state: TrainState, step: int) -> Optional[TrainState]:
+    """The best state saved at ``step``, shaped as ``state``; None when the
+    best checkpoint holds another step (or none)."""
+    if self.step() != step:
+      return None
+    try:
+      restored = self.checkpointer.restore(state, step)
+    except SeqjaxError as e:  # damaged (set aside) or another model's
+      logging.warning("The best checkpoint cannot be used: %s", e)
+      return None
+    return restored if int(restored.step) == step else None
+
+  def close(self):
+    self.checkpointer.close()

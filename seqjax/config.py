@@ -131,6 +131,29 @@ class TrainingConfig(Config):
   skip_nonfinite_updates: bool = field(
       False, "Skip a step whose loss or gradients are not finite (counted in "
       "metrics.jsonl) instead of stopping the run there.")
+  keep_best: Optional[bool] = field(
+      None, "Keep the checkpoint of the epoch with the best held-out select "
+      "metric (the task's, e.g. dev exact match) in <workdir>/best, and "
+      "evaluate it at the end (the latest is kept for resuming). Default: on "
+      "when the task selects by a metric.")
+  patience: int = field(0, "Early stopping: stop after this many epochs in a "
+                        "row without a gain in the task's select metric "
+                        "(0: off).", low=0, high=limits.INT32_MAX)
+  lr_schedule: str = field(
+      "constant", "constant; plateau: multiply the learning rate by "
+      "--lr_decay_factor after --lr_patience epochs without a gain in the "
+      "select metric; warmup_decay: linear warmup over --warmup_steps, then "
+      "cosine decay to 0 at the end of --epochs.",
+      choices=train_lib.LR_SCHEDULES)
+  lr_patience: int = field(2, "--lr_schedule=plateau: epochs without a gain "
+                           "before each cut.", low=1, high=limits.INT32_MAX)
+  lr_decay_factor: float = field(0.5, "--lr_schedule=plateau: the factor of "
+                                 "each cut.", above=0, below=1)
+  warmup_steps: int = field(0, "--lr_schedule=warmup_decay: steps of linear "
+                            "warmup.", low=0, high=limits.INT32_MAX)
+  clip_norm: float = field(0.0, "Clip the gradients to this global norm "
+                           "before the optimizer (0: off).", low=0,
+                           high=10**9)
 
   def validate(self) -> list[str]:
     errors = super().validate()
@@ -173,6 +196,8 @@ class TrainingConfig(Config):
         checkpoint_every_steps=self.checkpoint_every,
         checkpoint_every_secs=self.checkpoint_every_secs,
         nonfinite="skip" if self.skip_nonfinite_updates else "stop",
+        patience=self.patience, lr_schedule=self.lr_schedule,
+        lr_patience=self.lr_patience, lr_decay_factor=self.lr_decay_factor,
         progress=progress_lib.resolve_mode(self.progress, sys.stdout),
         log_learning_rate=(self.learning_rate if self.learning_rate is not
                            None else train_lib.DEFAULT_LEARNING_RATES.get(

@@ -12,17 +12,19 @@ import os
 import platform
 from typing import Any, Callable, Optional
 
+from absl import logging
 import jax
 import numpy as np
 
 import seqjax
 from seqjax import limits
 from seqjax import reliability
+from seqjax import selection as selection_lib
 from seqjax import sharding as sharding_lib
 from seqjax import summary as summary_lib
 from seqjax import tensorboard as tensorboard_lib
 from seqjax import train as train_lib
-from seqjax.checkpoint import Checkpointer
+from seqjax.checkpoint import BestCheckpoint, Checkpointer
 from seqjax.config import DTYPES, TrainingConfig
 from seqjax.errors import SeqjaxError
 
@@ -55,9 +57,13 @@ def run(task, config, workdir: Optional[str] = None) -> dict:
   check(config)
   workdir = workdir or default_workdir(config, task.name)
   setup = task.setup(config, workdir)  # bad data stops before any file
+  errors = selection_errors(config, setup.select_metric, task.name)
+  if errors:
+    raise ConfigError(errors)
   make_workdir(workdir)
+  model_config = checkpoint_config(setup.model_config, config)
   if setup.save_files is not None:
-    checker = Checkpointer(workdir, setup.model_config)
+    checker = Checkpointer(workdir, model_config)
     checker.check_compatible()  # a mismatch stops before anything is written
     checker.close()
     setup.save_files(workdir)
@@ -68,9 +74,14 @@ def run(task, config, workdir: Optional[str] = None) -> dict:
       model_config=setup.model_config, data=setup.train,
       loss_fn=setup.loss_fn, epoch_end_fn=setup.epoch_end,
       fit_config=setup.fit_config, initial_carry=setup.initial_carry,
-      reset_every=setup.reset_every, batch_plan=setup.batch_plan)
+      reset_every=setup.reset_every, batch_plan=setup.batch_plan,
+      select_metric=setup.select_metric,
+      select_maximize=setup.select_maximize)
   results = base_results(task.name, config)
   results.update(workdir=workdir, step=int(state.step))
+  state, selected = selected_state(workdir, model_config, config, setup,
+                                   state, stats)
+  results.update(selected)
   results.update(task.evaluate(config, setup, state))
   results.update(training_results(stats, config.batch_size, params))
   write_results(workdir, results)
@@ -79,6 +90,76 @@ def run(task, config, workdir: Optional[str] = None) -> dict:
       tb.text("examples", int(state.step),
               tensorboard_lib.examples_markdown(results["examples"]))
   return results
+
+
+def selection_errors(config, select_metric: Optional[str], task: str
+                     ) -> list[str]:
+  """The selection flags a task without a select metric cannot honour."""
+  if select_metric is not None:
+    return []
+  wanted = [f for f, on in (
+      ("--keep_best", getattr(config, "keep_best", None)),
+      (f"--patience={getattr(config, 'patience', 0)}",
+       getattr(config, "patience", 0) > 0),
+      ("--lr_schedule=plateau",
+       getattr(config, "lr_schedule", "constant") == "plateau")) if on]
+  who = f"task {task}" if task else "this run"
+  return [f"{flag}: {who} selects by no held-out metric (no "
+          "Setup.select_metric)" for flag in wanted]
+
+
+def keeps_best(config, select_metric: Optional[str]) -> bool:
+  """--keep_best, whose default is on when the task selects by a metric."""
+  keep = getattr(config, "keep_best", None)
+  return select_metric is not None if keep is None else bool(keep)
+
+
+def checkpoint_config(model_config: dict, config) -> dict:
+  """What a checkpoint must match: the task's model config, and (only when
+  not the defaults, so older checkpoints still match) what changes the
+  optimizer state's structure."""
+  extra = {}
+  schedule = getattr(config, "lr_schedule", "constant")
+  if schedule != "constant":
+    extra["lr_schedule"] = schedule
+  if getattr(config, "clip_norm", 0) > 0:
+    extra["gradient_clipping"] = True
+  return {**model_config, **extra}
+
+
+def selected_state(workdir: str, model_config: dict, config, setup, state,
+                   stats: train_lib.FitStats):
+  """-> (the state to evaluate, its results.json keys): with a select
+  metric and --keep_best the best epoch's state (from ``<workdir>/best``),
+  else ``state``, the latest."""
+  if setup.select_metric is None or stats.selection is None:
+    return state, {}
+  tracker = selection_lib.Tracker.from_json(
+      stats.selection, setup.select_metric, setup.select_maximize)
+  chosen, step = state, int(state.step)
+  if (keeps_best(config, setup.select_metric) and
+      tracker.best_step is not None and tracker.best_step != step):
+    best = BestCheckpoint(workdir, model_config)
+    restored = best.restore(state, tracker.best_step)
+    best.close()
+    if restored is None:
+      logging.warning("The best checkpoint (step %d) is not in %s; "
+                      "evaluating the latest state (step %d).",
+                      tracker.best_step, workdir, step)
+    else:
+      chosen, step = restored, tracker.best_step
+  epoch, value = None, None
+  if step == tracker.best_step:
+    epoch, value = tracker.best_epoch, tracker.best
+  elif step == tracker.last_step:
+    epoch, value = tracker.last_epoch, tracker.last
+  print(f"Selected the state of epoch {epoch} (step {step}; "
+        f"{tracker.metric} {value}): parameters sha256 "
+        f"{params_fingerprint(chosen.params)}")
+  return chosen, {"select_metric": tracker.metric, "selected_step": step,
+                  "selected_epoch": epoch, "select_value": value,
+                  "stopped_early": stats.stopped_early,
+                  "stopped_epoch": stats.stopped_epoch}
 
 
 def init_params(task, setup, seed: int):
@@ -169,6 +250,8 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
                      fit_config: Optional[train_lib.FitConfig] = None,
                      initial_carry=None, reset_every: int = 0,
                      batch_plan: Optional[train_lib.BucketPlan] = None,
+                     select_metric: Optional[str] = None,
+                     select_maximize: bool = True,
                      ) -> tuple[train_lib.TrainState, train_lib.FitStats]:
   """Builds the train state, resumes from ``workdir`` and trains (or, with
   ``--eval_only``, only restores). A checkpoint written for another model stops
@@ -177,7 +260,14 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
   with the state and resumed. With ``batch_plan``, ``data``
   is a list of datasets (length buckets; see ``train.fit``). Ctrl-C saves a checkpoint and
   raises ``reliability.TrainingInterrupted``; a damaged checkpoint is
-  skipped."""
+  skipped.
+
+  ``select_metric`` (a key of ``epoch_end_fn``'s dict; ``select_maximize``):
+  model selection (``train.fit``), its record resumed from the checkpoint,
+  the best epoch's state kept in ``<workdir>/best`` with --keep_best (on by
+  default then), --patience and --lr_schedule=plateau. The state returned is
+  the latest; ``stats.selection`` is the record (``selected_state`` reads
+  the best state)."""
   dtype = getattr(config, "dtype", "float32")
   if dtype != "float32" and getattr(model, "dtype", None) != DTYPES[dtype]:
     # A task must pass config.compute_dtype() to its model; never ignore it.
@@ -188,16 +278,27 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
       model_config=model_config, data=data, loss_fn=loss_fn,
       epoch_end_fn=epoch_end_fn, fit_config=fit_config,
       initial_carry=initial_carry, reset_every=reset_every,
-      batch_plan=batch_plan)
+      batch_plan=batch_plan, select_metric=select_metric,
+      select_maximize=select_maximize)
 
 
 @reliability.exclusive_workdir  # one run per workdir; see reliability.py
 def _train_or_restore_locked(*, model, params, config, workdir, model_config,
                               data, loss_fn, epoch_end_fn, fit_config,
-                              initial_carry, reset_every, batch_plan):
+                              initial_carry, reset_every, batch_plan,
+                              select_metric, select_maximize):
+  errors = selection_errors(config, select_metric, "")
+  if errors:
+    raise ConfigError(errors)
+  model_config = checkpoint_config(model_config, config)
   checkpointer = Checkpointer(workdir, model_config)
   latest = checkpointer.check_compatible()
-  tx = train_lib.make_optimizer(config.optimizer, config.learning_rate)
+  fit_config = fit_config or config.fit_config()
+  if select_metric is not None:
+    fit_config = dataclasses.replace(fit_config, select_metric=select_metric,
+                                     select_maximize=select_maximize)
+  tx = make_tx(config, fit_config, data, batch_plan,
+               initial_carry is not None, reset_every)
   state = train_lib.create_train_state(model, params, tx)
   num_devices = getattr(config, "num_devices", 1)
   if initial_carry is not None and num_devices == 0:
@@ -212,26 +313,45 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
                                                    latest)
     print(f"Resumed from the checkpoint at step {int(state.step)} in "
           f"{workdir}.")
+  tracker = None
+  if select_metric is not None:
+    tracker = selection_lib.Tracker.from_json(
+        checkpointer.saved_selection(int(state.step)) if latest is not None
+        else None, select_metric, select_maximize)
   if config.eval_only:
     if latest is None:
       raise SeqjaxError(f"--eval_only: no checkpoint in --workdir={workdir}")
-    return sharding_lib.local_copy(state), train_lib.FitStats()
+    return sharding_lib.local_copy(state), eval_only_stats(
+        tracker, fit_config, data, batch_plan, initial_carry is not None,
+        reset_every, int(state.step))
+  best = None
+  if tracker is not None and keeps_best(config, select_metric):
+    best = BestCheckpoint(workdir, model_config)
+    if tracker.best_step == int(state.step) and best.step() != int(state.step):
+      best.save(state, tracker)  # killed between the latest and best saves
   if mesh is not None and epoch_end_fn is not None:
     # Evaluation code is written for one device: hand it a local copy.
     user_epoch_end_fn = epoch_end_fn
     epoch_end_fn = lambda s, e: user_epoch_end_fn(sharding_lib.local_copy(s), e)
-  fit_config = fit_config or config.fit_config()
   reliability.check_fit_size(fit_config, data)
   metrics_log = open_logs(workdir, int(state.step), config)
   with reliability.InterruptGuard() as interrupt, metrics_log:
-    state, stats = train_lib.fit(
-        state, data, loss_fn, fit_config,
-        checkpointer=checkpointer, metrics_log=metrics_log,
-        epoch_end_fn=epoch_end_fn, initial_carry=initial_carry, carry=carry,
-        reset_every=reset_every, mesh=mesh, should_stop=interrupt.requested,
-        batch_plan=batch_plan)
-  checkpointer.save(state, carry=stats.final_carry)
+    try:
+      state, stats = train_lib.fit(
+          state, data, loss_fn, fit_config,
+          checkpointer=checkpointer, metrics_log=metrics_log,
+          epoch_end_fn=epoch_end_fn, initial_carry=initial_carry,
+          carry=carry, reset_every=reset_every, mesh=mesh,
+          should_stop=interrupt.requested, batch_plan=batch_plan,
+          selection=tracker, best_checkpoint=best)
+    except reliability.NonFiniteError as e:
+      raise reliability.NonFiniteError(f"{e} {_step_size_flags(config)}"
+                                       ) from e
+  checkpointer.save(state, carry=stats.final_carry,
+                    selection=stats.selection)
   checkpointer.close()
+  if best is not None:
+    best.close()
   if interrupt.requested():
     raise reliability.TrainingInterrupted(int(state.step), workdir,
                                           interrupt.signum)
@@ -241,6 +361,46 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
   print(f"{prefix}Parameters at step {int(state.step)}: sha256 "
         f"{params_fingerprint(state.params)}")
   return state, stats
+
+
+def _step_size_flags(config) -> str:
+  """The flags that set the size of an update, for a non-finite step."""
+  lr = (config.learning_rate if config.learning_rate is not None else
+        train_lib.DEFAULT_LEARNING_RATES.get(config.optimizer))
+  clip = getattr(config, "clip_norm", 0.0)
+  return (f"(Flags: --optimizer={config.optimizer} --learning_rate={lr} "
+          f"--clip_norm={clip}; --skip_nonfinite_updates skips such steps.)")
+
+
+def eval_only_stats(tracker, fit_config, data, batch_plan, stateful: bool,
+                    reset_every: int, step: int) -> train_lib.FitStats:
+  """--eval_only's stats: no training, the checkpoint's selection record
+  and whether patience had ended its run before --epochs."""
+  if tracker is None:
+    return train_lib.FitStats()
+  spe = train_lib.make_schedule(data, fit_config, batch_plan, stateful,
+                                reset_every).steps_per_epoch
+  stopped = (tracker.exhausted(fit_config.patience) and
+             step < spe * fit_config.epochs)
+  return train_lib.FitStats(selection=tracker.to_json(), stopped_early=stopped,
+                            stopped_epoch=tracker.last_epoch if stopped
+                            else None)
+
+
+def make_tx(config, fit_config: train_lib.FitConfig, data, batch_plan,
+            stateful: bool, reset_every: int):
+  """The optimizer of the flags: --optimizer, --learning_rate, --clip_norm,
+  --lr_schedule (warmup_decay decays over all the run's steps)."""
+  schedule = getattr(config, "lr_schedule", "constant")
+  total = 0
+  if schedule == "warmup_decay":
+    total = train_lib.make_schedule(data, fit_config, batch_plan, stateful,
+                                    reset_every).steps_per_epoch
+    total *= fit_config.epochs
+  return train_lib.make_optimizer(
+      config.optimizer, config.learning_rate, schedule=schedule,
+      clip_norm=getattr(config, "clip_norm", 0.0),
+      warmup_steps=getattr(config, "warmup_steps", 0), total_steps=total)
 
 
 def open_logs(workdir: str, step: int, config) -> train_lib.MetricsLog:

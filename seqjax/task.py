@@ -10,7 +10,9 @@ A task is data + a model + a loss + an evaluation. It subclasses ``Task``:
 * ``setup(config, workdir) -> Setup``: the training data, the model, its loss
   and what a checkpoint must match (``model_config``);
 * ``evaluate(config, setup, state) -> dict``: the trained model's results
-  (printed as the task likes; the dict goes into results.json).
+  (printed as the task likes; the dict goes into results.json). With
+  ``Setup.select_metric`` and ``--keep_best`` (its default then), ``state``
+  is the best epoch's, not the latest.
 
 ``seqjax.runner.run(task, config)`` does the rest, the same for every task:
 checks, workdir, initialisation, summary, train or resume, results.json
@@ -44,6 +46,12 @@ class Setup:
   initial_carry: Any = None        # stateful training (seqjax.train.fit)
   reset_every: int = 0
   epoch_end: Optional[Callable] = None   # (state, epoch) -> dict to log
+  # Model selection: the key of epoch_end's dict that picks the best epoch
+  # (a held-out metric, e.g. "dev_chrf"), and whether higher is better. With
+  # it the runner keeps the best epoch's checkpoint (--keep_best) and
+  # evaluate() gets that state; --patience and --lr_schedule=plateau use it.
+  select_metric: Optional[str] = None
+  select_maximize: bool = True
   # Files beside the checkpoint (vocabularies): save_files(workdir) runs once
   # the workdir exists and its checkpoint, if any, matches model_config.
   save_files: Optional[Callable[[str], None]] = None

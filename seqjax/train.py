@@ -40,7 +40,8 @@ from seqjax import metrics as metrics_lib
 from seqjax import progress as progress_lib
 from seqjax import stateful as stateful_lib
 from seqjax import sharding as sharding_lib
-from seqjax.errors import SeqjaxError
+from seqjax.errors import ParameterError, SeqjaxError
+from seqjax import selection as selection_lib
 from seqjax import reliability
 
 TrainState = train_state.TrainState
@@ -59,17 +60,104 @@ NONFINITE_MODES = ("ignore", "stop", "skip")
 DEFAULT_LEARNING_RATES = {"adam": 1e-3, "rmsprop": 1e-3, "sgd": 1e-2}
 
 
-def make_optimizer(name: str, learning_rate: Optional[float] = None
+# constant: the optimizer's own fixed rate (the plain optax transformation);
+# plateau: cut by a factor when the select metric stalls (set from the host
+# at epoch ends); warmup_decay: linear warmup, then cosine decay to 0 at the
+# end of training (``warmup_cosine``).
+LR_SCHEDULES = ("constant", "plateau", "warmup_decay")
+
+
+def make_optimizer(name: str, learning_rate: Optional[float] = None, *,
+                   schedule: str = "constant", clip_norm: float = 0.0,
+                   warmup_steps: int = 0, total_steps: int = 0
                    ) -> optax.GradientTransformation:
-  """adam / rmsprop / sgd with Keras' defaults (epsilon 1e-7, rho 0.9)."""
+  """adam / rmsprop / sgd with Keras' defaults (epsilon 1e-7, rho 0.9).
+
+  ``clip_norm`` > 0: gradients are clipped to that global norm first
+  (``optax.clip_by_global_norm``). A ``schedule`` other than "constant"
+  (``LR_SCHEDULES``) wraps the optimizer in ``optax.inject_hyperparams``, so
+  the learning rate is part of the optimizer state: checkpointed, read by
+  ``learning_rate_of`` and set by ``with_learning_rate`` without a compile.
+  "warmup_decay" needs ``total_steps`` (the steps of the whole run). The
+  defaults give the plain optax optimizer, state and numbers unchanged.
+  """
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+  if schedule not in LR_SCHEDULES:
+    raise ParameterError("schedule", schedule,
+                         f"expected one of {', '.join(LR_SCHEDULES)}")
+  if not clip_norm >= 0:
+    raise ParameterError("clip_norm", clip_norm, "must be >= 0")
   lr = DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
+
+  def build(learning_rate):
+    tx = _base_optimizer(name, learning_rate)
+    if clip_norm > 0:
+      return optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+    return tx
+
+  if schedule == "constant":
+    return build(lr)
+  if schedule == "warmup_decay":
+    if total_steps < 1:
+      raise ParameterError("total_steps", total_steps,
+                           "warmup_decay needs the run's steps (>= 1)")
+    lr = warmup_cosine(lr, warmup_steps, total_steps)
+  return optax.inject_hyperparams(build)(learning_rate=lr)
+
+
+def _base_optimizer(name: str, lr) -> optax.GradientTransformation:
   if name == "adam":
     return optax.adam(lr, eps=1e-7)
   if name == "rmsprop":
     return optax.rmsprop(lr, decay=0.9, eps=1e-7, eps_in_sqrt=False)
   return optax.sgd(lr)
+
+
+def warmup_cosine(peak: float, warmup_steps: int, total_steps: int):
+  """-> ``lr(count)``: ``peak * (count + 1) / warmup_steps`` for the first
+  ``warmup_steps`` updates (the first update already learns), then a cosine
+  from ``peak`` down to 0 at ``total_steps`` (the last update's rate is just
+  above 0)."""
+  decay_steps = max(1, total_steps - warmup_steps)
+
+  def lr(count):
+    count = jnp.asarray(count, jnp.float32)
+    warm = peak * (count + 1) / max(1, warmup_steps)
+    progress = jnp.clip((count - warmup_steps) / decay_steps, 0.0, 1.0)
+    decay = 0.5 * peak * (1 + jnp.cos(jnp.pi * progress))
+    return jnp.where(count < warmup_steps, warm, decay)
+
+  return lr
+
+
+def learning_rate_of(opt_state) -> Optional[jax.Array]:
+  """The learning rate an ``inject_hyperparams`` optimizer state holds (the
+  rate of its last update; a schedule's next value is computed at the next
+  update), or None for a plain optimizer."""
+  hyperparams = getattr(opt_state, "hyperparams", None)
+  if isinstance(hyperparams, dict):
+    return hyperparams.get("learning_rate")
+  return None
+
+
+def with_learning_rate(state: TrainState, value: float) -> TrainState:
+  """``state`` with the learning rate of its optimizer set to ``value``: a
+  new leaf of the same dtype and placement, so the train step does not
+  compile again. The optimizer must come from ``make_optimizer(schedule=
+  "plateau")``."""
+  old = learning_rate_of(state.opt_state)
+  if old is None:
+    raise ValueError("the optimizer state holds no learning rate; use "
+                     "make_optimizer(schedule='plateau')")
+  # Same dtype (not weakly typed) and same commitment: jit would compile
+  # again for either difference.
+  new = jnp.asarray(value, old.dtype)
+  if old.committed:
+    new = jax.device_put(new, old.sharding)
+  hyperparams = {**state.opt_state.hyperparams, "learning_rate": new}
+  return state.replace(opt_state=state.opt_state._replace(
+      hyperparams=hyperparams))
 
 
 def create_train_state(model, params, tx) -> TrainState:
@@ -540,6 +628,19 @@ class FitConfig:
   # "log": a log line per metrics row; "bar": a live bar per epoch on stdout
   # (seqjax.progress) instead; "none": neither.
   progress: str = "log"
+  # Model selection (seqjax.selection): the key of epoch_end_fn's dict that
+  # selects, and whether higher is better. With it, each epoch's value is
+  # tracked and saved with the checkpoints; fit(best_checkpoint=) keeps the
+  # best epoch's state.
+  select_metric: Optional[str] = None
+  select_maximize: bool = True
+  patience: int = 0                 # stop after so many epochs without a gain
+  # "plateau": multiply the learning rate (in the optimizer state, see
+  # make_optimizer) by lr_decay_factor after lr_patience epochs without a
+  # gain; other schedules live in the optimizer alone.
+  lr_schedule: str = "constant"
+  lr_patience: int = 2
+  lr_decay_factor: float = 0.5
 
 
 @dataclasses.dataclass
@@ -554,6 +655,11 @@ class FitStats:
   final_carry: Any = None          # stateful fit: the carry after the last step
   nonfinite_skipped: int = 0        # steps skipped (FitConfig.nonfinite="skip")
   interrupted: bool = False         # should_stop() ended the run early
+  # Model selection: the tracker's record (Tracker.to_json) after the last
+  # epoch, and whether patience ended the run (after epoch stopped_epoch).
+  selection: Optional[dict] = None
+  stopped_early: bool = False
+  stopped_epoch: Optional[int] = None
 
   def samples_per_second(self, batch_size: int) -> float:
     if self.steady_steps and self.steady_seconds > 0:
@@ -682,8 +788,11 @@ class _Loop:
   are not yet read (``unchecked``), and the periodic actions on them."""
 
   def __init__(self, state, carry, config, spe, checkpointer, metrics_log,
-               clock, mesh):
+               clock, mesh, tracker=None, best_checkpoint=None):
     self.state, self.carry, self.config, self.spe = state, carry, config, spe
+    # Model selection: the tracker's record goes into every checkpoint; the
+    # best epoch's state into best_checkpoint (see seqjax.selection).
+    self.tracker, self.best_checkpoint = tracker, best_checkpoint
     self.total = spe * config.epochs
     self.step = self.step_start = int(state.step)
     self.checkpointer, self.metrics_log = checkpointer, metrics_log
@@ -762,7 +871,8 @@ class _Loop:
   def log(self, **fields):
     now, step, total = time.perf_counter(), self.step, self.total
     rate = (step - self.step_log) / max(now - self.t_log, 1e-9)
-    lr = self.config.log_learning_rate
+    lr = learning_rate_of(self.state.opt_state)  # the optimizer's own, if any
+    lr = self.config.log_learning_rate if lr is None else lr
     if lr is not None:
       fields["learning_rate"] = float(lr(step) if callable(lr) else lr)
     row = self.write_row(self.pending, steps_per_s=rate,
@@ -780,15 +890,61 @@ class _Loop:
 
   def save(self):
     if self.checkpointer is not None:
-      self.checkpointer.save(self.state, carry=_carry_of(self.carry))
+      self.checkpointer.save(self.state, carry=_carry_of(self.carry),
+                             **self._selection_kwargs())
       self.t_ckpt = self.clock()
 
-  def evaluate(self, epoch_end_fn):
-    extra = epoch_end_fn(self.state, self.step // self.spe)
-    if extra and self.metrics_log:
-      self.metrics_log.write({"step": self.step, "epoch": self.step // self.spe,
+  def _selection_kwargs(self) -> dict:
+    # Only a run that selects saves a record: others' checkpoints unchanged.
+    return ({} if self.tracker is None else
+            {"selection": self.tracker.to_json()})
+
+  def evaluate(self, epoch_end_fn) -> tuple[bool, bool]:
+    """Runs ``epoch_end_fn``, then the selection on its metrics; logs both.
+    -> (the metric improved, patience is exhausted)."""
+    epoch = self.step // self.spe
+    extra = dict(epoch_end_fn(self.state, epoch) or {})
+    improved, stop, fields = self.select(extra, epoch)
+    if (extra or fields) and self.metrics_log:
+      self.metrics_log.write({"step": self.step, "epoch": epoch,
                               "eval": True, "wall_s": time.perf_counter() -
-                              self.t_start, "time": time.time(), **extra})
+                              self.t_start, "time": time.time(), **extra,
+                              **fields})
+    return improved, stop
+
+  def select(self, extra: dict, epoch: int) -> tuple[bool, bool, dict]:
+    """The tracker's update after ``epoch``, and the plateau schedule's cut:
+    -> (improved, stop, fields for the metrics row)."""
+    if self.tracker is None:
+      return False, False, {}
+    cfg, tracker = self.config, self.tracker
+    improved = tracker.update(extra, self.step, epoch)
+    fields = {"improved": improved, "epochs_since_best": tracker.bad_epochs}
+    if (not improved and cfg.lr_schedule == "plateau" and
+        tracker.plateau_due(cfg.lr_patience)):
+      lr = float(learning_rate_of(self.state.opt_state)) * cfg.lr_decay_factor
+      self.state = with_learning_rate(self.state, lr)
+      tracker.cut()
+      logging.info("%s has not improved for %d epoch(s): learning rate now "
+                   "%.4g.", tracker.metric, cfg.lr_patience, lr)
+    lr = learning_rate_of(self.state.opt_state)
+    if lr is not None:
+      fields["learning_rate"] = float(lr)
+    return improved, tracker.exhausted(cfg.patience), fields
+
+  def save_best(self):
+    """The state of the best epoch so far, beside the latest ones."""
+    if self.best_checkpoint is not None:
+      self.best_checkpoint.save(self.state, self.tracker)
+
+  def stop_early(self):
+    tracker = self.tracker
+    self.stats.stopped_early = True
+    self.stats.stopped_epoch = tracker.last_epoch
+    logging.info("Early stop after epoch %d: %s has not improved for %d "
+                 "epochs (best %s at epoch %s).", tracker.last_epoch,
+                 tracker.metric, tracker.bad_epochs, tracker.best,
+                 tracker.best_epoch)
 
   def interrupt(self):
     """``should_stop()``: logs the steps since the last row, saves, stops."""
@@ -833,6 +989,8 @@ class _Loop:
     if self.stats.steps_run > 0 and self.stats.steady_steps:
       self.stats.steady_seconds = end - self.t_steady
     self.stats.final_carry = _carry_of(self.carry)
+    if self.tracker is not None:
+      self.stats.selection = self.tracker.to_json()
 
 
 def _carry_of(carry):
@@ -847,6 +1005,8 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
         mesh=None, should_stop: Optional[Callable[[], bool]] = None,
         batch_plan: Optional[BucketPlan] = None,
         clock: Callable[[], float] = time.monotonic,
+        selection: Optional[selection_lib.Tracker] = None,
+        best_checkpoint=None,
         ) -> tuple[TrainState, FitStats]:
   """Trains ``state`` from its current step to ``epochs`` full epochs.
 
@@ -875,20 +1035,39 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
   its devices. With ``batch_plan`` (a ``BucketPlan``), ``data`` is a list of
   such dicts (length buckets, each with its own shapes): the step compiles
   once per dataset, all before the first step (in first_call_seconds).
+
+  Model selection, with ``config.select_metric`` (a key of
+  ``epoch_end_fn``'s dict): after each epoch a ``selection.Tracker``
+  (``selection``, e.g. restored with a checkpoint; default a fresh one) reads
+  the metric, and its record is saved with every checkpoint. Then, with
+  ``best_checkpoint`` (``seqjax.checkpoint.BestCheckpoint``), an epoch that
+  improved is saved there too; ``config.patience`` > 0 stops after that many
+  epochs in a row without a gain (``stats.stopped_early``), a run resumed
+  after such a stop at once; ``lr_schedule="plateau"`` multiplies the
+  learning rate in the optimizer state by ``lr_decay_factor`` after
+  ``lr_patience`` epochs without a gain. At an epoch end the evaluation and
+  the selection come first, then the checkpoint, which so holds both.
   """
+  tracker = _tracker(state, config, selection, best_checkpoint)
   stateful = initial_carry is not None
   schedule = make_schedule(data, config, batch_plan, stateful, reset_every)
   spe = schedule.steps_per_epoch
+  if tracker is not None and tracker.exhausted(config.patience):
+    logging.info("Stopped early after epoch %d (%s had not improved for %d "
+                 "epochs); nothing to train.", tracker.last_epoch,
+                 tracker.metric, tracker.bad_epochs)
+    return state, FitStats(selection=tracker.to_json(), stopped_early=True,
+                           stopped_epoch=tracker.last_epoch)
   if int(state.step) >= spe * config.epochs:
     logging.info("Checkpoint at step %d already covers %d epoch(s); nothing "
                  "to train.", int(state.step), config.epochs)
-    return state, FitStats()
+    return state, FitStats(selection=tracker and tracker.to_json())
   train_call = multi_step or make_multi_step(loss_fn, config.nonfinite, mesh)
   carry = (StreamCarry(initial_carry if carry is None else carry,
                        initial_carry) if stateful else ())
   state, data = _place(state, data, mesh, config.batch_size, stateful)
   loop = _Loop(state, carry, config, spe, checkpointer, metrics_log, clock,
-               mesh)
+               mesh, tracker, best_checkpoint)
   feed = _Feed(schedule, config.seed, max(1, config.steps_per_call), mesh)
   logging.info("Training %d steps (%d per epoch, batch %d) from step %d.",
                loop.total, spe, config.batch_size, loop.step)
@@ -906,10 +1085,16 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
     row = loop.log() if log else {}
     if bar is not None:  # the loss only where the host has it: log rows
       bar.update(loop.step, row.get("loss"))
-    if ckpt:
-      loop.save()
+    improved = stop = False
     if epoch_end and epoch_end_fn is not None:
-      loop.evaluate(epoch_end_fn)
+      improved, stop = loop.evaluate(epoch_end_fn)
+    if ckpt:
+      loop.save()  # after the selection: the record and the LR it set
+    if improved:
+      loop.save_best()
+    if stop and loop.step < loop.total:
+      loop.stop_early()
+      break
     if should_stop is not None and loop.step < loop.total and should_stop():
       loop.interrupt()
       break
@@ -918,6 +1103,32 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
     bar.close()
   loop.stats.compiles = compiles_of(train_call)  # its compiles so far
   return loop.state, loop.stats
+
+
+def _tracker(state, config: FitConfig, selection, best_checkpoint):
+  """The run's selection tracker (None without ``select_metric``); refuses
+  the selection features without one."""
+  if config.lr_schedule not in LR_SCHEDULES:
+    raise ParameterError("lr_schedule", config.lr_schedule,
+                         f"expected one of {', '.join(LR_SCHEDULES)}")
+  if config.patience < 0:
+    raise ParameterError("patience", config.patience, "must be >= 0")
+  if config.select_metric is None:
+    wanted = [name for name, on in (
+        ("patience", config.patience > 0),
+        ("lr_schedule", config.lr_schedule == "plateau"),
+        ("best_checkpoint", best_checkpoint is not None)) if on]
+    if wanted:
+      raise ValueError(f"{', '.join(wanted)}: model selection needs "
+                       "FitConfig.select_metric")
+    return None
+  if (config.lr_schedule == "plateau" and
+      learning_rate_of(state.opt_state) is None):
+    raise ValueError("lr_schedule='plateau' needs the learning rate in the "
+                     "optimizer state: make_optimizer(schedule='plateau')")
+  if selection is not None:
+    return selection
+  return selection_lib.Tracker(config.select_metric, config.select_maximize)
 
 
 def _place(state, data, mesh, batch_size, stateful):

@@ -65,24 +65,33 @@ def test_small_run_writes_results_resumes_and_refuses_another_model(
   flags = dict(ONE_DIGIT, epochs=3, n_examples=4, model="encoder_decoder")
   results = addition.run(addition.AdditionConfig(workdir=str(tmp_path), **flags))
   out = capsys.readouterr().out
-  _check_printed_examples(out, epochs=3, n_examples=4)
-  assert len(re.findall(r"^Epoch \d: held-out exact match", out, re.M)) == 3
+  # Four asked for, the 2 dev questions shown.
+  _check_printed_examples(out, epochs=3, n_examples=2)
+  assert len(re.findall(r"^Epoch \d: dev exact match", out, re.M)) == 3
   saved = json.load(open(tmp_path / "results.json"))
-  for key in ("val_accuracy", "train_accuracy", "history",
-              "first_epoch_at_target", "train_seconds", "n_params", "flags"):
+  for key in ("test_exact_match", "dev_exact_match", "train_accuracy",
+              "history", "first_epoch_at_target", "train_seconds", "n_params",
+              "flags", "selected_step", "selected_epoch", "select_value"):
     assert key in saved
-  assert saved["n_train"] == 50 and saved["n_val"] == 5
+  assert (saved["n_train"], saved["n_dev"], saved["n_test"]) == (50, 2, 3)
   assert saved["step"] == 3 * (50 // 5) and saved["train_compiles"] == 1
   assert [h["epoch"] for h in saved["history"]] == [1, 2, 3]
-  assert saved["val_accuracy"] == saved["history"][-1]["val_accuracy"]
+  # The handed-back model is the first epoch with the best dev exact match.
+  dev = [h["dev_exact_match"] for h in saved["history"]]
+  best = saved["history"][dev.index(max(dev))]
+  assert (saved["selected_epoch"], saved["selected_step"]) == (
+      best["epoch"], best["step"])
+  assert saved["dev_exact_match"] == saved["select_value"] == max(dev)
+  assert saved["select_metric"] == "dev_exact_match"
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert sum(r.get("eval", False) for r in rows) == 3
 
   # Same workdir: resumes at the end, trains nothing, same held-out numbers.
   again = addition.run(addition.AdditionConfig(workdir=str(tmp_path), **flags))
   assert again["step"] == 30 and again["history"] == []
-  assert again["val_accuracy"] == results["val_accuracy"]
-  assert again["train_accuracy"] == results["train_accuracy"]
+  for key in ("test_exact_match", "dev_exact_match", "train_accuracy",
+              "selected_step"):
+    assert again[key] == results[key], key
 
   # The other model (or other data) on this workdir is refused, untouched.
   ckpts = sorted(os.listdir(tmp_path / "checkpoints"))
@@ -103,7 +112,7 @@ def test_small_run_writes_results_resumes_and_refuses_another_model(
     ({"digits": 19}, "--digits"),
     ({"digits": 1, "training_size": 56}, "--training_size=56 exceeds the 55"),
     ({"digits": 2, "training_size": 5051}, "--training_size=5051 exceeds"),
-    ({"training_size": 9}, "--training_size must be >= 10"),
+    ({"training_size": 19}, "--training_size must be >= 20"),
     ({"training_size": 100, "batch_size": 91}, "--batch_size=91"),
     ({"hidden_size": 0}, "--hidden_size"),
     ({"model": "attention"}, "--model"),
@@ -124,7 +133,7 @@ def test_defaults_are_the_keras_example():
   assert (cfg.digits, cfg.reverse, cfg.training_size, cfg.batch_size,
           cfg.hidden_size, cfg.model) == (3, True, 50_000, 32, 128,
                                           "repeat_vector")
-  assert (cfg.n_train, cfg.n_val) == (45_000, 5_000)
+  assert (cfg.n_train, cfg.n_dev, cfg.n_test) == (45_000, 2_500, 2_500)
   assert cfg.validate() == []
 
 

@@ -115,7 +115,7 @@ def test_tasks_register_explicitly_and_rank_by_their_metric():
   assert {"reverse", "echo", "addition", "translate", "sort"} <= set(
       task_lib.known())
   from experiments import addition
-  assert task_lib.get("addition").metric == "val_accuracy"
+  assert task_lib.get("addition").metric == "dev_exact_match"
   assert task_lib.get("addition") is addition.TASK
 
 
