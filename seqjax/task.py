@@ -56,10 +56,6 @@ class Setup:
   # the workdir exists and its checkpoint, if any, matches model_config.
   save_files: Optional[Callable[[str], None]] = None
   data: Any = None                 # anything else evaluate() needs
-  # Model selection: the epoch_end key (on a held-out set that is not the
-  # reported test set) by which a model is chosen; None: none declared.
-  select_metric: Optional[str] = None
-  select_maximize: bool = True
 
 
 class Task:
