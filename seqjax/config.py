@@ -154,6 +154,11 @@ class TrainingConfig(Config):
   clip_norm: float = field(0.0, "Clip the gradients to this global norm "
                            "before the optimizer (0: off).", low=0,
                            high=10**9)
+  train_minutes: float = field(
+      0.0, "A training time budget (this process's, compiles and epoch-end "
+      "evaluations included): stop after the last epoch that the previous "
+      "epoch's duration says fits in it; 0: none. --epochs still bounds.",
+      low=0, high=10**7)
 
   def validate(self) -> list[str]:
     errors = super().validate()
@@ -197,6 +202,7 @@ class TrainingConfig(Config):
         checkpoint_every_secs=self.checkpoint_every_secs,
         nonfinite="skip" if self.skip_nonfinite_updates else "stop",
         patience=self.patience, lr_schedule=self.lr_schedule,
+        time_budget_secs=60.0 * self.train_minutes,
         lr_patience=self.lr_patience, lr_decay_factor=self.lr_decay_factor,
         progress=progress_lib.resolve_mode(self.progress, sys.stdout),
         log_learning_rate=(self.learning_rate if self.learning_rate is not

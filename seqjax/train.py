@@ -641,6 +641,9 @@ class FitConfig:
   lr_schedule: str = "constant"
   lr_patience: int = 2
   lr_decay_factor: float = 0.5
+  # Stop at an epoch end when another epoch as long as the last would pass
+  # this many seconds of training (0: no budget).
+  time_budget_secs: float = 0.0
 
 
 @dataclasses.dataclass
@@ -660,6 +663,7 @@ class FitStats:
   selection: Optional[dict] = None
   stopped_early: bool = False
   stopped_epoch: Optional[int] = None
+  stopped_on_budget: bool = False   # the time budget ended the run
 
   def samples_per_second(self, batch_size: int) -> float:
     if self.steady_steps and self.steady_seconds > 0:
@@ -804,6 +808,7 @@ class _Loop:
     self.t_start = self.t_log = time.perf_counter()
     self.t_first = self.t_steady = None
     self.step_log, self.t_ckpt = self.step, clock()
+    self.t_fit = self.t_epoch = clock()   # the time budget's clock
 
   def next_boundary(self) -> int:
     """The first epoch end, log, checkpoint step or the end after ``step``."""
@@ -945,6 +950,20 @@ class _Loop:
                  "epochs (best %s at epoch %s).", tracker.last_epoch,
                  tracker.metric, tracker.bad_epochs, tracker.best,
                  tracker.best_epoch)
+
+  def out_of_time(self) -> bool:
+    """At an epoch end: would one more epoch like the last pass the time
+    budget?"""
+    now = self.clock()
+    epoch_seconds, self.t_epoch = now - self.t_epoch, now
+    budget = self.config.time_budget_secs
+    if not budget or now - self.t_fit + epoch_seconds <= budget:
+      return False
+    self.stats.stopped_on_budget = True
+    logging.info("Stopping at step %d: another %.0f s epoch would pass the "
+                 "%.0f s training budget (%.0f s used).", self.step,
+                 epoch_seconds, budget, now - self.t_fit)
+    return True
 
   def interrupt(self):
     """``should_stop()``: logs the steps since the last row, saves, stops."""
@@ -1094,6 +1113,8 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
       loop.save_best()
     if stop and loop.step < loop.total:
       loop.stop_early()
+      break
+    if epoch_end and loop.step < loop.total and loop.out_of_time():
       break
     if should_stop is not None and loop.step < loop.total and should_stop():
       loop.interrupt()

@@ -374,3 +374,31 @@ def test_addition_dev_and_test_are_disjoint_and_unseen_in_training(tmp_path):
           task, setup, 0), train_lib.make_optimizer("adam")), 1)
   assert set(out) == {"dev_exact_match", "dev_token_accuracy"}
   assert decoded == ["dev"]
+
+
+def test_time_budget_stops_after_the_last_epoch_that_fits():
+  # Each epoch takes 10 s on the fake clock: with 35 s, epochs 1-3 end at
+  # 10, 20, 30 s; a fourth would end at 40 s, past the budget.
+  model, params, batch = _tiny_reverse()
+  state = train_lib.create_train_state(model, params,
+                                       train_lib.make_optimizer("adam"))
+  now = [0.0]
+
+  def epoch_end(state, epoch):
+    now[0] += 10.0
+    return {}
+  config = train_lib.FitConfig(batch_size=8, epochs=10, steps_per_call=1,
+                               time_budget_secs=35.0)
+  state, stats = train_lib.fit(state, batch, train_lib.make_seq2seq_loss(
+      model), config, epoch_end_fn=epoch_end, clock=lambda: now[0])
+  spe = train_lib.steps_per_epoch(len(batch["src"]), 8)
+  assert int(state.step) == 3 * spe and stats.stopped_on_budget
+  # Without a budget the same run trains every epoch.
+  now[0] = 0.0
+  model, params, batch = _tiny_reverse()  # the first fit donated its state
+  state = train_lib.create_train_state(model, params,
+                                       train_lib.make_optimizer("adam"))
+  state, stats = train_lib.fit(state, batch, train_lib.make_seq2seq_loss(
+      model), dataclasses.replace(config, time_budget_secs=0.0),
+      epoch_end_fn=epoch_end, clock=lambda: now[0])
+  assert int(state.step) == 10 * spe and not stats.stopped_on_budget
