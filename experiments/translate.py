@@ -160,6 +160,10 @@ class TranslateConfig(config_lib.TrainingConfig):
                          below=1.0)
   label_smoothing: float = field(0.0, "Label smoothing of the training loss.",
                                  low=0.0, below=1.0)
+  bucket_by: str = field("target", "Order of the pairs the buckets cut: "
+                         "target (by target length) or both (by each pair's "
+                         "work, source and target: less source padding).",
+                         choices=vocab_lib.BUCKET_BY)
   num_buckets: int = field(4, "Length buckets of the training pairs (1: pad "
                            "all to the longest, as Keras).", low=1,
                            high=limits.MAX_LENGTH)
@@ -419,7 +423,7 @@ def prepare_data(config: TranslateConfig,
         resolve_data_path(config.data_path), num_samples=num_samples(config),
         validation_split=config.validation_split, strict=config.strict,
         level=config.level, batch_size=config.batch_size,
-        num_buckets=config.num_buckets,
+        num_buckets=config.num_buckets, bucket_by=config.bucket_by,
         target_cost=functools.partial(data_lib.target_step_cost, config.cell,
                                       config.latent_dim),
         max_decode_len=max_decode_len, vocabs=vocabs, split=config.split,

@@ -175,8 +175,9 @@ def test_length_buckets_cover_every_row_once():
   assert len(vocab_lib.length_buckets(skewed, skewed, 4, min_size=64)) == 1
 
 
+@pytest.mark.parametrize("by", vocab_lib.BUCKET_BY)
 @pytest.mark.parametrize("seed", range(6))
-def test_length_buckets_minimize_padded_work_like_brute_force(seed):
+def test_length_buckets_minimize_padded_work_like_brute_force(seed, by):
   rng = np.random.default_rng(seed)
   n = int(rng.integers(20, 80))
   tgt = rng.integers(1, 9, n)
@@ -186,18 +187,20 @@ def test_length_buckets_minimize_padded_work_like_brute_force(seed):
   def work(groups):
     return sum(len(g) * (src[g].max() + target_cost * tgt[g].max())
                for g in groups)
-  # Every split of the sorted distinct lengths into <= num_buckets runs.
-  values = np.unique(tgt)
+  # Every split of the sorted distinct keys into <= num_buckets runs: the
+  # target lengths, or each pair's work.
+  key = tgt if by == "target" else src + target_cost * tgt
+  values = np.unique(key)
   best = np.inf
   for cuts in range(num_buckets):
     for chosen in itertools.combinations(range(1, len(values)), cuts):
       edges = [0, *chosen, len(values)]
-      groups = [np.flatnonzero(np.isin(tgt, values[a:b]))
+      groups = [np.flatnonzero(np.isin(key, values[a:b]))
                 for a, b in zip(edges[:-1], edges[1:])]
       if all(len(g) >= min_size for g in groups):
         best = min(best, work(groups))
   buckets = vocab_lib.length_buckets(src, tgt, num_buckets, min_size,
-                                     target_cost)
+                                     target_cost, by)
   assert len(buckets) <= num_buckets
   assert work([r for r, _, _ in buckets]) == pytest.approx(best)
   rows = np.concatenate([r for r, _, _ in buckets])

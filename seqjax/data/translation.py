@@ -142,14 +142,15 @@ def target_step_cost(cell: str, units: int, tgt_vocab_size: int) -> float:
 
 
 def bucketize(train: dict[str, np.ndarray], num_buckets: int,
-              batch_size: int, target_cost: float = 1.0
+              batch_size: int, target_cost: float = 1.0,
+              bucket_by: str = "target"
               ) -> list[dict[str, np.ndarray]]:
   """``train``'s rows in at most ``num_buckets`` length buckets (each at
   least a batch), each cut to its own longest source and target; the
   limits minimize the padded work (``vocab.length_buckets``)."""
   buckets = []
   for rows, src_w, tgt_w in vocab_lib.length_buckets(
-      train["src_len"], train["target_len"], num_buckets,
+      train["src_len"], train["target_len"], num_buckets, by=bucket_by,
       min_size=batch_size, target_cost=target_cost):
     bucket = {k: v[rows] for k, v in train.items()}
     for k in ("src", "src_mask"):
@@ -188,6 +189,7 @@ def tail_held_out(val: dict, val_pairs: list) -> HeldOut:
 
 def prepare(path: str, *, num_samples: int, validation_split: float,
             strict: bool, level: str, batch_size: int, num_buckets: int,
+            bucket_by: str = "target",
             target_cost: Union[float, Callable[[int], float]] = 1.0,
             max_decode_len: int = 0,
             vocabs: Optional[tuple[Vocab, Vocab]] = None,
@@ -229,7 +231,8 @@ def prepare(path: str, *, num_samples: int, validation_split: float,
   if callable(target_cost):
     target_cost = target_cost(len(tgt_vocab))
   train = encode_pairs(src_vocab, tgt_vocab, train_pairs)
-  buckets = bucketize(train, num_buckets, batch_size, target_cost)
+  buckets = bucketize(train, num_buckets, batch_size, target_cost,
+                      bucket_by)
   if split == "random":
     val = None
     held_out = {name: encode_held_out(name, groups, src_vocab, tgt_vocab)

@@ -145,11 +145,18 @@ def encode_targets(vocab: Vocab, texts: Sequence[str],
           "target_len": lengths}
 
 
+BUCKET_BY = ("target", "both")
+
+
 def length_buckets(src_len: np.ndarray, tgt_len: np.ndarray,
                    num_buckets: int, min_size: int = 1,
-                   target_cost: float = 1.0
+                   target_cost: float = 1.0, by: str = "target"
                    ) -> list[tuple[np.ndarray, int, int]]:
   """Groups examples by target length into at most ``num_buckets`` buckets.
+
+  ``by="both"`` orders the examples by their own work (source length +
+  ``target_cost`` x target length) instead of their target length, so a
+  bucket's long sources are not padded into its short ones' rows.
 
   -> [(row indices, source width, target width)], shortest first. Each
   bucket pads to its own longest source and target, so there are at most
@@ -165,11 +172,17 @@ def length_buckets(src_len: np.ndarray, tgt_len: np.ndarray,
   src_len = np.asarray(src_len)
   if num_buckets < 1:
     raise ValueError(f"num_buckets must be positive; got {num_buckets}")
-  values, inverse = np.unique(tgt_len, return_inverse=True)
+  if by not in BUCKET_BY:
+    raise ValueError(f"unknown bucket order {by!r}; expected one of "
+                     f"{BUCKET_BY}")
+  key = tgt_len if by == "target" else src_len + target_cost * tgt_len
+  values, inverse = np.unique(key, return_inverse=True)
   k = len(values)
   rows_v = np.bincount(inverse, minlength=k)
   src_max_v = np.zeros(k, np.int64)
   np.maximum.at(src_max_v, inverse, src_len)
+  tgt_max_v = np.zeros(k, np.int64)
+  np.maximum.at(tgt_max_v, inverse, tgt_len)
   rows_cum = np.concatenate([[0], np.cumsum(rows_v)])
 
   # work[i, j]: one bucket of the lengths values[i:j] (inf if too small).
@@ -177,7 +190,8 @@ def length_buckets(src_len: np.ndarray, tgt_len: np.ndarray,
   for i in range(k):
     src_w = np.maximum.accumulate(src_max_v[i:])
     rows = rows_cum[i + 1:] - rows_cum[i]
-    w = rows * (src_w + target_cost * values[i:])
+    tgt_w = np.maximum.accumulate(tgt_max_v[i:])
+    w = rows * (src_w + target_cost * tgt_w)
     work[i, i + 1:] = np.where(rows >= min_size, w, np.inf)
   # best[b, j]: least work for values[:j] in b buckets; cut: where the last
   # one starts. More buckets than distinct lengths cannot help.
