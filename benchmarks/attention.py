@@ -61,7 +61,9 @@ class Settings:
   learning_rate: float = 2e-3  # Adam
   batch_size: int = 64
   num_buckets: int = 4
-  train_samples: int = 0      # 0: the whole training split
+  # 0: the whole training split; else its first N pairs (cmn.txt is sorted
+  # by length: the shortest ones).
+  train_samples: int = 0
   ceiling_n: int = 2048
   seed: int = 0
 
