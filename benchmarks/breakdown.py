@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -209,4 +210,6 @@ def run(config: BreakdownConfig) -> dict:
 
 if __name__ == "__main__":
   from experiments import common
-  common.main(BreakdownConfig, run)
+  # common.main takes a task-like object: its name, config class and run.
+  common.main(types.SimpleNamespace(name="benchmarks.breakdown",
+                                    config_cls=BreakdownConfig, run=run))

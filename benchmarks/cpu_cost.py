@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -92,4 +93,6 @@ def run(config: CpuCostConfig) -> dict:
 
 if __name__ == "__main__":
   from experiments import common
-  common.main(CpuCostConfig, run)
+  # common.main takes a task-like object: its name, config class and run.
+  common.main(types.SimpleNamespace(name="benchmarks.cpu_cost",
+                                    config_cls=CpuCostConfig, run=run))

@@ -10,7 +10,10 @@ A workload is a module registered in ``benchmarks.run.WORKLOADS`` (see
 * ``Workload(settings)`` with ``s`` (the settings), ``targets`` and
   ``first_step_max_s`` (what to reach), ``train_flops_per_sample``,
   ``loop_n``, ``ceiling_n``, ``frameworks()``, ``decode_sources()`` and
-  ``runner(framework)``, built identically in every worker process.
+  ``runner(framework)``, built identically in every worker process;
+  optionally ``measures_decoding = False`` (a training-only workload: no
+  decoder is warmed up or timed, and the runners need no decoders) and
+  ``compare_checks(results) -> lines`` (see ``checks`` below).
 
 A runner measures one framework:
 
@@ -23,7 +26,9 @@ A runner measures one framework:
   held-out sources in batches / one at a time (warmed up before timing);
   ``extra_decoders()`` may name more one-at-a-time variants;
 * ``ceiling_gflops(n)``: a float32 (n, n) @ (n, n) matmul, that framework's;
-* ``versions()`` and ``notes``.
+* ``versions()`` and ``notes``; optionally ``checks``, a dict of facts to
+  compare across frameworks (parameter counts, a first loss), kept as each
+  framework's ``checks`` in the results.
 
 Each framework runs in its own worker process (so no thread pool or compile
 cache is shared, and a framework is idle while another is measured); the
@@ -273,7 +278,8 @@ class _Ops:
 
   def __init__(self, workload, runner):
     self.w, self.r = workload, runner
-    self.src = workload.decode_sources()
+    self.decodes = measures_decoding(workload)
+    self.src = workload.decode_sources() if self.decodes else []
     self.loop_src = self.src[:workload.loop_n]
 
   def _extras(self):
@@ -281,9 +287,12 @@ class _Ops:
 
   def info(self) -> dict:
     return {"versions": self.r.versions(),
-            "notes": list(getattr(self.r, "notes", []) or [])}
+            "notes": list(getattr(self.r, "notes", []) or []),
+            "checks": dict(getattr(self.r, "checks", {}) or {})}
 
   def warmup(self):  # compiles the decoders; not timed
+    if not self.decodes:
+      return
     self.r.decode_batched(self.src)
     self.r.decode_loop(self.loop_src[:2])
     for fn in self._extras().values():
@@ -312,6 +321,11 @@ class _Ops:
 
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SINGLE_THREAD_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+def measures_decoding(workload) -> bool:
+  """Does the workload time decoding (a training-only one does not)?"""
+  return getattr(workload, "measures_decoding", True)
 
 
 def _worker_main(conn, module_name: str, settings: dict, framework: str,
@@ -429,7 +443,9 @@ def measure(workload, frameworks: list[str], reps: int,
 
     for fw in frameworks:
       workers[fw].call("warmup")
-    n_src, n_loop = len(workload.decode_sources()), workload.loop_n
+    decodes = measures_decoding(workload)
+    n_src = len(workload.decode_sources()) if decodes else 0
+    n_loop = workload.loop_n
     for rep in range(reps):
       shift = rep % len(frameworks)
       order = frameworks[shift:] + frameworks[:shift]
@@ -440,21 +456,23 @@ def measure(workload, frameworks: list[str], reps: int,
         rate = (out["train_samples"] / out["train_seconds"]
                 if out["train_seconds"] > 0 else float("nan"))
         add(fw, "train_samples_per_s", rate)
-        quality = ", ".join(f"{k[len('decode_'):]} {v:.4f}"
-                            for k, v in out.items() if k.startswith("decode_"))
+        quality = ", ".join(
+            f"{k.removeprefix('decode_')} {v:.4f}" for k, v in out.items()
+            if k.startswith("decode_") or k == "train_loss")
         log(f"  rep {rep + 1}/{reps} {fw:8s} train {rate:9.0f} samples/s, "
             f"first step {out['first_step_s']:.2f} s, "
             f"compiles {out['train_compiles']}, {quality}")
-      for fw in order:
+      for fw in order if decodes else ():
         for key, secs in call(fw, "decode").items():
           n = n_src if key == "decode_batched_s" else n_loop
           add(fw, key[:-len("_s")] + "_seq_per_s", n / secs)
       for fw in order:
         add(fw, "ceiling_gflops", call(fw, "ceiling", workload.ceiling_n))
-      log(f"  rep {rep + 1}/{reps} decode seq/s: " + ", ".join(
-          f"{fw} batched {per_rep[fw]['decode_batched_seq_per_s'][-1]:.0f} "
-          f"loop {per_rep[fw]['decode_loop_seq_per_s'][-1]:.0f}"
-          for fw in frameworks))
+      if decodes:
+        log(f"  rep {rep + 1}/{reps} decode seq/s: " + ", ".join(
+            f"{fw} batched {per_rep[fw]['decode_batched_seq_per_s'][-1]:.0f}"
+            f" loop {per_rep[fw]['decode_loop_seq_per_s'][-1]:.0f}"
+            for fw in frameworks))
     results = {}
     for fw in frameworks:
       info = workers[fw].call("info")
@@ -468,6 +486,8 @@ def measure(workload, frameworks: list[str], reps: int,
       res["reps"] = reps_fw
       if info["notes"]:
         res["notes"] = info["notes"]
+      if info["checks"]:
+        res["checks"] = info["checks"]
       results[fw] = res
     results["seqjax"]["machine"] = workers["seqjax"].call("machine")
     return results, notes

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 
 from seqjax.errors import SeqjaxError
 from seqjax.config import field
@@ -16,7 +17,8 @@ from benchmarks.harness import KEYS
 FORMATS = {"train_samples_per_s": "{:,.0f}", "first_step_s": "{:.2f}",
            "train_compiles": "{:d}", "decode_batched_seq_per_s": "{:,.0f}",
            "decode_loop_seq_per_s": "{:,.0f}", "gflops": "{:.1f}",
-           "ceiling_gflops": "{:.0f}", "threads": "{:d}"}
+           "ceiling_gflops": "{:.0f}", "threads": "{:d}",
+           "train_loss": "{:.3f}"}
 
 
 @dataclasses.dataclass
@@ -52,7 +54,7 @@ def markdown(out: dict) -> str:
                   for fw in fws), "",
               "| median of reps | " + " | ".join(fws) + " |",
               "| --- | " + " | ".join("---:" for _ in fws) + " |"]
-    for key in KEYS + ("threads",):
+    for key in KEYS + ("threads", "train_loss"):
       if all(key in res[fw] for fw in fws):
         lines.append(f"| {key} | " + " | ".join(
             FORMATS[key].format(_as(key, res[fw][key])) for fw in fws) + " |")
@@ -61,6 +63,8 @@ def markdown(out: dict) -> str:
               "| --- | " + " | ".join("---:" for _ in fws) + " |"]
     for key in ("train_samples_per_s", "first_step_s",
                 "decode_batched_seq_per_s", "decode_loop_seq_per_s"):
+      if not any(key in res[fw]["reps"] for fw in fws):
+        continue  # a training-only workload decodes nothing
       lines.append(f"| {key} | " + " | ".join(
           _cell(key, res[fw]["reps"].get(key, [])) for fw in fws) + " |")
     extra = [k for k in res.get("seqjax", {}).get("reps", {})
@@ -71,6 +75,9 @@ def markdown(out: dict) -> str:
     lines += ["", "Ratios (each repetition's seqjax over the same "
               "repetition's best peer: their median, range and values):", ""]
     lines += [_ratio_line(row) for row in w["ratios"]]
+    if w.get("checks"):
+      lines += ["", "The same model in every framework:", ""]
+      lines += [f"- {line}" for line in w["checks"]]
     first = w["first_step_target"]
     if first.get("max_s") is not None:  # translate sets no compile target
       lines.append(f"- first_step_s: {first['seqjax_s']:.2f} s (target < "
@@ -115,4 +122,6 @@ def run(config: ReportConfig) -> str:
 
 if __name__ == "__main__":
   from experiments import common
-  common.main(ReportConfig, run)
+  # common.main takes a task-like object: its name, config class and run.
+  common.main(types.SimpleNamespace(name="benchmarks.report",
+                                    config_cls=ReportConfig, run=run))

@@ -2,6 +2,11 @@
 
   python -m benchmarks.run --workload=reverse [--peers=keras,torch]
       [--reps=3] [--json=PATH] [--single_thread]
+  python -m benchmarks.run --workload=attention --peers=torch
+
+``attention`` measures training alone (the attention translator against the
+same model in PyTorch; ``benchmarks/attention.py``): its decoding columns
+are "-".
 
 Install the peers with ``pip install -e '.[bench]'``; a peer that is not
 installed is skipped with a note. Each repetition trains every framework for
@@ -22,6 +27,7 @@ import importlib
 import importlib.util
 import sys
 import time
+import types
 
 from seqjax import runner
 from seqjax.errors import SeqjaxError
@@ -35,6 +41,12 @@ WORKLOADS = {
                   "the translate experiment (seqjax.data.translation, "
                   "experiments/translate.py) and its benchmark module "
                   "benchmarks/translate.py"),
+    "attention": ("benchmarks.attention",
+                  ("seqjax.data.translation", "experiments.translate",
+                   "seqjax.attention"),
+                  "the translate experiment's data pipeline and attention "
+                  "(seqjax.attention) and its benchmark module "
+                  "benchmarks/attention.py"),
 }
 PEER_PACKAGES = {"keras": "keras", "torch": "torch"}
 
@@ -61,9 +73,12 @@ class BenchmarkConfig:
                               "per-core speed, steadier on a loaded machine, "
                               "where PyTorch's default threads can collapse.")
   seed: int = field(0, "Seed of data and models.")
-  data_path: str = field("", "translate: the pair file (empty: "
+  data_path: str = field("", "translate, attention: the pair file (empty: "
                          "$SEQJAX_CMN_PATH, else ../shared/data/cmn-eng/"
                          "cmn.txt beside the repository).")
+  settings: str = field("", "Overrides of the workload's Settings fields, "
+                        "comma-separated name=value (e.g. attention="
+                        "bahdanau,units=128,bidirectional=false).")
 
   def peer_list(self) -> list[str]:
     return [p.strip() for p in self.peers.split(",") if p.strip()]
@@ -83,6 +98,33 @@ class BenchmarkConfig:
       if getattr(self, name) < 0:
         errors.append(f"--{name} must be >= 0; got {getattr(self, name)}")
     return errors
+
+
+def parse_settings(text: str, settings_cls) -> dict:
+  """``--settings``' "name=value,..." -> {name: value of the field's type};
+  a SeqjaxError names an unknown field or a value of the wrong type."""
+  fields = {f.name: f for f in dataclasses.fields(settings_cls)}
+  defaults = settings_cls()
+  out = {}
+  for item in filter(None, (i.strip() for i in text.split(","))):
+    name, sep, value = item.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or name not in fields or name == "seed":
+      raise SeqjaxError(f"--settings: {item!r} is not name=value of a "
+                        f"setting; settings: {', '.join(sorted(fields))} "
+                        "(the seed is --seed)")
+    kind = type(getattr(defaults, name))
+    try:
+      if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+          raise ValueError(value)
+        out[name] = value.lower() in ("true", "1")
+      else:
+        out[name] = kind(value)
+    except ValueError as e:
+      raise SeqjaxError(f"--settings: {name}={value!r} is not a "
+                        f"{kind.__name__}") from e
+  return out
 
 
 def load_workload(name: str):
@@ -129,10 +171,13 @@ def run(config: BenchmarkConfig) -> dict:
     print(f"Note: {note}")
   overrides = {n: getattr(config, n) for n in SIZE_FLAGS if getattr(config, n)}
   if config.data_path:
-    if "data_path" not in {f.name for f in dataclasses.fields(module.Settings)}:
-      raise SeqjaxError(f"--data_path does not apply to --workload="
-                        f"{config.workload}")
     overrides["data_path"] = config.data_path
+  fields = {f.name for f in dataclasses.fields(module.Settings)}
+  for name in overrides:
+    if name not in fields:
+      raise SeqjaxError(f"--{name} does not apply to --workload="
+                        f"{config.workload}")
+  overrides.update(parse_settings(config.settings, module.Settings))
   settings = module.Settings(seed=config.seed, **overrides)
   from benchmarks import harness  # imports JAX: after the flags are checked
   load_before = harness.load_average()
@@ -157,6 +202,9 @@ def run(config: BenchmarkConfig) -> dict:
   print(harness.format_table(results))
   print()
   print(harness.format_ratios(rows))
+  checks = getattr(workload, "compare_checks", lambda _: [])(results)
+  for line in checks:
+    print(line)
   if workload.first_step_max_s != float("inf"):
     print(f"{'first_step_s':26s} {first:6.3f} s (target < "
           f"{workload.first_step_max_s} s): "
@@ -172,6 +220,7 @@ def run(config: BenchmarkConfig) -> dict:
           "settings": dataclasses.asdict(settings),
           "single_thread": config.single_thread,
           "train_flops_per_sample": workload.train_flops_per_sample,
+          "checks": checks,
           "results": results,
           "ratios": rows,
           "first_step_target": {"max_s": (
@@ -200,4 +249,6 @@ def _exit_on_sigterm():
 if __name__ == "__main__":
   from experiments import common
   _exit_on_sigterm()
-  common.main(BenchmarkConfig, run)
+  # common.main takes a task-like object: its name, config class and run.
+  common.main(types.SimpleNamespace(name="benchmarks.run",
+                                    config_cls=BenchmarkConfig, run=run))

@@ -4,8 +4,12 @@ Speed itself is measured by ``python -m benchmarks.run``, never here; these
 tests check that the harness measures what it says on tiny settings.
 """
 
+import glob
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -95,8 +99,8 @@ def test_translate_says_what_it_still_needs(monkeypatch):
   assert "seqjax.data.no_such_module" in message and "reverse" in message
 
 
-def test_both_real_workloads_load():
-  for name in ("reverse", "translate"):
+def test_every_real_workload_loads():
+  for name in ("reverse", "translate", "attention"):
     module = bench_run.load_workload(name)
     assert module.NAME == name and hasattr(module, "Workload")
 
@@ -175,3 +179,25 @@ def test_torch_peer_is_the_same_model_and_trains():
   assert out["train_samples"] == 32 and out["train_compiles"] == 0
   tokens = r.decode_batched(w.decode_sources()[:5])
   np.testing.assert_array_equal(r.decode_loop(w.decode_sources()[:5]), tokens)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _binary(*args):
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_binaries_parse_their_flags_and_run():
+  # Each benchmark binary hands common.main its config and run: a bad flag
+  # is named (exit 2), and the report prints a committed run's tables.
+  bad = _binary("benchmarks.run", "--workload=sorting")
+  assert bad.returncode == 2, bad.stderr
+  assert "Bad flags" in bad.stderr and "--workload" in bad.stderr
+  run = sorted(glob.glob(os.path.join(ROOT, "benchmarks", "runs",
+                                      "*-*.json")))[0]
+  report = _binary("benchmarks.report", f"--json={run}")
+  assert report.returncode == 0, report.stderr
+  assert "| train_samples_per_s |" in report.stdout
