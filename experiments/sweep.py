@@ -21,9 +21,9 @@ again. A failing run is recorded (status ``failed`` and its error; the log
 of every attempt is in ``<run>/log.txt``) and the others go on. After every
 run, ``sweep.csv`` and ``sweep.md`` rank the runs by the task's declared
 metric (``Task.metric_for`` the runs' flags, e.g. reverse's ``accuracy``,
-addition's ``val_accuracy``, translate's ``val_chrf``, or ``dev_chrf`` with
-``--split=random``: never a test score; ``Task.maximize`` says which way is
-better), then
+addition's ``dev_exact_match``, translate's ``val_chrf``, or ``dev_chrf``
+with ``--split=random``: never a test score; ``Task.maximize`` says which
+way is better), then
 samples/s, and with matplotlib ``sweep.png`` plots that metric against training
 time. Runs go one after another (they would share the devices). The exit
 status is 1 when a run failed, 2 on bad input.
