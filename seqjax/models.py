@@ -304,8 +304,10 @@ class Seq2Seq(nn.Module):
       if self.attention == "luong":
         weights = w
       x = self._drop(att_BH)
+      # The weights stay float32 whatever the compute dtype: a loop's carry
+      # keeps its type.
       state = DecoderState(tuple(rnn), x if self._feeds() else state.feed_BH,
-                           weights, state.memory)
+                           weights.astype(jnp.float32), state.memory)
     else:
       x = self._drop(x)
       state = rnn[0] if self.decoder_layers == 1 else tuple(rnn)
