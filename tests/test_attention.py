@@ -323,6 +323,28 @@ def test_first_greedy_weights_match_numpy(attention):
   np.testing.assert_allclose(weights_BTS[:, 0], want, atol=1e-6)
 
 
+@pytest.mark.parametrize("attention", ["bahdanau", "luong"])
+def test_a_bfloat16_attention_model_decodes(attention):
+  # --dtype=bfloat16 is a shared flag: greedy decoding and free-running
+  # training of an attention model must run in it, and agree with teacher
+  # forcing on the same model.
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, attention=attention,
+                  dtype=jnp.bfloat16)
+  params = _params(model)
+  src_BS, mask_BS, _ = _data()
+  tokens_BT, weights_BTS = decode_lib.greedy_decode(
+      model, params, src_BS, max_len=DEC_T, start_id=0, stop_id=3,
+      src_mask_BS=mask_BS, return_attention=True)
+  sums_BT = np.asarray(weights_BTS).sum(-1)
+  assert np.all((np.abs(sums_BT - 1) < 1e-2) | (sums_BT == 0))
+  logits_BTV = model.apply(params, src_BS, DEC_T, 0, mask_BS, "argmax",
+                           method=Seq2Seq.free_running)
+  assert logits_BTV.shape == (len(src_BS), DEC_T, V)
+  greedy_BT = decode_lib.greedy_decode(model, params, src_BS, max_len=DEC_T,
+                                       start_id=0, src_mask_BS=mask_BS)
+  np.testing.assert_array_equal(np.argmax(logits_BTV, -1), greedy_BT)
+
+
 # ------------------------------------------------------------------ dropout
 
 DROPOUT_CONFIGS = [("none", "general", True, "lstm", (2, 2), True),
