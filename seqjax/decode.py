@@ -71,6 +71,9 @@ def greedy_decode(model: Seq2Seq, params, src_BS: Array, *, max_len: int,
   otherwise it is a ``lax.scan`` of ``max_len`` steps. Jit it (or call
   ``make_greedy_decoder``) to compile the whole loop once.
   """
+  if return_attention and getattr(model, "attention", "none") == "none":
+    raise ValueError("return_attention needs a model that attends "
+                     "(attention='none' has no weights)")
   carry = model.apply(params, src_BS, src_mask_BS,
                       method=Seq2Seq.encode_for_decoding)
   batch, src_len = src_BS.shape
