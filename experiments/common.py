@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging as std_logging
+import os
 import sys
 import typing
 
@@ -116,7 +117,11 @@ def main(task) -> None:
     except KeyboardInterrupt:
       print("Interrupted; nothing after the last checkpoint was saved. Rerun "
             "the same command to resume.", file=sys.stderr)
-      sys.exit(130)
+      # At once, as a second signal asks: an interpreter shutdown here waits
+      # on (and can crash in) the threads of a computation still running.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(130)
     except MemoryError:
       print("Error: out of host memory with these flags; lower the sizes "
             "(--batch_size, sample counts, units, vocabulary).",
