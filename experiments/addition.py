@@ -4,8 +4,9 @@ Distinct questions with up to ``--digits`` digits per operand, padded (and with
 ``--reverse``, reversed); 10% are held out, as in Keras, and split in two
 halves: dev and test. ``--model=repeat_vector`` (the example's model: LSTM
 encoder, RepeatVector, LSTM decoder, TimeDistributed Dense) or
-``--model=encoder_decoder`` (teacher forcing, greedy decoding). After each
-epoch the dev exact-match accuracy and a few dev examples are printed; the
+``--model=encoder_decoder`` (teacher forcing, greedy decoding, or beam
+search: ``--beam_size`` at the end, ``--dev_beam_size`` every epoch). After
+each epoch the dev exact-match accuracy and a few dev examples are printed; the
 epoch with the best dev exact match is kept (``--keep_best``) and is the
 model handed back, scored once on the test questions at the end (training
 never looks at them). ``<workdir>/results.json`` gets ``test_exact_match``,
@@ -37,7 +38,7 @@ MIN_TRAINING_SIZE = 2 * HELD_OUT_FRACTION
 
 
 @dataclasses.dataclass
-class AdditionConfig(config_lib.TrainingConfig):
+class AdditionConfig(config_lib.DevDecodingConfig):
   epochs: int = field(30, "Passes over the training set.", low=1,
                       high=limits.INT32_MAX)
   model: str = field("repeat_vector", "repeat_vector (the Keras example) or "
@@ -58,6 +59,12 @@ class AdditionConfig(config_lib.TrainingConfig):
   target_accuracy: float = field(0.99, "results.json records the first epoch "
                                  "whose dev exact match reaches this.",
                                  above=0, high=1)
+
+  def target_vocab(self) -> int:
+    return addition_data.TARGET_VOCAB
+
+  def decodes_stepwise(self) -> bool:
+    return self.model == "encoder_decoder"
 
   def validate(self):
     errors = super().validate()
@@ -138,14 +145,15 @@ class AdditionTask(task_lib.Task):
     held_out = setup.data
     history, step = held_out.history, int(state.step)
     seen = [h for h in history if h["step"] == step]
-    if seen:
+    if seen and config.search() == config.dev_search():
       dev, dev_tokens = seen[-1]["dev_exact_match"], seen[-1][
           "dev_token_accuracy"]
-    else:  # restored (or --eval_only): this state was not evaluated yet
+    else:  # not evaluated yet (restored, --eval_only), or by another search
       dev, dev_tokens = held_out.evaluate(state.params, "dev", step,
-                                          f"Step {step}")
+                                          f"Step {step}", final=True)
     test, test_tokens = held_out.evaluate(state.params, "test", step,
-                                          f"Step {step}", examples=False)
+                                          f"Step {step}", examples=False,
+                                          final=True)
     train_accuracy = float(metrics.exact_sequence_accuracy(
         held_out.predict(state.params, held_out.splits["train"]["src"]),
         held_out.splits["train"]["target"]))
@@ -158,6 +166,8 @@ class AdditionTask(task_lib.Task):
             "dev_token_accuracy": dev_tokens,
             "train_accuracy": train_accuracy, "n_train": config.n_train,
             "n_dev": config.n_dev, "n_test": config.n_test,
+            "decoder": config.search().describe(),
+            "dev_decoder": config.dev_search().describe(),
             "history": history,
             "first_epoch_at_target": reached[0]["epoch"] if reached else None,
             "seconds_to_target": reached[0]["wall_s"] if reached else None}
@@ -172,23 +182,30 @@ class HeldOut:
                test: dict):
     self.config = config
     self.splits = {"train": train, "dev": dev, "test": test}
-    self.predictor = decode_lib.make_token_predictor(
+    make = lambda search: decode_lib.make_token_predictor(
         model, max_len=addition_data.answer_len(config.digits),
-        start_id=addition_data.START_ID)
+        start_id=addition_data.START_ID, search=search)
+    # Every epoch's dev decoding, and the final evaluation's (the same
+    # compiled decoder when the searches are the same).
+    self.predictors = {False: make(config.dev_search())}
+    self.predictors[True] = (self.predictors[False] if config.search() ==
+                             config.dev_search() else make(config.search()))
     # One batch size for every split: one compile.
     self.batch = min(config.n_dev, 1000)
     self.history = []
     self.t_start = time.perf_counter()
 
-  def predict(self, params, src):
-    return decode_lib.decode_in_batches(self.predictor, params, src,
+  def predict(self, params, src, final: bool = False):
+    return decode_lib.decode_in_batches(self.predictors[final], params, src,
                                         batch_size=self.batch)
 
   def evaluate(self, params, split: str, step: int, label: str,
-               examples: bool = True) -> tuple[float, float]:
-    """-> (exact match, character accuracy) on ``split``, printed."""
+               examples: bool = True, final: bool = False
+               ) -> tuple[float, float]:
+    """-> (exact match, character accuracy) on ``split``, printed; decoded
+    by the final evaluation's search (``final``) or the dev one's."""
     questions = self.splits[split]
-    pred = self.predict(params, questions["src"])
+    pred = self.predict(params, questions["src"], final)
     accuracy = float(metrics.exact_sequence_accuracy(pred,
                                                      questions["target"]))
     token_accuracy = float(metrics.masked_token_accuracy(pred,

@@ -2,9 +2,10 @@
 
 Source: ``n_steps_in`` random integers in 1..n_features-1; target: the first
 ``n_steps_out`` of them reversed. A teacher-forced LSTM encoder-decoder is
-trained, then evaluated by batched greedy decoding on fresh sequences;
-``--model=repeat_vector`` trains the RepeatVector encoder-decoder instead,
-evaluated by the argmax of one forward pass.
+trained, then evaluated by batched greedy decoding on fresh sequences
+(``--beam_size=K``: beam search); ``--model=repeat_vector`` trains the
+RepeatVector encoder-decoder instead, evaluated by the argmax of one
+forward pass.
 
   python -m experiments.reverse [--n_units=128 --epochs=1 --workdir=...]
 """
@@ -27,7 +28,7 @@ from seqjax.data import reverse as reverse_data
 
 
 @dataclasses.dataclass
-class ReverseConfig(config_lib.TrainingConfig):
+class ReverseConfig(config_lib.DecodingConfig):
   n_features: int = field(51, "Cardinality: source values are 1..n_features-1"
                           " (0 is padding and the start token).", low=3,
                           high=limits.MAX_VOCAB)
@@ -47,6 +48,12 @@ class ReverseConfig(config_lib.TrainingConfig):
                      "greedy decoding) or repeat_vector (RepeatVector + "
                      "TimeDistributed, one forward pass).",
                      choices=models.MODEL_CHOICES)
+
+  def target_vocab(self) -> int:
+    return self.n_features
+
+  def decodes_stepwise(self) -> bool:
+    return self.model == "encoder_decoder"
 
   def validate(self):
     errors = super().validate()
@@ -100,7 +107,7 @@ class ReverseTask(task_lib.Task):
     fresh = generate(config, 1, config.n_eval)
     decoder = decode_lib.make_token_predictor(
         setup.model, max_len=config.n_steps_out,
-        start_id=reverse_data.START_ID)
+        start_id=reverse_data.START_ID, search=config.search())
     yhat = decode_lib.decode_in_batches(decoder, state.params, fresh["src"],
                                         batch_size=min(config.n_eval, 1000))
     accuracy = float(metrics.exact_sequence_accuracy(yhat, fresh["target"]))
@@ -109,6 +116,7 @@ class ReverseTask(task_lib.Task):
       print(f"X={fresh['src'][i].tolist()} y={fresh['target'][i].tolist()}, "
             f"yhat={yhat[i].tolist()}")
     return {"accuracy": accuracy, "n_eval": config.n_eval,
+            "decoder": config.search().describe(),
             "token_accuracy": float(metrics.masked_token_accuracy(
                 yhat, fresh["target"]))}
 

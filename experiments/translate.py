@@ -5,7 +5,10 @@ pairs, the last ``validation_split`` of them held out (never trained on; all
 reported translations and metrics are on them), an LSTM encoder-decoder with
 256 units trained with teacher forcing and RMSprop, batch 64. Targets are
 ``"\\t" + sentence + "\\n"``; decoding is batched greedy search (one compiled
-``lax.scan``) that stops at ``"\\n"``.
+``lax.scan``) that stops at ``"\\n"``; ``--beam_size=K`` decodes the final
+evaluation (and ``--translate``) by beam search instead (``seqjax.beam``,
+``--length_penalty``, ``--n_best`` translations with their scores), and
+``--dev_beam_size`` the per-epoch dev decoding (greedy by default: fast).
 
 Differences from the Keras example: token ids instead of one-hot arrays (the
 same model: a one-hot times a kernel is a row), padding masked out of the
@@ -85,7 +88,7 @@ NUM_SAMPLES = {"tail": 10_000, "random": 0}  # --num_samples unset (0: all)
 
 
 @dataclasses.dataclass
-class TranslateConfig(config_lib.TrainingConfig):
+class TranslateConfig(config_lib.DevDecodingConfig):
   # The Keras example's training settings.
   epochs: int = field(100, "Passes over the training pairs (Keras: 100).",
                       low=1, high=limits.INT32_MAX)
@@ -182,9 +185,19 @@ class TranslateConfig(config_lib.TrainingConfig):
       "training; the model settings come from its checkpoint). Repeatable; "
       "'-': read standard input, one sentence a line, one translation a "
       "line out.")
+  n_best: int = field(1, "--translate: print the N best translations of "
+                      "the beam search with their scores (at most "
+                      "--beam_size).", low=1, high=limits.MAX_BATCH)
+
+  def decodes_stepwise(self) -> bool:
+    return translation.decodes_tokens(model_spec(self))
 
   def validate(self) -> list[str]:
     errors = super().validate()
+    if self.n_best > self.beam_size:
+      errors.append(f"--n_best={self.n_best} exceeds --beam_size="
+                    f"{self.beam_size}: the search keeps {self.beam_size} "
+                    "finished hypotheses")
     if self.level == "word" and self.embedding_dim is None:
       errors.append("--level=word needs --embedding_dim (words go through an "
                     "Embedding layer)")
@@ -238,19 +251,27 @@ class TranslateTask(task_lib.Task):
     check_trained_data(config, restored, workdir)
     data = prepare_data(config, restored)
     print(data.describe(malformed_note="--strict stops at the first"))
+    beam_errors = config.beam_errors(len(data.tgt_vocab))
+    if beam_errors:  # before any training
+      raise SeqjaxError("; ".join(beam_errors))
     spec = model_spec(config)
     model = translation.build_model(spec, data.src_vocab, data.tgt_vocab)
     loss_fn = translation.make_loss(spec, model, config.seed)
     # Runs of steps_per_call batches of one bucket fill each jitted call.
     fit_data, plan = data.fit_data(config.batch_size, config.steps_per_call)
     eval_step = train_lib.make_eval_step(loss_fn)
-    decoder = translation.make_decoder(spec, model, data.max_decode_len)
-    # Every epoch: the selection set's loss and greedy chrF / BLEU (dev, or
-    # the tail split's val); the test set is only decoded at the end.
+    decoder = translation.make_decoder(spec, model, data.max_decode_len,
+                                       search=config.search())
+    dev_decoder = (decoder if config.dev_search() == config.search() else
+                   translation.make_decoder(spec, model, data.max_decode_len,
+                                            search=config.dev_search()))
+    # Every epoch: the selection set's loss and chrF / BLEU (dev, or the
+    # tail split's val; greedy by default); the test set is only decoded at
+    # the end, by --beam_size's search.
     selection = data.selection
     held_out = evaluate.HeldOutLoss(
         eval_step, data_lib.fit_arrays(selection.loss_arrays),
-        config.eval_batch_size, config.epochs, decoder=decoder,
+        config.eval_batch_size, config.epochs, decoder=dev_decoder,
         held_out=selection, tgt_vocab=data.tgt_vocab)
     save = None if restored else functools.partial(
         data_lib.save_vocab_file, vocab_file=data_lib.VocabFile(
@@ -288,6 +309,8 @@ class TranslateTask(task_lib.Task):
                       **{f"{name}_{k}": v for k, v in scores.items()}})
       shown[name] = (hypotheses, losses, scores)
     eval_seconds = time.perf_counter() - t0
+    print(f"Decoded by {config.search()} search (every epoch's "
+          f"{data.selection.name} decoding: {config.dev_search()})")
     examples = print_held_out(config, data.reported,
                               *shown[data.reported.name])
     for name, held in data.held_out.items():
@@ -299,6 +322,8 @@ class TranslateTask(task_lib.Task):
     return dict(
         **data.counts(), split_settings=data_settings(config),
         reported_set=data.reported.name, select_metric=setup.select_metric,
+        decoder=config.search().describe(),
+        dev_decoder=config.dev_search().describe(),
         epochs_completed=int(state.step) // (
             plan.steps_per_epoch if plan else
             len(data.train_pairs) // config.batch_size),
@@ -471,7 +496,9 @@ def print_scores(held_out: evaluate.HeldOut, losses, scores) -> None:
 def translate_sentences(config: TranslateConfig) -> dict:
   """--translate: the model in --workdir translates the given sentences."""
   try:
-    translator = translation.load_translator(config.workdir)
+    translator = translation.load_translator(
+        config.workdir, config.search(),
+        config.n_best if config.n_best > 1 else 0)
   except translation.ModelNotFoundError as e:
     raise SeqjaxError(f"--translate needs a trained model: {e.problem} in "
                       f"--workdir={e.value}") from e
@@ -489,6 +516,8 @@ def translate_sentences(config: TranslateConfig) -> dict:
       logging.warning("--translate: truncated to %d %ss, the longest "
                       "training source; dropped %r", width, level, t.dropped)
     print(f"-\nInput sentence: {t.input}\nDecoded sentence: {t.decoded}")
+    for n, (text, score) in enumerate(t.n_best or [], start=1):
+      print(f"  {n}. {score:9.4f}  {text}")
     if t.truncated:
       print(f"(truncated to the first {width} {level}s, the longest training "
             f"source; dropped {t.dropped!r})")
@@ -497,8 +526,9 @@ def translate_sentences(config: TranslateConfig) -> dict:
             f"{', '.join(repr(u) for u in dict.fromkeys(t.unknown))}: not in "
             "the training vocabulary)")
     out.append({"input": t.input, "decoded": t.decoded, "unknown": t.unknown,
-                "truncated": t.truncated})
-  return {"translations": out}
+                "truncated": t.truncated,
+                **({"n_best": t.n_best} if t.n_best else {})})
+  return {"translations": out, "decoder": translator.search.describe()}
 
 
 def translate_stream(translator, lines, out) -> dict:

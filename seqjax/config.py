@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from seqjax import decode as decode_lib
 from seqjax import limits
 from seqjax import progress as progress_lib
 from seqjax import train as train_lib
@@ -208,3 +209,66 @@ class TrainingConfig(Config):
         log_learning_rate=(self.learning_rate if self.learning_rate is not
                            None else train_lib.DEFAULT_LEARNING_RATES.get(
                                self.optimizer)))
+
+
+@dataclasses.dataclass
+class DecodingConfig(TrainingConfig):
+  """Flags of the tasks that decode sequences: greedy or beam search."""
+
+  beam_size: int = field(1, "Beams of the final held-out evaluation (and of "
+                         "--translate where the task has it); 1: greedy.",
+                         low=1, high=limits.MAX_BATCH)
+  length_penalty: float = field(
+      0.0, "Beam search's GNMT length penalty alpha: a hypothesis scores "
+      "log P / ((5 + length) / 6) ** alpha, its length counting the end "
+      "symbol; 0: the raw log-probability. Greedy decoding has none.",
+      low=0, high=100)
+
+  def target_vocab(self) -> Optional[int]:
+    """The target vocabulary's size where the flags fix it (None: known
+    from the data only)."""
+    return None
+
+  def decodes_stepwise(self) -> bool:
+    """Whether the model decodes a token at a time (beam search needs it)."""
+    return True
+
+  def search(self) -> decode_lib.Search:
+    """The final evaluation's search."""
+    return decode_lib.Search(self.beam_size, self.length_penalty)
+
+  def beam_errors(self, vocab: Optional[int]) -> list[str]:
+    """Beam widths above ``vocab`` target symbols (None: unknown)."""
+    return [f"--{name}={value} exceeds the {vocab} target symbols: the "
+            "beams beyond them would stay empty"
+            for name, value in self.beam_flags().items()
+            if vocab is not None and value > vocab]
+
+  def beam_flags(self) -> dict:
+    return {"beam_size": self.beam_size}
+
+  def validate(self) -> list[str]:
+    errors = super().validate()
+    errors += self.beam_errors(self.target_vocab())
+    wide = [f"--{k}={v}" for k, v in self.beam_flags().items() if v > 1]
+    if wide and not self.decodes_stepwise():
+      errors.append(f"{', '.join(wide)}: beam search needs a model that "
+                    "decodes a token at a time, fed its own tokens; this one "
+                    "predicts otherwise (use 1: its own decoding)")
+    return errors
+
+
+@dataclasses.dataclass
+class DevDecodingConfig(DecodingConfig):
+  """Decoding flags of a task that also decodes its dev set every epoch."""
+
+  dev_beam_size: int = field(1, "Beams of the dev decoding after every "
+                             "epoch (model selection); 1: greedy, the "
+                             "fastest. --length_penalty applies.", low=1,
+                             high=limits.MAX_BATCH)
+
+  def dev_search(self) -> decode_lib.Search:
+    return decode_lib.Search(self.dev_beam_size, self.length_penalty)
+
+  def beam_flags(self) -> dict:
+    return {"beam_size": self.beam_size, "dev_beam_size": self.dev_beam_size}

@@ -10,12 +10,14 @@ task's evaluation does not care which one it trained.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
+from seqjax import beam as beam_lib
 from seqjax.models import Seq2Seq
 
 Array = jax.Array
@@ -192,10 +194,19 @@ def free_running_decode(model: Seq2Seq, params, src_BS: Array, *,
 
 
 def make_token_predictor(model, *, max_len: int, start_id: int = 0,
-                         stop_id: Optional[int] = None, pad_id: int = 0):
+                         stop_id: Optional[int] = None, pad_id: int = 0,
+                         search: Optional["Search"] = None):
   """Jitted ``predict(params, src_BS, src_mask_BS=None) -> tokens (B, max_len)``
   for either model (see ``predict_tokens``); use it with ``decode_in_batches``.
-  """
+  A beam ``search`` needs a model decoded step by step (ValueError
+  otherwise)."""
+  if search is not None and not search.greedy:
+    if not getattr(model, "takes_decoder_input", True):
+      raise ValueError(f"beam search needs a model decoded step by step; "
+                       f"{type(model).__name__} predicts all steps at once")
+    return make_search_decoder(model, search, max_len=max_len,
+                               start_id=start_id, stop_id=stop_id,
+                               pad_id=pad_id)
   fn = functools.partial(predict_tokens, model, max_len=max_len,
                          start_id=start_id, stop_id=stop_id, pad_id=pad_id)
   return jax.jit(lambda params, src, src_mask=None: fn(params, src,
@@ -237,3 +248,44 @@ def decode_in_batches(decode_fn, params, src: Array, batch_size: int,
   # Fetched after every batch is dispatched: the host prepares the next
   # batch while the device decodes.
   return np.concatenate([np.asarray(out)[:n] for out, n in outputs])
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+  """How a task decodes: greedy (``beam_size=1``; no length penalty) or
+  beam search (``seqjax.beam``) with a GNMT ``length_penalty``."""
+
+  beam_size: int = 1
+  length_penalty: float = 0.0
+
+  def __post_init__(self):
+    beam_lib.check(self.beam_size, 1, self.length_penalty)
+
+  @property
+  def greedy(self) -> bool:
+    return self.beam_size == 1
+
+  def describe(self) -> dict:
+    """The settings as results.json records them."""
+    if self.greedy:
+      return {"name": "greedy"}
+    return {"name": "beam", "beam_size": self.beam_size,
+            "length_penalty": self.length_penalty}
+
+  def __str__(self) -> str:
+    return ("greedy" if self.greedy else
+            f"beam {self.beam_size} (length penalty {self.length_penalty:g})")
+
+
+def make_search_decoder(model: Seq2Seq, search: Search, *, max_len: int,
+                        start_id: int, stop_id: Optional[int] = None,
+                        pad_id: int = 0):
+  """Jitted ``decode(params, src_BS, src_mask_BS=None) -> tokens (B,
+  max_len)`` of ``search``: the greedy decoder, or the best beam."""
+  kwargs = dict(max_len=max_len, start_id=start_id, stop_id=stop_id,
+                pad_id=pad_id)
+  if search.greedy:
+    return make_greedy_decoder(model, **kwargs)
+  return beam_lib.make_beam_decoder(model, beam_size=search.beam_size,
+                                    length_penalty=search.length_penalty,
+                                    **kwargs)

@@ -23,6 +23,7 @@ from typing import Optional
 
 import jax
 
+from seqjax import beam as beam_lib
 from seqjax import decode as decode_lib
 from seqjax import evaluate
 from seqjax import train as train_lib
@@ -113,15 +114,30 @@ def make_loss(spec: ModelSpec, model: Seq2Seq, seed: int = 0):
                                           dropout_seed)
 
 
+def decodes_tokens(spec: ModelSpec) -> bool:
+  """Whether the model is decoded fed its own tokens (what beam search
+  does): not one trained on its softmax fed back."""
+  return spec.teacher_forcing or spec.feedback == "argmax"
+
+
 def make_decoder(spec: ModelSpec, model: Seq2Seq, max_len: int,
-                 return_attention: bool = False):
-  """Greedy decoding as the model was trained: a model trained without
-  teacher forcing on softmax feedback is fed its softmax back; others their
-  argmax token. ``return_attention``: the decoder also returns the weights
-  (B, T, S) (an attention model decoded with tokens fed back)."""
+                 return_attention: bool = False,
+                 search: Optional[decode_lib.Search] = None):
+  """Decoding as the model was trained: a model trained without teacher
+  forcing on softmax feedback is fed its softmax back (greedy only); others
+  their tokens, greedily or by a beam ``search``. ``return_attention``: the
+  greedy decoder also returns the weights (B, T, S) (an attention model
+  decoded with tokens fed back)."""
   kwargs = dict(max_len=max_len, start_id=vocab_lib.START_ID,
                 stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID)
-  if spec.teacher_forcing or spec.feedback == "argmax" or return_attention:
+  if search is not None and not search.greedy:
+    if not decodes_tokens(spec) or return_attention:
+      raise ParameterError("beam_size", search.beam_size, "beam search "
+                           "feeds the decoder its tokens: not a model "
+                           "trained on its softmax fed back, and without "
+                           "attention weights")
+    return decode_lib.make_search_decoder(model, search, **kwargs)
+  if decodes_tokens(spec) or return_attention:
     return decode_lib.make_greedy_decoder(model, **kwargs,
                                           return_attention=return_attention)
   return decode_lib.make_free_running_decoder(model, feedback=spec.feedback,
@@ -162,6 +178,8 @@ class Translation:
   unknown: list[str]   # symbols not in the training vocabulary, in order
   dropped: str         # the text cut off past the longest training source
   truncated: int       # how many tokens were cut off
+  # With n_best: (translation, score) of the N best, ``decoded`` first.
+  n_best: Optional[list[tuple[str, float]]] = None
 
 
 @dataclasses.dataclass
@@ -173,11 +191,31 @@ class Translator:
   params: dict
   vocabs: data_lib.VocabFile
   step: int  # the checkpoint's
+  search: decode_lib.Search = decode_lib.Search()
+  n_best: int = 0  # > 0: also the N best hypotheses (beam search)
+
+  def __post_init__(self):
+    if self.n_best:
+      beam_lib.check(self.search.beam_size, self.n_best)
+    if not self.search.greedy:
+      beam_lib.check(self.search.beam_size, vocab=len(self.vocabs.target))
+      if not decodes_tokens(self.spec):
+        raise ParameterError("beam_size", self.search.beam_size,
+                             "beam search feeds the decoder its tokens; this "
+                             "model was trained on its softmax fed back")
 
   @functools.cached_property
   def decoder(self):
-    """The jitted greedy decoder, made once: one compile per input shape."""
-    return make_decoder(self.spec, self.model, self.vocabs.max_decode_len)
+    """The jitted decoder, made once: one compile per input shape; with
+    ``n_best``, the beam search's ``Beams``."""
+    if not self.n_best:
+      return make_decoder(self.spec, self.model, self.vocabs.max_decode_len,
+                          search=self.search)
+    return beam_lib.make_beam_decoder(
+        self.model, beam_size=self.search.beam_size,
+        max_len=self.vocabs.max_decode_len, start_id=vocab_lib.START_ID,
+        stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID,
+        length_penalty=self.search.length_penalty, n_best=self.n_best)
 
   def translate(self, sentences: list[str], width: Optional[int] = None
                 ) -> list[Translation]:
@@ -195,19 +233,36 @@ class Translator:
     if self.vocabs.max_source_len is not None:
       width = min(width, self.vocabs.max_source_len)
     src = vocab_lib.encode_sources(src_vocab, sentences, width)
-    decoded = evaluate.decode_texts(self.decoder, self.params,
-                                    self.vocabs.target, src, len(sentences))
+    alternatives = [None] * len(sentences)
+    if self.n_best:
+      alternatives = self._n_best(src)
+      decoded = [a[0][0] for a in alternatives]
+    else:
+      decoded = evaluate.decode_texts(self.decoder, self.params,
+                                      self.vocabs.target, src,
+                                      len(sentences))
     joiner = "" if src_vocab.level == "char" else " "
     return [Translation(input=s, decoded=text,
                         unknown=src_vocab.encode(s)[1],
                         dropped=joiner.join(sym[width:]),
-                        truncated=len(sym[width:]))
-            for s, sym, text in zip(sentences, tokens, decoded)]
+                        truncated=len(sym[width:]), n_best=alts)
+            for s, sym, text, alts in zip(sentences, tokens, decoded,
+                                          alternatives)]
+
+  def _n_best(self, src: dict) -> list[list[tuple[str, float]]]:
+    beams = jax.device_get(self.decoder(self.params, src["src"],
+                                        src["src_mask"]))
+    decode = self.vocabs.target.decode
+    return [[(decode(tokens), float(score)) for tokens, score in
+             zip(beams.tokens_BNT[b], beams.scores_BN[b])]
+            for b in range(len(beams.scores_BN))]
 
 
-def load_translator(workdir: str) -> Translator:
+def load_translator(workdir: str, search: decode_lib.Search = decode_lib.Search(),
+                    n_best: int = 0) -> Translator:
   """The translation model trained in ``workdir``: its checkpoint's settings
-  and latest parameters, its vocab.json. Raises ModelNotFoundError without
+  and latest parameters, its vocab.json, decoding by ``search`` (with
+  ``n_best``, also the N best). Raises ModelNotFoundError without
   both, ParameterError for another task's model and CheckpointMismatchError
   when vocab.json is not the checkpoint's."""
   saved = None
@@ -233,4 +288,4 @@ def load_translator(workdir: str) -> Translator:
   step = checkpointer.check_compatible()
   params = checkpointer.restore_params(params, step)
   checkpointer.close()
-  return Translator(spec, model, params, vocabs, int(step))
+  return Translator(spec, model, params, vocabs, int(step), search, n_best)
