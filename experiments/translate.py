@@ -182,7 +182,8 @@ class TranslateConfig(config_lib.DevDecodingConfig):
                                  low=0, high=100)
   translate: Optional[list[str]] = field(
       None, "Translate these sentences with the model in --workdir (no "
-      "training; the model settings come from its checkpoint). Repeatable; "
+      "training; the model settings come from its checkpoint; the best "
+      "checkpoint where --keep_best kept one, else the latest). Repeatable; "
       "'-': read standard input, one sentence a line, one translation a "
       "line out.")
   n_best: int = field(1, "--translate: print the N best translations of "

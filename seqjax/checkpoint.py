@@ -52,6 +52,11 @@ def _state_tree(state: TrainState, carry=None) -> dict:
   return tree
 
 
+# Checkpoint config keys that shape only the optimizer state (recorded when
+# not the defaults): loading parameters alone need not match them.
+OPTIMIZER_STRUCTURE = ("lr_schedule", "gradient_clipping")
+
+
 def _jsonable(config: dict) -> dict:
   return json.loads(json.dumps(config, default=str))
 

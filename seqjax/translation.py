@@ -27,7 +27,7 @@ from seqjax import beam as beam_lib
 from seqjax import decode as decode_lib
 from seqjax import evaluate
 from seqjax import train as train_lib
-from seqjax.checkpoint import Checkpointer
+from seqjax.checkpoint import OPTIMIZER_STRUCTURE, Checkpointer
 from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
@@ -261,7 +261,8 @@ class Translator:
 def load_translator(workdir: str, search: decode_lib.Search = decode_lib.Search(),
                     n_best: int = 0) -> Translator:
   """The translation model trained in ``workdir``: its checkpoint's settings
-  and latest parameters, its vocab.json, decoding by ``search`` (with
+  and the parameters it hands back (its best checkpoint's, else the
+  latest's), its vocab.json, decoding by ``search`` (with
   ``n_best``, also the N best). Raises ModelNotFoundError without
   both, ParameterError for another task's model and CheckpointMismatchError
   when vocab.json is not the checkpoint's."""
@@ -283,9 +284,26 @@ def load_translator(workdir: str, search: decode_lib.Search = decode_lib.Search(
                                jax.numpy.zeros((1, 1), "int32"),
                                jax.numpy.zeros((1, 1), "int32"))
   # Compared with the checkpoint's: a vocab.json not its own is refused.
-  checkpointer = Checkpointer(workdir, model_config(
-      spec, vocabs.source, vocabs.target, saved["optimizer"]))
-  step = checkpointer.check_compatible()
-  params = checkpointer.restore_params(params, step)
-  checkpointer.close()
+  # The optimizer's structure does not matter here: only parameters load.
+  expected = {**model_config(spec, vocabs.source, vocabs.target,
+                             saved["optimizer"]),
+              **{k: saved[k] for k in OPTIMIZER_STRUCTURE if k in saved}}
+  params, step = _restore_params(workdir, expected, params)
   return Translator(spec, model, params, vocabs, int(step), search, n_best)
+
+
+def _restore_params(workdir: str, expected: dict, params):
+  """-> (parameters, step) of the model a run hands back: the best
+  checkpoint (``<workdir>/best``, kept by --keep_best) where there is one,
+  else the latest."""
+  checkpointer = Checkpointer(workdir, expected)
+  if os.path.isdir(os.path.join(workdir, "best")):
+    best = Checkpointer(workdir, expected, subdir="best")
+    if best.latest_step() is not None:
+      checkpointer.close()
+      checkpointer = best
+  try:
+    step = checkpointer.check_compatible()
+    return checkpointer.restore_params(params, step), step
+  finally:
+    checkpointer.close()

@@ -121,3 +121,23 @@ def test_translate_from_standard_input_streams_one_line_per_line(tmp_path):
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split("\n")[:-1] == want
+
+
+def test_load_translator_takes_the_best_checkpoint_whatever_the_optimizer(
+    tmp_path):
+  path = translate_util.write_pairs(tmp_path / "pairs.txt",
+                                    translate_util.toy_pairs(40))
+  kw = dict(data_path=path, workdir=str(tmp_path / "w"), num_samples=0,
+            validation_split=0.25, latent_dim=8, batch_size=10, log_every=0,
+            n_examples=0, num_buckets=1, clip_norm=1.0, lr_schedule="plateau")
+  translate.run(translate.TranslateConfig(epochs=1, **kw))
+  # A second epoch without --keep_best: the latest moves on, best/ stays.
+  translate.run(translate.TranslateConfig(epochs=2, keep_best=False, **kw))
+  translator = translation.load_translator(str(tmp_path / "w"))
+  assert translator.step == 3  # the best (first) epoch's, not step 6
+  best = Checkpointer(str(tmp_path / "w"), {}, subdir="best")
+  restored = best.restore_params(translator.params, 3)
+  for a, b in zip(jax.tree.leaves(restored),
+                  jax.tree.leaves(translator.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert isinstance(translator.translate(["cat 1."])[0].decoded, str)
