@@ -15,7 +15,9 @@ units, A the score's inner width.
 
 ``keys`` projects the memory once per sentence; each step is then one
 batched dot product against them. Padded source positions get exactly zero
-weight.
+weight. A step's queries may be a multiple of the memory's rows (beam
+search: the K beams of sentence b are query rows b*K .. b*K + K - 1): each
+memory row then serves its K queries, and is never copied K times.
 """
 
 from __future__ import annotations
@@ -61,9 +63,27 @@ def make_memory(arrays: dict, values_BSM: Array, mask_BS: Array) -> Memory:
   return Memory(values_BSM, keys_BSA, mask_BS.astype(bool))
 
 
+def _beams_of(query_XH: Array, memory: Memory) -> int:
+  """How many consecutive rows of a step's queries (X, H) share a memory
+  row: 1, or the beams of a sentence."""
+  rows = memory.keys_BSA.shape[0]
+  if query_XH.ndim != 2 or query_XH.shape[0] == rows:
+    return 1
+  if query_XH.shape[0] % rows:
+    raise ValueError(f"{query_XH.shape[0]} query rows for a memory of "
+                     f"{rows}: not a multiple")
+  return query_XH.shape[0] // rows
+
+
 def scores(arrays: dict, kind: str, query_BXH: Array, memory: Memory
            ) -> Array:
-  """Scores (B, S) for a query (B, H), or (B, T, S) for queries (B, T, H)."""
+  """Scores (B, S) for a query (B, H), or (B, T, S) for queries (B, T, H);
+  (B*K, S) for K queries a memory row."""
+  k = _beams_of(query_BXH, memory)
+  if k > 1:
+    rows = memory.keys_BSA.shape[0]
+    scores_BKS = scores(arrays, kind, query_BXH.reshape(rows, k, -1), memory)
+    return scores_BKS.reshape(rows * k, -1)
   keys_BSA = memory.keys_BSA
   if kind == "luong":
     if query_BXH.ndim == 2:
@@ -78,7 +98,15 @@ def scores(arrays: dict, kind: str, query_BXH: Array, memory: Memory
 
 def attend(arrays: dict, kind: str, query_BXH: Array, memory: Memory
            ) -> tuple[Array, Array]:
-  """-> (context (B, M) or (B, T, M), weights (B, S) or (B, T, S))."""
+  """-> (context (B, M) or (B, T, M), weights (B, S) or (B, T, S)); (B*K,
+  M) and (B*K, S) for K queries a memory row."""
+  k = _beams_of(query_BXH, memory)
+  if k > 1:
+    rows = memory.keys_BSA.shape[0]
+    context_BKM, weights_BKS = attend(arrays, kind,
+                                      query_BXH.reshape(rows, k, -1), memory)
+    return (context_BKM.reshape(rows * k, -1),
+            weights_BKS.reshape(rows * k, -1))
   weights_BXS = masked_softmax(scores(arrays, kind, query_BXH, memory),
                                memory.mask_BS)
   if weights_BXS.ndim == 2:

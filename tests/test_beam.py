@@ -204,14 +204,16 @@ def test_scores_are_sums_of_step_log_probs_with_the_penalty():
     assert np.all(np.diff(beams.scores_BN[b]) <= 0)  # best first
 
 
+@pytest.mark.parametrize("n_best", [1, 3])
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
-def test_early_stop_gives_the_full_length_result_in_fewer_steps(alpha):
+def test_early_stop_gives_the_full_length_result_in_fewer_steps(alpha,
+                                                                 n_best):
   model, params, _, _ = _setup("plain_lstm", vocab=6, seed=4)
   rng = np.random.default_rng(7)
   src_BS = rng.integers(1, 7, size=(32, 5)).astype(np.int32)
   mask_BS = np.arange(5)[None] < rng.integers(1, 6, size=32)[:, None]
   params = _stop_bias(params, 2.0)
-  kw = dict(beam_size=3, max_len=12, n_best=3, length_penalty=alpha)
+  kw = dict(beam_size=3, max_len=12, n_best=n_best, length_penalty=alpha)
   early = _search(model, params, src_BS, mask_BS, **kw)
   full = _search(model, params, src_BS, mask_BS, early_stop=False, **kw)
   for a, b in zip(early[:-1], full[:-1]):
@@ -277,3 +279,28 @@ def test_a_model_without_stepwise_decoding_is_refused():
   with pytest.raises(ValueError, match="step by step"):
     beam_lib.beam_search(model, {}, np.zeros((1, 3), np.int32), beam_size=2,
                          max_len=3, start_id=0)
+
+
+@pytest.mark.parametrize("kind, score", [("luong", "general"),
+                                         ("luong", "dot"), ("bahdanau", "")])
+def test_attention_serves_k_query_rows_from_one_memory_row(kind, score):
+  from seqjax import attention as attention_lib
+  rng = np.random.default_rng(0)
+  b, k, s, h = 3, 4, 5, 6
+  arrays = {"key_kernel": rng.normal(size=(h, h)).astype(np.float32)}
+  if kind == "bahdanau":
+    arrays.update(query_kernel=rng.normal(size=(h, h)).astype(np.float32),
+                  v=rng.normal(size=(h,)).astype(np.float32))
+  elif score == "dot":
+    arrays = {}
+  values_BSM = rng.normal(size=(b, s, h)).astype(np.float32)
+  mask_BS = np.arange(s)[None] < np.array([5, 2, 3])[:, None]
+  memory = attention_lib.make_memory(arrays, values_BSM, mask_BS)
+  query_XH = rng.normal(size=(b * k, h)).astype(np.float32)
+  repeated = jax.tree.map(lambda x: np.repeat(x, k, 0), memory)
+  for got, want in zip(attention_lib.attend(arrays, kind, query_XH, memory),
+                       attention_lib.attend(arrays, kind, query_XH, repeated)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="not a multiple"):
+    attention_lib.attend(arrays, kind, query_XH[:-1], memory)
