@@ -53,11 +53,15 @@ def _group_main(argv: list[str]) -> int:
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
   common.quiet_library_logs()
+  from seqjax import reliability
   try:
     errors = group_runner.run_group(task, configs)
   except SeqjaxError as e:
     print(f"Error: {e}", file=sys.stderr)
     return 2
+  except reliability.TrainingInterrupted as e:  # every member saved
+    print(f"Error: {e}", file=sys.stderr)
+    return e.exit_code
   runner.write_json_atomic(argv[4], {"errors": errors})
   return 0
 
