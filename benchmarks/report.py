@@ -43,6 +43,9 @@ def markdown(out: dict) -> str:
            f"- load average (1, 5, 15 min) before {m['load_before']}, after "
            f"{m['load_after']}; {out['seconds']:.0f} s"]
   for name, w in out["workloads"].items():
+    if "markdown" in w:  # a workload with its own table (sweep)
+      lines += ["", f"### {name}", ""] + w["markdown"].splitlines()
+      continue
     res = w["results"]
     fws = list(res)
     threads = ("one thread per framework (--single_thread)"

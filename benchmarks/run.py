@@ -3,6 +3,7 @@
   python -m benchmarks.run --workload=reverse [--peers=keras,torch]
       [--reps=3] [--json=PATH] [--single_thread]
   python -m benchmarks.run --workload=attention --peers=torch
+  python -m benchmarks.run --workload=sweep   # vectorized vs sequential runs
 
 ``attention`` measures training alone (the attention translator against the
 same model in PyTorch; ``benchmarks/attention.py``): its decoding columns
@@ -47,6 +48,9 @@ WORKLOADS = {
                   "the translate experiment's data pipeline and attention "
                   "(seqjax.attention) and its benchmark module "
                   "benchmarks/attention.py"),
+    # N reverse runs one after another vs one vectorized group.
+    "sweep": ("benchmarks.sweep", ("seqjax.vectorized",),
+              "vectorized groups (seqjax.vectorized) and benchmarks/sweep.py"),
 }
 PEER_PACKAGES = {"keras": "keras", "torch": "torch"}
 
@@ -179,6 +183,8 @@ def run(config: BenchmarkConfig) -> dict:
                         f"{config.workload}")
   overrides.update(parse_settings(config.settings, module.Settings))
   settings = module.Settings(seed=config.seed, **overrides)
+  if hasattr(module, "run_benchmark"):  # its own measurement (sweep)
+    return module.run_benchmark(config, settings)
   from benchmarks import harness  # imports JAX: after the flags are checked
   load_before = harness.load_average()
   t0 = time.perf_counter()

@@ -33,7 +33,42 @@ def config_errors(config) -> list[str]:
   return errors
 
 
+def _group_main(argv: list[str]) -> int:
+  """--group <task> <configs.json> <status.json>: one vectorized group;
+  --estimate <task> <configs.json>: one member's bytes per config (each
+  its group's first) and the memory available, as one JSON line."""
+  from seqjax import group_runner
+  task = get(argv[2])
+  with open(argv[3], encoding="utf-8") as f:
+    configs = [config_from_dict(task, values) for values in json.load(f)]
+  if argv[1] == "--estimate":
+    available, where = group_runner.available_bytes()
+    print(json.dumps({"member_bytes": [group_runner.member_bytes(task, c)
+                                       for c in configs],
+                      "available_bytes": available, "where": where}))
+    return 0
+  from absl import logging
+  from experiments import common
+  from seqjax import runner
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+  common.quiet_library_logs()
+  from seqjax import reliability
+  try:
+    errors = group_runner.run_group(task, configs)
+  except SeqjaxError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    return 2
+  except reliability.TrainingInterrupted as e:  # every member saved
+    print(f"Error: {e}", file=sys.stderr)
+    return e.exit_code
+  runner.write_json_atomic(argv[4], {"errors": errors})
+  return 0
+
+
 def main(argv: list[str]) -> int:
+  if len(argv) in (4, 5) and argv[1] in ("--group", "--estimate"):
+    return _group_main(argv)
   if len(argv) == 4 and argv[1] == "--validate":
     task = get(argv[2])
     with open(argv[3], encoding="utf-8") as f:

@@ -88,6 +88,10 @@ class ReverseTask(task_lib.Task):
   config_cls = ReverseConfig
   metric = "accuracy"
   size_flags = ("n_units", "n_features")
+  # seqjax.group_runner: runs differing in the member flags (and these,
+  # which only size the evaluation) train as one vectorized group.
+  vectorizable = True
+  member_flags = ("n_eval", "n_examples")
 
   def setup(self, config: ReverseConfig, workdir: str) -> task_lib.Setup:
     train = generate(config, 0, config.n_samples)

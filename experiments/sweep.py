@@ -28,6 +28,21 @@ samples/s, and with matplotlib ``sweep.png`` plots that metric against training
 time. Runs go one after another (they would share the devices). The exit
 status is 1 when a run failed, 2 on bad input.
 
+``--vectorize``: runs that differ only in member flags (the seed, the
+learning rate, the clipping norm, and a task's own, e.g. reverse's
+``n_eval``; see ``seqjax.group_runner``) train as one vectorized group, one
+compiled program for all of them (``seqjax.vectorized``); runs differing in
+anything else (units, layers, vocabulary, batch size, epochs, ...) make
+separate groups, run one after another, each in a subprocess of its own
+(``--isolate``; its training log in ``<sweep_dir>/groups/``). Each member
+writes its workdir as a lone run does and is resumed from its checkpoints by
+a rerun; a member whose loss goes non-finite is stopped and recorded as
+failed while the others go on. ``--group_size`` caps the members of a
+group (larger groups are cut into several); a group whose members would not
+fit in memory (``--memory_limit_gb``, default the devices' or host's) is
+refused before any run with the estimate. A flag whose value a group cannot
+train (a learning-rate schedule, model selection, a time budget) is named.
+
 Bad input (unknown task, unknown flag, malformed grid, a value of the wrong
 type, a configuration its task rejects, more devices than present) stops
 the sweep before any run starts, naming the problem. Any task following
@@ -349,6 +364,181 @@ def run_sweep(plan: Plan, isolate: bool = True,
   return rows
 
 
+# --------------------------------------------------------------------------
+# --vectorize: groups of runs trained as one program.
+
+GIB = 1024 ** 3
+
+
+@dataclasses.dataclass
+class Group:
+  index: int
+  runs: list[Run]
+  member_bytes: int = 0
+
+  @property
+  def name(self) -> str:
+    return f"group-{self.index}"
+
+
+def plan_groups(plan: Plan, group_size: int = 0, memory_limit_bytes: int = 0,
+                estimate_in_subprocess: bool = True) -> list[Group]:
+  """The sweep's vectorized groups; raises before any run (nothing
+  written) when a run sets a flag a group cannot train (naming it), or
+  when a group would not fit in memory (with the estimate)."""
+  from seqjax import group_runner
+  errors = [group_runner.vectorize_errors(plan.task, r.config)
+            for r in plan.runs]
+  if any(errors):
+    _raise_config_errors(plan.runs, errors)
+  groups = []
+  for members in group_runner.split_groups(plan.task,
+                                           [r.config for r in plan.runs]):
+    step = group_size or len(members)
+    for i in range(0, len(members), step):
+      groups.append(Group(len(groups) + 1,
+                          [plan.runs[j] for j in members[i:i + step]]))
+  firsts = [g.runs[0].config for g in groups]
+  if estimate_in_subprocess:
+    estimate = _estimate_in_subprocess(plan.task.name, firsts)
+  else:
+    available, where = group_runner.available_bytes()
+    estimate = {"member_bytes": [group_runner.member_bytes(plan.task, c)
+                                 for c in firsts],
+                "available_bytes": available, "where": where}
+  available = memory_limit_bytes or estimate["available_bytes"]
+  where = ("--memory_limit_gb" if memory_limit_bytes else estimate["where"])
+  too_big = []
+  for group, per_member in zip(groups, estimate["member_bytes"]):
+    group.member_bytes = per_member
+    need = per_member * len(group.runs)
+    if need > 0.9 * available:
+      fits = max(0, int(0.9 * available // max(per_member, 1)))
+      too_big.append(
+          f"{group.name} ({len(group.runs)} members, e.g. "
+          f"{group.runs[0].name}) needs about {need / GIB:.2f} GiB "
+          f"({per_member / GIB:.3f} GiB a member: state, data, activations "
+          f"of one call), more than 90% of the {available / GIB:.2f} GiB of "
+          f"{where}; at most {fits} members fit: --group_size={fits}"
+          if fits else f"{group.name}: one member alone needs "
+          f"{per_member / GIB:.2f} GiB, more than 90% of the "
+          f"{available / GIB:.2f} GiB of {where}")
+  if too_big:
+    raise SeqjaxError("--vectorize: a group does not fit in memory; nothing "
+                      "was run:\n  " + "\n  ".join(too_big))
+  return groups
+
+
+def _estimate_in_subprocess(task_name: str, configs: list) -> dict:
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "configs.json")
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump([dataclasses.asdict(c) for c in configs], f)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.registry", "--estimate",
+         task_name, path], capture_output=True, text=True, env=_child_env())
+  if out.returncode != 0:
+    raise SeqjaxError(f"estimating the groups' memory failed:\n"
+                      f"{out.stderr.strip()[-2000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run_group_subprocess(plan: Plan, group: Group, runs: list[Run],
+                          timeout: Optional[float]) -> list[Optional[str]]:
+  """One group in its own process; -> each member's error (or None)."""
+  gdir = os.path.join(plan.sweep_dir, "groups")
+  os.makedirs(gdir, exist_ok=True)
+  config_path = os.path.join(gdir, f"{group.name}.json")
+  status_path = os.path.join(gdir, f"{group.name}.status.json")
+  log_path = os.path.join(gdir, f"{group.name}.log.txt")
+  with open(config_path, "w", encoding="utf-8") as f:
+    json.dump([dataclasses.asdict(r.config) for r in runs], f)
+  if os.path.exists(status_path):
+    os.unlink(status_path)
+  with open(log_path, "a", encoding="utf-8") as log:
+    log.write(f"{ATTEMPT}{time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+    log.flush()
+    try:
+      out = subprocess.run(
+          [sys.executable, "-m", "experiments.registry", "--group",
+           plan.task.name, config_path, status_path], stdout=log,
+          stderr=subprocess.STDOUT, env=_child_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+      return [f"its group timed out after {timeout:g} s (--run_timeout)"
+              ] * len(runs)
+  try:
+    with open(status_path, encoding="utf-8") as f:
+      return json.load(f)["errors"]
+  except (OSError, ValueError, KeyError):
+    error = _error_from_log(log_path, out.returncode)
+    return [f"its group failed: {error} (log: {log_path})"] * len(runs)
+
+
+def _run_group_in_process(plan: Plan, runs: list[Run]) -> list[Optional[str]]:
+  from seqjax import group_runner
+  try:
+    return group_runner.run_group(plan.task, [r.config for r in runs])
+  except Exception as e:  # pylint: disable=broad-except
+    return [f"its group failed: {type(e).__name__}: {e}"] * len(runs)
+
+
+def run_sweep_vectorized(plan: Plan, groups: list[Group], isolate: bool = True,
+                         run_timeout: Optional[float] = None,
+                         log: Callable[[str], None] = print) -> list[dict]:
+  """Runs (or skips, or resumes) every group; -> one row per run."""
+  from seqjax import runner
+  os.makedirs(os.path.join(plan.sweep_dir, "runs"), exist_ok=True)
+  rows = []
+  for group in groups:
+    prefix = f"[{group.name}/{len(groups)}]"
+    todo = []
+    for run in group.runs:
+      results = finished_results(run)
+      if results is not None:
+        log(f"{prefix} {run.name}: finished earlier, skipped")
+        rows.append(_row(plan, run, "done", results))
+      else:
+        todo.append(run)
+    if not todo:
+      write_reports(plan, rows)
+      continue
+    for run in todo:
+      os.makedirs(run.workdir, exist_ok=True)
+      runner.write_json_atomic(os.path.join(run.workdir, "sweep_config.json"),
+                               dataclasses.asdict(run.config))
+      with open(os.path.join(run.workdir, "log.txt"), "a",
+                encoding="utf-8") as f:
+        f.write(f"{ATTEMPT}{time.strftime('%Y-%m-%d %H:%M:%S')} ===\n"
+                f"vectorized {group.name} of {len(todo)} member(s); its "
+                f"training log: {os.path.join(plan.sweep_dir, 'groups')}\n")
+    resuming = sum(os.path.isdir(os.path.join(r.workdir, "checkpoints"))
+                   for r in todo)
+    log(f"{prefix} {len(todo)} member(s) in one program"
+        + (f" ({resuming} resuming)" if resuming else "") + ": "
+        + ", ".join(r.name for r in todo[:6]) + (" ..." if len(todo) > 6
+                                                  else ""))
+    t0 = time.perf_counter()
+    errors = (_run_group_subprocess(plan, group, todo, run_timeout) if isolate
+              else _run_group_in_process(plan, todo))
+    wall_s = time.perf_counter() - t0
+    for run, error in zip(todo, errors):
+      results = finished_results(run) if error is None else None
+      if error is None and results is None:
+        error = "the run ended without writing results.json for these flags"
+      status = "failed" if error else "done"
+      runner.write_json_atomic(
+          os.path.join(run.workdir, "sweep_status.json"),
+          {"status": status, "error": error or "", "wall_s": wall_s,
+           "group": group.name})
+      log(f"{prefix} {run.name}: {status}"
+          + (f": {error}" if error else
+             f", {plan.metric} {_fmt(results.get(plan.metric))}"))
+      rows.append(_row(plan, run, status, results, error or "", wall_s))
+    log(f"{prefix} done in {wall_s:.1f} s")
+    write_reports(plan, rows)
+  return rows
+
+
 def _number(x) -> float:
   return x if isinstance(x, (int, float)) and not math.isnan(x) else -math.inf
 
@@ -467,6 +657,14 @@ def main(argv=None):
                      "recorded as failed (0: no limit; with --isolate).")
   flags.DEFINE_bool("dry_run", False, "Check the grid and list the runs; "
                     "run nothing.")
+  flags.DEFINE_bool("vectorize", False, "Train runs that differ only in "
+                    "member flags (seed, learning_rate, clip_norm, ...) as "
+                    "one vectorized group (jax.vmap over stacked states).")
+  flags.DEFINE_integer("group_size", 0, "--vectorize: at most this many "
+                       "members a group (0: no cap).", lower_bound=0)
+  flags.DEFINE_float("memory_limit_gb", 0, "--vectorize: memory a group may "
+                     "use (0: the devices', or the host's available).",
+                     lower_bound=0)
   FLAGS = flags.FLAGS
 
   def _main(argv):
@@ -482,12 +680,27 @@ def main(argv=None):
                         validate_in_subprocess=FLAGS.isolate)
       print(f"Sweep of {plan.task.name}: {len(plan.runs)} run(s) under "
             f"{plan.sweep_dir}")
+      groups = None
+      if FLAGS.vectorize:
+        groups = plan_groups(
+            plan, FLAGS.group_size, int(FLAGS.memory_limit_gb * GIB),
+            estimate_in_subprocess=FLAGS.isolate)
+        print(f"--vectorize: {len(groups)} group(s): " + ", ".join(
+            f"{g.name} ({len(g.runs)} members, ~{g.member_bytes / 2**20:.0f}"
+            " MiB each)" for g in groups))
+      elif FLAGS.group_size or FLAGS.memory_limit_gb:
+        raise SeqjaxError("--group_size and --memory_limit_gb need "
+                          "--vectorize")
       if FLAGS.dry_run:
         for run in plan.runs:
           print(f"  {run.name}: {run.assignment}")
         return
-      rows = run_sweep(plan, isolate=FLAGS.isolate,
-                       run_timeout=FLAGS.run_timeout or None)
+      if groups is not None:
+        rows = run_sweep_vectorized(plan, groups, isolate=FLAGS.isolate,
+                                    run_timeout=FLAGS.run_timeout or None)
+      else:
+        rows = run_sweep(plan, isolate=FLAGS.isolate,
+                         run_timeout=FLAGS.run_timeout or None)
     except SeqjaxError as e:
       print(f"Error: {e}", file=sys.stderr)
       sys.exit(2)
