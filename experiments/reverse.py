@@ -91,7 +91,7 @@ class ReverseTask(task_lib.Task):
   # seqjax.group_runner: runs differing in the member flags (and these,
   # which only size the evaluation) train as one vectorized group.
   vectorizable = True
-  member_flags = ("n_eval", "n_examples")
+  member_flags = ("n_eval", "n_examples", "beam_size", "length_penalty")
 
   def setup(self, config: ReverseConfig, workdir: str) -> task_lib.Setup:
     train = generate(config, 0, config.n_samples)
