@@ -150,6 +150,11 @@ def attention_examples(spec: ModelSpec, model: Seq2Seq, params,
 
 # --------------------------------------------------------------- inference
 
+# What ``runner.checkpoint_config`` adds to a checkpoint's config when
+# training changes the optimizer state's structure (--lr_schedule,
+# --clip_norm).
+OPTIMIZER_STATE_KEYS = ("lr_schedule", "gradient_clipping")
+
 
 class ModelNotFoundError(ParameterError):
   """A workdir without a trained translation model."""
@@ -228,8 +233,12 @@ def load_translator(workdir: str) -> Translator:
                                jax.numpy.zeros((1, 1), "int32"),
                                jax.numpy.zeros((1, 1), "int32"))
   # Compared with the checkpoint's: a vocab.json not its own is refused.
-  checkpointer = Checkpointer(workdir, model_config(
-      spec, vocabs.source, vocabs.target, saved["optimizer"]))
+  # The training flags' keys (runner.checkpoint_config) shape the optimizer
+  # state, not the parameters restored here: taken as saved.
+  expected = model_config(spec, vocabs.source, vocabs.target,
+                          saved["optimizer"])
+  expected.update({k: saved[k] for k in OPTIMIZER_STATE_KEYS if k in saved})
+  checkpointer = Checkpointer(workdir, expected)
   step = checkpointer.check_compatible()
   params = checkpointer.restore_params(params, step)
   checkpointer.close()

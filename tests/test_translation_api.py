@@ -60,6 +60,19 @@ def test_prepare_refuses_naming_the_parameter(tmp_path, kwargs, param):
   assert "--" not in str(e.value)
 
 
+def test_load_translator_reads_a_model_trained_with_schedule_and_clipping(
+    tmp_path):
+  # Those flags change the optimizer state's structure, so the checkpoint
+  # records them; the parameters alone restore all the same.
+  workdir = translate_util.train_tiny(tmp_path, lr_schedule="plateau",
+                                      clip_norm=1.0)
+  saved = Checkpointer(workdir, {}).saved_config()
+  assert saved["lr_schedule"] == "plateau" and saved["gradient_clipping"]
+  translator = translation.load_translator(workdir)
+  assert translator.step == 3
+  assert translator.translate(["dog 99."])[0].input == "dog 99."
+
+
 def test_load_translator_translates_as_the_binary(tmp_path, capsys):
   workdir = translate_util.train_tiny(tmp_path)
   sentences = ["dog 99.", "dog 99. cat 12. tea", "ü€"]
