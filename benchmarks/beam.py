@@ -590,7 +590,9 @@ def markdown_lines(name: str, entry: dict) -> list[str]:
            f"{m['source_width']}), max_decode_len {m['max_decode_len']}",
            f"- beam_size {s['beam_size']}, length_penalty "
            f"{s['length_penalty']:g}, {entry['reps']} repetitions, "
-           f"{s['passes']} timed pass(es) each", ""]
+           f"{s['passes']} timed pass(es) each"]
+  lines += [f"- {note}" for fw in fws for note in res[fw].get("notes", [])]
+  lines += [""]
   lines += table_lines(entry)
   lines += ["", "Ratios (each repetition's own; their median, range and "
             "values):", ""] + ratio_lines(entry)

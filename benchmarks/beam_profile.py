@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import statistics
 import time
 import types
@@ -24,10 +25,20 @@ import types
 import numpy as np
 
 from seqjax.config import field
+from seqjax.errors import SeqjaxError
 
 
 @dataclasses.dataclass
 class ProfileConfig:
+  mode: str = field("pieces", "pieces: each piece of a step timed alone; "
+                    "trace: XLA's own time per operation inside the "
+                    "decoders' compiled loops (a profiler trace of "
+                    "--trace_batches batches of the real sentences, which "
+                    "needs --model_dir); variant: beam search as it is "
+                    "against the two-stage top-k (same outputs, timed).",
+                    choices=("pieces", "trace", "variant"))
+  trace_batches: int = field(4, "trace: batches decoded while tracing.",
+                             low=1)
   model_dir: str = field("", "A trained translate workdir (empty: a random "
                          "model of the translate attention model's sizes).")
   batch: int = field(50, "Sentences per batch.", low=1)
@@ -85,6 +96,8 @@ def profile(config: ProfileConfig) -> list[dict]:
   import jax.numpy as jnp
   from seqjax import attention as attention_lib
   from seqjax import beam as beam_lib
+  from seqjax import decode as decode_lib
+  from seqjax.data import vocab as vocab_lib
   from seqjax.models import Seq2Seq
   model, params = _model(config)
   b, k, s = config.batch, config.beam_size, config.src_len
@@ -113,16 +126,7 @@ def profile(config: ProfileConfig) -> list[dict]:
   cand_bx = cand(log_softmax(logits_bk), alive)
   top_k = jax.jit(lambda c: jax.lax.top_k(c, 2 * k))
 
-  def two_stage(lp_bkv, alive_bk):
-    # The 2K best of K x V lie among each beam's 2K best: a top-k per beam
-    # row (V wide), then over the K x 2K survivors.
-    v_bkc, i_bkc = jax.lax.top_k(lp_bkv.reshape(b, k, vocab), 2 * k)
-    c_bx = (alive_bk[..., None] + v_bkc).reshape(b, 2 * k * k)
-    best, j = jax.lax.top_k(c_bx, 2 * k)
-    index = (j // (2 * k)) * vocab + jnp.take_along_axis(
-        i_bkc.reshape(b, -1), j, axis=1)
-    return best, index
-  two_stage = jax.jit(two_stage)
+  two_stage = jax.jit(functools.partial(two_stage_candidates, k=k))
   lp_bk = log_softmax(logits_bk)
   att = p["attention"]
 
@@ -137,16 +141,21 @@ def profile(config: ProfileConfig) -> list[dict]:
     return ctx.reshape(bk, -1), w.reshape(bk, -1)
   rows = jnp.asarray(rng.permutation(bk).astype(np.int32))
   beam_state = _search_state(model, params, src, mask, k)
-  beam_step = (functools.partial(
-      beam_lib._step, model, k=k, max_len=45, stop_id=3, alpha=0.6))
+  beam_step = functools.partial(beam_lib._step, model, k=k, max_len=45,
+                                stop_id=vocab_lib.END_ID, alpha=0.6)
   looped = functools.partial(_per_iteration, calls=max(config.calls // 4,
                                                        5))
-  decoder_only = lambda tok: (lambda st: step(params, tok, st)[1])
+
+  def decoder_only(carry):
+    # The argmax feeds the next step, so the readout is not dead code.
+    tok, st = carry
+    logits, st = step(params, tok, st)
+    return decode_lib._argmax(logits), st
   table = [
-      ("greedy: decode_step, B rows (in a loop)",
-       looped(decoder_only(tok_b), state_b)),
-      ("beam: decode_step, B*K rows (in a loop)",
-       looped(decoder_only(tok_bk), state_bk)),
+      ("greedy: decode_step + argmax, B rows (in a loop)",
+       looped(decoder_only, (tok_b, state_b))),
+      ("beam: decode_step + argmax, B*K rows (in a loop)",
+       looped(decoder_only, (tok_bk, state_bk))),
       ("  readout matmul (B*K, H) @ (H, V)", calls(
           readout, p["readout"]["kernel"], p["readout"]["bias"], h_bk)),
       ("  readout matmul (B, H) @ (H, V)", calls(
@@ -159,8 +168,9 @@ def profile(config: ProfileConfig) -> list[dict]:
       ("beam: log_softmax (B*K, V)", calls(log_softmax, logits_bk)),
       ("beam: candidates alive + logp (B, K*V)", calls(cand, lp_bk, alive)),
       ("beam: top_k 2K of (B, K*V)", calls(top_k, cand_bx)),
-      ("beam: two-stage top_k (per beam 2K of V, then of K*2K)",
-       calls(two_stage, lp_bk, alive)),
+      ("beam: two-stage top_k, log-softmax included "
+       "(two_stage_candidates)",
+       calls(two_stage, logits_bk, alive)),
       ("beam: gather the decoder state by beam (in a loop)",
        looped(lambda st: beam_lib._gather_beams(st, rows), state_bk)),
       ("beam: one whole step, beam._step (in a loop)",
@@ -307,17 +317,157 @@ def _timed(fn):
   return time.perf_counter() - t, out
 
 
+def trace(config: ProfileConfig) -> list[dict]:
+  """Each decoder's loop traced (``jax.profiler``; XLA:CPU's per-operation
+  events): every operation's milliseconds per decoder step, named by the
+  HLO instruction and the JAX operation it came from."""
+  import gzip
+  import glob
+  import os
+  import tempfile
+  import jax
+  from benchmarks import beam as beam_bench
+  w = beam_bench.Workload(beam_bench.Settings(
+      model_dir=config.model_dir, batches=str(config.batch),
+      beam_size=config.beam_size))
+  runner = beam_bench.SeqjaxRunner(w)
+  b, rows = config.batch, []
+  for decoder, fn in runner.fns.items():
+    fn = jax.jit(fn)  # one executable, whose operations the trace names
+    args = (runner.params, w.src_NS[:b], w.mask_NS[:b])
+    described = _hlo_descriptions(fn.lower(*args).compile().as_text())
+    jax.block_until_ready(fn(*args))
+    with tempfile.TemporaryDirectory() as tmp:
+      steps = 0
+      with jax.profiler.trace(tmp, create_perfetto_trace=True):
+        for i in range(config.trace_batches):
+          _, st = jax.block_until_ready(fn(
+              runner.params, w.src_NS[i * b:(i + 1) * b],
+              w.mask_NS[i * b:(i + 1) * b]))
+          steps += int(st)
+      path = glob.glob(os.path.join(tmp, "plugins", "profile", "*",
+                                    "perfetto_trace.json.gz"))[0]
+      with gzip.open(path) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    events = [e for e in events if e.get("ph") == "X"]
+    loops = {}
+    for e in events:
+      if e["name"].startswith("while"):
+        loops[e["name"]] = loops.get(e["name"], 0.0) + e["dur"]
+    loop = max(loops, key=loops.get)  # the decoding loop: the longest
+    spans = [(e["ts"], e["ts"] + e["dur"]) for e in events
+             if e["name"] == loop]
+    inside, outside = {}, {}
+    for e in events:
+      if e["name"].startswith(("while", "Thunk", "$", "Pjit")):
+        continue
+      where = inside if any(a <= e["ts"] and e["ts"] + e["dur"] <= z
+                            for a, z in spans) else outside
+      where[e["name"]] = where.get(e["name"], 0.0) + e["dur"] / 1e3
+    loop_ms = loops[loop] / 1e3
+    rows.append({"decoder": decoder, "where": "loop", "op": loop,
+                 "what": f"the decoding loop: {steps} steps",
+                 "ms_per_step": loop_ms / steps, "share": 1.0})
+    for t, n in sorted(((t, n) for n, t in inside.items()), reverse=True
+                       )[:12]:
+      rows.append({"decoder": decoder, "where": "loop", "op": n,
+                   "what": described.get(n, ""), "ms_per_step": t / steps,
+                   "share": t / loop_ms})
+    batches = config.trace_batches
+    rows.append({"decoder": decoder, "where": "outside the loop",
+                 "op": "(all)", "what": "encoder and set-up, per batch",
+                 "ms_per_batch": sum(outside.values()) / batches})
+    for t, n in sorted(((t, n) for n, t in outside.items()), reverse=True
+                       )[:4]:
+      rows.append({"decoder": decoder, "where": "outside the loop", "op": n,
+                   "what": described.get(n, ""),
+                   "ms_per_batch": t / batches})
+  return rows
+
+
+def _hlo_descriptions(text: str) -> dict[str, str]:
+  """HLO instruction name -> its shape and the JAX operations it computes
+  (a fusion: those of its fused computation), from compiled HLO text."""
+  comps, current = {}, None
+  for line in text.splitlines():
+    header = re.match(r"^(?:ENTRY )?%(\S+) .*\{$", line)
+    if header:
+      current = comps.setdefault(header.group(1), [])
+    elif current is not None:
+      current.append(line)
+  out = {}
+  for lines in comps.values():
+    for line in lines:
+      m = re.match(r"\s*(?:ROOT )?%(\S+) = (.+?) [a-z-]+\(", line)
+      if not m:
+        continue
+      called = re.search(r"calls=%([\w.\-]+)", line)
+      ops = []
+      for source in comps.get(called.group(1), []) if called else [line]:
+        op = re.search(r'op_name="([^"]+)"', source)
+        short = "/".join(op.group(1).split("/")[-2:]) if op else None
+        if short and short not in ops:
+          ops.append(short)
+      shape = re.sub(r"\{[^}]*\}", "", m.group(2))
+      out[m.group(1)] = f"{shape}: {', '.join(ops[:4])}"
+  return out
+
+
+def _print_trace(config: ProfileConfig) -> list[dict]:
+  import os
+  if not config.model_dir:
+    raise SeqjaxError("--mode=trace decodes the real test sentences: it "
+                      "needs --model_dir")
+  # XLA:CPU names its operations in a trace only with this flag (read when
+  # the backend starts, which is later).
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_cpu_enable_xprof_traceme=true").strip()
+  rows = trace(config)
+  for r in rows:
+    cost = (f"{r['ms_per_step']:7.3f} ms/step {r['share'] * 100:5.1f}%"
+            if "ms_per_step" in r else f"{r['ms_per_batch']:7.2f} ms/batch")
+    print(f"{r['decoder']:7s} {r['op']:24s} {cost:22s} {r['what'][:100]}")
+  _write(config, rows)
+  return rows
+
+
+def _print_variant(config: ProfileConfig) -> list[dict]:
+  from benchmarks import beam as beam_bench
+  if not config.model_dir:
+    raise SeqjaxError("--mode=variant decodes the real test sentences: it "
+                      "needs --model_dir")
+  w = beam_bench.Workload(beam_bench.Settings(model_dir=config.model_dir,
+                                              batches=str(config.batch)))
+  rows = []
+  for alpha in (0.6, 0.0):
+    row = {"length_penalty": alpha, **compare_variant(
+        config, w.src_NS, w.mask_NS, w.model, w.params, w.max_len, alpha)}
+    print(row)
+    rows.append(row)
+  _write(config, rows)
+  return rows
+
+
+def _write(config: ProfileConfig, rows: list[dict]) -> None:
+  if config.json:
+    with open(config.json, "w", encoding="utf-8") as f:
+      json.dump({"config": dataclasses.asdict(config), "rows": rows}, f,
+                indent=2)
+
+
 def run(config: ProfileConfig) -> list[dict]:
+  if config.mode == "trace":
+    return _print_trace(config)
+  if config.mode == "variant":
+    return _print_variant(config)
   rows = profile(config)
   width = max(len(r["piece"]) for r in rows)
   print(f"batch {config.batch}, beam {config.beam_size}, source width "
         f"{config.src_len}: median of {config.calls} calls")
   for r in rows:
     print(f"{r['piece']:{width}s} {r['ms']:8.3f} ms")
-  if config.json:
-    with open(config.json, "w", encoding="utf-8") as f:
-      json.dump({"config": dataclasses.asdict(config), "rows": rows}, f,
-                indent=2)
+  _write(config, rows)
   return rows
 
 
