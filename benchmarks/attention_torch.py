@@ -129,6 +129,80 @@ class AttentionSeq2Seq(nn.Module):
       states.append(att_BH)
     return self.readout(torch.stack(states, 1))
 
+  # ---------------------------------------------------------- inference
+
+  def start_decoding(self, src_BS, lengths_B, src_mask_BS) -> DecodeState:
+    """The encoder run once: the first decoder step's state."""
+    memory_BSM, start = self.encode(src_BS, lengths_B)
+    keys_BSA = None
+    if self.s.attention != "none":
+      keys_BSA = memory_BSM if self.key is None else self.key(memory_BSM)
+    feed_BH = (memory_BSM.new_zeros(src_BS.shape[0], self.s.units)
+               if self.feeds else None)
+    return DecodeState(start, feed_BH, memory_BSM, keys_BSA, src_mask_BS)
+
+  def decode_step(self, token_B, state: DecodeState):
+    """One decoder step of the previous tokens (B,) -> logits (B, V), the
+    next state: ``forward``'s loop body (or its one-step call of the
+    whole-sequence decoder)."""
+    y_BE = self.tgt_embed(token_B)
+    memory_BSM, keys_BSA, mask_BS = (state.memory_BSM, state.keys_BSA,
+                                     state.mask_BS)
+    carry = state.carry
+    if not self.stepwise:  # nn.LSTM / nn.GRU, one step
+      layer_carry = (tuple(c[None] for c in carry) if self.lstm
+                     else carry[0][None])
+      out_B1H, layer_carry = self.decoder(y_BE[:, None], layer_carry)
+      carry = (tuple(c[0] for c in layer_carry) if self.lstm
+               else (layer_carry[0],))
+      out_BH = out_B1H[:, 0]
+      if self.s.attention == "luong":
+        out_BH = self._attentional(out_BH[:, None], memory_BSM, keys_BSA,
+                                   mask_BS)[:, 0]
+      return self.readout(out_BH), DecodeState(carry, None, memory_BSM,
+                                               keys_BSA, mask_BS)
+    if self.s.attention == "bahdanau":  # attends with the previous state
+      extra = self._context(carry[0][:, None], memory_BSM, keys_BSA,
+                            mask_BS)[:, 0]
+    else:
+      extra = state.feed_BH
+    new = self.decoder(torch.cat([y_BE, extra], -1),
+                       carry if self.lstm else carry[0])
+    carry = new if self.lstm else (new,)
+    att_BH = self._attentional(carry[0][:, None], memory_BSM, keys_BSA,
+                               mask_BS)[:, 0]
+    return self.readout(att_BH), DecodeState(
+        carry, att_BH if self.feeds else None, memory_BSM, keys_BSA, mask_BS)
+
+
+class DecodeState:
+  """What a decoder step reads besides the token, one row per hypothesis:
+  the carry (a tuple of (B, H)), the fed attentional state (B, H) or None,
+  and the source side: memory (B, S, M), its keys (B, S, A), mask (B, S).
+  ``select(rows)`` keeps those rows (beam reordering, finished sentences
+  dropped), as an NMT toolkit's ``index_select`` of its decoder state."""
+
+  def __init__(self, carry, feed_BH, memory_BSM, keys_BSA, mask_BS):
+    self.carry, self.feed_BH = carry, feed_BH
+    self.memory_BSM, self.keys_BSA, self.mask_BS = memory_BSM, keys_BSA, mask_BS
+
+  def select(self, rows, source_rows=None) -> "DecodeState":
+    """The state of ``rows``; the source side is taken at ``source_rows``
+    (None: kept as it is, as when beams are reordered within their
+    sentences, which share one source)."""
+    take = lambda x, at: None if x is None else x.index_select(0, at)
+    memory, keys, mask = self.memory_BSM, self.keys_BSA, self.mask_BS
+    if source_rows is not None:
+      memory, keys, mask = (take(x, source_rows) for x in (memory, keys,
+                                                           mask))
+    return DecodeState(tuple(take(c, rows) for c in self.carry),
+                       take(self.feed_BH, rows), memory, keys, mask)
+
+  def repeat(self, k: int) -> "DecodeState":
+    """Every row k times in a row (row b*k + j: a copy of row b)."""
+    rows = torch.arange(self.mask_BS.shape[0]).repeat_interleave(k)
+    return self.select(rows, rows)
+
 
 def _gates_to_torch(cell: str, x_XG: np.ndarray) -> np.ndarray:
   """seqjax's gate columns in PyTorch's row order, transposed: LSTM i, f,

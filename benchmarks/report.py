@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import types
 
@@ -45,6 +46,10 @@ def markdown(out: dict) -> str:
   for name, w in out["workloads"].items():
     if "markdown" in w:  # a workload with its own table (sweep)
       lines += ["", f"### {name}", ""] + w["markdown"].splitlines()
+      continue
+    if "kind" in w:  # a workload with tables of its own (benchmarks.beam)
+      lines += importlib.import_module(f"benchmarks.{w['kind']}"
+                                       ).markdown_lines(name, w)
       continue
     res = w["results"]
     fws = list(res)

@@ -4,6 +4,12 @@
       [--reps=3] [--json=PATH] [--single_thread]
   python -m benchmarks.run --workload=attention --peers=torch
   python -m benchmarks.run --workload=sweep   # vectorized vs sequential runs
+  python -m benchmarks.run --workload=beam --peers=torch --single_thread \
+      --settings=model_dir=WORKDIR
+
+``beam`` measures decoding alone (greedy and beam search of a trained
+translator against PyTorch's; ``benchmarks/beam.py``) with tables of its
+own: its module runs the measurement (``measure_workload``).
 
 ``attention`` measures training alone (the attention translator against the
 same model in PyTorch; ``benchmarks/attention.py``): its decoding columns
@@ -51,6 +57,10 @@ WORKLOADS = {
     # N reverse runs one after another vs one vectorized group.
     "sweep": ("benchmarks.sweep", ("seqjax.vectorized",),
               "vectorized groups (seqjax.vectorized) and benchmarks/sweep.py"),
+    "beam": ("benchmarks.beam",
+             ("seqjax.beam", "seqjax.translation", "experiments.translate"),
+             "beam search (seqjax.beam), the translation API and its "
+             "benchmark module benchmarks/beam.py"),
 }
 PEER_PACKAGES = {"keras": "keras", "torch": "torch"}
 
@@ -189,6 +199,8 @@ def run(config: BenchmarkConfig) -> dict:
   load_before = harness.load_average()
   t0 = time.perf_counter()
   workload = module.Workload(settings)
+  if hasattr(module, "measure_workload"):  # a workload of its own kind
+    return _run_own(config, module, workload, peers, notes, load_before, t0)
   frameworks = (["seqjax"] + list(getattr(workload, "variants", ()))
                 + [p for p in peers if p in workload.frameworks()])
   print(f"Workload {config.workload}: {settings}")
@@ -238,6 +250,34 @@ def run(config: BenchmarkConfig) -> dict:
                       "ratio: the median of each repetition's seqjax over "
                       "the same repetition's best peer; range: their least "
                       "and greatest"],
+      "seconds": time.perf_counter() - t0,
+  }
+  if config.json:
+    runner.write_json_atomic(config.json, out)
+    print(f"Wrote {config.json}")
+  return out
+
+
+def _run_own(config: BenchmarkConfig, module, workload, peers: list[str],
+             notes: list[str], load_before, t0: float) -> dict:
+  """A workload that measures and prints by itself
+  (``module.measure_workload``); the run's record around its entry."""
+  from benchmarks import harness
+  print(f"Workload {config.workload}: {workload.s}")
+  print(f"Load average {load_before}")
+  entry, machine, worker_notes = module.measure_workload(
+      workload, peers, config.reps, config.single_thread)
+  load_after = harness.load_average()
+  print(f"Load average before {load_before}, after {load_after}; "
+        f"{time.perf_counter() - t0:.0f} s")
+  out = {
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "command": " ".join(sys.argv),
+      "machine": {**machine, "load_before": load_before,
+                  "load_after": load_after},
+      "workloads": {config.workload: entry},
+      "notes": notes + worker_notes,
+      "definitions": list(getattr(module, "DEFINITIONS", [])),
       "seconds": time.perf_counter() - t0,
   }
   if config.json:

@@ -166,7 +166,6 @@ def attention_examples(spec: ModelSpec, model: Seq2Seq, params,
 
 # --------------------------------------------------------------- inference
 
-
 class ModelNotFoundError(ParameterError):
   """A workdir without a trained translation model."""
 

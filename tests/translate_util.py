@@ -46,16 +46,17 @@ def write_pairs(path, pairs_, attribution=True):
   return str(path)
 
 
-def train_tiny(tmp, n=40):
+def train_tiny(tmp, n=40, **flags):
   """A tiny model trained one epoch on ``n`` toy pairs (the last quarter
-  held out; sources at most 7 characters) by the binary; -> its workdir."""
+  held out; sources at most 7 characters) by the binary, with more
+  ``flags`` (TranslateConfig fields); -> its workdir."""
   from experiments import translate
   path = write_pairs(tmp / "pairs.txt", toy_pairs(n))
   workdir = str(tmp / "w")
   translate.run(translate.TranslateConfig(
       data_path=path, workdir=workdir, num_samples=0, validation_split=0.25,
       latent_dim=8, batch_size=10, epochs=1, log_every=0, n_examples=0,
-      num_buckets=1))
+      num_buckets=1, **flags))
   return workdir
 
 
