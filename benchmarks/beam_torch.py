@@ -19,8 +19,9 @@ its widest source), then a Python loop over decoder steps under
   the K best candidates finishes (scored ``log P / ((5 + len) / 6) **
   alpha``, GNMT's penalty), the K best finished are kept, the K best
   candidates that did not end live on. A sentence is dropped from the batch
-  once its best live hypothesis can no longer beat its K-th finished one
-  (``seqjax.beam``'s bound: ``live / penalty(max_len)``); the loop ends
+  once its best live hypothesis can no longer beat its best finished one
+  (``seqjax.beam``'s bound for one returned hypothesis: ``live /
+  penalty(max_len)``); the loop ends
   when none is left or at ``max_len``.
 """
 
@@ -112,7 +113,7 @@ def beam_search(model, src_BS, lengths_B, mask_BS, *, k: int, max_len: int,
     last_X = token_AC.gather(1, live_AK).view(-1)
     beam_rows_AK = (torch.arange(n)[:, None] * k
                     + origin_AC.gather(1, live_AK))
-    going_A = alive_logp_AK[:, 0] / bound > fin_score_AK[:, -1]
+    going_A = alive_logp_AK[:, 0] / bound > fin_score_AK[:, 0]
     if bool(going_A.all()):
       state = state.select(beam_rows_AK.view(-1))
       continue
