@@ -340,7 +340,8 @@ def _worker_main(conn, module_name: str, settings: dict, framework: str,
   try:
     module = importlib.import_module(module_name)
     workload = module.Workload(module.Settings(**settings))
-    ops = _Ops(workload, workload.runner(framework))
+    # A workload module may serve its own calls (``Ops``: benchmarks.beam).
+    ops = getattr(module, "Ops", _Ops)(workload, workload.runner(framework))
     conn.send(("ok", None))
   except BaseException:  # pylint: disable=broad-except
     conn.send(("error", traceback.format_exc()))

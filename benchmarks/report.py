@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import types
 
@@ -43,6 +44,10 @@ def markdown(out: dict) -> str:
            f"- load average (1, 5, 15 min) before {m['load_before']}, after "
            f"{m['load_after']}; {out['seconds']:.0f} s"]
   for name, w in out["workloads"].items():
+    if "kind" in w:  # a workload with tables of its own (benchmarks.beam)
+      lines += importlib.import_module(f"benchmarks.{w['kind']}"
+                                       ).markdown_lines(name, w)
+      continue
     res = w["results"]
     fws = list(res)
     threads = ("one thread per framework (--single_thread)"

@@ -3,6 +3,13 @@
   python -m benchmarks.run --workload=reverse [--peers=keras,torch]
       [--reps=3] [--json=PATH] [--single_thread]
   python -m benchmarks.run --workload=attention --peers=torch
+  python -m benchmarks.run --workload=beam_toolkit --peers=onmt --single_thread
+
+``beam_toolkit`` measures decoding alone (seqjax greedy and beam search
+against OpenNMT-py's, equal work; ``benchmarks/beam_toolkit.py``) with
+tables of its own: its module runs the measurement (``measure_workload``).
+OpenNMT-py is benchmark-only: ``pip install --no-deps OpenNMT-py==3.5.1
+configargparse six pyonmttok`` (its pinned torch is not wanted).
 
 ``attention`` measures training alone (the attention translator against the
 same model in PyTorch; ``benchmarks/attention.py``): its decoding columns
@@ -47,8 +54,16 @@ WORKLOADS = {
                   "the translate experiment's data pipeline and attention "
                   "(seqjax.attention) and its benchmark module "
                   "benchmarks/attention.py"),
+    "beam_toolkit": ("benchmarks.beam_toolkit",
+                     ("seqjax.beam", "seqjax.data.translation",
+                      "experiments.translate"),
+                     "beam search (seqjax.beam), the translate experiment's "
+                     "data pipeline and its benchmark module "
+                     "benchmarks/beam_toolkit.py"),
 }
-PEER_PACKAGES = {"keras": "keras", "torch": "torch"}
+PEER_PACKAGES = {"keras": "keras", "torch": "torch", "onmt": "onmt"}
+PEER_INSTALL = {"onmt": "pip install --no-deps OpenNMT-py==3.5.1 "
+                        "configargparse six pyonmttok"}
 
 # Settings a flag can override; 0 keeps the workload's default.
 SIZE_FLAGS = ("train_samples", "decode_n", "decode_batch", "loop_n",
@@ -58,8 +73,9 @@ SIZE_FLAGS = ("train_samples", "decode_n", "decode_batch", "loop_n",
 @dataclasses.dataclass
 class BenchmarkConfig:
   workload: str = field("reverse", f"One of {', '.join(WORKLOADS)}.")
-  peers: str = field("keras,torch", "Comma-separated peers: keras, torch "
-                     "(empty: seqjax alone).")
+  peers: str = field("keras,torch", "Comma-separated peers: keras, torch, "
+                     "onmt (OpenNMT-py: beam_toolkit) (empty: seqjax "
+                     "alone).")
   reps: int = field(3, "Repetitions of every measurement (medians reported).")
   json: str = field("", "Write the results as JSON here.")
   train_samples: int = field(0, "Training samples per epoch (0: the "
@@ -158,8 +174,9 @@ def select_peers(requested: list[str]) -> tuple[list[str], list[str]]:
     if _module_exists(PEER_PACKAGES[p]):
       peers.append(p)
     else:
+      how = PEER_INSTALL.get(p, "pip install -e '.[bench]'")
       notes.append(f"peer {p} skipped: the {PEER_PACKAGES[p]} package is not "
-                   "installed (pip install -e '.[bench]')")
+                   f"installed ({how})")
   return peers, notes
 
 
@@ -183,6 +200,8 @@ def run(config: BenchmarkConfig) -> dict:
   load_before = harness.load_average()
   t0 = time.perf_counter()
   workload = module.Workload(settings)
+  if hasattr(module, "measure_workload"):  # a workload of its own kind
+    return _run_own(config, module, workload, peers, notes, load_before, t0)
   frameworks = (["seqjax"] + list(getattr(workload, "variants", ()))
                 + [p for p in peers if p in workload.frameworks()])
   print(f"Workload {config.workload}: {settings}")
@@ -232,6 +251,34 @@ def run(config: BenchmarkConfig) -> dict:
                       "ratio: the median of each repetition's seqjax over "
                       "the same repetition's best peer; range: their least "
                       "and greatest"],
+      "seconds": time.perf_counter() - t0,
+  }
+  if config.json:
+    runner.write_json_atomic(config.json, out)
+    print(f"Wrote {config.json}")
+  return out
+
+
+def _run_own(config: BenchmarkConfig, module, workload, peers: list[str],
+             notes: list[str], load_before, t0: float) -> dict:
+  """A workload that measures and prints by itself
+  (``module.measure_workload``); the run's record around its entry."""
+  from benchmarks import harness
+  print(f"Workload {config.workload}: {workload.s}")
+  print(f"Load average {load_before}")
+  entry, machine, worker_notes = module.measure_workload(
+      workload, peers, config.reps, config.single_thread)
+  load_after = harness.load_average()
+  print(f"Load average before {load_before}, after {load_after}; "
+        f"{time.perf_counter() - t0:.0f} s")
+  out = {
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "command": " ".join(sys.argv),
+      "machine": {**machine, "load_before": load_before,
+                  "load_after": load_after},
+      "workloads": {config.workload: entry},
+      "notes": notes + worker_notes,
+      "definitions": list(getattr(module, "DEFINITIONS", [])),
       "seconds": time.perf_counter() - t0,
   }
   if config.json:
