@@ -6,10 +6,17 @@
   python -m benchmarks.run --workload=sweep   # vectorized vs sequential runs
   python -m benchmarks.run --workload=beam --peers=torch --single_thread \
       --settings=model_dir=WORKDIR
+  python -m benchmarks.run --workload=beam_toolkit --peers=onmt --single_thread
 
 ``beam`` measures decoding alone (greedy and beam search of a trained
 translator against PyTorch's; ``benchmarks/beam.py``) with tables of its
 own: its module runs the measurement (``measure_workload``).
+
+``beam_toolkit`` measures decoding alone (seqjax greedy and beam search
+against OpenNMT-py's, equal work; ``benchmarks/beam_toolkit.py``) with
+tables of its own: its module runs the measurement (``measure_workload``).
+OpenNMT-py is benchmark-only: ``pip install --no-deps OpenNMT-py==3.5.1
+configargparse six pyonmttok`` (its pinned torch is not wanted).
 
 ``attention`` measures training alone (the attention translator against the
 same model in PyTorch; ``benchmarks/attention.py``): its decoding columns
@@ -61,8 +68,16 @@ WORKLOADS = {
              ("seqjax.beam", "seqjax.translation", "experiments.translate"),
              "beam search (seqjax.beam), the translation API and its "
              "benchmark module benchmarks/beam.py"),
+    "beam_toolkit": ("benchmarks.beam_toolkit",
+                     ("seqjax.beam", "seqjax.data.translation",
+                      "experiments.translate"),
+                     "beam search (seqjax.beam), the translate experiment's "
+                     "data pipeline and its benchmark module "
+                     "benchmarks/beam_toolkit.py"),
 }
-PEER_PACKAGES = {"keras": "keras", "torch": "torch"}
+PEER_PACKAGES = {"keras": "keras", "torch": "torch", "onmt": "onmt"}
+PEER_INSTALL = {"onmt": "pip install --no-deps OpenNMT-py==3.5.1 "
+                        "configargparse six pyonmttok"}
 
 # Settings a flag can override; 0 keeps the workload's default.
 SIZE_FLAGS = ("train_samples", "decode_n", "decode_batch", "loop_n",
@@ -72,8 +87,9 @@ SIZE_FLAGS = ("train_samples", "decode_n", "decode_batch", "loop_n",
 @dataclasses.dataclass
 class BenchmarkConfig:
   workload: str = field("reverse", f"One of {', '.join(WORKLOADS)}.")
-  peers: str = field("keras,torch", "Comma-separated peers: keras, torch "
-                     "(empty: seqjax alone).")
+  peers: str = field("keras,torch", "Comma-separated peers: keras, torch, "
+                     "onmt (OpenNMT-py: beam_toolkit) (empty: seqjax "
+                     "alone).")
   reps: int = field(3, "Repetitions of every measurement (medians reported).")
   json: str = field("", "Write the results as JSON here.")
   train_samples: int = field(0, "Training samples per epoch (0: the "
@@ -172,8 +188,9 @@ def select_peers(requested: list[str]) -> tuple[list[str], list[str]]:
     if _module_exists(PEER_PACKAGES[p]):
       peers.append(p)
     else:
+      how = PEER_INSTALL.get(p, "pip install -e '.[bench]'")
       notes.append(f"peer {p} skipped: the {PEER_PACKAGES[p]} package is not "
-                   "installed (pip install -e '.[bench]')")
+                   f"installed ({how})")
   return peers, notes
 
 
