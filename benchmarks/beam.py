@@ -349,49 +349,19 @@ def measure(workload: Workload, frameworks: list[str], reps: int,
   rotating. -> (results per framework, agreement fractions, the seqjax
   worker's machine facts, notes)."""
   s, n = workload.s, len(workload.src_NS)
-  settings = dataclasses.asdict(s)
-  workers, notes = {}, []
+  workers, notes = harness.start_workers(__name__, dataclasses.asdict(s),
+                                         frameworks, single_thread, log)
+  frameworks = list(workers)
   try:
-    for fw in frameworks:
-      try:
-        workers[fw] = harness.Worker(__name__, settings, fw, single_thread)
-      except harness.WorkerError as e:
-        if fw == "seqjax":
-          raise
-        notes.append(f"peer {fw} skipped: {str(e).splitlines()[-1]}")
-        log(f"Note: {notes[-1]}")
-    frameworks = [fw for fw in frameworks if fw in workers]
-    results = {fw: {"warmup": workers[fw].call("warmup"), "reps": {},
-                    "same_tokens_every_rep": {}} for fw in frameworks}
-    tokens = {fw: {} for fw in frameworks}
-    for rep in range(reps):
-      shift = rep % len(frameworks)
-      for fw in frameworks[shift:] + frameworks[:shift]:
-        for key in keys(s):
-          time.sleep(settle_s)  # the previous framework's threads settle
-          out = workers[fw].call("decode", key)
-          runs = results[fw]["reps"].setdefault(key, {
-              "sentences_per_s": [], "seconds": [], "steps": [],
-              "rows_stepped": []})
-          runs["sentences_per_s"].append(n / out["seconds"])
-          for k in ("seconds", "steps", "rows_stepped"):
-            runs[k].append(out[k])
-          same = results[fw]["same_tokens_every_rep"]
-          same[key] = same.get(key, True) and (
-              key not in tokens[fw]
-              or np.array_equal(tokens[fw][key], out["tokens"]))
-          tokens[fw][key] = out["tokens"]
-          log(f"  rep {rep + 1}/{reps} {fw:7s} {key:12s} "
-              f"{n / out['seconds']:9.1f} sentences/s, "
-              f"{out['steps']} steps")
+    results, tokens = harness.rotate_decodes(
+        workers, reps, lambda fw: keys(s), n,
+        ("seconds", "steps", "rows_stepped"), log, settle_s)
     for fw in frameworks:
       info = workers[fw].call("info")
       res = results[fw]
       res["versions"] = info["versions"]
       if info["notes"]:
         res["notes"] = info["notes"]
-      res["median"] = {key: {k: harness.median(v) for k, v in runs.items()}
-                       for key, runs in res["reps"].items()}
       res["mean_output_length"] = {
           key: float(np.mean(_lengths(t))) for key, t in tokens[fw].items()}
       res["longest_output_steps"] = {

@@ -534,50 +534,18 @@ def measure(workload: Workload, frameworks: list[str], reps: int,
   measurements, the order of the frameworks rotating. -> (results per
   framework, the seqjax worker's machine facts, notes)."""
   s, n = workload.s, len(workload.src_NS)
-  settings = dataclasses.asdict(s)
-  workers, notes = {}, []
+  workers, notes = harness.start_workers(__name__, dataclasses.asdict(s),
+                                         frameworks, single_thread, log)
+  frameworks = list(workers)
   try:
-    for fw in frameworks:
-      try:
-        workers[fw] = harness.Worker(__name__, settings, fw, single_thread)
-      except harness.WorkerError as e:
-        if fw == "seqjax":
-          raise
-        notes.append(f"{fw} skipped: {str(e).splitlines()[-1]}")
-        log(f"Note: {notes[-1]}")
-    frameworks = [fw for fw in frameworks if fw in workers]
-    results = {}
-    for fw in frameworks:
-      log(f"  warm-up {fw}")
-      results[fw] = {"warmup": workers[fw].call("warmup"), "reps": {},
-                     "same_tokens_every_rep": {}}
-    tokens = {fw: {} for fw in frameworks}
-    for rep in range(reps):
-      shift = rep % len(frameworks)
-      for fw in frameworks[shift:] + frameworks[:shift]:
-        for key in keys(s, fw):
-          time.sleep(settle_s)  # the previous framework's threads settle
-          out = workers[fw].call("decode", key)
-          runs = results[fw]["reps"].setdefault(
-              key, {"sentences_per_s": [], "seconds": [], "steps": []})
-          runs["sentences_per_s"].append(n / out["seconds"])
-          runs["seconds"].append(out["seconds"])
-          runs["steps"].append(out["steps"])
-          same = results[fw]["same_tokens_every_rep"]
-          same[key] = same.get(key, True) and (
-              key not in tokens[fw]
-              or np.array_equal(tokens[fw][key], out["tokens"]))
-          tokens[fw][key] = out["tokens"]
-          log(f"  rep {rep + 1}/{reps} {fw:10s} {key:18s} "
-              f"{n / out['seconds']:9.1f} sentences/s, {out['steps']} "
-              "steps")
+    results, tokens = harness.rotate_decodes(
+        workers, reps, lambda fw: keys(s, fw), n, ("seconds", "steps"), log,
+        settle_s)
     for fw in frameworks:
       info = workers[fw].call("info")
       res = results[fw]
       res.update(versions=info["versions"], model=info["model"],
                  notes=info["notes"])
-      res["median"] = {key: {k: harness.median(v) for k, v in runs.items()}
-                       for key, runs in res["reps"].items()}
       res["mean_output_length"] = {
           key: float(np.mean(output_lengths(fw, t)))
           for key, t in tokens[fw].items()}

@@ -574,3 +574,60 @@ def format_ratios(rows: list[dict]) -> str:
                  f"{'/'.join(row['vs'])} (target >= {row['target']}x): "
                  f"{'met' if row['met'] else 'MISSED'}")
   return "\n".join(lines)
+
+
+def start_workers(module_name: str, settings: dict, frameworks: list[str],
+                  single_thread: bool, log=print) -> tuple[dict, list[str]]:
+  """A ``Worker`` per framework -> (workers, notes): a peer that cannot
+  start is skipped with a note; seqjax must start."""
+  workers, notes = {}, []
+  for fw in frameworks:
+    try:
+      workers[fw] = Worker(module_name, settings, fw, single_thread)
+    except WorkerError as e:
+      if fw == "seqjax":
+        for worker in workers.values():
+          worker.close()
+        raise
+      notes.append(f"peer {fw} skipped: {str(e).splitlines()[-1]}")
+      log(f"Note: {notes[-1]}")
+  return workers, notes
+
+
+def rotate_decodes(workers: dict, reps: int, keys_of: Callable, n: int,
+                   fields: tuple, log=print, settle_s: float = 1.0
+                   ) -> tuple[dict, dict]:
+  """Each repetition, every worker's ``decode`` of every key of
+  ``keys_of(framework)``, the frameworks' order rotating -> (results: per
+  framework its warm-up and per key the lists of sentences/s and
+  ``fields``, and whether its tokens were the same every repetition; the
+  last tokens per framework and key)."""
+  frameworks = list(workers)
+  results = {}
+  for fw in frameworks:
+    log(f"  warm-up {fw}")
+    results[fw] = {"warmup": workers[fw].call("warmup"), "reps": {},
+                   "same_tokens_every_rep": {}}
+  tokens = {fw: {} for fw in frameworks}
+  for rep in range(reps):
+    shift = rep % len(frameworks)
+    for fw in frameworks[shift:] + frameworks[:shift]:
+      for key in keys_of(fw):
+        time.sleep(settle_s)  # the previous framework's threads settle
+        out = workers[fw].call("decode", key)
+        runs = results[fw]["reps"].setdefault(
+            key, {"sentences_per_s": [], **{k: [] for k in fields}})
+        runs["sentences_per_s"].append(n / out["seconds"])
+        for k in fields:
+          runs[k].append(out[k])
+        same = results[fw]["same_tokens_every_rep"]
+        same[key] = same.get(key, True) and (
+            key not in tokens[fw]
+            or np.array_equal(tokens[fw][key], out["tokens"]))
+        tokens[fw][key] = out["tokens"]
+        log(f"  rep {rep + 1}/{reps} {fw:10s} {key:18s} "
+            f"{n / out['seconds']:9.1f} sentences/s, {out['steps']} steps")
+  for res in results.values():
+    res["median"] = {key: {k: median(v) for k, v in runs.items()}
+                     for key, runs in res["reps"].items()}
+  return results, tokens

@@ -786,6 +786,28 @@ def _reduce(pending) -> dict:
   return row
 
 
+def save_last_good(loop, good: int) -> str:
+  """Saves a loop's last good state (step ``good``, when it trained past
+  where it started) -> the sentence saying which checkpoint is kept."""
+  if loop.checkpointer is None:
+    return ""
+  if good > loop.step_start:
+    loop.save()
+  last = loop.checkpointer.latest_step()
+  return (f" The last good checkpoint (step {last}) in "
+          f"{loop.checkpointer.directory} is kept; nothing non-finite was "
+          "saved." if last is not None else " Nothing was saved.")
+
+
+def nonfinite_what(loss: float, grad_norm: float) -> str:
+  """What was not finite, for the message of a stopped run."""
+  if not np.isfinite(loss):
+    return f"loss {loss}"
+  if not np.isfinite(grad_norm):
+    return f"gradient norm {grad_norm} (loss {loss})"
+  return f"parameters after the update (loss {loss})"
+
+
 class _Loop:
   """The mutable part of one ``fit``: state and carry, the step, the calls
   whose metrics are not yet logged (``pending``) or whose non-finite flags
@@ -985,21 +1007,12 @@ class _Loop:
     self.write_row(self.pending[:-1] + [(metrics_K, j)], step=good,
                    epoch=good / self.spe, nonfinite_step=bad,
                    nonfinite_loss=str(loss), nonfinite_grad_norm=str(grad_norm))
-    saved = ""
-    if self.checkpointer is not None:
-      if good > self.step_start:
-        self.save()
-      last = self.checkpointer.latest_step()
-      saved = (f" The last good checkpoint (step {last}) in "
-               f"{self.checkpointer.directory} is kept; nothing non-finite was "
-               "saved." if last is not None else " Nothing was saved.")
-    what = (f"loss {loss}" if not np.isfinite(loss) else
-            f"gradient norm {grad_norm} (loss {loss})" if not np.isfinite(
-                grad_norm) else f"parameters after the update (loss {loss})")
+    saved = save_last_good(self, good)
     raise reliability.NonFiniteError(
-        f"Non-finite {what} at step {bad} (epoch {bad / self.spe:.2f}): the "
-        f"update was not applied and training stopped.{saved} A lower "
-        "learning rate, or nonfinite=\"skip\" (skip such steps), avoids this.")
+        f"Non-finite {nonfinite_what(loss, grad_norm)} at step {bad} (epoch "
+        f"{bad / self.spe:.2f}): the update was not applied and training "
+        f"stopped.{saved} A lower learning rate, or nonfinite=\"skip\" (skip "
+        "such steps), avoids this.")
 
   def finish(self):
     jax.block_until_ready(self.state.params)

@@ -387,21 +387,11 @@ class _Member:
                    nonfinite_step=bad, nonfinite_loss=str(loss),
                    nonfinite_grad_norm=str(grad_norm))
     self.pending, self.step = [], good
-    saved = ""
-    if self.checkpointer is not None:
-      if good > self.step_start:
-        self.save()
-      last = self.checkpointer.latest_step()
-      saved = (f" The last good checkpoint (step {last}) in "
-               f"{self.checkpointer.directory} is kept; nothing non-finite was "
-               "saved." if last is not None else " Nothing was saved.")
-    what = (f"loss {loss}" if not np.isfinite(loss) else
-            f"gradient norm {grad_norm} (loss {loss})" if not np.isfinite(
-                grad_norm) else f"parameters after the update (loss {loss})")
+    saved = train_lib.save_last_good(self, good)
     self.result.error = (
-        f"Non-finite {what} at step {bad} (epoch {bad / self.spe:.2f}): the "
-        f"update was not applied and this member stopped (the others of its "
-        f"group went on).{saved}")
+        f"Non-finite {train_lib.nonfinite_what(loss, grad_norm)} at step "
+        f"{bad} (epoch {bad / self.spe:.2f}): the update was not applied and "
+        f"this member stopped (the others of its group went on).{saved}")
     self.result.bad_step = bad
     logging.warning("Member %d: %s", self.i, self.result.error)
 
