@@ -364,9 +364,9 @@ def test_addition_dev_and_test_are_disjoint_and_unseen_in_training(tmp_path):
   decoded, held_out = [], setup.data
   predict = held_out.predict
 
-  def spy(params, src):
+  def spy(params, src, final=False):
     decoded.append(next(k for k, v in splits.items() if v["src"] is src))
-    return predict(params, src)
+    return predict(params, src, final)
 
   held_out.predict = spy
   out = held_out.epoch_end(
