@@ -6,7 +6,8 @@ prints their exact-sequence accuracy. A shorter run:
 
     SEQJAX_EXAMPLE_STEPS=300 python docs/examples/research_script.py
 
-(the default, 2,000 steps, reaches about 99% on a laptop CPU in seconds).
+(the default, 2,000 steps, scored 100.00% on 1,000 fresh sequences, in 39 s
+on a busy 2-core CPU; 500 steps scored 56.8%).
 """
 
 import os
