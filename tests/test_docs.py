@@ -188,3 +188,31 @@ def test_readme_starts_with_the_two_commands():
       "pip install -e . && python -m experiments.reverse",
       "pip install -e '.[test]' && python -m pytest -q -m \"not full\" tests",
       "```"]
+
+
+REPO_PATH_RE = re.compile(
+    r"(?<![\w./-])((?:seqjax|experiments|benchmarks|tests|configs|scripts|"
+    r"docs|\.ci)/[\w./-]*[\w/])(?![\w<*{])")
+
+
+def cited_paths(text: str) -> set[str]:
+  """Repository paths a doc names in its text (placeholders such as
+  ``configs/<task>.flags`` left out)."""
+  return {m.rstrip("/") for m in REPO_PATH_RE.findall(text)}
+
+
+def test_cited_paths_finds_paths_and_skips_placeholders():
+  assert cited_paths("see `seqjax/train.py`, docs/runs/ and "
+                     "configs/echo_<mode>.flags or runs/x") == {
+                         "seqjax/train.py", "docs/runs"}
+
+
+def test_every_cited_repository_path_is_tracked():
+  missing = []
+  for doc in doc_files():
+    if doc == "docs/api.md":  # docstrings' own text
+      continue
+    with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
+      missing += [f"{doc}: {p}" for p in sorted(cited_paths(f.read()))
+                  if p not in tracked_paths()]
+  assert not missing, "\n".join(missing)
