@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from seqjax import compile_cache
 from seqjax import config as config_lib
 from seqjax import reliability
 from seqjax import runner
@@ -23,6 +24,26 @@ from seqjax.errors import SeqjaxError
 
 FLAGS = flags.FLAGS
 TRAINING_FLAGS = "training flags (seqjax.config.TrainingConfig)"
+RUNTIME_FLAGS = "runtime flags"
+
+
+def define_runtime_flags(flag_values=FLAGS) -> None:
+  """Flags of the process, not of the run: they change no number."""
+  if "compilation_cache_dir" not in flag_values:
+    flags.DEFINE_string(
+        "compilation_cache_dir", compile_cache.default_dir(),
+        "Where compiled XLA programs are kept across runs, so a rerun of "
+        "the same shapes starts without compiling; empty: no cache. Default: "
+        f"${compile_cache.ENV_VAR}, else ~/.cache/seqjax/xla.",
+        module_name=RUNTIME_FLAGS, flag_values=flag_values)
+
+
+def start_compilation_cache(path: str) -> None:
+  """The persistent compilation cache at ``path``; a warning line (not a
+  failure) when it cannot be used."""
+  warning = compile_cache.enable(path)
+  if warning:
+    logging.warning("%s", warning)
 
 
 def _flag_kind(tp):
@@ -51,7 +72,8 @@ def define_flags(config_cls, module_name: str, flag_values=FLAGS) -> None:
   # absl's --help shows the main module's flags, which for `python -m` is a
   # file path that owns none: show the task's, then the shared ones.
   flag_values.__dict__["main_module_help"] = lambda: "\n".join(
-      flag_values.module_help(m) for m in (module_name, TRAINING_FLAGS)
+      flag_values.module_help(m)
+      for m in (module_name, TRAINING_FLAGS, RUNTIME_FLAGS)
       if flag_values.get_key_flags_for_module(m))
 
 
@@ -92,12 +114,14 @@ def main(task) -> None:
   """
   config_cls, run = task.config_cls, task.run
   define_flags(config_cls, f"{task.name} flags")
+  define_runtime_flags()
 
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
+    start_compilation_cache(FLAGS.compilation_cache_dir)
     config = config_from_flags(config_cls)
     errors = config.validate()
     if errors:
