@@ -154,8 +154,9 @@ class TranslateConfig(config_lib.DevDecodingConfig):
   attention: str = field("none", "none (Keras), bahdanau (additive) or luong "
                          "(multiplicative) attention over the source.",
                          choices=attention_lib.KINDS)
-  attention_score: str = field("general", "Luong's score: dot or general.",
-                               choices=attention_lib.SCORES)
+  attention_score: str = field(
+      "general", "Luong's score: " + ", ".join(attention_lib.SCORES)
+      + " (Bahdanau's is additive).", choices=tuple(attention_lib.SCORES))
   input_feeding: bool = field(True, "Luong: feed the attentional state to "
                               "the next decoder step.")
   dropout: float = field(0.0, "Dropout on embeddings, between layers and "
@@ -202,10 +203,11 @@ class TranslateConfig(config_lib.DevDecodingConfig):
     if self.level == "word" and self.embedding_dim is None:
       errors.append("--level=word needs --embedding_dim (words go through an "
                     "Embedding layer)")
-    if (self.attention == "luong" and self.attention_score == "dot"
-        and self.bidirectional):
-      errors.append("--attention_score=dot needs encoder outputs of the "
-                    "decoder's size: not with --bidirectional (use general)")
+    if (self.attention == "luong" and self.bidirectional
+        and attention_lib.SCORES[self.attention_score].same_width):
+      errors.append(f"--attention_score={self.attention_score} needs encoder "
+                    "outputs of the decoder's size: not with --bidirectional "
+                    "(use general)")
     if (self.target_script != script_lib.AS_IS and not self.translate
         and not script_lib.available()):
       errors.append(f"--target_script={self.target_script} needs OpenCC: "

@@ -15,7 +15,6 @@ final output repeated once per output step, no teacher forcing.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, ClassVar, NamedTuple, Optional
 
 import flax.linen as nn
@@ -23,7 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import attention as attention_lib
-from seqjax.recurrent import CELLS, Carry, make_recurrent, project_inputs
+from seqjax import encoder as encoder_lib
+from seqjax.decoder import Decoder, DecoderState
+from seqjax.encoder import reverse_by_length  # noqa: F401 (public name)
+from seqjax.recurrent import CELLS, Carry, make_recurrent
 
 Array = jax.Array
 
@@ -35,19 +37,6 @@ def _layer_name(base: str, i: int) -> str:
   """Layer 0 keeps the tutorial's name ("encoder"), so a one-layer model's
   parameters are the tutorial model's."""
   return base if i == 0 else f"{base}_{i}"
-
-
-def reverse_by_length(x_BS: Array, lengths_B: Array) -> Array:
-  """Each row's first ``length`` steps reversed, its padding left in place
-  (ids (B, S) or vectors (B, S, F)): a backward recurrence then starts at
-  the last real token."""
-  steps = x_BS.shape[1]
-  t_S = jnp.arange(steps)
-  idx_BS = jnp.where(t_S[None] < lengths_B[:, None],
-                     lengths_B[:, None] - 1 - t_S[None], t_S[None])
-  if x_BS.ndim == 3:
-    idx_BS = idx_BS[..., None]
-  return jnp.take_along_axis(x_BS, idx_BS, axis=1)
 
 
 def check_architecture(model) -> None:
@@ -62,17 +51,9 @@ def check_architecture(model) -> None:
                         model.units * (2 if model.bidirectional else 1))
 
 
-class DecoderState(NamedTuple):
-  """The decoder's state between steps when it attends (a plain decoder's
-  state is its recurrent carry)."""
-  rnn: tuple          # one carry per decoder layer
-  feed_BH: Array      # the last attentional state (Luong input feeding)
-  weights_BS: Array   # the last step's attention weights
-  memory: attention_lib.Memory
-
-
 class Seq2Seq(nn.Module):
-  """Encoder-decoder over token ids.
+  """Encoder-decoder over token ids: an encoder (``seqjax.encoder``), a
+  decoder (``seqjax.decoder``) and a Dense readout.
 
   The defaults are the tutorial's model: one LSTM layer each side, the
   encoder's final carry the decoder's start, a Dense readout.
@@ -88,9 +69,9 @@ class Seq2Seq(nn.Module):
     bidirectional: a backward layer beside each encoder layer, started at
       each sentence's last real token; their outputs are concatenated.
     attention: "none", "bahdanau" or "luong" (``seqjax.attention``), with
-      ``attention_score`` ("dot" / "general") for Luong, and
-      ``input_feeding`` (Luong: the attentional state is an input of the next
-      decoder step).
+      ``attention_score`` (a name in ``attention.SCORES``) for Luong (
+      Bahdanau's is additive), and ``input_feeding`` (Luong: the
+      attentional state is an input of the next decoder step).
     dropout: rate on embeddings, between layers and before the readout,
       applied only when the call is given a "dropout" rng (training).
 
@@ -120,33 +101,38 @@ class Seq2Seq(nn.Module):
                                 name="src_embedding")
       self.tgt_embed = nn.Embed(self.tgt_vocab, self.embedding_dim,
                                 name="tgt_embedding")
+    self._setup_encoder()
     width, units = self.embedding_dim, self.units
-    layer = functools.partial(make_recurrent, self.cell, units=units,
-                              dtype=self.dtype)
-    directions = 2 if self.bidirectional else 1
-    enc_in = [width or self.src_vocab] + [units * directions] * (
-        self.encoder_layers - 1)
-    self.encoders = [layer(in_features=f, name=_layer_name("encoder", i))
-                     for i, f in enumerate(enc_in)]
-    self.backward_encoders = [
-        layer(in_features=f, name=_layer_name("encoder_backward", i))
-        for i, f in enumerate(enc_in)] if self.bidirectional else []
     self.decoders = [
-        layer(in_features=f, name=_layer_name("decoder", i))
+        self._layer(f, _layer_name("decoder", i))
         for i, f in enumerate([(width or self.tgt_vocab) + self._extra_in()]
                               + [units] * (self.decoder_layers - 1))]
-    if self._needs_bridge():
-      self.bridges = [nn.Dense(self.decoder_layers * units, dtype=self.dtype,
-                               name=f"bridge_{k}")
-                      for k in range(CELLS[self.cell].carry_size)]
     if self.attention != "none":
-      memory = units * directions
+      memory = units * self._directions()
       self.attention_layer = attention_lib.Attention(
           self.attention, units, memory, self.attention_score,
           name="attention")
       self.combine = self.param("combine", dense_init, (memory + units, units))
     self.readout = nn.Dense(self.tgt_vocab, kernel_init=dense_init,
                             dtype=self.dtype, name="readout")
+
+  def _setup_encoder(self):
+    units = self.units
+    enc_in = [self.embedding_dim or self.src_vocab] + [
+        units * self._directions()] * (self.encoder_layers - 1)
+    self.encoders = [self._layer(f, _layer_name("encoder", i))
+                     for i, f in enumerate(enc_in)]
+    self.backward_encoders = [
+        self._layer(f, _layer_name("encoder_backward", i))
+        for i, f in enumerate(enc_in)] if self.bidirectional else []
+    if self._needs_bridge():
+      self.bridges = [nn.Dense(self.decoder_layers * units, dtype=self.dtype,
+                               name=f"bridge_{k}")
+                      for k in range(CELLS[self.cell].carry_size)]
+
+  def _layer(self, in_features: int, name: str):
+    return make_recurrent(self.cell, units=self.units, dtype=self.dtype,
+                          in_features=in_features, name=name)
 
   # The tutorial's names for the one-layer model's recurrences.
   @property
@@ -156,6 +142,9 @@ class Seq2Seq(nn.Module):
   @property
   def decoder(self):
     return self.decoders[0]
+
+  def _directions(self) -> int:
+    return 2 if self.bidirectional else 1
 
   def _feeds(self) -> bool:
     return self.attention == "luong" and self.input_feeding
@@ -168,11 +157,21 @@ class Seq2Seq(nn.Module):
   def _extra_in(self) -> int:
     """Features the first decoder layer reads beside the token."""
     if self.attention == "bahdanau":
-      return self.units * (2 if self.bidirectional else 1)
+      return self.units * self._directions()
     return self.units if self._feeds() else 0
 
   def _needs_bridge(self) -> bool:
     return self.bidirectional or self.encoder_layers != self.decoder_layers
+
+  def _parts(self) -> Decoder:
+    """The decoder's arrays (valid inside one ``apply``)."""
+    attending = self.attention != "none"
+    return Decoder(
+        layers=tuple(l.step_arrays() for l in self.decoders),
+        extra_in=self._extra_in(), kind=self.attention, feeds=self._feeds(),
+        score=(self.attention_layer.score_name() if attending else ""),
+        attention=self.attention_layer.arrays() if attending else None,
+        combine=self.combine if attending else None, dtype=self.dtype)
 
   def _drop(self, x: Array) -> Array:
     """Dropout where the call has a "dropout" rng (training) and a rate."""
@@ -195,63 +194,37 @@ class Seq2Seq(nn.Module):
   def _tgt_inputs(self, tokens: Array) -> Array:
     return tokens if self.embedding_dim is None else self.tgt_embed(tokens)
 
-  # ------------------------------------------------------------ encoder
+  def _read(self, out: Array) -> Array:
+    return self.readout(out).astype(jnp.float32)
 
-  def _encode_layers(self, src_BS: Array, src_mask_BS: Optional[Array]):
-    """-> outputs (B, S, M) of the top layer, final carries per layer (a
-    forward and, when bidirectional, a backward one each)."""
-    x = self._drop(self._src_inputs(src_BS))
-    lengths_B = (jnp.full(src_BS.shape[:1], src_BS.shape[1], jnp.int32)
-                 if src_mask_BS is None else src_mask_BS.sum(-1))
-    finals = []
-    for i, forward in enumerate(self.encoders):
-      out_BSH, carry = forward(x, mask=src_mask_BS)
-      finals.append(carry)
-      if self.bidirectional:
-        back_BSH, back = self.backward_encoders[i](
-            reverse_by_length(x, lengths_B), mask=src_mask_BS)
-        out_BSH = jnp.concatenate(
-            [out_BSH, reverse_by_length(back_BSH, lengths_B)], axis=-1)
-        finals.append(back)
-      x = self._drop(out_BSH) if i + 1 < self.encoder_layers else out_BSH
-    return x, finals
+  # ------------------------------------------------------------ encoder
 
   def _start(self, finals: list) -> tuple:
     """The decoder layers' start carries from the encoder's final ones."""
     if not self._needs_bridge():
       return tuple(finals)
-    starts = []
-    for k, bridge in enumerate(self.bridges):
-      x_BF = jnp.concatenate([c[k] for c in finals], axis=-1)
-      starts.append(jnp.split(jnp.tanh(bridge(x_BF)), self.decoder_layers,
-                              axis=-1))
-    return tuple(tuple(s[i] for s in starts)
-                 for i in range(self.decoder_layers))
-
-  def _decoder_state(self, rnn: tuple, memory_BSM: Array, src_BS: Array,
-             src_mask_BS: Optional[Array]):
-    if self.attention == "none":
-      return rnn[0] if self.decoder_layers == 1 else rnn
-    mask_BS = (jnp.ones(src_BS.shape, bool) if src_mask_BS is None
-               else src_mask_BS)
-    memory = attention_lib.make_memory(self.attention_layer.arrays(),
-                                       memory_BSM, mask_BS)
-    batch = src_BS.shape[0]
-    feed_BH = jnp.zeros((batch, self.units if self._feeds() else 0),
-                        self.dtype)
-    return DecoderState(rnn, feed_BH, jnp.zeros(src_BS.shape, jnp.float32),
-                        memory)
+    return encoder_lib.bridge(self.bridges, finals, self.decoder_layers)
 
   def _layers_of(self, state) -> tuple:
     if isinstance(state, DecoderState):
       return state.rnn
     return (state,) if self.decoder_layers == 1 else state
 
+  def _plain_state(self, rnn: tuple):
+    return rnn[0] if self.decoder_layers == 1 else rnn
+
   def encode(self, src_BS: Array, src_mask_BS: Optional[Array] = None):
     """Source tokens -> the decoder's start state: the carry (a tuple per
     layer when stacked) or, with attention, a ``DecoderState``."""
-    memory_BSM, finals = self._encode_layers(src_BS, src_mask_BS)
-    return self._decoder_state(self._start(finals), memory_BSM, src_BS, src_mask_BS)
+    memory_BSM, finals = encoder_lib.encode_layers(
+        self.encoders, self.backward_encoders,
+        self._drop(self._src_inputs(src_BS)), src_mask_BS, self._drop)
+    rnn = self._start(finals)
+    if self.attention == "none":
+      return self._plain_state(rnn)
+    mask_BS = (jnp.ones(src_BS.shape, bool) if src_mask_BS is None
+               else src_mask_BS)
+    return self._parts().start(rnn, memory_BSM, mask_BS, src_BS.shape[0])
 
   def encode_for_decoding(self, src_BS: Array,
                           src_mask_BS: Optional[Array] = None):
@@ -267,51 +240,16 @@ class Seq2Seq(nn.Module):
 
   # ------------------------------------------------------------ decoder
 
-  def _first_layer_xw(self, x: Array, extra: Optional[Array]) -> Array:
-    """The first decoder layer's projected input: the token (ids or
-    vectors) and the extra features (context or fed state) beside it."""
-    layer = self.decoder
-    kernel = layer.kernel
-    rows = kernel.shape[0] - self._extra_in()
-    xw = project_inputs(kernel[:rows], layer._input_bias(), x, self.dtype)
-    if extra is not None:
-      xw = xw + extra.astype(self.dtype) @ kernel[rows:].astype(self.dtype)
-    return xw
-
-  def _attend(self, query_BXH: Array, memory) -> tuple[Array, Array, Array]:
-    """-> attentional state tanh(W_c [context; h]), context, weights."""
-    context, weights = attention_lib.attend(self.attention_layer.arrays(),
-                                            self.attention, query_BXH, memory)
-    both = jnp.concatenate([context, query_BXH], axis=-1)
-    return jnp.tanh(both @ self.combine.astype(both.dtype)), context, weights
-
   def _step(self, x: Array, state) -> tuple[Array, Any]:
     """One decoder step on the previous token's input (ids or vectors)."""
-    rnn = list(self._layers_of(state))
-    attending = isinstance(state, DecoderState)
-    extra = None
-    if self.attention == "bahdanau":
-      _, extra, weights = self._attend(rnn[-1][0], state.memory)
-    elif self._feeds():
-      extra = state.feed_BH
-    x = self._drop(x)
-    for i, layer in enumerate(self.decoders):
-      xw = self._first_layer_xw(x, extra) if i == 0 else layer.project(x)
-      rnn[i] = type(layer).update(layer._recurrent_params(), rnn[i], xw)
-      x = rnn[i][0] if i + 1 == len(self.decoders) else self._drop(rnn[i][0])
-    if attending:
-      att_BH, _, w = self._attend(x, state.memory)
-      if self.attention == "luong":
-        weights = w
-      x = self._drop(att_BH)
-      # The weights stay float32 whatever the compute dtype: a loop's carry
-      # keeps its type.
-      state = DecoderState(tuple(rnn), x if self._feeds() else state.feed_BH,
-                           weights.astype(jnp.float32), state.memory)
-    else:
-      x = self._drop(x)
-      state = rnn[0] if self.decoder_layers == 1 else tuple(rnn)
-    return self.readout(x).astype(jnp.float32), state
+    parts = self._parts()
+    xw_BG = parts.project_tokens(self._drop(x))
+    drop = lambda i, x: self._drop(x)
+    if self.attention != "none":
+      out_BH, state = parts.step(xw_BG, state, drop)
+      return self._read(out_BH), state
+    out_BH, rnn = parts.step(xw_BG, self._layers_of(state), drop)
+    return self._read(out_BH), self._plain_state(rnn)
 
   def decode_step(self, token_B: Array, state) -> tuple[Array, Any]:
     """One decoder step: previous token (B,) and state -> logits (B, V),
@@ -328,10 +266,14 @@ class Seq2Seq(nn.Module):
 
   def decode_teacher_forced(self, dec_in_BT: Array, state,
                             dec_mask_BT: Optional[Array] = None) -> Array:
-    """Teacher forcing: the true previous tokens are fed -> logits (B, T, V)."""
+    """Teacher forcing: the true previous tokens are fed -> logits (B, T, V).
+
+    A decoder whose step reads the previous step's attention runs its step
+    in a scan; the others run each layer over all steps at once (the
+    projected-inputs scan of ``seqjax.recurrent``) and, with Luong
+    attention, attend from all steps at once."""
     if self._stepwise():
-      return self.readout(self._stepwise_teacher_forced(dec_in_BT, state)
-                          ).astype(jnp.float32)
+      return self._read(self._stepwise_teacher_forced(dec_in_BT, state))
     x = self._drop(self._tgt_inputs(dec_in_BT))
     for i, (layer, carry) in enumerate(zip(self.decoders,
                                            self._layers_of(state))):
@@ -339,52 +281,20 @@ class Seq2Seq(nn.Module):
       if i + 1 < self.decoder_layers:
         x = self._drop(x)
     if self.attention == "luong":  # no feeding: all steps attend at once
-      x = self._attend(x, state.memory)[0]
-    return self.readout(self._drop(x)).astype(jnp.float32)
+      parts = self._parts()
+      x = parts.combined(parts.attend(x, state.memory)[0], x)
+    return self._read(self._drop(x))
 
   def _stepwise_teacher_forced(self, dec_in_BT: Array, state) -> Array:
-    """The attentional states (B, T, H) of a decoder whose steps depend on
-    the previous step's attention: a scan over pure functions of the
-    parameters, the token inputs projected for all steps first."""
-    xw_TBG = jnp.swapaxes(self._first_layer_xw(
-        self._drop(self._tgt_inputs(dec_in_BT)), None), 0, 1)
+    """The outputs (B, T, H) of ``Decoder.scan``, the token inputs projected
+    for all steps first."""
+    parts = self._parts()
+    xw_TBG = jnp.swapaxes(parts.project_tokens(
+        self._drop(self._tgt_inputs(dec_in_BT))), 0, 1)
     steps, batch = xw_TBG.shape[:2]
-    arrays = self.attention_layer.arrays()
-    combine = self.combine.astype(self.dtype)
-    extra_kernel = self.decoder.kernel[-self._extra_in():].astype(self.dtype)
-    layers = [(type(l).update, l._recurrent_params(), l.kernel,
-               l._input_bias()) for l in self.decoders]
-    drops = [self._drop_scale((steps, batch, self.units))
+    masks = [self._drop_scale((steps, batch, self.units))
              for _ in range(self.decoder_layers)]
-    kind, feeds = self.attention, self._feeds()
-
-    def attend(query_BH, memory):
-      context, _ = attention_lib.attend(arrays, kind, query_BH, memory)
-      return jnp.tanh(jnp.concatenate([context, query_BH], -1) @ combine
-                      ), context
-
-    def body(loop, inputs):
-      rnn, feed_BH = loop
-      xw_BG, drop = inputs
-      rnn = list(rnn)
-      extra = attend(rnn[-1][0], state.memory)[1] if kind == "bahdanau" else (
-          feed_BH)
-      x = None
-      for i, (update, recurrent, kernel, bias) in enumerate(layers):
-        xw = (xw_BG + extra @ extra_kernel if i == 0
-              else project_inputs(kernel, bias, x, self.dtype))
-        rnn[i] = update(recurrent, rnn[i], xw)
-        x = rnn[i][0]
-        if i + 1 < len(layers) and drop[i] is not None:  # between layers
-          x = x * drop[i]
-      att_BH, _ = attend(x, state.memory)
-      if drop[-1] is not None:  # before the readout (and what is fed)
-        att_BH = att_BH * drop[-1]
-      return (tuple(rnn), att_BH if feeds else feed_BH), att_BH
-
-    _, att_TBH = jax.lax.scan(body, (state.rnn, state.feed_BH),
-                              (xw_TBG, drops))
-    return jnp.swapaxes(att_TBH, 0, 1)
+    return jnp.swapaxes(parts.scan(xw_TBG, state, masks), 0, 1)
 
   def decode_free_running(self, state, start_B: Array, num_steps: int,
                           feedback: str = "softmax") -> Array:

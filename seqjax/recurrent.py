@@ -25,7 +25,7 @@ emitted output, unchanged.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -306,6 +306,15 @@ def gru_sequence(recurrent: dict, carry: Optional[Carry], xw_TBG: Array,
   return h_TBH, (h_BH,)
 
 
+class StepArrays(NamedTuple):
+  """One recurrent layer's step: ``update(recurrent, carry, xw)`` on the
+  input projected by ``kernel`` and ``bias``."""
+  update: Callable[[dict, Carry, Array], Carry]
+  recurrent: dict
+  kernel: Array
+  bias: Array
+
+
 class Recurrent(nn.Module):
   """Base of the recurrent layers: parameters, projection, step and scan.
 
@@ -343,6 +352,20 @@ class Recurrent(nn.Module):
 
   def _recurrent_params(self) -> dict:
     return {"recurrent_kernel": self.recurrent_kernel}
+
+  def input_bias(self) -> Array:
+    """The bias added to the projected input ``x @ kernel``."""
+    return self._input_bias()
+
+  def recurrent_params(self) -> dict:
+    """What ``update`` reads beside the carry and the projected input."""
+    return self._recurrent_params()
+
+  def step_arrays(self) -> "StepArrays":
+    """The layer as plain arrays and its update, for a pure step function
+    (a scan body calls no module)."""
+    return StepArrays(type(self).update, self._recurrent_params(),
+                      self.kernel, self._input_bias())
 
   def initial_carry(self, batch_size: int) -> Carry:
     return tuple(jnp.zeros((batch_size, self.units), self.dtype)

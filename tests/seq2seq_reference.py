@@ -2,14 +2,15 @@
 papers' formulas, step by step, in float64 (no seqjax code runs here).
 
 * Bahdanau et al. 2015: ``e_ij = v_a^T tanh(W_a s_{i-1} + U_a h_j)``, the
-  context ``c_i = sum_j a_ij h_j`` an input of the decoder step. (seqjax then
-  reads out as Luong does: ``tanh(W_c [c'_i; s_i])`` with ``c'_i`` attended
-  from the new state ``s_i`` by the same scores; the paper reads out from
-  ``s_i``, ``y_{i-1}`` and ``c_i``. The reference follows seqjax there.)
-* Luong et al. 2015: ``score(h_t, h_s) = h_t^T h_s`` (dot) or
-  ``h_t^T W_a h_s`` (general) on the new state ``h_t``; the attentional state
-  ``h~_t = tanh(W_c [c_t; h_t])`` is read out and, with input feeding,
-  concatenated to the next step's input.
+  context ``c_i = sum_j a_ij h_j`` an input of the decoder step, and the
+  readout from the new state and that same context (seqjax's combine layer
+  ``tanh(W_c [c_i; s_i])``, as Luong's attentional state).
+* Luong et al. 2015: ``score(h_t, h_s) = h_t^T h_s`` (dot),
+  ``h_t^T W_a h_s`` (general) or ``v_a^T tanh(W_a [h_t; h_s])`` (concat) on
+  the new state ``h_t``; the attentional state ``h~_t = tanh(W_c [c_t;
+  h_t])`` is read out and, with input feeding, concatenated to the next
+  step's input. Vaswani et al. 2017's scaled dot product ``h_t^T h_s /
+  sqrt(d)`` (scaled_dot) and Bahdanau's additive score serve Luong too.
 
 The Flax arrays are the transposed maps (``x @ kernel``): ``W_a`` of the
 papers is ``kernel.T``. Sentences of the backward encoder are reversed one
@@ -43,6 +44,23 @@ def _f64(x):
   return np.asarray(x, np.float64)
 
 
+def score_numpy(arrays, name, q, h):
+  """One score of a query ``q`` (H,) against a memory row ``h`` (M,)."""
+  if name == "dot":
+    return q @ h
+  if name == "scaled_dot":
+    return q @ h / np.sqrt(q.shape[0])
+  if name == "general":
+    return q @ _f64(arrays["key_kernel"]).T @ h  # W_a (H, M)
+  if name == "additive":
+    W_a = _f64(arrays["query_kernel"]).T
+    U_a = _f64(arrays["key_kernel"]).T
+    return _f64(arrays["v"]) @ np.tanh(W_a @ q + U_a @ h)
+  assert name == "concat", name
+  W_a = _f64(arrays["kernel"]).T  # (A, H + M), acting on [h_t; h_s]
+  return _f64(arrays["v"]) @ np.tanh(W_a @ np.concatenate([q, h]))
+
+
 def scores_numpy(arrays, kind, score, query_BXH, memory_BSM):
   """Scores (B, S) for a query (B, H) or (B, T, S) for queries (B, T, H)."""
   single = query_BXH.ndim == 2
@@ -51,19 +69,12 @@ def scores_numpy(arrays, kind, score, query_BXH, memory_BSM):
   B, T, _ = q_BTH.shape
   S = h_BSM.shape[1]
   e_BTS = np.zeros((B, T, S))
+  name = "additive" if kind == "bahdanau" else score
   for b in range(B):
     for t in range(T):
       for j in range(S):
         q, h = q_BTH[b, t], h_BSM[b, j]
-        if kind == "bahdanau":
-          W_a = _f64(arrays["query_kernel"]).T
-          U_a = _f64(arrays["key_kernel"]).T
-          e_BTS[b, t, j] = _f64(arrays["v"]) @ np.tanh(W_a @ q + U_a @ h)
-        elif score == "dot":
-          e_BTS[b, t, j] = q @ h
-        else:
-          W_a = _f64(arrays["key_kernel"]).T  # (H, M)
-          e_BTS[b, t, j] = q @ W_a @ h
+        e_BTS[b, t, j] = score_numpy(arrays, name, q, h)
   return e_BTS[:, 0] if single else e_BTS
 
 
@@ -190,8 +201,9 @@ def seq2seq_numpy(model, params, src_BS, dec_in_BT, lengths_B):
       out, carries[i] = layer_numpy(cell, p[_name("decoder", i)], x[:, None],
                                     carries[i])
       x = out[:, 0]
-    if kind != "none":  # h~_t = tanh(W_c [c_t; h_t]) on the new state
+    if kind == "luong":  # attend from the new state h_t
       context, _ = attend_numpy(arrays, kind, score, x, memory_BSM, mask_BS)
+    if kind != "none":  # h~_t = tanh(W_c [c_t; h_t])
       x = np.tanh(np.concatenate([context, x], axis=-1) @ _f64(p["combine"]))
       feed_BH = x
     logits.append(reference.dense_numpy(p["readout"], x))

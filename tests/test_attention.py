@@ -1,11 +1,13 @@
 """Attention against NumPy written from the papers; the attention model's
 teacher-forced logits against its step-by-step decoder and a NumPy model;
 the weights greedy decoding returns; dropout; label smoothing; bad
-architectures; and a tiny attention model that reverses length-30 sequences
+architectures; the decoder state under beam search's repeat and gather; the
+score registry; and a tiny attention model that reverses length-30 sequences
 that the plain model of the same size cannot."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 from seqjax import attention as attention_lib
 from seqjax import decode as decode_lib
 from seqjax import metrics as metrics_lib
+from seqjax import per_beam
 from seqjax import train as train_lib
 from seqjax.data import reverse
 from seqjax.models import Seq2Seq
@@ -26,7 +29,8 @@ MASK_BS = np.arange(S)[None] < LENGTHS[:, None]
 
 # (kind, score, memory width): a dot score needs the memory as wide as H.
 MECHANISMS = [("bahdanau", "general", M), ("luong", "dot", H),
-              ("luong", "general", M)]
+              ("luong", "general", M), ("luong", "concat", M),
+              ("luong", "scaled_dot", H), ("luong", "additive", M)]
 
 
 def _arrays(kind, score, memory_features, seed=0):
@@ -49,16 +53,17 @@ def _memory_and_queries(memory_features, seed=1):
 @pytest.mark.parametrize("steps", ["single", "all_steps"])
 def test_scores_weights_and_context_match_the_papers(kind, score, mf, steps):
   arrays = _arrays(kind, score, mf)
+  name = attention_lib.score_of(kind, score)
   memory_BSM, query_BH, query_BTH = _memory_and_queries(mf)
   query = query_BH if steps == "single" else query_BTH
-  memory = attention_lib.make_memory(arrays, memory_BSM, MASK_BS)
-  got_scores = attention_lib.scores(arrays, kind, query, memory)
+  memory = attention_lib.make_memory(arrays, memory_BSM, MASK_BS, name)
+  got_scores = attention_lib.scores(arrays, name, query, memory)
   want_scores = ref.scores_numpy(arrays, kind, score, query, memory_BSM)
   real = MASK_BS if steps == "single" else MASK_BS[:, None, :]
   real = np.broadcast_to(real, want_scores.shape)
   np.testing.assert_allclose(np.asarray(got_scores)[real], want_scores[real],
                              rtol=1e-5, atol=1e-5)
-  context, weights = attention_lib.attend(arrays, kind, query, memory)
+  context, weights = attention_lib.attend(arrays, name, query, memory)
   want_context, want_weights = ref.attend_numpy(arrays, kind, score, query,
                                                 memory_BSM, MASK_BS)
   np.testing.assert_allclose(weights, want_weights, rtol=1e-5, atol=1e-6)
@@ -71,12 +76,13 @@ def test_scores_weights_and_context_match_the_papers(kind, score, mf, steps):
 @pytest.mark.parametrize("kind,score,mf", MECHANISMS)
 def test_all_steps_queries_equal_one_query_at_a_time(kind, score, mf):
   arrays = _arrays(kind, score, mf)
+  name = attention_lib.score_of(kind, score)
   memory_BSM, _, query_BTH = _memory_and_queries(mf)
-  memory = attention_lib.make_memory(arrays, memory_BSM, MASK_BS)
-  context_BTM, weights_BTS = attention_lib.attend(arrays, kind, query_BTH,
+  memory = attention_lib.make_memory(arrays, memory_BSM, MASK_BS, name)
+  context_BTM, weights_BTS = attention_lib.attend(arrays, name, query_BTH,
                                                   memory)
   for t in range(T):
-    c, w = attention_lib.attend(arrays, kind, query_BTH[:, t], memory)
+    c, w = attention_lib.attend(arrays, name, query_BTH[:, t], memory)
     np.testing.assert_allclose(context_BTM[:, t], c, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(weights_BTS[:, t], w, rtol=1e-6, atol=1e-7)
 
@@ -84,15 +90,16 @@ def test_all_steps_queries_equal_one_query_at_a_time(kind, score, mf):
 @pytest.mark.parametrize("kind,score,mf", MECHANISMS)
 def test_what_is_on_padded_positions_changes_nothing(kind, score, mf):
   arrays = _arrays(kind, score, mf)
+  name = attention_lib.score_of(kind, score)
   memory_BSM, query_BH, _ = _memory_and_queries(mf)
   other_BSM = memory_BSM.copy()
   other_BSM[~MASK_BS] = -7.0
-  a = attention_lib.attend(arrays, kind, query_BH,
+  a = attention_lib.attend(arrays, name, query_BH,
                            attention_lib.make_memory(arrays, memory_BSM,
-                                                     MASK_BS))
-  b = attention_lib.attend(arrays, kind, query_BH,
+                                                     MASK_BS, name))
+  b = attention_lib.attend(arrays, name, query_BH,
                            attention_lib.make_memory(arrays, other_BSM,
-                                                     MASK_BS))
+                                                     MASK_BS, name))
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
 
@@ -122,6 +129,9 @@ SRC_LENGTHS = np.array([S, 2, 4, 1])
 ATTENTIONS = [("none", "general", True), ("bahdanau", "general", True),
               ("luong", "dot", True), ("luong", "dot", False),
               ("luong", "general", True), ("luong", "general", False)]
+# The other scores in three of the settings each.
+OTHER_SCORES = [("luong", "concat", True), ("luong", "concat", False),
+                ("luong", "scaled_dot", True), ("luong", "scaled_dot", False)]
 
 
 def _configs():
@@ -132,9 +142,11 @@ def _configs():
               ("lstm", (1, 2), True), ("gru", (2, 1), False),
               ("lstm", (2, 2), False), ("gru", (1, 1), True)]
   out = []
-  for attention, score, feed in ATTENTIONS:
-    for cell, layers, bidirectional in variants:
-      if attention == "luong" and score == "dot":
+  settings = ([(a, variants) for a in ATTENTIONS]
+              + [(a, variants[::2]) for a in OTHER_SCORES])
+  for (attention, score, feed), chosen in settings:
+    for cell, layers, bidirectional in chosen:
+      if attention_lib.SCORES[score].same_width and attention == "luong":
         bidirectional = False  # a 2H-wide memory: no dot score
       config = (attention, score, feed, cell, layers, bidirectional)
       if config not in out:
@@ -489,7 +501,9 @@ def test_label_smoothing_is_cross_entropy_against_the_smoothed_targets(
     ({"dropout": 1.0}, "dropout"),
     ({"dropout": float("nan")}, "dropout"),
     ({"attention": "additive"}, "unknown attention"),
-    ({"attention": "luong", "attention_score": "concat"}, "Luong score"),
+    ({"attention": "luong", "attention_score": "cosine"}, "Luong score"),
+    ({"attention": "luong", "attention_score": "scaled_dot",
+      "bidirectional": True}, "scaled_dot score"),
     ({"attention": "luong", "attention_score": "dot", "bidirectional": True},
      "dot score"),
 ])
@@ -543,3 +557,69 @@ def test_attention_learns_to_reverse_30_tokens_the_plain_model_cannot():
       "none", 0)
   assert attending > 0.9, (attending, plain)
   assert plain < 0.5, (attending, plain)
+
+
+# ------------------------------------------------ the decoder state in beams
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c[0] != "none"
+                                    and (c[3], c[4]) == ("gru", (2, 2))],
+                         ids=_id)
+def test_beams_map_over_the_state_and_leave_the_memory_shared(config):
+  """Beam search's repeat and gather through ``map_per_beam`` give the
+  steps of a state whose every leaf, memory included, was copied per beam."""
+  model, params, _, _ = _run(config)
+  src_BS, mask_BS, _ = _data()
+  k, rows = 3, len(src_BS)
+  state = model.apply(params, src_BS, mask_BS, method=Seq2Seq.encode)
+  beams = per_beam.map_per_beam(lambda x: jnp.repeat(x, k, 0), state)
+  copied = jax.tree.map(lambda x: jnp.repeat(x, k, 0), state)
+  rng = np.random.default_rng(3)
+  for _ in range(3):
+    token_X = rng.integers(0, V, size=rows * k).astype(np.int32)
+    got, beams = model.apply(params, token_X, beams,
+                             method=Seq2Seq.decode_step)
+    want, copied = model.apply(params, token_X, copied,
+                               method=Seq2Seq.decode_step)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # Each beam continues one of its own sentence's beams.
+    take_X = np.repeat(np.arange(rows), k) * k + rng.integers(0, k, rows * k)
+    beams = per_beam.map_per_beam(lambda x: jnp.take(x, take_X, 0), beams)
+    copied = jax.tree.map(lambda x: jnp.take(x, take_X, 0), copied)
+  assert beams.memory.value.values_BSM.shape[0] == rows
+  assert beams.weights_BS.shape[0] == rows * k
+
+
+# ------------------------------------------------------ the score registry
+
+def test_a_new_score_is_one_registry_entry(monkeypatch):
+  """A dot score over a learned temperature, registered and nothing else:
+  its parameter is the model's, and at temperature 1 it is the dot model."""
+  entry = attention_lib.Score(
+      init=lambda param, h, m: {
+          "temperature": param("temperature", nn.initializers.ones, ())},
+      score=lambda p, q, k: attention_lib.SCORES["dot"].score(p, q, k)
+      / p["temperature"],
+      same_width=True)
+  monkeypatch.setitem(attention_lib.SCORES, "tempered", entry)
+  config = ("luong", "tempered", True, "lstm", (1, 1), False)
+  model = _model(config)
+  params = model.init(jax.random.key(0), *_data()[::2])
+  assert params["params"]["attention"]["temperature"] == 1.0
+  dot_model, dot_params, forced, _ = _run(
+      ("luong", "dot", True, "lstm", (1, 1), False))
+  params = jax.tree.map(lambda x: x, dot_params)
+  params["params"]["attention"] = {"temperature": jnp.ones(())}
+  src_BS, mask_BS, dec_in_BT = _data()
+  np.testing.assert_allclose(model.apply(params, src_BS, dec_in_BT, mask_BS),
+                             forced, rtol=1e-6, atol=1e-6)
+  params["params"]["attention"] = {"temperature": jnp.full((), 0.25)}
+  assert not np.allclose(model.apply(params, src_BS, dec_in_BT, mask_BS),
+                         forced, atol=1e-3)
+
+
+def test_translate_offers_every_registered_score():
+  from experiments import translate
+  field = translate.TranslateConfig.__dataclass_fields__["attention_score"]
+  assert set(field.metadata["choices"]) == set(attention_lib.SCORES)
+  assert set(attention_lib.SCORES) >= {"dot", "general", "concat",
+                                       "scaled_dot", "additive"}
