@@ -92,7 +92,7 @@ def test_translate_beam_one_is_the_greedy_translation(trained):
   sentences = [en for en, _ in translate_util.toy_pairs(50)[::5]]
   greedy = translation.load_translator(workdir).translate(sentences)
   beam = translation.load_translator(
-      workdir, translation.decode_lib.Search(1)).translate(sentences)
+      workdir, translation.decoding.BeamSearch(1)).translate(sentences)
   assert [t.decoded for t in beam] == [t.decoded for t in greedy]
 
 
