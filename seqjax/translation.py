@@ -282,9 +282,9 @@ def load_translator(workdir: str, strategy=decoding.Greedy(),
                     ) -> Translator:
   """The translation model trained in ``workdir``: its checkpoint's settings
   and the parameters it hands back (its best checkpoint's, else the
-  latest's), its vocab.json, decoding by ``strategy`` (with
-  ``n_best``, also the N best; sampling draws with ``key``). Raises ModelNotFoundError without
-  both, ParameterError for another task's model and CheckpointMismatchError
+  latest's), its vocab.json, decoding by ``strategy`` (with ``n_best``,
+  also the N best; sampling draws with ``key``). Raises ModelNotFoundError
+  without both, ParameterError for another task's model and CheckpointMismatchError
   when vocab.json is not the checkpoint's."""
   saved = None
   if os.path.isdir(workdir):
