@@ -4,15 +4,15 @@
       --settings=model_dir=/work/runs/attention_word
 
 Four decoders of one model, each over the same sentences in the same
-batches: seqjax greedy (``seqjax.decode.greedy_decode``, the function of
-``make_greedy_decoder``, with its step count) and seqjax beam search
-(``seqjax.beam.make_beam_decoder``), against PyTorch greedy and PyTorch
-batched beam search of the same model with the same weights
-(``benchmarks/beam_torch.py``). Each rate is sentences/s over all the
-sentences after a warm-up call (seqjax's compile, timed and reported
-apart); every repetition times each decoder once per batch size, the
-frameworks taking turns in their own worker processes (the order rotating),
-and every number is the median over repetitions.
+batches: seqjax greedy and seqjax beam search
+(``seqjax.decoding.make_decoder`` with ``full=True``: the tokens and the
+step count), against PyTorch greedy and PyTorch batched beam search of the
+same model with the same weights (``benchmarks/beam_torch.py``). Each rate
+is sentences/s over all the sentences after a warm-up call (seqjax's
+compile, timed and reported apart); every repetition times each decoder
+once per batch size, the frameworks taking turns in their own worker
+processes (the order rotating), and every number is the median over
+repetitions.
 
 With ``model_dir`` (a trained translate workdir, ``load_translator``) the
 model is that one and the sentences are the 1,000 test sentences of its
@@ -29,7 +29,7 @@ last batch filled up with copies of its last row) and runs every row of a
 batch until all can stop; PyTorch cuts each batch to its own widest source
 and, as NMT toolkits do, drops a sentence from the batch once its search
 is over. Both stop exactly when no live hypothesis can beat the kept ones
-(``seqjax.beam``'s bound), so their outputs agree up to float32 ties.
+(``seqjax.decoding.beam``'s bound), so their outputs agree up to float32 ties.
 """
 
 from __future__ import annotations
@@ -126,8 +126,8 @@ class Workload:
       self._load_trained(s)
     else:
       self._build_tiny(s)
-    from seqjax import beam as beam_lib
-    beam_lib.check(s.beam_size, 1, s.length_penalty, self.tgt_vocab)
+    from seqjax import decoding
+    decoding.check_beam(s.beam_size, 1, s.length_penalty, self.tgt_vocab)
     n = s.num_sentences or len(self.src_NS)
     self.src_NS, self.mask_NS = self.src_NS[:n], self.mask_NS[:n]
     self.sentences = self.sentences[:n]
@@ -232,18 +232,16 @@ class SeqjaxRunner:
 
   def __init__(self, workload: Workload):
     import jax
-    from seqjax import beam as beam_lib
-    from seqjax import decode as decode_lib
+    from seqjax import decoding
     self.w = w = workload
     s = w.s
     ids = dict(max_len=w.max_len, start_id=START, stop_id=STOP, pad_id=PAD)
-    greedy = jax.jit(functools.partial(decode_lib.greedy_decode, w.model,
-                                       return_steps=True, **ids))
-    beam = beam_lib.make_beam_decoder(w.model, beam_size=s.beam_size,
-                                      length_penalty=s.length_penalty,
-                                      n_best=1, **ids)
+    greedy = decoding.make_decoder(w.model, full=True, **ids)
+    beam = decoding.make_decoder(
+        w.model, decoding.BeamSearch(s.beam_size, s.length_penalty),
+        full=True, **ids)
     self.params = jax.device_put(w.params)
-    self.fns = {"greedy": lambda p, x, m: greedy(p, x, src_mask_BS=m),
+    self.fns = {"greedy": lambda p, x, m: greedy(p, x, m)[:2],
                 f"beam{s.beam_size}": lambda p, x, m: _tokens_steps(
                     beam(p, x, m))}
     self.notes = ["seqjax: every batch padded to the widest source of all "

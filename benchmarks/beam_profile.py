@@ -95,9 +95,9 @@ def profile(config: ProfileConfig) -> list[dict]:
   import jax
   import jax.numpy as jnp
   from seqjax import attention as attention_lib
-  from seqjax import beam as beam_lib
-  from seqjax import decode as decode_lib
+  from seqjax import decoding
   from seqjax.data import vocab as vocab_lib
+  from seqjax.decoding import beam as beam_lib
   from seqjax.models import Seq2Seq
   model, params = _model(config)
   b, k, s = config.batch, config.beam_size, config.src_len
@@ -150,7 +150,7 @@ def profile(config: ProfileConfig) -> list[dict]:
     # The argmax feeds the next step, so the readout is not dead code.
     tok, st = carry
     logits, st = step(params, tok, st)
-    return decode_lib._argmax(logits), st
+    return decoding.argmax(logits), st
   table = [
       ("greedy: decode_step + argmax, B rows (in a loop)",
        looped(decoder_only, (tok_b, state_b))),
@@ -183,7 +183,7 @@ def _search_state(model, params, src, mask, k):
   """A search state after one step (every beam live), to time _step on."""
   import jax
   import jax.numpy as jnp
-  from seqjax import beam as beam_lib
+  from seqjax.decoding import beam as beam_lib
   from seqjax.models import Seq2Seq
   b = src.shape[0]
   state = model.apply(params, src, mask, method=Seq2Seq.encode_for_decoding)
@@ -226,11 +226,11 @@ def two_stage_candidates(logits_XV, alive_logp_BK, k: int):
 
 
 def _variant_step(model, params, s, *, k, max_len, stop_id, alpha):
-  """``seqjax.beam._step`` (as of commit 34341f4) with its candidates
+  """``seqjax.decoding.beam._step`` (as of commit 34341f4) with its candidates
   from ``two_stage_candidates``; the rest is the same code."""
   import jax
   import jax.numpy as jnp
-  from seqjax import beam as beam_lib
+  from seqjax.decoding import beam as beam_lib
   from seqjax.models import Seq2Seq
   take, neg_inf = beam_lib._take, beam_lib.NEG_INF
   batch = s.alive_logp_BK.shape[0]
@@ -268,18 +268,18 @@ def _variant_step(model, params, s, *, k, max_len, stop_id, alpha):
 
 def compare_variant(config: ProfileConfig, src_NS, mask_NS, model, params,
                     max_len: int, alpha: float = 0.6, reps: int = 3) -> dict:
-  """``beam.make_beam_decoder`` as it is and with ``_variant_step``
+  """The beam search decoder as it is and with ``_variant_step``
   (patched in while it traces), over all sentences in batches: whether
   every output is the same, and each one's best seconds (interleaved)."""
   import jax
-  from seqjax import beam as beam_lib
+  from seqjax import decoding
   from seqjax.data import vocab as vocab_lib
+  from seqjax.decoding import beam as beam_lib
   ids = dict(max_len=max_len, start_id=vocab_lib.START_ID,
              stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID)
   b = config.batch
-  make = lambda: beam_lib.make_beam_decoder(
-      model, beam_size=config.beam_size, length_penalty=alpha, n_best=1,
-      **ids)
+  make = lambda: decoding.make_decoder(
+      model, decoding.BeamSearch(config.beam_size, alpha), **ids)
   original, variant = make(), make()
   first = (src_NS[:b], mask_NS[:b])
   jax.block_until_ready(original(params, *first))

@@ -11,8 +11,8 @@ input feeding and Luong 'general' attention; source and target vocabularies
 of the random split's training pairs), randomly initialised, in two
 frameworks, each in its own worker process, the frameworks taking turns:
 
-* seqjax: ``seqjax.models.Seq2Seq``, greedy ``seqjax.decode.greedy_decode``
-  and ``seqjax.beam.make_beam_decoder``;
+* seqjax: ``seqjax.models.Seq2Seq``, greedy and beam search decoders of
+  ``seqjax.decoding.make_decoder``;
 * OpenNMT-py (the toolkit compared against; a benchmark-only package, not a
   dependency of seqjax): its own RNN model (``onmt.model_builder
   .build_base_model``: ``-encoder_type brnn -decoder_type rnn -rnn_type LSTM
@@ -162,8 +162,8 @@ class Workload:
       self._tiny(s)
     else:
       self._test_set(s)
-    from seqjax import beam as beam_lib
-    beam_lib.check(s.beam_size, 1, s.length_penalty, self.tgt_vocab)
+    from seqjax import decoding
+    decoding.check_beam(s.beam_size, 1, s.length_penalty, self.tgt_vocab)
     n = s.num_sentences or len(self.src_NS)
     self.src_NS, self.mask_NS = self.src_NS[:n], self.mask_NS[:n]
 
@@ -224,8 +224,7 @@ class SeqjaxRunner:
 
   def __init__(self, w: Workload):
     import jax
-    from seqjax import beam as beam_lib
-    from seqjax import decode as decode_lib
+    from seqjax import decoding
     from seqjax.models import Seq2Seq
     self.w, s = w, w.s
     self.model = Seq2Seq(src_vocab=w.src_vocab, tgt_vocab=w.tgt_vocab,
@@ -240,13 +239,12 @@ class SeqjaxRunner:
                               for a in jax.tree.leaves(self.params)))
     # No stop token: every sentence runs all `steps` steps (equal work).
     ids = dict(max_len=s.steps, start_id=START, stop_id=None, pad_id=PAD)
-    greedy = jax.jit(functools.partial(decode_lib.greedy_decode, self.model,
-                                       return_steps=True, **ids))
-    beam = beam_lib.make_beam_decoder(self.model, beam_size=s.beam_size,
-                                      length_penalty=s.length_penalty,
-                                      n_best=1, **ids)
+    greedy = decoding.make_decoder(self.model, full=True, **ids)
+    beam = decoding.make_decoder(
+        self.model, decoding.BeamSearch(s.beam_size, s.length_penalty),
+        full=True, **ids)
     self.fns = {
-        "greedy": lambda p, x, m: greedy(p, x, src_mask_BS=m),
+        "greedy": lambda p, x, m: greedy(p, x, m)[:2],
         beam_name(s): lambda p, x, m: _tokens_steps(beam(p, x, m))}
     self.notes = [f"seqjax: every batch padded to the widest source of all "
                   f"({w.src_NS.shape[1]} tokens) and the last to the batch "

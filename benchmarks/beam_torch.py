@@ -15,12 +15,12 @@ its widest source), then a Python loop over decoder steps under
   best of beam x vocabulary (``topk`` of (B, K*V)), reorders the decoder
   state by the beam each candidate came from (``index_select``: carry and
   input feed; the source side is shared by a sentence's beams), and keeps
-  finished hypotheses apart, as ``seqjax.beam`` does: only an end among
+  finished hypotheses apart, as ``seqjax.decoding.beam`` does: only an end among
   the K best candidates finishes (scored ``log P / ((5 + len) / 6) **
   alpha``, GNMT's penalty), the K best finished are kept, the K best
   candidates that did not end live on. A sentence is dropped from the batch
   once its best live hypothesis can no longer beat its best finished one
-  (``seqjax.beam``'s bound for one returned hypothesis: ``live /
+  (``seqjax.decoding.beam``'s bound for one returned hypothesis: ``live /
   penalty(max_len)``); the loop ends
   when none is left or at ``max_len``.
 """

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
 from seqjax.config import field
@@ -69,8 +69,8 @@ def run(config: CpuCostConfig) -> dict:
                                       valid, no, halted)
     jax.block_until_ready(metrics)
     steps.append((time.process_time() - c) / k)
-  decoder = decode_lib.make_greedy_decoder(model, max_len=3, start_id=0)
-  decode = lambda: decode_lib.decode_in_batches(decoder, state.params,
+  decoder = decoding.make_decoder(model, max_len=3, start_id=0)
+  decode = lambda: decoding.decode_in_batches(decoder, state.params,
                                                 test["src"], 1000)
   decode()
   decodes = []

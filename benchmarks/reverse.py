@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import metrics
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
@@ -98,7 +98,7 @@ class Workload:
 
 class SeqjaxRunner:
   """seqjax as its users run it: ``train.fit`` (several steps per jitted
-  call over device-resident data), ``make_greedy_decoder`` for a batch and,
+  call over device-resident data), ``decoding.make_decoder`` for a batch and,
   one sequence at a time, the same jitted decoder on a batch of one."""
 
   def __init__(self, workload: Workload):
@@ -111,9 +111,9 @@ class SeqjaxRunner:
     self.params = self.init(jax.random.key(s.seed), data["src"][:1],
                             data["dec_in"][:1])
     self.loss_fn = train_lib.make_seq2seq_loss(self.model)
-    self.decoder = decode_lib.make_greedy_decoder(
+    self.decoder = decoding.make_decoder(
         self.model, max_len=s.n_steps_out, start_id=reverse_data.START_ID)
-    self.encode, self.decode_step = decode_lib.make_inference_fns(self.model)
+    self.encode, self.decode_step = decoding.make_inference_fns(self.model)
     self.notes = [
         "first_step_s: fit's jitted call compiled, then run for one step "
         "(harness.time_jax_first_update); fit reuses it",
@@ -155,7 +155,7 @@ class SeqjaxRunner:
             "decode_accuracy": acc}
 
   def decode_batched(self, src: np.ndarray) -> np.ndarray:
-    return decode_lib.decode_in_batches(self.decoder, self.params, src,
+    return decoding.decode_in_batches(self.decoder, self.params, src,
                                         batch_size=self.w.s.decode_batch)
 
   def decode_loop(self, src: np.ndarray) -> np.ndarray:

@@ -65,14 +65,15 @@ WORKLOADS = {
     "sweep": ("benchmarks.sweep", ("seqjax.vectorized",),
               "vectorized groups (seqjax.vectorized) and benchmarks/sweep.py"),
     "beam": ("benchmarks.beam",
-             ("seqjax.beam", "seqjax.translation", "experiments.translate"),
-             "beam search (seqjax.beam), the translation API and its "
+             ("seqjax.decoding", "seqjax.translation",
+              "experiments.translate"),
+             "beam search (seqjax.decoding), the translation API and its "
              "benchmark module benchmarks/beam.py"),
     "beam_toolkit": ("benchmarks.beam_toolkit",
-                     ("seqjax.beam", "seqjax.data.translation",
+                     ("seqjax.decoding", "seqjax.data.translation",
                       "experiments.translate"),
-                     "beam search (seqjax.beam), the translate experiment's "
-                     "data pipeline and its benchmark module "
+                     "beam search (seqjax.decoding), the translate "
+                     "experiment's data pipeline and its benchmark module "
                      "benchmarks/beam_toolkit.py"),
 }
 PEER_PACKAGES = {"keras": "keras", "torch": "torch", "onmt": "onmt"}

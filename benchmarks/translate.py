@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import evaluate
 from seqjax import train as train_lib
 from seqjax.data import pairs as pairs_lib
@@ -146,7 +146,7 @@ class Workload:
 class SeqjaxRunner:
   """seqjax as the translate experiment runs it: token ids (kernel rows
   gathered), length buckets and a ``BucketPlan``, ``train.fit``'s several
-  steps per jitted call; ``make_greedy_decoder`` (one compiled ``lax.scan``)
+  steps per jitted call; ``decoding.make_decoder`` (one compiled ``lax.scan``)
   for a batch, and on a batch of one per sentence."""
 
   def __init__(self, workload: Workload, num_buckets: int = 0):
@@ -172,11 +172,11 @@ class SeqjaxRunner:
     self.init = jax.jit(self.model.init)
     self.params = self._fresh_params(0)
     self.loss_fn = train_lib.make_seq2seq_loss(self.model)
-    self.decoder = decode_lib.make_greedy_decoder(
+    self.decoder = decoding.make_decoder(
         self.model, max_len=w.max_decode_len, start_id=vocab_lib.START_ID,
         stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID,
         early_stop=s.decode_early_stop)
-    self.encode, self.decode_step = decode_lib.make_inference_fns(self.model)
+    self.encode, self.decode_step = decoding.make_inference_fns(self.model)
     self.notes = [
         f"{len(self.buckets)} length buckets (source x target width: " +
         ", ".join(f"{b['src'].shape[1]}x{b['target'].shape[1]}"
@@ -232,7 +232,7 @@ class SeqjaxRunner:
 
   def decode_batched(self, src) -> list[str]:
     enc = self._encode(src)
-    return self._texts(decode_lib.decode_in_batches(
+    return self._texts(decoding.decode_in_batches(
         self.decoder, self.params, enc["src"], self.w.s.decode_batch,
         enc["src_mask"]))
 

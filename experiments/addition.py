@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from seqjax import config as config_lib
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import limits
 from seqjax import metrics
 from seqjax import models
@@ -166,7 +166,7 @@ class AdditionTask(task_lib.Task):
             "dev_token_accuracy": dev_tokens,
             "train_accuracy": train_accuracy, "n_train": config.n_train,
             "n_dev": config.n_dev, "n_test": config.n_test,
-            "decoder": config.search().describe(),
+            "decoder": config.describe_search(),
             "dev_decoder": config.dev_search().describe(),
             "history": history,
             "first_epoch_at_target": reached[0]["epoch"] if reached else None,
@@ -182,9 +182,9 @@ class HeldOut:
                test: dict):
     self.config = config
     self.splits = {"train": train, "dev": dev, "test": test}
-    make = lambda search: decode_lib.make_token_predictor(
-        model, max_len=addition_data.answer_len(config.digits),
-        start_id=addition_data.START_ID, search=search)
+    make = lambda strategy: decoding.make_decoder(
+        model, strategy, max_len=addition_data.answer_len(config.digits),
+        start_id=addition_data.START_ID)
     # Every epoch's dev decoding, and the final evaluation's (the same
     # compiled decoder when the searches are the same).
     self.predictors = {False: make(config.dev_search())}
@@ -196,8 +196,9 @@ class HeldOut:
     self.t_start = time.perf_counter()
 
   def predict(self, params, src, final: bool = False):
-    return decode_lib.decode_in_batches(self.predictors[final], params, src,
-                                        batch_size=self.batch)
+    key = self.config.decoding_key() if final else None
+    return decoding.decode_in_batches(self.predictors[final], params, src,
+                                      batch_size=self.batch, key=key)
 
   def evaluate(self, params, split: str, step: int, label: str,
                examples: bool = True, final: bool = False

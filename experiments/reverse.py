@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from seqjax import config as config_lib
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import limits
 from seqjax import metrics
 from seqjax import models
@@ -91,7 +91,8 @@ class ReverseTask(task_lib.Task):
   # seqjax.group_runner: runs differing in the member flags (and these,
   # which only size the evaluation) train as one vectorized group.
   vectorizable = True
-  member_flags = ("n_eval", "n_examples", "beam_size", "length_penalty")
+  member_flags = ("n_eval", "n_examples", "beam_size", "length_penalty",
+                  "sampling_temperature", "top_k", "top_p", "sampling_seed")
 
   def setup(self, config: ReverseConfig, workdir: str) -> task_lib.Setup:
     train = generate(config, 0, config.n_samples)
@@ -109,18 +110,19 @@ class ReverseTask(task_lib.Task):
 
   def evaluate(self, config: ReverseConfig, setup, state) -> dict:
     fresh = generate(config, 1, config.n_eval)
-    decoder = decode_lib.make_token_predictor(
-        setup.model, max_len=config.n_steps_out,
-        start_id=reverse_data.START_ID, search=config.search())
-    yhat = decode_lib.decode_in_batches(decoder, state.params, fresh["src"],
-                                        batch_size=min(config.n_eval, 1000))
+    decoder = decoding.make_decoder(
+        setup.model, config.search(), max_len=config.n_steps_out,
+        start_id=reverse_data.START_ID)
+    yhat = decoding.decode_in_batches(decoder, state.params, fresh["src"],
+                                      batch_size=min(config.n_eval, 1000),
+                                      key=config.decoding_key())
     accuracy = float(metrics.exact_sequence_accuracy(yhat, fresh["target"]))
     print(f"Accuracy: {accuracy * 100:.2f}%")
     for i in range(min(config.n_examples, config.n_eval)):
       print(f"X={fresh['src'][i].tolist()} y={fresh['target'][i].tolist()}, "
             f"yhat={yhat[i].tolist()}")
     return {"accuracy": accuracy, "n_eval": config.n_eval,
-            "decoder": config.search().describe(),
+            "decoder": config.describe_search(),
             "token_accuracy": float(metrics.masked_token_accuracy(
                 yhat, fresh["target"]))}
 

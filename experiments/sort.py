@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from seqjax import config as config_lib
-from seqjax import decode, metrics, models, task, train
+from seqjax import decoding, metrics, models, task, train
 from seqjax.config import field
 
 START_ID = 0  # the decoder's start token; values are 1..n_values-1
@@ -59,9 +59,10 @@ class SortTask(task.Task):
 
   def evaluate(self, config: SortConfig, setup, state) -> dict:
     fresh = generate(config, 1, config.n_eval)
-    greedy = decode.make_greedy_decoder(setup.model, max_len=config.length,
-                                        start_id=START_ID)
-    pred = decode.decode_in_batches(greedy, state.params, fresh["src"], 1000)
+    greedy = decoding.make_decoder(setup.model, max_len=config.length,
+                                   start_id=START_ID)
+    pred = decoding.decode_in_batches(greedy, state.params, fresh["src"],
+                                      1000)
     accuracy = float(metrics.exact_sequence_accuracy(pred, fresh["target"]))
     print(f"Sorted exactly: {accuracy * 100:.2f}% of {config.n_eval} fresh "
           f"sequences, e.g. {fresh['src'][0].tolist()} -> {pred[0].tolist()}")

@@ -5,9 +5,11 @@ pairs, the last ``validation_split`` of them held out (never trained on; all
 reported translations and metrics are on them), an LSTM encoder-decoder with
 256 units trained with teacher forcing and RMSprop, batch 64. Targets are
 ``"\\t" + sentence + "\\n"``; decoding is batched greedy search (one compiled
-``lax.scan``) that stops at ``"\\n"``; ``--beam_size=K`` decodes the final
-evaluation (and ``--translate``) by beam search instead (``seqjax.beam``,
-``--length_penalty``, ``--n_best`` translations with their scores), and
+loop) that stops at ``"\\n"``; ``--beam_size=K`` decodes the final
+evaluation (and ``--translate``) by beam search instead
+(``seqjax.decoding``, ``--length_penalty``, ``--n_best`` translations with
+their scores), ``--sampling_temperature`` (with ``--top_k``, ``--top_p``,
+``--sampling_seed``) by sampling (``--n_best`` samples a sentence), and
 ``--dev_beam_size`` the per-epoch dev decoding (greedy by default: fast).
 
 Differences from the Keras example: token ids instead of one-hot arrays (the
@@ -189,14 +191,16 @@ class TranslateConfig(config_lib.DevDecodingConfig):
       "line out.")
   n_best: int = field(1, "--translate: print the N best translations of "
                       "the beam search with their scores (at most "
-                      "--beam_size).", low=1, high=limits.MAX_BATCH)
+                      "--beam_size), or N samples a sentence with their "
+                      "log-probabilities (--sampling_temperature).", low=1,
+                      high=limits.MAX_BATCH)
 
   def decodes_stepwise(self) -> bool:
     return translation.decodes_tokens(model_spec(self))
 
   def validate(self) -> list[str]:
     errors = super().validate()
-    if self.n_best > self.beam_size:
+    if self.n_best > self.beam_size and not self.sampling():
       errors.append(f"--n_best={self.n_best} exceeds --beam_size="
                     f"{self.beam_size}: the search keeps {self.beam_size} "
                     "finished hypotheses")
@@ -264,10 +268,10 @@ class TranslateTask(task_lib.Task):
     fit_data, plan = data.fit_data(config.batch_size, config.steps_per_call)
     eval_step = train_lib.make_eval_step(loss_fn)
     decoder = translation.make_decoder(spec, model, data.max_decode_len,
-                                       search=config.search())
+                                       strategy=config.search())
     dev_decoder = (decoder if config.dev_search() == config.search() else
                    translation.make_decoder(spec, model, data.max_decode_len,
-                                            search=config.dev_search()))
+                                            strategy=config.dev_search()))
     # Every epoch: the selection set's loss and chrF / BLEU (dev, or the
     # tail split's val; greedy by default); the test set is only decoded at
     # the end, by --beam_size's search.
@@ -305,7 +309,8 @@ class TranslateTask(task_lib.Task):
           config.eval_batch_size)
       hypotheses = evaluate.decode_texts(ev.decoder, state.params,
                                          data.tgt_vocab, held.decode_arrays,
-                                         config.eval_batch_size)
+                                         config.eval_batch_size,
+                                         config.decoding_key())
       scores = evaluate.score_views(hypotheses, held.references, views)
       results.update({f"{name}_loss": losses["loss"],
                       f"{name}_token_accuracy": losses["token_accuracy"],
@@ -325,7 +330,7 @@ class TranslateTask(task_lib.Task):
     return dict(
         **data.counts(), split_settings=data_settings(config),
         reported_set=data.reported.name, select_metric=setup.select_metric,
-        decoder=config.search().describe(),
+        decoder=config.describe_search(),
         dev_decoder=config.dev_search().describe(),
         epochs_completed=int(state.step) // (
             plan.steps_per_epoch if plan else
@@ -501,7 +506,7 @@ def translate_sentences(config: TranslateConfig) -> dict:
   try:
     translator = translation.load_translator(
         config.workdir, config.search(),
-        config.n_best if config.n_best > 1 else 0)
+        config.n_best if config.n_best > 1 else 0, config.decoding_key())
   except translation.ModelNotFoundError as e:
     raise SeqjaxError(f"--translate needs a trained model: {e.problem} in "
                       f"--workdir={e.value}") from e
@@ -531,7 +536,7 @@ def translate_sentences(config: TranslateConfig) -> dict:
     out.append({"input": t.input, "decoded": t.decoded, "unknown": t.unknown,
                 "truncated": t.truncated,
                 **({"n_best": t.n_best} if t.n_best else {})})
-  return {"translations": out, "decoder": translator.search.describe()}
+  return {"translations": out, "decoder": config.describe_search()}
 
 
 def translate_stream(translator, lines, out) -> dict:

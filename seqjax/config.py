@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import limits
 from seqjax import progress as progress_lib
 from seqjax import train as train_lib
@@ -213,7 +213,8 @@ class TrainingConfig(Config):
 
 @dataclasses.dataclass
 class DecodingConfig(TrainingConfig):
-  """Flags of the tasks that decode sequences: greedy or beam search."""
+  """Flags of the tasks that decode sequences: greedy, beam search or
+  sampling."""
 
   beam_size: int = field(1, "Beams of the final held-out evaluation (and of "
                          "--translate where the task has it); 1: greedy.",
@@ -223,6 +224,19 @@ class DecodingConfig(TrainingConfig):
       "log P / ((5 + length) / 6) ** alpha, its length counting the end "
       "symbol; 0: the raw log-probability. Greedy decoding has none.",
       low=0, high=100)
+  sampling_temperature: float = field(
+      0.0, "Sample the final evaluation's tokens (and --translate's where "
+      "the task has it) from the softmax of logits / this temperature; 0: "
+      "no sampling (--beam_size decides).", low=0, high=1e6)
+  top_k: int = field(0, "Sampling: draw among the K most likely tokens "
+                     "only; 0: all.", low=0, high=limits.INT32_MAX)
+  top_p: float = field(1.0, "Sampling (after --top_k): draw among the "
+                       "smallest most likely set of tokens of probability "
+                       ">= P only (nucleus sampling); 1: all.", above=0,
+                       high=1)
+  sampling_seed: Optional[int] = field(
+      None, "Seed of the sampled tokens (the same seed, the same text); "
+      "default: --seed.", low=0, high=limits.MAX_SEED)
 
   def target_vocab(self) -> Optional[int]:
     """The target vocabulary's size where the flags fix it (None: known
@@ -233,9 +247,31 @@ class DecodingConfig(TrainingConfig):
     """Whether the model decodes a token at a time (beam search needs it)."""
     return True
 
-  def search(self) -> decode_lib.Search:
-    """The final evaluation's search."""
-    return decode_lib.Search(self.beam_size, self.length_penalty)
+  def sampling(self) -> bool:
+    return self.sampling_temperature > 0
+
+  def search(self):
+    """The final evaluation's strategy (``seqjax.decoding``)."""
+    if self.sampling():
+      return decoding.Sampling(self.sampling_temperature, self.top_k,
+                               self.top_p)
+    return decoding.search(self.beam_size, self.length_penalty)
+
+  def decoding_key(self):
+    """The random key of the final evaluation's sampling (None: greedy or
+    beam search draw nothing)."""
+    if not self.sampling():
+      return None
+    seed = self.seed if self.sampling_seed is None else self.sampling_seed
+    return jax.random.key(seed)
+
+  def describe_search(self) -> dict:
+    """The final evaluation's decoder as results.json records it."""
+    described = self.search().describe()
+    if self.sampling():
+      described["seed"] = (self.seed if self.sampling_seed is None
+                           else self.sampling_seed)
+    return described
 
   def beam_errors(self, vocab: Optional[int]) -> list[str]:
     """Beam widths above ``vocab`` target symbols (None: unknown)."""
@@ -247,9 +283,23 @@ class DecodingConfig(TrainingConfig):
   def beam_flags(self) -> dict:
     return {"beam_size": self.beam_size}
 
+  def sampling_errors(self) -> list[str]:
+    """Sampling flags that contradict the others."""
+    if not self.sampling():
+      return [f"--{name}={getattr(self, name)} applies to sampling only: "
+              "set --sampling_temperature > 0" for name, unset in
+              (("top_k", 0), ("top_p", 1.0), ("sampling_seed", None))
+              if getattr(self, name) != unset]
+    if self.beam_size > 1:
+      return [f"--sampling_temperature={self.sampling_temperature} samples; "
+              f"--beam_size={self.beam_size} searches: choose one (beam "
+              "size 1 to sample)"]
+    return []
+
   def validate(self) -> list[str]:
     errors = super().validate()
     errors += self.beam_errors(self.target_vocab())
+    errors += self.sampling_errors()
     wide = [f"--{k}={v}" for k, v in self.beam_flags().items() if v > 1]
     if wide and not self.decodes_stepwise():
       errors.append(f"{', '.join(wide)}: beam search needs a model that "
@@ -267,8 +317,10 @@ class DevDecodingConfig(DecodingConfig):
                              "fastest. --length_penalty applies.", low=1,
                              high=limits.MAX_BATCH)
 
-  def dev_search(self) -> decode_lib.Search:
-    return decode_lib.Search(self.dev_beam_size, self.length_penalty)
+  def dev_search(self):
+    """The every-epoch dev decoding's strategy: greedy or beam search (a
+    model is selected on deterministic outputs)."""
+    return decoding.search(self.dev_beam_size, self.length_penalty)
 
   def beam_flags(self) -> dict:
     return {"beam_size": self.beam_size, "dev_beam_size": self.dev_beam_size}

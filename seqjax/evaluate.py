@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax.data.vocab import Vocab
 
 # sacrebleu's BLEU tokenizer for Chinese: each CJK character a token, other
@@ -85,11 +85,12 @@ def evaluate_loss(eval_step, params, arrays: dict, batch_size: int,
 
 
 def decode_texts(decoder, params, tgt_vocab: Vocab, arrays: dict,
-                 batch_size: int) -> list[str]:
+                 batch_size: int, key=None) -> list[str]:
   """``decoder`` over ``arrays["src"]`` (masked by ``src_mask``) in batches
-  of ``batch_size``, each output row decoded to text."""
-  tokens = decode_lib.decode_in_batches(decoder, params, arrays["src"],
-                                        batch_size, arrays["src_mask"])
+  of ``batch_size`` (a sampling one drawing with ``key``), each output row
+  decoded to text."""
+  tokens = decoding.decode_in_batches(decoder, params, arrays["src"],
+                                      batch_size, arrays["src_mask"], key)
   return [tgt_vocab.decode(row) for row in tokens]
 
 

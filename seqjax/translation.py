@@ -23,8 +23,7 @@ from typing import Optional
 
 import jax
 
-from seqjax import beam as beam_lib
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import evaluate
 from seqjax import train as train_lib
 from seqjax.checkpoint import OPTIMIZER_STRUCTURE, Checkpointer
@@ -122,26 +121,24 @@ def decodes_tokens(spec: ModelSpec) -> bool:
 
 def make_decoder(spec: ModelSpec, model: Seq2Seq, max_len: int,
                  return_attention: bool = False,
-                 search: Optional[decode_lib.Search] = None):
+                 strategy=decoding.Greedy(), full: bool = False):
   """Decoding as the model was trained: a model trained without teacher
-  forcing on softmax feedback is fed its softmax back (greedy only); others
-  their tokens, greedily or by a beam ``search``. ``return_attention``: the
-  greedy decoder also returns the weights (B, T, S) (an attention model
-  decoded with tokens fed back)."""
-  kwargs = dict(max_len=max_len, start_id=vocab_lib.START_ID,
-                stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID)
-  if search is not None and not search.greedy:
-    if not decodes_tokens(spec) or return_attention:
-      raise ParameterError("beam_size", search.beam_size, "beam search "
-                           "feeds the decoder its tokens: not a model "
-                           "trained on its softmax fed back, and without "
-                           "attention weights")
-    return decode_lib.make_search_decoder(model, search, **kwargs)
-  if decodes_tokens(spec) or return_attention:
-    return decode_lib.make_greedy_decoder(model, **kwargs,
-                                          return_attention=return_attention)
-  return decode_lib.make_free_running_decoder(model, feedback=spec.feedback,
-                                              **kwargs)
+  forcing on softmax feedback is fed its softmax back (not by beam search);
+  others their tokens. ``return_attention`` (an attention model decoded
+  with tokens fed back) implies ``full``: ``decoding.Decoded`` with the
+  weights (B, T, S)."""
+  feedback = ("tokens" if decodes_tokens(spec) or return_attention
+              else "softmax")
+  if decoding.is_beam(strategy) and (feedback != "tokens" or
+                                     return_attention):
+    raise ParameterError("beam_size", strategy.beam_size, "beam search "
+                         "feeds the decoder its tokens: not a model "
+                         "trained on its softmax fed back, and without "
+                         "attention weights")
+  return decoding.make_decoder(
+      model, strategy, max_len=max_len, start_id=vocab_lib.START_ID,
+      stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID, feedback=feedback,
+      return_attention=return_attention, full=full or return_attention)
 
 
 def attention_examples(spec: ModelSpec, model: Seq2Seq, params,
@@ -152,8 +149,8 @@ def attention_examples(spec: ModelSpec, model: Seq2Seq, params,
   from seqjax import attention_plot
   decoder = make_decoder(spec, model, max_len, return_attention=True)
   src = vocab_lib.encode_sources(src_vocab, sentences)
-  tokens_NT, weights_NTS = jax.device_get(
-      decoder(params, src["src"], src["src_mask"]))
+  decoded = jax.device_get(decoder(params, src["src"], src["src_mask"]))
+  tokens_NT, weights_NTS = decoded.tokens_BT, decoded.weights_BTS
   outputs = []
   for row in tokens_NT:
     ids = list(row)
@@ -183,42 +180,54 @@ class Translation:
 
 @dataclasses.dataclass
 class Translator:
-  """A trained translation model with its vocabularies."""
+  """A trained translation model with its vocabularies, decoding by
+  ``strategy`` (``seqjax.decoding``; sampling draws with ``key``)."""
 
   spec: ModelSpec
   model: Seq2Seq
   params: dict
   vocabs: data_lib.VocabFile
   step: int  # the checkpoint's
-  search: decode_lib.Search = decode_lib.Search()
-  n_best: int = 0  # > 0: also the N best hypotheses (beam search)
+  strategy: object = decoding.Greedy()
+  n_best: int = 0  # > 0: the N best beams, or N samples a sentence
+  key: Optional[jax.Array] = None
 
   def __post_init__(self):
-    if self.n_best:
-      beam_lib.check(self.search.beam_size, self.n_best)
-    if not self.search.greedy:
-      beam_lib.check(self.search.beam_size, vocab=len(self.vocabs.target))
+    sampling = isinstance(self.strategy, decoding.Sampling)
+    if sampling and self.key is None:
+      self.key = jax.random.key(0)
+    if decoding.is_beam(self.strategy):
+      decoding.check_beam(self.strategy.beam_size, self.n_best or 1,
+                          vocab=len(self.vocabs.target))
       if not decodes_tokens(self.spec):
-        raise ParameterError("beam_size", self.search.beam_size,
+        raise ParameterError("beam_size", self.strategy.beam_size,
                              "beam search feeds the decoder its tokens; this "
                              "model was trained on its softmax fed back")
+    elif self.n_best and not sampling:  # greedy: one beam
+      decoding.check_beam(1, self.n_best)
 
   @functools.cached_property
   def decoder(self):
     """The jitted decoder, made once: one compile per input shape; with
-    ``n_best``, the beam search's ``Beams``."""
-    if not self.n_best:
-      return make_decoder(self.spec, self.model, self.vocabs.max_decode_len,
-                          search=self.search)
-    return beam_lib.make_beam_decoder(
-        self.model, beam_size=self.search.beam_size,
-        max_len=self.vocabs.max_decode_len, start_id=vocab_lib.START_ID,
-        stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID,
-        length_penalty=self.search.length_penalty, n_best=self.n_best)
+    ``n_best``, its whole result (``Beams``, or scored ``Decoded``)."""
+    strategy = self.strategy
+    if self.n_best and isinstance(strategy, decoding.Greedy):
+      strategy = decoding.BeamSearch(1)
+    if self.n_best and decoding.is_beam(strategy):
+      strategy = dataclasses.replace(strategy, n_best=self.n_best)
+    full = bool(self.n_best)
+    if full and not decoding.is_beam(strategy):
+      return decoding.make_decoder(
+          self.model, strategy, max_len=self.vocabs.max_decode_len,
+          start_id=vocab_lib.START_ID, stop_id=vocab_lib.END_ID,
+          pad_id=vocab_lib.PAD_ID, full=True, score=True,
+          feedback="tokens" if decodes_tokens(self.spec) else "softmax")
+    return make_decoder(self.spec, self.model, self.vocabs.max_decode_len,
+                        strategy=strategy, full=full)
 
   def translate(self, sentences: list[str], width: Optional[int] = None
                 ) -> list[Translation]:
-    """Greedy translations of ``sentences``, decoded in one batch padded to
+    """Translations of ``sentences``, decoded in one batch padded to
     ``width`` tokens (default: the longest sentence; either way at most the
     longest training source, and longer sentences are truncated). A fixed
     ``width`` gives one compiled shape for any sentences."""
@@ -239,7 +248,7 @@ class Translator:
     else:
       decoded = evaluate.decode_texts(self.decoder, self.params,
                                       self.vocabs.target, src,
-                                      len(sentences))
+                                      len(sentences), key=self.key)
     joiner = "" if src_vocab.level == "char" else " "
     return [Translation(input=s, decoded=text,
                         unknown=src_vocab.encode(s)[1],
@@ -249,21 +258,33 @@ class Translator:
                                           alternatives)]
 
   def _n_best(self, src: dict) -> list[list[tuple[str, float]]]:
-    beams = jax.device_get(self.decoder(self.params, src["src"],
-                                        src["src_mask"]))
+    """(text, score) of each sentence's N best beams (their scores), or of
+    its N samples, most likely first (their log-probabilities)."""
+    if not isinstance(self.strategy, decoding.Sampling):
+      beams = jax.device_get(self.decoder(self.params, src["src"],
+                                          src["src_mask"]))
+      tokens_BNT, scores_BN = beams.tokens_BNT, beams.scores_BN
+    else:
+      repeat = lambda x: jax.numpy.repeat(x, self.n_best, axis=0)
+      drawn = jax.device_get(self.decoder(
+          self.params, repeat(src["src"]), repeat(src["src_mask"]), self.key))
+      tokens_BNT = drawn.tokens_BT.reshape(-1, self.n_best,
+                                           drawn.tokens_BT.shape[-1])
+      scores_BN = drawn.log_probs_B.reshape(-1, self.n_best)
     decode = self.vocabs.target.decode
-    return [[(decode(tokens), float(score)) for tokens, score in
-             zip(beams.tokens_BNT[b], beams.scores_BN[b])]
-            for b in range(len(beams.scores_BN))]
+    return [sorted(((decode(t), float(sc)) for t, sc in
+                    zip(tokens_BNT[b], scores_BN[b])), key=lambda a: -a[1])
+            for b in range(len(scores_BN))]
 
 
-def load_translator(workdir: str, search: decode_lib.Search = decode_lib.Search(),
-                    n_best: int = 0) -> Translator:
+def load_translator(workdir: str, strategy=decoding.Greedy(),
+                    n_best: int = 0, key: Optional[jax.Array] = None
+                    ) -> Translator:
   """The translation model trained in ``workdir``: its checkpoint's settings
   and the parameters it hands back (its best checkpoint's, else the
-  latest's), its vocab.json, decoding by ``search`` (with
-  ``n_best``, also the N best). Raises ModelNotFoundError without
-  both, ParameterError for another task's model and CheckpointMismatchError
+  latest's), its vocab.json, decoding by ``strategy`` (with ``n_best``,
+  also the N best; sampling draws with ``key``). Raises ModelNotFoundError
+  without both, ParameterError for another task's model and CheckpointMismatchError
   when vocab.json is not the checkpoint's."""
   saved = None
   if os.path.isdir(workdir):
@@ -288,7 +309,8 @@ def load_translator(workdir: str, search: decode_lib.Search = decode_lib.Search(
                              saved["optimizer"]),
               **{k: saved[k] for k in OPTIMIZER_STRUCTURE if k in saved}}
   params, step = _restore_params(workdir, expected, params)
-  return Translator(spec, model, params, vocabs, int(step), search, n_best)
+  return Translator(spec, model, params, vocabs, int(step), strategy, n_best,
+                    key)
 
 
 def _restore_params(workdir: str, expected: dict, params):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import addition
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import models
 from seqjax import train as train_lib
 from seqjax.checkpoint import CheckpointMismatchError
@@ -42,8 +42,8 @@ def test_learns_one_digit_addition(model_name):
                            train_lib.FitConfig(batch_size=5, epochs=60,
                                                steps_per_call=11,
                                                log_every_steps=0))
-  predict = decode_lib.make_token_predictor(model, max_len=2,
-                                            start_id=addition_data.START_ID)
+  predict = decoding.make_decoder(model, max_len=2,
+                                  start_id=addition_data.START_ID)
   guesses = addition_data.decode(predict(state.params, data["src"]))
   # Checked against Python's arithmetic on the question text itself.
   for question, guess in zip(addition_data.decode(data["src"]), guesses):

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from seqjax import attention as attention_lib
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import metrics as metrics_lib
 from seqjax import per_beam
 from seqjax import train as train_lib
@@ -236,8 +236,8 @@ def test_free_running_argmax_tokens_equal_greedy_decoding(config):
   src_BS, mask_BS, _ = _data()
   logits_BTV = model.apply(params, src_BS, DEC_T, 0, mask_BS, "argmax",
                            method=Seq2Seq.free_running)
-  greedy_BT = decode_lib.greedy_decode(model, params, src_BS, max_len=DEC_T,
-                                       start_id=0, src_mask_BS=mask_BS)
+  greedy_BT = decoding.decode(model, params, src_BS, max_len=DEC_T,
+                              start_id=0, src_mask_BS=mask_BS).tokens_BT
   np.testing.assert_array_equal(np.argmax(logits_BTV, -1), greedy_BT)
   # And its logits are the decoder's fed those tokens one by one.
   dec_in_BT = np.concatenate([np.zeros((len(src_BS), 1), np.int32),
@@ -274,9 +274,9 @@ def test_greedy_attention_weights(attention, score, feed, bidirectional,
   model, params, _, _ = _run(config)
   src_BS, mask_BS, _ = _data()
   max_len = 8
-  free_BT = np.asarray(decode_lib.greedy_decode(
+  free_BT = np.asarray(decoding.decode(
       model, params, src_BS, max_len=max_len, start_id=0,
-      src_mask_BS=mask_BS))
+      src_mask_BS=mask_BS).tokens_BT)
 
   def emitted(stop_id):  # steps emitted per row, the stop included
     return [int(np.argmax(row == stop_id)) + 1 if (row == stop_id).any()
@@ -285,7 +285,7 @@ def test_greedy_attention_weights(attention, score, feed, bidirectional,
   stop_id = max(range(V), key=lambda v: (len(set(emitted(v))), -v))
   emitted_B = emitted(stop_id)
   assert len(set(emitted_B)) >= 2 and min(emitted_B) < max_len
-  tokens_BT, weights_BTS = decode_lib.greedy_decode(
+  tokens_BT, _, weights_BTS, _ = decoding.decode(
       model, params, src_BS, max_len=max_len, start_id=0, stop_id=stop_id,
       src_mask_BS=mask_BS, early_stop=early_stop, return_attention=True)
   tokens_BT, weights_BTS = np.asarray(tokens_BT), np.asarray(weights_BTS)
@@ -319,9 +319,9 @@ def test_first_greedy_weights_match_numpy(attention):
   model, params, _, _ = _run(config)
   src_BS, mask_BS, _ = _data()
   p = params["params"]
-  _, weights_BTS = decode_lib.greedy_decode(
+  weights_BTS = decoding.decode(
       model, params, src_BS, max_len=1, start_id=0, src_mask_BS=mask_BS,
-      return_attention=True)
+      return_attention=True).weights_BTS
   x = ref.inputs_numpy(p, src_BS, V, None)
   memory_BSM, finals = ref.encoder_numpy("lstm", p, x, SRC_LENGTHS, 1, False)
   query_BH = finals[0][0]
@@ -344,16 +344,16 @@ def test_a_bfloat16_attention_model_decodes(attention):
                   dtype=jnp.bfloat16)
   params = _params(model)
   src_BS, mask_BS, _ = _data()
-  tokens_BT, weights_BTS = decode_lib.greedy_decode(
+  weights_BTS = decoding.decode(
       model, params, src_BS, max_len=DEC_T, start_id=0, stop_id=3,
-      src_mask_BS=mask_BS, return_attention=True)
+      src_mask_BS=mask_BS, return_attention=True).weights_BTS
   sums_BT = np.asarray(weights_BTS).sum(-1)
   assert np.all((np.abs(sums_BT - 1) < 1e-2) | (sums_BT == 0))
   logits_BTV = model.apply(params, src_BS, DEC_T, 0, mask_BS, "argmax",
                            method=Seq2Seq.free_running)
   assert logits_BTV.shape == (len(src_BS), DEC_T, V)
-  greedy_BT = decode_lib.greedy_decode(model, params, src_BS, max_len=DEC_T,
-                                       start_id=0, src_mask_BS=mask_BS)
+  greedy_BT = decoding.decode(model, params, src_BS, max_len=DEC_T,
+                              start_id=0, src_mask_BS=mask_BS).tokens_BT
   np.testing.assert_array_equal(np.argmax(logits_BTV, -1), greedy_BT)
 
 
@@ -547,8 +547,8 @@ def _reverse_accuracy(attention, seed):
                             progress="none")
   state, _ = train_lib.fit(state, data, train_lib.make_seq2seq_loss(model),
                            cfg)
-  tokens_BT = decode_lib.greedy_decode(model, state.params, test["src"],
-                                       max_len=length, start_id=0)
+  tokens_BT = decoding.decode(model, state.params, test["src"],
+                              max_len=length, start_id=0).tokens_BT
   return float((np.asarray(tokens_BT) == test["target"]).mean())
 
 

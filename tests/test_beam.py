@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import beam as beam_lib
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax.errors import ParameterError
 from seqjax.models import RepeatVectorSeq2Seq, Seq2Seq
 from tests import seq2seq_reference as ref
@@ -41,10 +40,11 @@ def _setup(arch, vocab=5, units=6, seed=0, src_len=5):
   return model, params, src_BS, mask_BS
 
 
-def _search(model, params, src_BS, mask_BS, **kw):
+def _search(model, params, src_BS, mask_BS, *, beam_size, length_penalty=0.0,
+            n_best=1, **kw):
   kw = dict(dict(start_id=START, stop_id=STOP, pad_id=PAD), **kw)
-  fn = jax.jit(lambda p, s, m: beam_lib.beam_search(model, p, s,
-                                                     src_mask_BS=m, **kw))
+  strategy = decoding.BeamSearch(beam_size, length_penalty, n_best)
+  fn = decoding.make_decoder(model, strategy, full=True, **kw)
   return jax.device_get(fn(params, src_BS, mask_BS))
 
 
@@ -163,10 +163,10 @@ def test_beam_one_is_greedy(arch):
   rng = np.random.default_rng(5)
   src_BS = rng.integers(1, 7, size=(16, 6)).astype(np.int32)
   mask_BS = np.arange(6)[None] < rng.integers(1, 7, size=16)[:, None]
-  greedy = decode_lib.make_greedy_decoder(model, max_len=8, start_id=START,
-                                          stop_id=STOP, pad_id=PAD)
-  beam = beam_lib.make_beam_decoder(model, beam_size=1, max_len=8,
-                                    start_id=START, stop_id=STOP, pad_id=PAD)
+  greedy = decoding.make_decoder(model, max_len=8, start_id=START,
+                                 stop_id=STOP, pad_id=PAD)
+  beam = decoding.make_decoder(model, decoding.BeamSearch(1), max_len=8,
+                               start_id=START, stop_id=STOP, pad_id=PAD)
   # The first stop bias at which sentences stop at different steps (so
   # stopping is exercised), or some never do.
   for bias in np.arange(0.0, 6.0, 0.5):
@@ -253,8 +253,8 @@ def test_without_a_stop_token_every_hypothesis_has_max_len_tokens():
 
 def test_decoder_compiles_once_per_shape():
   model, params, src_BS, mask_BS = _setup("plain_lstm")
-  decode = beam_lib.make_beam_decoder(model, beam_size=2, max_len=5,
-                                      start_id=START, stop_id=STOP)
+  decode = decoding.make_decoder(model, decoding.BeamSearch(2), max_len=5,
+                                 start_id=START, stop_id=STOP)
   decode(params, src_BS, mask_BS)
   decode(params, src_BS[::-1].copy(), mask_BS[::-1].copy())
   assert decode._cache_size() == 1
@@ -270,15 +270,15 @@ def test_decoder_compiles_once_per_shape():
 ])
 def test_bad_settings_name_the_parameter(kw, param):
   with pytest.raises(ParameterError) as e:
-    beam_lib.check(**kw)
+    decoding.check_beam(**kw)
   assert e.value.param == param and str(e.value).startswith(f"{param}=")
 
 
 def test_a_model_without_stepwise_decoding_is_refused():
   model = RepeatVectorSeq2Seq(src_vocab=5, tgt_vocab=5, units=4, out_len=3)
   with pytest.raises(ValueError, match="step by step"):
-    beam_lib.beam_search(model, {}, np.zeros((1, 3), np.int32), beam_size=2,
-                         max_len=3, start_id=0)
+    decoding.decode(model, {}, np.zeros((1, 3), np.int32),
+                    strategy=decoding.BeamSearch(2), max_len=3, start_id=0)
 
 
 @pytest.mark.parametrize("kind, score", [("luong", "general"),

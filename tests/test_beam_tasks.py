@@ -1,6 +1,6 @@
-"""Beam search in the binaries: translate (held-out evaluation, per-epoch dev
-decoding, --translate with --n_best), reverse and addition; bad settings
-named before any work."""
+"""Beam search and sampling in the binaries: translate (held-out
+evaluation, per-epoch dev decoding, --translate with --n_best), reverse and
+addition; bad settings named before any work."""
 
 import json
 import os
@@ -87,12 +87,54 @@ def test_translate_n_best_gives_scored_alternatives(trained, capsys):
       assert f"{score:9.4f}  {text}" in out
 
 
+def _sampled(workdir, sentences, **flags):
+  return translate.run(translate.TranslateConfig(
+      workdir=workdir, translate=sentences, sampling_temperature=2.0,
+      top_k=4, n_best=5, **flags))
+
+
+def test_translate_samples_n_best_with_their_log_probabilities(trained,
+                                                               capsys):
+  workdir, _ = trained
+  sentences = [en for en, _ in translate_util.toy_pairs(8)[0::7]]
+  got = _sampled(workdir, sentences, sampling_seed=7)
+  out = capsys.readouterr().out
+  assert got["decoder"] == {"name": "sampling", "temperature": 2.0,
+                            "top_k": 4, "top_p": 1.0, "seed": 7}
+  assert _sampled(workdir, sentences, sampling_seed=7) == got
+  translator = translation.load_translator(workdir)
+  max_len = translator.vocabs.max_decode_len
+  for g in got["translations"]:
+    texts, scores = zip(*g["n_best"])
+    assert len(texts) == 5 and texts[0] == g["decoded"]
+    assert list(scores) == sorted(scores, reverse=True)
+    for text, score in g["n_best"]:
+      assert f"{score:9.4f}  {text}" in out
+      if len(translator.vocabs.target.encode(text)[0]) < max_len:  # ended
+        assert score == pytest.approx(
+            _teacher_forced_score(translator, g["input"], text, 0.0),
+            rel=1e-4)
+  # The seed defaults to --seed.
+  assert _sampled(workdir, sentences, seed=7) == got
+
+
+def test_translator_samples_by_its_key(trained):
+  workdir, _ = trained
+  sentences = [en for en, _ in translate_util.toy_pairs(50)[::5]]
+  sample = lambda seed: [t.decoded for t in translation.load_translator(
+      workdir, translation.decoding.Sampling(5.0),
+      key=jax.random.key(seed)).translate(sentences)]
+  first = sample(1)
+  assert sample(1) == first
+  assert sample(2) != first
+
+
 def test_translate_beam_one_is_the_greedy_translation(trained):
   workdir, _ = trained
   sentences = [en for en, _ in translate_util.toy_pairs(50)[::5]]
   greedy = translation.load_translator(workdir).translate(sentences)
   beam = translation.load_translator(
-      workdir, translation.decode_lib.Search(1)).translate(sentences)
+      workdir, translation.decoding.BeamSearch(1)).translate(sentences)
   assert [t.decoded for t in beam] == [t.decoded for t in greedy]
 
 
@@ -146,6 +188,29 @@ def test_reverse_beam_search_finds_what_greedy_does_on_a_trained_model(
   assert beam["accuracy"] >= greedy["accuracy"] - 0.01
 
 
+SAMPLING_ERRORS = [
+    (dict(sampling_temperature=1.0, beam_size=2),
+     "--sampling_temperature=1.0 samples; --beam_size=2 searches"),
+    (dict(sampling_temperature=-0.5), "--sampling_temperature must be"),
+    (dict(sampling_temperature=1.0, top_p=1.5), "--top_p must be"),
+    (dict(sampling_temperature=1.0, top_p=0.0), "--top_p must be"),
+    (dict(sampling_temperature=1.0, top_k=-1), "--top_k must be"),
+    (dict(top_k=3), "--top_k=3 applies to sampling only"),
+    (dict(sampling_seed=3), "--sampling_seed=3 applies to sampling only"),
+]
+
+
+@pytest.mark.parametrize("task", [translate, reverse, addition],
+                         ids=lambda t: t.TASK.name)
+@pytest.mark.parametrize("flags, name", SAMPLING_ERRORS)
+def test_bad_sampling_flags_are_named_before_any_work(task, flags, name,
+                                                      tmp_path):
+  cfg = task.TASK.config_cls(workdir=str(tmp_path / "w"), **flags)
+  with pytest.raises(SeqjaxError, match=name):
+    task.run(cfg)
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("task, flags, name", [
     (reverse, dict(beam_size=52), "--beam_size=52 exceeds the 51"),
     (reverse, dict(beam_size=2, model="repeat_vector"), "--beam_size=2"),
@@ -166,5 +231,40 @@ def test_addition_beam_evaluation_records_both_searches(tmp_path):
       training_size=2000, hidden_size=16, n_examples=0, log_every=0,
       beam_size=3))
   assert results["decoder"]["name"] == "beam"
+  assert results["dev_decoder"] == {"name": "greedy"}
+  assert 0 <= results["test_exact_match"] <= 1
+
+
+def test_reverse_samples_the_same_outputs_from_the_same_seed(tmp_path,
+                                                             capsys):
+  kw = dict(n_features=8, n_steps_in=4, n_steps_out=3, n_units=16,
+            n_samples=500, n_eval=300, epochs=1, n_examples=20,
+            log_every=0, workdir=str(tmp_path / "w"))
+  reverse.run(reverse.ReverseConfig(**kw))
+  capsys.readouterr()
+
+  def sample(**flags):
+    results = reverse.run(reverse.ReverseConfig(
+        eval_only=True, sampling_temperature=3.0, top_p=0.9, **flags, **kw))
+    shown = [l for l in capsys.readouterr().out.splitlines()
+             if "yhat=" in l]
+    return results, shown
+  first, shown = sample(sampling_seed=5)
+  assert first["decoder"] == {"name": "sampling", "temperature": 3.0,
+                              "top_k": 0, "top_p": 0.9, "seed": 5}
+  again, shown_again = sample(sampling_seed=5)
+  assert shown_again == shown and len(shown) == 20
+  assert again["accuracy"] == first["accuracy"]
+  _, other = sample(sampling_seed=6)
+  assert other != shown
+
+
+def test_addition_samples_the_final_evaluation_only(tmp_path):
+  results = addition.run(addition.AdditionConfig(
+      workdir=str(tmp_path / "w"), epochs=1, training_size=2000,
+      hidden_size=16, n_examples=0, log_every=0, sampling_temperature=1.0,
+      top_k=2))
+  assert results["decoder"] == {"name": "sampling", "temperature": 1.0,
+                                "top_k": 2, "top_p": 1.0, "seed": 0}
   assert results["dev_decoder"] == {"name": "greedy"}
   assert 0 <= results["test_exact_match"] <= 1

@@ -1,9 +1,9 @@
-"""greedy_decode's argmax (a max and a min, faster on XLA:CPU) is argmax."""
+"""Greedy decoding's argmax (a max and a min, faster on XLA:CPU) is argmax."""
 
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import decode
+from seqjax import decoding
 
 
 def test_argmax_matches_numpy_including_ties():
@@ -12,6 +12,6 @@ def test_argmax_matches_numpy_including_ties():
   logits[:8] = np.round(logits[:8])  # many ties: the first maximum wins
   logits[8, :] = 3.0                 # all tied
   logits[9, -1] = 100.0              # maximum in the last column
-  got = np.asarray(decode._argmax(jnp.asarray(logits)))
+  got = np.asarray(decoding.argmax(jnp.asarray(logits)))
   np.testing.assert_array_equal(got, logits.argmax(-1))
   assert got.dtype == np.int32

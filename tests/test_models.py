@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import summary
 from seqjax import train as train_lib
 from seqjax.models import Seq2Seq
@@ -42,7 +42,7 @@ def test_lstm_seq2seq_matches_numpy_reference():
 def test_teacher_forced_logits_equal_decode_step_logits(cell, emb):
   model, params, src, dec_in = _model_and_params(cell, emb)
   logits = model.apply(params, src, dec_in)
-  encode, decode_step = decode_lib.make_inference_fns(model)
+  encode, decode_step = decoding.make_inference_fns(model)
   carry = encode(params, src)
   for t in range(T):
     probs, carry = decode_step(params, dec_in[:, t], carry)
@@ -87,10 +87,10 @@ def test_final_carry_from_a_given_carry_equals_the_layer_call(cell):
 def test_batched_greedy_equals_step_by_step_loop(stop_id, early_stop):
   model, params, src, _ = _model_and_params()
   max_len = 7
-  tokens = decode_lib.make_greedy_decoder(
+  tokens = decoding.make_decoder(
       model, max_len=max_len, start_id=0, stop_id=stop_id,
       early_stop=early_stop)(params, src)
-  encode, decode_step = decode_lib.make_inference_fns(model)
+  encode, decode_step = decoding.make_inference_fns(model)
   for b in range(B):  # the tutorial's predict_sequence, one sequence at a time
     carry = encode(params, src[b:b + 1])
     token, expected = np.zeros((1,), np.int32), []
@@ -106,10 +106,10 @@ def test_batched_greedy_equals_step_by_step_loop(stop_id, early_stop):
 
 def test_greedy_decode_pads_after_stop():
   model, params, src, _ = _model_and_params()
-  free = np.asarray(decode_lib.make_greedy_decoder(
+  free = np.asarray(decoding.make_decoder(
       model, max_len=9, start_id=0)(params, src))
   stop = int(free[0, 1])  # make the 2nd token of row 0 the stop token
-  out = np.asarray(decode_lib.make_greedy_decoder(
+  out = np.asarray(decoding.make_decoder(
       model, max_len=9, start_id=0, stop_id=stop)(params, src))
   for row_free, row in zip(free, out):
     hits = np.flatnonzero(row_free == stop)
@@ -128,20 +128,20 @@ def test_greedy_decode_ends_when_every_sequence_stopped(max_len):
   bias = params["params"]["readout"]["bias"]
   params = jax.tree.map(lambda x: x, params)
   params["params"]["readout"]["bias"] = bias.at[5].add(1e4)
-  stopped = np.asarray(decode_lib.make_greedy_decoder(
+  stopped = np.asarray(decoding.make_decoder(
       model, max_len=max_len, start_id=0, stop_id=5)(params, src))
   assert (stopped[:, 0] == 5).all() and (stopped[:, 1:] == 0).all()
-  never = np.asarray(decode_lib.make_greedy_decoder(
+  never = np.asarray(decoding.make_decoder(
       model, max_len=max_len, start_id=0, stop_id=V + 1)(params, src))
   assert (never == 5).all()
 
 
 def test_decode_in_batches_pads_the_last_batch_and_matches():
   model, params, src, _ = _model_and_params()
-  decoder = decode_lib.make_greedy_decoder(model, max_len=4, start_id=0)
+  decoder = decoding.make_decoder(model, max_len=4, start_id=0)
   with train_lib.count_compiles(decoder) as compiles:
     whole = np.asarray(decoder(params, src))
-    chunked = decode_lib.decode_in_batches(decoder, params, src, batch_size=4)
+    chunked = decoding.decode_in_batches(decoder, params, src, batch_size=4)
   np.testing.assert_array_equal(whole, chunked)
   assert compiles.count == 2  # batch 6 and batch 4, nothing more
 
@@ -174,24 +174,24 @@ def test_greedy_early_exit_runs_only_the_steps_until_every_row_stopped(
   # its stop token in the free-running decode, + 1), else max_len.
   model, params, src, _ = _model_and_params()
   max_len = 9
-  free = np.asarray(decode_lib.make_greedy_decoder(
+  free = np.asarray(decoding.make_decoder(
       model, max_len=max_len, start_id=0)(params, src))
   for stop in sorted({int(free[0, 1]), int(free[0, 0]), int(free[-1, -1])}):
     ends = [int(np.flatnonzero(row == stop)[0]) + 1 if (row == stop).any()
             else max_len for row in free]
-    decode = jax.jit(functools.partial(
-        decode_lib.greedy_decode, model, max_len=max_len, start_id=0,
-        stop_id=stop, early_stop=early_stop, return_steps=True))
-    tokens, steps = decode(params, src)
+    decode = decoding.make_decoder(
+        model, max_len=max_len, start_id=0, stop_id=stop,
+        early_stop=early_stop, full=True)
+    tokens, steps = decode(params, src)[:2]
     assert int(steps) == (max(ends) if early_stop else max_len), (stop, ends)
     np.testing.assert_array_equal(
-        tokens, decode_lib.make_greedy_decoder(
+        tokens, decoding.make_decoder(
             model, max_len=max_len, start_id=0, stop_id=stop)(params, src))
   # Every row's first token is the stop token: one step with the exit.
   params = jax.tree.map(lambda x: x, params)
   bias = params["params"]["readout"]["bias"]
   params["params"]["readout"]["bias"] = bias.at[5].add(1e4)
-  _, steps = decode_lib.greedy_decode(
+  steps = decoding.decode(
       model, params, src, max_len=max_len, start_id=0, stop_id=5,
-      early_stop=early_stop, return_steps=True)
+      early_stop=early_stop).steps
   assert int(steps) == (1 if early_stop else max_len)

@@ -9,7 +9,7 @@ import pytest
 
 from experiments import reverse
 from experiments import summary as summary_exp
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import models
 from seqjax import summary
 from seqjax import train as train_lib
@@ -142,20 +142,21 @@ def test_train_step_lowers_the_loss():
 def test_predictor_is_the_argmax_of_one_forward_pass():
   model, params, src = _model_and_params()
   logits = np.asarray(model.apply(params, src))
-  predict = decode_lib.make_token_predictor(model, max_len=T)
+  predict = decoding.make_decoder(model, max_len=T, start_id=0)
   np.testing.assert_array_equal(predict(params, src), logits.argmax(-1))
   # Steps after a stop token are padding, as in greedy decoding.
   want = logits.argmax(-1)
   stop = int(want[0, 1])
-  out = np.asarray(decode_lib.make_token_predictor(
-      model, max_len=T, stop_id=stop, pad_id=V_OUT - 1)(params, src))
+  out = np.asarray(decoding.make_decoder(
+      model, max_len=T, start_id=0, stop_id=stop,
+      pad_id=V_OUT - 1)(params, src))
   for row_want, row in zip(want, out):
     hits = np.flatnonzero(row_want == stop)
     end = hits[0] + 1 if hits.size else T
     assert row[:end].tolist() == row_want[:end].tolist()
     assert (row[end:] == V_OUT - 1).all()
   with pytest.raises(ValueError, match="out_len"):
-    decode_lib.make_token_predictor(model, max_len=T + 1)(params, src)
+    decoding.make_decoder(model, max_len=T + 1, start_id=0)(params, src)
 
 
 def test_predictor_of_the_teacher_forced_model_is_greedy_decoding():
@@ -163,11 +164,13 @@ def test_predictor_of_the_teacher_forced_model_is_greedy_decoding():
                                tgt_vocab=V_OUT, units=H, out_len=T)
   src = np.random.default_rng(3).integers(0, V_IN, (B, S)).astype(np.int32)
   params = models.init_params(model, jax.random.key(0), src, src[:, :T] % V_OUT)
-  want = decode_lib.make_greedy_decoder(model, max_len=T, start_id=2)(params,
-                                                                       src)
-  got = decode_lib.make_token_predictor(model, max_len=T, start_id=2)(params,
-                                                                      src)
-  np.testing.assert_array_equal(got, want)
+  want = decoding.make_decoder(model, max_len=T, start_id=2)(params, src)
+  encode, step = decoding.make_inference_fns(model)
+  carry, token = encode(params, src), np.full((B,), 2, np.int32)
+  for t in range(T):  # the tutorial's step loop
+    probs, carry = step(params, token, carry)
+    token = np.asarray(probs).argmax(-1).astype(np.int32)
+    np.testing.assert_array_equal(want[:, t], token)
 
 
 def test_build_seq2seq_choices():

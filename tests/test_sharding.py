@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import reverse
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import runner
 from seqjax import metrics
 from seqjax import sharding
@@ -168,7 +168,7 @@ def test_bfloat16_computes_in_bf16_keeps_float32_state_and_trains():
       assert leaf.dtype == jnp.float32
   losses = [r["loss"] for r in log.rows]
   assert losses[-1] < 0.25 * float(loss0), (float(loss0), losses)
-  decoder = decode_lib.make_greedy_decoder(model, max_len=2, start_id=0)
+  decoder = decoding.make_decoder(model, max_len=2, start_id=0)
   fresh = reverse_data.generate(np.random.default_rng(1), 256, 4, 2, 9)
   acc = metrics.exact_sequence_accuracy(
       np.asarray(decoder(state.params, fresh["src"])), fresh["target"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import translate
-from seqjax import decode as decode_lib
+from seqjax import decoding
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer, CheckpointMismatchError
 from seqjax.errors import SeqjaxError
@@ -60,11 +60,15 @@ def test_free_running_feeds_back_the_softmax(emb, cell):
                                      method=Seq2Seq.decode_step_dense)
     np.testing.assert_allclose(logits[:, t], step_logits, atol=1e-5)
     x = jax.nn.softmax(step_logits)
+  # The decoder fed its softmax emits the argmax of those logits.
+  tokens = decoding.decode(model, params, src, max_len=T, start_id=2,
+                           feedback="softmax").tokens_BT
+  np.testing.assert_array_equal(tokens, np.argmax(logits, -1))
   # Fed the argmax instead, it is greedy decoding.
-  tokens = decode_lib.free_running_decode(model, params, src, max_len=T,
-                                          start_id=2, feedback="argmax")
-  greedy = decode_lib.greedy_decode(model, params, src, max_len=T, start_id=2)
-  np.testing.assert_array_equal(tokens, greedy)
+  by_argmax = np.argmax(model.apply(params, src, T, 2, None, "argmax",
+                                    method=Seq2Seq.free_running), -1)
+  greedy = decoding.decode(model, params, src, max_len=T, start_id=2)
+  np.testing.assert_array_equal(by_argmax, greedy.tokens_BT)
 
 
 @pytest.mark.parametrize("feedback", ["softmax", "argmax"])
@@ -87,10 +91,11 @@ def test_free_running_loss_ignores_target_tokens(feedback):
 
 def test_free_running_decoder_pads_after_stop():
   model, params, src, _ = _model()
-  stop = int(decode_lib.free_running_decode(model, params, src, max_len=T,
-                                            start_id=2)[0, 1])
-  tokens = np.asarray(decode_lib.make_free_running_decoder(
-      model, max_len=T, start_id=2, stop_id=stop, pad_id=0)(params, src))
+  stop = int(decoding.decode(model, params, src, max_len=T, start_id=2,
+                             feedback="softmax").tokens_BT[0, 1])
+  tokens = np.asarray(decoding.make_decoder(
+      model, max_len=T, start_id=2, stop_id=stop, pad_id=0,
+      feedback="softmax")(params, src))
   for row in tokens:
     hits = np.flatnonzero(row == stop)
     if len(hits):

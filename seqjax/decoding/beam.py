@@ -13,11 +13,11 @@ reach ``max_len``) are finished: ranked with the finished ones by their
 score, the best K kept (a stop ranked below K is dropped, as in fairseq: so
 one beam is greedy decoding). The K best continuations that did not stop are
 the new live hypotheses, and the decoder state is gathered by the beam
-each came from. The attention memory is per sentence, the same for all its
-beams: it is neither copied per beam nor gathered (``seqjax.attention``
-serves K query rows from one memory row). 2K candidates always leave K
-that did not stop (a beam has one stop token). A finished hypothesis is
-never extended.
+each came from (``seqjax.per_beam.map_per_beam``: the state's ``Shared``
+parts, such as an attention memory that serves a sentence's K beams from
+one row, are neither copied per beam nor gathered). 2K candidates always
+leave K that did not stop (a beam has one stop token). A finished
+hypothesis is never extended.
 
 Score (GNMT, Wu et al. 2016): ``log P(y) / ((5 + |y|) / 6) ** alpha``, where
 ``log P(y)`` is the sum of the step log-probabilities and ``|y|`` counts the
@@ -49,8 +49,9 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from seqjax.errors import ParameterError
-from seqjax.models import DecoderState, Seq2Seq
+from seqjax.decoding.strategies import BeamSearch
+from seqjax.models import Seq2Seq
+from seqjax.per_beam import map_per_beam
 
 Array = jax.Array
 NEG_INF = -jnp.inf
@@ -83,44 +84,16 @@ def penalty(length, alpha: float):
   return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def check(beam_size: int, n_best: int = 1, length_penalty: float = 0.0,
-          vocab: Optional[int] = None) -> None:
-  """Raises ParameterError for settings beam search cannot run with;
-  ``vocab``: also refuses more beams than target symbols."""
-  if beam_size < 1:
-    raise ParameterError("beam_size", beam_size, "must be at least 1")
-  if vocab is not None and beam_size > vocab:
-    raise ParameterError("beam_size", beam_size, f"exceeds the {vocab} "
-                         "target symbols: beams beyond them stay empty")
-  if not 1 <= n_best <= beam_size:
-    raise ParameterError("n_best", n_best, f"must be between 1 and the beam "
-                         f"size ({beam_size}): the search keeps {beam_size} "
-                         "finished hypotheses")
-  if not length_penalty >= 0:  # also refuses NaN
-    raise ParameterError("length_penalty", length_penalty, "must be >= 0 "
-                         "(0: raw log-probability)")
-
-
 def _repeat_beams(state, k: int):
-  """Every leaf (B, ...) -> (B*K, ...), row b*K + j a copy of row b; the
-  attention memory stays (B, ...): each of its rows serves its sentence's
-  K beams (``seqjax.attention``)."""
-  repeat = lambda tree: jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), tree)
-  if isinstance(state, DecoderState):
-    return state._replace(rnn=repeat(state.rnn), feed_BH=repeat(state.feed_BH),
-                          weights_BS=repeat(state.weights_BS))
-  return repeat(state)
+  """Every per-beam leaf (B, ...) -> (B*K, ...), row b*K + j a copy of row
+  b; ``Shared`` parts stay (B, ...)."""
+  return map_per_beam(lambda x: jnp.repeat(x, k, axis=0), state)
 
 
 def _gather_beams(state, rows: Array):
-  """The decoder state's rows ``rows`` (B*K,); the memory is per sentence
-  (a beam comes from a beam of its own sentence), so it is not gathered."""
-  take = lambda x: jnp.take(x, rows, axis=0)
-  if isinstance(state, DecoderState):
-    return state._replace(rnn=jax.tree.map(take, state.rnn),
-                          feed_BH=take(state.feed_BH),
-                          weights_BS=take(state.weights_BS))
-  return jax.tree.map(take, state)
+  """The per-beam leaves' rows ``rows`` (B*K,); a beam comes from a beam of
+  its own sentence, so ``Shared`` parts need no gather."""
+  return map_per_beam(lambda x: jnp.take(x, rows, axis=0), state)
 
 
 def _take(x_BK, index_BJ):
@@ -183,20 +156,17 @@ def _can_improve(s: _Search, max_len: int, alpha: float, n: int) -> Array:
   return jnp.any(best_B > s.fin_score_BK[:, n - 1])
 
 
-def beam_search(model: Seq2Seq, params, src_BS: Array, *, beam_size: int,
+def beam_search(model: Seq2Seq, params, src_BS: Array,
+                src_mask_BS: Optional[Array], strategy: BeamSearch, *,
                 max_len: int, start_id: int, stop_id: Optional[int] = None,
-                pad_id: int = 0, src_mask_BS: Optional[Array] = None,
-                length_penalty: float = 0.0, n_best: int = 1,
-                early_stop: bool = True) -> Beams:
-  """The ``n_best`` best hypotheses of every sentence of a batch (see the
-  module docstring). Jit it (``make_beam_decoder``) to compile the whole
-  search once per shape. ``early_stop=False`` runs all ``max_len`` steps
-  (the same result)."""
+                pad_id: int = 0, early_stop: bool = True) -> Beams:
+  """The ``strategy.n_best`` best hypotheses of every sentence of a batch
+  (see the module docstring). ``early_stop=False`` runs all ``max_len``
+  steps (the same result)."""
   if not getattr(model, "takes_decoder_input", True):
     raise ValueError(f"beam search needs a model decoded step by step; "
                      f"{type(model).__name__} predicts all steps at once")
-  check(beam_size, n_best, length_penalty)
-  k, alpha = beam_size, float(length_penalty)
+  k, alpha = strategy.beam_size, float(strategy.length_penalty)
   batch = src_BS.shape[0]
   state = model.apply(params, src_BS, src_mask_BS,
                       method=Seq2Seq.encode_for_decoding)
@@ -218,32 +188,12 @@ def beam_search(model: Seq2Seq, params, src_BS: Array, *, beam_size: int,
   def running(s):
     more = s.t < max_len
     if early_stop and stop_id is not None:
-      more = more & _can_improve(s, max_len, alpha, n_best)
+      more = more & _can_improve(s, max_len, alpha, strategy.n_best)
     return more
 
   s = jax.lax.while_loop(running, step, s)
-  n = n_best
+  n = strategy.n_best
   return Beams(tokens_BNT=s.fin_tokens_BKT[:, :n],
                scores_BN=s.fin_score_BK[:, :n],
                log_probs_BN=s.fin_logp_BK[:, :n],
                lengths_BN=s.fin_len_BK[:, :n], steps=s.t)
-
-
-def make_beam_decoder(model: Seq2Seq, *, beam_size: int, max_len: int,
-                      start_id: int, stop_id: Optional[int] = None,
-                      pad_id: int = 0, length_penalty: float = 0.0,
-                      n_best: Optional[int] = None, early_stop: bool = True):
-  """Jitted ``decode(params, src_BS, src_mask_BS=None)``: the best
-  hypothesis' tokens (B, max_len), the interface of the greedy decoder (and
-  of ``decode_in_batches``); with ``n_best``, the ``Beams``."""
-  check(beam_size, n_best or 1, length_penalty)
-  fn = functools.partial(beam_search, model, beam_size=beam_size,
-                         max_len=max_len, start_id=start_id, stop_id=stop_id,
-                         pad_id=pad_id, length_penalty=length_penalty,
-                         n_best=n_best or 1, early_stop=early_stop)
-
-  def decode(params, src, src_mask=None):
-    beams = fn(params, src, src_mask_BS=src_mask)
-    return beams if n_best else beams.tokens_BNT[:, 0]
-
-  return jax.jit(decode)

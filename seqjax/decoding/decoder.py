@@ -1,0 +1,154 @@
+"""One decoder factory for every model and strategy.
+
+``make_decoder(model, strategy, max_len=..., start_id=...)`` is a jitted
+``decode(params, src_BS, src_mask_BS=None, key=None) -> tokens_BT``,
+compiled once per input shape. How it decodes follows the model:
+
+* a ``Seq2Seq`` fed its own tokens: ``loop.token_loop`` with the strategy's
+  ``select`` (greedy, sampling), or beam search (``seqjax.decoding.beam``);
+* a ``Seq2Seq`` trained on its softmax fed back (``feedback="softmax"``):
+  the same loop fed the softmax (``Seq2Seq.decode_step_dense``);
+* a model that predicts every step at once (``RepeatVectorSeq2Seq``): one
+  forward pass, the strategy selecting each step's token.
+
+Greedy and beam search ignore the key; sampling needs one.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.decoding import beam as beam_lib
+from seqjax.decoding import loop as loop_lib
+from seqjax.decoding import strategies
+from seqjax.models import Seq2Seq
+
+Array = jax.Array
+FEEDBACKS = ("tokens", "softmax")
+
+
+def make_inference_fns(model: Seq2Seq):
+  """The tutorial's split as two jitted functions usable on their own:
+  ``encode(params, src_BS[, src_mask_BS]) -> carry`` and
+  ``decode_step(params, token_B, carry) -> (probabilities_BV, carry)``."""
+
+  @jax.jit
+  def encode(params, src_BS, src_mask_BS=None):
+    return model.apply(params, src_BS, src_mask_BS,
+                       method=Seq2Seq.encode_for_decoding)
+
+  @jax.jit
+  def decode_step(params, token_B, carry):
+    logits_BV, carry = model.apply(params, token_B, carry,
+                                   method=Seq2Seq.decode_step)
+    return jax.nn.softmax(logits_BV, axis=-1), carry
+
+  return encode, decode_step
+
+
+def check_decoder(model, strategy, feedback: str = "tokens",
+                  return_attention: bool = False) -> None:
+  """Raises ValueError for a strategy or output the model cannot give."""
+  stepwise = getattr(model, "takes_decoder_input", True)
+  if feedback not in FEEDBACKS:
+    raise ValueError(f"unknown feedback {feedback!r}; expected one of "
+                     f"{FEEDBACKS}")
+  if strategies.is_beam(strategy) and (not stepwise or feedback != "tokens"):
+    raise ValueError(f"beam search needs a model decoded step by step, fed "
+                     f"its tokens; {type(model).__name__} with "
+                     f"feedback={feedback!r} decodes otherwise")
+  if return_attention and (strategies.is_beam(strategy) or getattr(
+      model, "attention", "none") == "none"):
+    raise ValueError("return_attention needs a model that attends "
+                     "(attention='none' has no weights), decoded without "
+                     "beam search")
+
+
+def decode(model, params, src_BS: Array, src_mask_BS: Optional[Array] = None,
+           key: Optional[Array] = None, strategy=strategies.Greedy(), *,
+           max_len: int, start_id: int, stop_id: Optional[int] = None,
+           pad_id: int = 0, feedback: str = "tokens",
+           return_attention: bool = False, score: bool = False,
+           early_stop: bool = True):
+  """A batch decoded by ``strategy`` -> ``loop.Decoded`` (``beam.Beams`` for
+  beam search). ``score``: also each sequence's log-probability.
+  ``early_stop=False`` runs all ``max_len`` steps (the same tokens). Jit
+  it, or take ``make_decoder``."""
+  check_decoder(model, strategy, feedback, return_attention)
+  if isinstance(strategy, strategies.Sampling) and key is None:
+    raise ValueError("sampling needs a random key")
+  ends = dict(stop_id=stop_id, pad_id=pad_id)
+  if strategies.is_beam(strategy):
+    return beam_lib.beam_search(model, params, src_BS, src_mask_BS, strategy,
+                                max_len=max_len, start_id=start_id,
+                                early_stop=early_stop, **ends)
+  if not getattr(model, "takes_decoder_input", True):
+    if max_len != model.out_len:
+      raise ValueError(f"max_len={max_len} differs from the model's "
+                       f"out_len={model.out_len}")
+    return loop_lib.select_each_step(
+        strategy.select, model.apply(params, src_BS, src_mask_BS), key, **ends)
+  state = model.apply(params, src_BS, src_mask_BS,
+                      method=Seq2Seq.encode_for_decoding)
+  start_B = jnp.full((src_BS.shape[0],), start_id, jnp.int32)
+  method = Seq2Seq.decode_step
+  if feedback == "softmax":
+    start_B = jax.nn.one_hot(start_B, model.tgt_vocab, dtype=jnp.float32)
+    method = Seq2Seq.decode_step_dense
+  step = lambda feed, state: model.apply(params, feed, state, method=method)
+  return loop_lib.token_loop(
+      step, state, start_B, strategy.select, key, max_len=max_len,
+      early_stop=early_stop, score=score,
+      src_len=src_BS.shape[1] if return_attention else None, **ends)
+
+
+def make_decoder(model, strategy=strategies.Greedy(), *, max_len: int,
+                 start_id: int, stop_id: Optional[int] = None,
+                 pad_id: int = 0, full: bool = False, **options):
+  """Jitted ``decode(params, src_BS, src_mask_BS=None, key=None)`` ->
+  tokens (B, max_len) (the best beam's); with ``full``, ``decode``'s whole
+  result. ``options``: ``decode``'s (feedback, return_attention, score,
+  early_stop)."""
+  check_decoder(model, strategy, options.get("feedback", "tokens"),
+                options.get("return_attention", False))
+  fn = functools.partial(decode, model, strategy=strategy, max_len=max_len,
+                         start_id=start_id, stop_id=stop_id, pad_id=pad_id,
+                         **options)
+
+  def run(params, src_BS, src_mask_BS=None, key=None):
+    out = fn(params, src_BS, src_mask_BS, key)
+    if full:
+      return out
+    return out.tokens_BNT[:, 0] if strategies.is_beam(strategy) else (
+        out.tokens_BT)
+
+  return jax.jit(run)
+
+
+def decode_in_batches(decode_fn, params, src, batch_size: int,
+                      src_mask=None, key: Optional[Array] = None):
+  """Runs a jitted decoder over a large array in fixed-size batches; batch
+  i draws with ``fold_in(key, i)``. The last batch is padded to
+  ``batch_size`` so the decoder compiles once. Returns host (NumPy)
+  tokens."""
+  n = src.shape[0]
+  outputs = []
+  for i, start in enumerate(range(0, n, batch_size)):
+    chunk = src[start:start + batch_size]
+    mask = None if src_mask is None else src_mask[start:start + batch_size]
+    short = batch_size - chunk.shape[0]
+    if short:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, 0)])
+      if mask is not None:
+        mask = np.concatenate([mask, np.repeat(mask[-1:], short, 0)])
+    batch_key = None if key is None else jax.random.fold_in(key, i)
+    outputs.append((decode_fn(params, chunk, mask, batch_key),
+                    batch_size - short))
+  # Fetched after every batch is dispatched: the host prepares the next
+  # batch while the device decodes.
+  return np.concatenate([np.asarray(out)[:n] for out, n in outputs])
