@@ -26,7 +26,6 @@ import argparse
 import json
 import platform
 import tempfile
-import time
 
 import numpy as np
 
