@@ -95,7 +95,9 @@ def library_decoder(model, kind: str, **kw):
     mask_NS=None) -> tokens_NT`` (one compiled shape);
   * "greedy_steps", "beam": ``decode(params, src_BS, mask_BS) -> (tokens_BT,
     steps)``, beam's best hypothesis (``beam_size``, ``length_penalty``);
-  * "inference": ``(encode, decode_step)``, the tutorial's split.
+  * "inference": ``(encode, decode_step)``, the tutorial's split;
+  * "translator": the decoder a restored translator (``model``) is
+    trained to be decoded with (its spec's greedy or beam), ``max_len``.
   """
   import jax
   from seqjax import beam as beam_lib
@@ -113,6 +115,9 @@ def library_decoder(model, kind: str, **kw):
     return lambda p, x, m: _best_and_steps(beam(p, x, m))
   if kind == "inference":
     return decode_lib.make_inference_fns(model)
+  if kind == "translator":
+    from seqjax import translation
+    return translation.make_decoder(model.spec, model.model, kw["max_len"])
   raise ValueError(f"unknown decoder kind {kind!r}")
 
 

@@ -4,7 +4,7 @@
       [--reps=3] [--json=PATH] [--single_thread]
   python -m benchmarks.run --workload=attention --peers=torch
   python -m benchmarks.run --workload=sweep   # vectorized vs sequential runs
-  python -m benchmarks.run --workload=decode --peers=torch,onmt \
+  python -m benchmarks.run --workload=decode --peers=torch,onmt \\
       --single_thread --settings=model_dir=WORKDIR
 
 ``decode`` measures decoding alone (greedy and beam search against
