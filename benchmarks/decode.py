@@ -148,13 +148,14 @@ class Workload:
         raise ParameterError(name, getattr(s, name), "must be at least 1")
     if s.steps < 0:
       raise ParameterError("steps", s.steps, "must be >= 0")
+    if not s.model_dir and not s.tiny and not s.steps:
+      raise ParameterError("steps", s.steps, "must be > 0 (equal work) for "
+                           "a random model, whose outputs have random "
+                           "lengths; or give model_dir")
     if s.model_dir:
       self._load_trained(s)
     else:
       self._build_random(s)
-    if not s.model_dir and not s.tiny and not s.steps:
-      raise SeqjaxError("a random model's outputs have random lengths: set "
-                        "steps (equal work) or model_dir")
     self.max_len = s.steps or self.max_len
     self.stop_id = None if s.steps else STOP
     from seqjax import beam as beam_lib

@@ -126,6 +126,13 @@ def test_bad_batch_sizes_are_named():
   assert decode.Settings(batches="50/256").batch_sizes() == [50, 256]
 
 
+def test_a_random_model_needs_equal_work():
+  # Its outputs would have random lengths: refused before any data is read.
+  with pytest.raises(ParameterError) as e:
+    decode.Workload(decode.Settings(data_path="/no/such/file"))
+  assert e.value.param == "steps"
+
+
 def test_tiny_run_writes_its_tables(tmp_path):
   _torch()
   path = tmp_path / "decode.json"
