@@ -282,32 +282,12 @@ class SeqjaxRunner:
     return harness.seqjax_versions()
 
   def train_epoch(self, rep: int) -> dict:
-    import jax
-    import jax.numpy as jnp
     s = self.w.s
-    state = train_lib.create_train_state(
-        self.model, self._fresh_params(s.seed + rep),
-        train_lib.make_optimizer("adam", s.learning_rate))
-    multi_step = train_lib.make_multi_step(self.loss_fn)  # a fresh compile
-    config = train_lib.FitConfig(batch_size=s.batch_size, epochs=1,
-                                 seed=s.seed + rep, log_every_steps=0)
-    first = harness.time_jax_first_update(
-        multi_step, jax.tree.map(jnp.copy, state), self.w.buckets,
-        s.batch_size, config.steps_per_call)
-    cached = train_lib.compiles_of(multi_step)
-    with harness.CompileCounter() as counter:
-      state, stats = train_lib.fit(state, self.w.buckets, self.loss_fn,
-                                   config, multi_step=multi_step,
-                                   batch_plan=self.w.plan)
-    return {"first_step_s": first,
-            "train_seconds": stats.steady_seconds,
-            "train_samples": stats.steady_steps * s.batch_size,
-            # All of fit (an upper bound of its timed epoch's compiles).
-            "train_compiles": counter.count,
-            "step_compiles_in_fit": train_lib.compiles_of(multi_step) - cached,
-            "step_shapes_compiled": stats.compiles,
-            "train_shapes": len(self.w.buckets),
-            "threads": harness.threads(),
+    _, stats, out = harness.fit_epoch(
+        self.model, self._fresh_params(s.seed + rep), self.loss_fn,
+        self.w.buckets, s.batch_size, s.seed + rep,
+        ("adam", s.learning_rate), self.w.plan)
+    return {**out, "train_shapes": len(self.w.buckets),
             # The epoch's mean training loss (fit's epoch-end row).
             "train_loss": float(stats.last_metrics.get("loss", np.nan))}
 

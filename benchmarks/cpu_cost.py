@@ -19,10 +19,9 @@ import time
 import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from seqjax import decoding
+from benchmarks import harness
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
 from seqjax.config import field
@@ -69,9 +68,9 @@ def run(config: CpuCostConfig) -> dict:
                                       valid, no, halted)
     jax.block_until_ready(metrics)
     steps.append((time.process_time() - c) / k)
-  decoder = decoding.make_decoder(model, max_len=3, start_id=0)
-  decode = lambda: decoding.decode_in_batches(decoder, state.params,
-                                                test["src"], 1000)
+  _, in_batches = harness.library_decoder(model, "greedy", max_len=3,
+                                         start_id=0)
+  decode = lambda: in_batches(state.params, test["src"], 1000)
   decode()
   decodes = []
   for _ in range(7):

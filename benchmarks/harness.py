@@ -86,33 +86,43 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
   return time.perf_counter() - t, out
 
 
-class CompileCounter:
-  """Counts XLA backend compilations (every JAX-based framework's), while
-  active. ``with counter: ...; counter.count``."""
+def library_decoder(model, kind: str, **kw):
+  """The benchmarks' one way into seqjax's decoding API (follow a change of
+  that API here). ``kind``:
 
-  EVENT = "/jax/core/compile/backend_compile_duration"
+  * "greedy": ``(decode, in_batches)``: ``decode(params, src_BS,
+    mask_BS=None) -> tokens_BT`` and ``in_batches(params, src_NS, batch,
+    mask_NS=None) -> tokens_NT`` (one compiled shape);
+  * "greedy_steps", "beam": ``decode(params, src_BS, mask_BS) -> (tokens_BT,
+    steps)``, beam's best hypothesis (``beam_size``, ``length_penalty``);
+  * "inference": ``(encode, decode_step)``, the tutorial's split;
+  * "translator": the decoder a restored translator (``model``) is
+    trained to be decoded with (its spec's greedy or beam), ``max_len``.
+  """
+  from seqjax import decoding
+  if kind == "greedy":
+    decode = decoding.make_decoder(model, **kw)
+    return decode, lambda params, src, batch, mask=None: (
+        decoding.decode_in_batches(decode, params, src, batch, mask))
+  if kind == "greedy_steps":
+    greedy = decoding.make_decoder(model, full=True, **kw)
+    return lambda p, x, m: greedy(p, x, m)[:2]
+  if kind == "beam":
+    beam = decoding.make_decoder(
+        model, decoding.BeamSearch(kw.pop("beam_size"),
+                                   kw.pop("length_penalty", 0.0)),
+        full=True, **kw)
+    return lambda p, x, m: _best_and_steps(beam(p, x, m))
+  if kind == "inference":
+    return decoding.make_inference_fns(model)
+  if kind == "translator":
+    from seqjax import translation
+    return translation.make_decoder(model.spec, model.model, kw["max_len"])
+  raise ValueError(f"unknown decoder kind {kind!r}")
 
-  def __init__(self):
-    self.count = 0
-    self._active = False
 
-  def _listener(self, event, duration_secs, **kwargs):
-    del duration_secs, kwargs
-    if self._active and event == self.EVENT:
-      self.count += 1
-
-  def __enter__(self):
-    from jax import monitoring
-    self.count = 0
-    self._active = True
-    monitoring.register_event_duration_secs_listener(self._listener)
-    return self
-
-  def __exit__(self, *exc):
-    from jax import monitoring
-    self._active = False
-    monitoring.unregister_event_duration_listener(self._listener)
-    return False
+def _best_and_steps(beams):
+  return beams.tokens_BNT[:, 0], beams.steps
 
 
 def reverse_default_setup(steps: int, batch_size: int = 32):
@@ -168,17 +178,19 @@ def time_keras_epoch(model, inputs: list, targets, batch_size: int) -> dict:
   first, untimed, so the epoch's samples/s excludes compiles as every
   framework's does; compiles are counted in the timed epoch alone."""
   b = batch_size
-  with CompileCounter() as warmup:
+  from seqjax import train as train_lib
+  with train_lib.count_compiles() as warmup:
     first, _ = timed(lambda: model.train_on_batch([x[:b] for x in inputs],
                                                   targets[:b]))
     model.fit([x[:b] for x in inputs], targets[:b], batch_size=b, epochs=1,
               verbose=0)
-  with CompileCounter() as counter:
+  warmup_compiles = warmup.count
+  with train_lib.count_compiles() as counter:
     secs, _ = timed(lambda: model.fit(inputs, targets, batch_size=b,
                                       epochs=1, shuffle=True, verbose=0))
   return {"first_step_s": first, "train_seconds": secs,
           "train_samples": len(inputs[0]), "train_compiles": counter.count,
-          "warmup_compiles": warmup.count, "threads": threads()}
+          "warmup_compiles": warmup_compiles, "threads": threads()}
 
 
 def time_jax_first_update(multi_step, state, datasets: list,
@@ -202,6 +214,39 @@ def time_jax_first_update(multi_step, state, datasets: list,
                               np.arange(k) < 1, no_reset, halted)
   jax.block_until_ready(state.params)
   return time.perf_counter() - t
+
+
+def fit_epoch(model, params, loss_fn, data, batch_size: int, seed: int,
+              optimizer: tuple = ("adam",), plan=None) -> tuple:
+  """One ``train.fit`` epoch from ``params`` as seqjax's users run it, a
+  fresh jitted step (its compiles measured), the first update timed apart
+  (``time_jax_first_update``); ``data``: a dataset, or buckets with their
+  ``plan``. -> (state, fit's stats, the runner's timing fields). The
+  benchmarks' one way into seqjax's training loop."""
+  import jax
+  import jax.numpy as jnp
+  from seqjax import train as train_lib
+  state = train_lib.create_train_state(model, params,
+                                       train_lib.make_optimizer(*optimizer))
+  multi_step = train_lib.make_multi_step(loss_fn)
+  config = train_lib.FitConfig(batch_size=batch_size, epochs=1, seed=seed,
+                               log_every_steps=0)
+  first = time_jax_first_update(
+      multi_step, jax.tree.map(jnp.copy, state),
+      data if isinstance(data, list) else [data], batch_size,
+      config.steps_per_call)
+  cached = train_lib.compiles_of(multi_step)
+  with train_lib.count_compiles() as counter:
+    state, stats = train_lib.fit(state, data, loss_fn, config,
+                                 multi_step=multi_step, batch_plan=plan)
+    compiles = counter.count
+  return state, stats, {
+      "first_step_s": first, "train_seconds": stats.steady_seconds,
+      "train_samples": stats.steady_steps * batch_size,
+      # All of fit (an upper bound of its timed epoch's compiles).
+      "train_compiles": compiles,
+      "step_compiles_in_fit": train_lib.compiles_of(multi_step) - cached,
+      "step_shapes_compiled": stats.compiles, "threads": threads()}
 
 
 def time_eager_epoch(step: Callable[[np.ndarray], Any], n: int,
@@ -340,7 +385,7 @@ def _worker_main(conn, module_name: str, settings: dict, framework: str,
   try:
     module = importlib.import_module(module_name)
     workload = module.Workload(module.Settings(**settings))
-    # A workload module may serve its own calls (``Ops``: benchmarks.beam).
+    # A workload module may serve its own calls (``Ops``: benchmarks.decode).
     ops = getattr(module, "Ops", _Ops)(workload, workload.runner(framework))
     conn.send(("ok", None))
   except BaseException:  # pylint: disable=broad-except
@@ -417,19 +462,11 @@ def measure(workload, frameworks: list[str], reps: int,
   its own worker process (on one thread each with ``single_thread``).
   Returns ``({framework: {key: median, ..., "reps": {key: [...]}}}, notes)``;
   a peer whose worker cannot start is left out with a note."""
-  settings = dataclasses.asdict(workload.s)
-  module_name = type(workload).__module__
-  workers, notes = {}, []
+  workers, notes = start_workers(type(workload).__module__,
+                                 dataclasses.asdict(workload.s), frameworks,
+                                 single_thread, log)
   try:
-    for fw in frameworks:
-      try:
-        workers[fw] = Worker(module_name, settings, fw, single_thread)
-      except WorkerError as e:
-        if fw == "seqjax":
-          raise
-        notes.append(f"peer {fw} skipped: {str(e).splitlines()[-1]}")
-        log(f"Note: {notes[-1]}")
-    frameworks = [fw for fw in frameworks if fw in workers]
+    frameworks = list(workers)
     per_rep = {fw: {} for fw in frameworks}
 
     def add(fw, key, value):

@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import types
 
 from seqjax.errors import SeqjaxError
 from seqjax.config import field
 
+from benchmarks import decode
 from benchmarks.harness import KEYS
 
 FORMATS = {"train_samples_per_s": "{:,.0f}", "first_step_s": "{:.2f}",
@@ -47,9 +47,8 @@ def markdown(out: dict) -> str:
     if "markdown" in w:  # a workload with its own table (sweep)
       lines += ["", f"### {name}", ""] + w["markdown"].splitlines()
       continue
-    if "kind" in w:  # a workload with tables of its own (benchmarks.beam)
-      lines += importlib.import_module(f"benchmarks.{w['kind']}"
-                                       ).markdown_lines(name, w)
+    if "kind" in w:  # decoding (kinds beam, beam_toolkit: older runs)
+      lines += decode.markdown_lines(name, w)
       continue
     res = w["results"]
     fws = list(res)

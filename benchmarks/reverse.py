@@ -12,10 +12,8 @@ import dataclasses
 import importlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from seqjax import decoding
 from seqjax import metrics
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
@@ -98,7 +96,7 @@ class Workload:
 
 class SeqjaxRunner:
   """seqjax as its users run it: ``train.fit`` (several steps per jitted
-  call over device-resident data), ``decoding.make_decoder`` for a batch and,
+  call over device-resident data), ``make_greedy_decoder`` for a batch and,
   one sequence at a time, the same jitted decoder on a batch of one."""
 
   def __init__(self, workload: Workload):
@@ -111,9 +109,11 @@ class SeqjaxRunner:
     self.params = self.init(jax.random.key(s.seed), data["src"][:1],
                             data["dec_in"][:1])
     self.loss_fn = train_lib.make_seq2seq_loss(self.model)
-    self.decoder = decoding.make_decoder(
-        self.model, max_len=s.n_steps_out, start_id=reverse_data.START_ID)
-    self.encode, self.decode_step = decoding.make_inference_fns(self.model)
+    self.decoder, self.in_batches = harness.library_decoder(
+        self.model, "greedy", max_len=s.n_steps_out,
+        start_id=reverse_data.START_ID)
+    self.encode, self.decode_step = harness.library_decoder(self.model,
+                                                            "inference")
     self.notes = [
         "first_step_s: fit's jitted call compiled, then run for one step "
         "(harness.time_jax_first_update); fit reuses it",
@@ -130,33 +130,15 @@ class SeqjaxRunner:
     params = self.init(jax.random.key(s.seed + rep),
                        self.w.train_data["src"][:1],
                        self.w.train_data["dec_in"][:1])
-    state = train_lib.create_train_state(
-        self.model, params, train_lib.make_optimizer("adam"))
-    multi_step = train_lib.make_multi_step(self.loss_fn)
-    config = train_lib.FitConfig(batch_size=s.batch_size, epochs=1,
-                                 seed=s.seed + rep, log_every_steps=0)
-    first = harness.time_jax_first_update(
-        multi_step, jax.tree.map(jnp.copy, state), [self.w.train_data],
-        s.batch_size, config.steps_per_call)
-    cached = train_lib.compiles_of(multi_step)
-    with harness.CompileCounter() as counter:
-      state, stats = train_lib.fit(state, self.w.train_data, self.loss_fn,
-                                   config, multi_step=multi_step)
+    state, _, out = harness.fit_epoch(self.model, params, self.loss_fn,
+                                      self.w.train_data, s.batch_size,
+                                      s.seed + rep)
     self.params = state.params
     acc = self.w.accuracy(self.decode_batched(self.w.decode_sources()))
-    return {"first_step_s": first,
-            "train_seconds": stats.steady_seconds,
-            "train_samples": stats.steady_steps * s.batch_size,
-            # All of fit (an upper bound of its timed epoch's compiles).
-            "train_compiles": counter.count,
-            "step_compiles_in_fit": train_lib.compiles_of(multi_step) - cached,
-            "step_shapes_compiled": stats.compiles,
-            "threads": harness.threads(),
-            "decode_accuracy": acc}
+    return {**out, "decode_accuracy": acc}
 
   def decode_batched(self, src: np.ndarray) -> np.ndarray:
-    return decoding.decode_in_batches(self.decoder, self.params, src,
-                                        batch_size=self.w.s.decode_batch)
+    return self.in_batches(self.params, src, self.w.s.decode_batch)
 
   def decode_loop(self, src: np.ndarray) -> np.ndarray:
     # The recommended way to decode one sequence: the whole greedy loop is

@@ -4,19 +4,14 @@
       [--reps=3] [--json=PATH] [--single_thread]
   python -m benchmarks.run --workload=attention --peers=torch
   python -m benchmarks.run --workload=sweep   # vectorized vs sequential runs
-  python -m benchmarks.run --workload=beam --peers=torch --single_thread \
-      --settings=model_dir=WORKDIR
-  python -m benchmarks.run --workload=beam_toolkit --peers=onmt --single_thread
+  python -m benchmarks.run --workload=decode --peers=torch,onmt \\
+      --single_thread --settings=model_dir=WORKDIR
 
-``beam`` measures decoding alone (greedy and beam search of a trained
-translator against PyTorch's; ``benchmarks/beam.py``) with tables of its
-own: its module runs the measurement (``measure_workload``).
-
-``beam_toolkit`` measures decoding alone (seqjax greedy and beam search
-against OpenNMT-py's, equal work; ``benchmarks/beam_toolkit.py``) with
-tables of its own: its module runs the measurement (``measure_workload``).
-OpenNMT-py is benchmark-only: ``pip install --no-deps OpenNMT-py==3.5.1
-configargparse six pyonmttok`` (its pinned torch is not wanted).
+``decode`` measures decoding alone (greedy and beam search against
+PyTorch's batched searches of the same model and OpenNMT-py's own model and
+search; ``benchmarks/decode.py``) with tables of its own. OpenNMT-py is
+benchmark-only: ``pip install --no-deps OpenNMT-py==3.5.1 configargparse
+six pyonmttok`` (its pinned torch is not wanted).
 
 ``attention`` measures training alone (the attention translator against the
 same model in PyTorch; ``benchmarks/attention.py``): its decoding columns
@@ -64,17 +59,10 @@ WORKLOADS = {
     # N reverse runs one after another vs one vectorized group.
     "sweep": ("benchmarks.sweep", ("seqjax.vectorized",),
               "vectorized groups (seqjax.vectorized) and benchmarks/sweep.py"),
-    "beam": ("benchmarks.beam",
-             ("seqjax.decoding", "seqjax.translation",
-              "experiments.translate"),
-             "beam search (seqjax.decoding), the translation API and its "
-             "benchmark module benchmarks/beam.py"),
-    "beam_toolkit": ("benchmarks.beam_toolkit",
-                     ("seqjax.decoding", "seqjax.data.translation",
-                      "experiments.translate"),
-                     "beam search (seqjax.decoding), the translate "
-                     "experiment's data pipeline and its benchmark module "
-                     "benchmarks/beam_toolkit.py"),
+    "decode": ("benchmarks.decode",
+               ("seqjax.decoding", "seqjax.translation", "experiments.translate"),
+               "beam search (seqjax.decoding), the translation API and "
+               "benchmarks/decode.py"),
 }
 PEER_PACKAGES = {"keras": "keras", "torch": "torch", "onmt": "onmt"}
 PEER_INSTALL = {"onmt": "pip install --no-deps OpenNMT-py==3.5.1 "
@@ -89,7 +77,7 @@ SIZE_FLAGS = ("train_samples", "decode_n", "decode_batch", "loop_n",
 class BenchmarkConfig:
   workload: str = field("reverse", f"One of {', '.join(WORKLOADS)}.")
   peers: str = field("keras,torch", "Comma-separated peers: keras, torch, "
-                     "onmt (OpenNMT-py: beam_toolkit) (empty: seqjax "
+                     "onmt (OpenNMT-py: decode) (empty: seqjax "
                      "alone).")
   reps: int = field(3, "Repetitions of every measurement (medians reported).")
   json: str = field("", "Write the results as JSON here.")
@@ -233,7 +221,6 @@ def run(config: BenchmarkConfig) -> dict:
     rows += harness.ratios(results, workload.targets, ours=variant)
   first = results["seqjax"]["first_step_s"]
   first_ok = bool(first < workload.first_step_max_s)
-  load_after = harness.load_average()
   print()
   print(harness.format_table(results))
   print()
@@ -245,46 +232,39 @@ def run(config: BenchmarkConfig) -> dict:
     print(f"{'first_step_s':26s} {first:6.3f} s (target < "
           f"{workload.first_step_max_s} s): "
           f"{'met' if first_ok else 'MISSED'}")
-  print(f"Load average before {load_before}, after {load_after}; "
-        f"{time.perf_counter() - t0:.0f} s")
-  out = {
-      "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "command": " ".join(sys.argv),
-      "machine": {**machine, "load_before": load_before,
-                  "load_after": load_after},
-      "workloads": {config.workload: {
-          "settings": dataclasses.asdict(settings),
-          "single_thread": config.single_thread,
-          "train_flops_per_sample": workload.train_flops_per_sample,
-          "checks": checks,
-          "results": results,
-          "ratios": rows,
-          "first_step_target": {"max_s": (
-              None if workload.first_step_max_s == float("inf")
-              else workload.first_step_max_s),
-                                "seqjax_s": first, "met": first_ok}}},
-      "notes": notes,
-      "definitions": [harness.FIRST_STEP, harness.TRAIN_COMPILES,
-                      "ratio: the median of each repetition's seqjax over "
-                      "the same repetition's best peer; range: their least "
-                      "and greatest"],
-      "seconds": time.perf_counter() - t0,
-  }
-  if config.json:
-    runner.write_json_atomic(config.json, out)
-    print(f"Wrote {config.json}")
-  return out
+  entry = {
+      "settings": dataclasses.asdict(settings),
+      "single_thread": config.single_thread,
+      "train_flops_per_sample": workload.train_flops_per_sample,
+      "checks": checks, "results": results, "ratios": rows,
+      "first_step_target": {"max_s": (
+          None if workload.first_step_max_s == float("inf")
+          else workload.first_step_max_s), "seqjax_s": first,
+                            "met": first_ok}}
+  definitions = [harness.FIRST_STEP, harness.TRAIN_COMPILES,
+                 "ratio: the median of each repetition's seqjax over the "
+                 "same repetition's best peer; range: their least and "
+                 "greatest"]
+  return _record(config, entry, machine, notes, definitions, load_before, t0)
 
 
 def _run_own(config: BenchmarkConfig, module, workload, peers: list[str],
              notes: list[str], load_before, t0: float) -> dict:
   """A workload that measures and prints by itself
   (``module.measure_workload``); the run's record around its entry."""
-  from benchmarks import harness
   print(f"Workload {config.workload}: {workload.s}")
   print(f"Load average {load_before}")
   entry, machine, worker_notes = module.measure_workload(
       workload, peers, config.reps, config.single_thread)
+  return _record(config, entry, machine, notes + worker_notes,
+                 list(getattr(module, "DEFINITIONS", [])), load_before, t0)
+
+
+def _record(config: BenchmarkConfig, entry: dict, machine: dict,
+            notes: list[str], definitions: list[str], load_before,
+            t0: float) -> dict:
+  """The run's record (written with --json) around the workload's entry."""
+  from benchmarks import harness
   load_after = harness.load_average()
   print(f"Load average before {load_before}, after {load_after}; "
         f"{time.perf_counter() - t0:.0f} s")
@@ -294,8 +274,7 @@ def _run_own(config: BenchmarkConfig, module, workload, peers: list[str],
       "machine": {**machine, "load_before": load_before,
                   "load_after": load_after},
       "workloads": {config.workload: entry},
-      "notes": notes + worker_notes,
-      "definitions": list(getattr(module, "DEFINITIONS", [])),
+      "notes": notes, "definitions": definitions,
       "seconds": time.perf_counter() - t0,
   }
   if config.json:

@@ -28,10 +28,8 @@ import dataclasses
 import importlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from seqjax import decoding
 from seqjax import evaluate
 from seqjax import train as train_lib
 from seqjax.data import pairs as pairs_lib
@@ -146,7 +144,7 @@ class Workload:
 class SeqjaxRunner:
   """seqjax as the translate experiment runs it: token ids (kernel rows
   gathered), length buckets and a ``BucketPlan``, ``train.fit``'s several
-  steps per jitted call; ``decoding.make_decoder`` (one compiled ``lax.scan``)
+  steps per jitted call; ``make_greedy_decoder`` (one compiled ``lax.scan``)
   for a batch, and on a batch of one per sentence."""
 
   def __init__(self, workload: Workload, num_buckets: int = 0):
@@ -172,11 +170,12 @@ class SeqjaxRunner:
     self.init = jax.jit(self.model.init)
     self.params = self._fresh_params(0)
     self.loss_fn = train_lib.make_seq2seq_loss(self.model)
-    self.decoder = decoding.make_decoder(
-        self.model, max_len=w.max_decode_len, start_id=vocab_lib.START_ID,
+    self.decoder, self.in_batches = harness.library_decoder(
+        self.model, "greedy", max_len=w.max_decode_len, start_id=vocab_lib.START_ID,
         stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID,
         early_stop=s.decode_early_stop)
-    self.encode, self.decode_step = decoding.make_inference_fns(self.model)
+    self.encode, self.decode_step = harness.library_decoder(self.model,
+                                                            "inference")
     self.notes = [
         f"{len(self.buckets)} length buckets (source x target width: " +
         ", ".join(f"{b['src'].shape[1]}x{b['target'].shape[1]}"
@@ -197,31 +196,13 @@ class SeqjaxRunner:
 
   def train_epoch(self, rep: int) -> dict:
     s = self.w.s
-    state = train_lib.create_train_state(
-        self.model, self._fresh_params(s.seed + rep),
-        train_lib.make_optimizer("rmsprop"))
-    multi_step = train_lib.make_multi_step(self.loss_fn)  # a fresh compile
-    config = train_lib.FitConfig(batch_size=s.batch_size, epochs=1,
-                                 seed=s.seed + rep, log_every_steps=0)
-    first = harness.time_jax_first_update(
-        multi_step, jax.tree.map(jnp.copy, state), self.buckets,
-        s.batch_size, config.steps_per_call)
-    cached = train_lib.compiles_of(multi_step)
-    with harness.CompileCounter() as counter:
-      state, stats = train_lib.fit(
-          state, self.buckets if self.plan else self.buckets[0],
-          self.loss_fn, config, multi_step=multi_step, batch_plan=self.plan)
+    state, _, out = harness.fit_epoch(
+        self.model, self._fresh_params(s.seed + rep), self.loss_fn,
+        self.buckets if self.plan else self.buckets[0], s.batch_size,
+        s.seed + rep, ("rmsprop",), self.plan)
     self.params = state.params
     texts = self.decode_batched(self.w.decode_sources())
-    return {"first_step_s": first,
-            "train_seconds": stats.steady_seconds,
-            "train_samples": stats.steady_steps * s.batch_size,
-            # All of fit (an upper bound of its timed epoch's compiles).
-            "train_compiles": counter.count,
-            "step_compiles_in_fit": train_lib.compiles_of(multi_step) - cached,
-            "step_shapes_compiled": stats.compiles,
-            "train_shapes": len(self.buckets),
-            "threads": harness.threads(),
+    return {**out, "train_shapes": len(self.buckets),
             **self.w.decode_quality(texts)}
 
   def _encode(self, src) -> dict:
@@ -232,9 +213,8 @@ class SeqjaxRunner:
 
   def decode_batched(self, src) -> list[str]:
     enc = self._encode(src)
-    return self._texts(decoding.decode_in_batches(
-        self.decoder, self.params, enc["src"], self.w.s.decode_batch,
-        enc["src_mask"]))
+    return self._texts(self.in_batches(self.params, enc["src"],
+                                       self.w.s.decode_batch, enc["src_mask"]))
 
   def decode_loop(self, src) -> list[str]:
     enc = self._encode(src)

@@ -26,7 +26,6 @@ import argparse
 import json
 import platform
 import tempfile
-import time
 
 import numpy as np
 
@@ -53,8 +52,9 @@ def seqjax_hypotheses(config, data) -> list[str]:
       translator.vocabs.target != data.tgt_vocab):
     raise RuntimeError("the trained model's vocabulary differs from the "
                        "benchmark's data")
-  decoder = translation.make_decoder(translator.spec, translator.model,
-                                     data.max_decode_len)
+  from benchmarks import harness
+  decoder = harness.library_decoder(translator, "translator",
+                                    max_len=data.max_decode_len)
   return evaluate.decode_texts(decoder, translator.params, data.tgt_vocab,
                                data.val, config.eval_batch_size)
 

@@ -13,7 +13,6 @@ shuffled batches. Greedy decoding feeds back the argmax one-hot; with
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 

@@ -100,7 +100,7 @@ def test_translate_says_what_it_still_needs(monkeypatch):
 
 
 def test_every_real_workload_loads():
-  for name in ("reverse", "translate", "attention", "beam"):
+  for name in ("reverse", "translate", "attention", "decode"):
     module = bench_run.load_workload(name)
     assert module.NAME == name and hasattr(module, "Workload")
 

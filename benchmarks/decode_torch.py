@@ -1,4 +1,4 @@
-"""The beam workload in PyTorch: greedy and batched beam search of the
+"""The decode workload's PyTorch peer: greedy and batched beam search of the
 attention model (``benchmarks.attention_torch.AttentionSeq2Seq``, its
 weights copied from seqjax), written as a PyTorch NMT toolkit writes them.
 
@@ -33,7 +33,7 @@ import torch
 from benchmarks import attention as attention_bench
 from benchmarks import attention_torch
 from benchmarks import harness
-from benchmarks.beam import PAD, START, STOP
+from benchmarks.decode import PAD, START, STOP
 
 NEG_INF = float("-inf")
 
@@ -43,9 +43,9 @@ def penalty(length, alpha: float) -> float:
 
 
 @torch.inference_mode()
-def greedy(model, src_BS, lengths_B, mask_BS, max_len: int):
+def greedy(model, src_BS, lengths_B, mask_BS, max_len: int, stop=STOP):
   """-> tokens (B, max_len) (the end symbol emitted, then padding), steps,
-  rows stepped."""
+  rows stepped; ``stop`` None: every sentence runs ``max_len`` steps."""
   batch = src_BS.shape[0]
   state = model.start_decoding(src_BS, lengths_B, mask_BS)
   out_BT = torch.full((batch, max_len), PAD, dtype=torch.long)
@@ -57,7 +57,7 @@ def greedy(model, src_BS, lengths_B, mask_BS, max_len: int):
     rows += len(active_A)
     token_A = logits_AV.argmax(-1)
     out_BT[active_A, t] = token_A
-    going_A = token_A != STOP
+    going_A = token_A != (-1 if stop is None else stop)
     if not bool(going_A.all()):
       keep = going_A.nonzero()[:, 0]
       if not len(keep):
@@ -69,8 +69,9 @@ def greedy(model, src_BS, lengths_B, mask_BS, max_len: int):
 
 @torch.inference_mode()
 def beam_search(model, src_BS, lengths_B, mask_BS, *, k: int, max_len: int,
-                alpha: float):
-  """-> the best hypothesis' tokens (B, max_len), steps, rows stepped."""
+                alpha: float, stop=STOP):
+  """-> the best hypothesis' tokens (B, max_len), steps, rows stepped; with
+  ``stop`` None hypotheses end at ``max_len`` only."""
   batch = src_BS.shape[0]
   state = model.start_decoding(src_BS, lengths_B, mask_BS).repeat(k)
   out_BT = torch.full((batch, max_len), PAD, dtype=torch.long)
@@ -98,7 +99,8 @@ def beam_search(model, src_BS, lengths_B, mask_BS, *, k: int, max_len: int,
     tok_ACT = alive_tok_AKT.gather(
         1, origin_AC[:, :, None].expand(-1, -1, max_len)).clone()
     tok_ACT[:, :, t] = token_AC
-    ends_AC = (token_AC == STOP) | (t == max_len - 1)
+    ends_AC = (token_AC == (-1 if stop is None else stop)) | (
+        t == max_len - 1)
     # The finished: the K best of those kept and those ending among the K
     # best candidates.
     new_AC = torch.where(ends_AC & first_k, logp_AC / penalty(t + 1, alpha),
@@ -134,6 +136,8 @@ def beam_search(model, src_BS, lengths_B, mask_BS, *, k: int, max_len: int,
 class Runner:
   """PyTorch's two decoders of the workload's model (its seqjax weights)."""
 
+  framework = "torch"
+
   def __init__(self, workload):
     self.w = w = workload
     self.threads = harness.set_torch_threads()  # as many as seqjax's
@@ -144,10 +148,11 @@ class Runner:
     self.model.eval()
     s = w.s
     self.fns = {
-        "greedy": lambda *a: greedy(self.model, *a, max_len=w.max_len),
+        "greedy": lambda *a: greedy(self.model, *a, max_len=w.max_len,
+                                    stop=w.stop_id),
         f"beam{s.beam_size}": lambda *a: beam_search(
             self.model, *a, k=s.beam_size, max_len=w.max_len,
-            alpha=s.length_penalty)}
+            alpha=s.length_penalty, stop=w.stop_id)}
     self.notes = [f"eager PyTorch ({self.threads} threads, as seqjax; "
                   f"{torch.get_num_interop_threads()} inter-op) under "
                   "inference_mode; each batch cut to its widest source; a "
@@ -155,6 +160,11 @@ class Runner:
 
   def versions(self) -> dict:
     return {"torch": torch.__version__}
+
+  def model_info(self) -> dict:
+    return {"parameters": sum(p.numel() for p in self.model.parameters()),
+            "class": "benchmarks.attention_torch.AttentionSeq2Seq",
+            "sizes": "seqjax's, its weights copied"}
 
   def _batch(self, start: int, stop: int):
     mask = self.w.mask_NS[start:stop]
@@ -179,4 +189,4 @@ class Runner:
     start, stop = self.w.batches(batch)[0]
     secs, _ = harness.timed(lambda: self.fns[decoder](*self._batch(start,
                                                                    stop)))
-    return {"first_call_s": secs, "compile_s": 0.0, "compiles": 0}
+    return {"first_call_s": secs, "compiles": 0}
