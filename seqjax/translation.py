@@ -121,12 +121,13 @@ def decodes_tokens(spec: ModelSpec) -> bool:
 
 def make_decoder(spec: ModelSpec, model: Seq2Seq, max_len: int,
                  return_attention: bool = False,
-                 strategy=decoding.Greedy(), full: bool = False):
+                 strategy=decoding.Greedy(), full: bool = False,
+                 score: bool = False):
   """Decoding as the model was trained: a model trained without teacher
   forcing on softmax feedback is fed its softmax back (not by beam search);
   others their tokens. ``return_attention`` (an attention model decoded
   with tokens fed back) implies ``full``: ``decoding.Decoded`` with the
-  weights (B, T, S)."""
+  weights (B, T, S); ``score``: with each sequence's log-probability."""
   feedback = ("tokens" if decodes_tokens(spec) or return_attention
               else "softmax")
   if decoding.is_beam(strategy) and (feedback != "tokens" or
@@ -138,7 +139,8 @@ def make_decoder(spec: ModelSpec, model: Seq2Seq, max_len: int,
   return decoding.make_decoder(
       model, strategy, max_len=max_len, start_id=vocab_lib.START_ID,
       stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID, feedback=feedback,
-      return_attention=return_attention, full=full or return_attention)
+      return_attention=return_attention, full=full or return_attention,
+      score=score)
 
 
 def attention_examples(spec: ModelSpec, model: Seq2Seq, params,
@@ -210,20 +212,14 @@ class Translator:
   def decoder(self):
     """The jitted decoder, made once: one compile per input shape; with
     ``n_best``, its whole result (``Beams``, or scored ``Decoded``)."""
-    strategy = self.strategy
-    if self.n_best and isinstance(strategy, decoding.Greedy):
+    strategy, n_best = self.strategy, self.n_best
+    if n_best and isinstance(strategy, decoding.Greedy):  # one beam
       strategy = decoding.BeamSearch(1)
-    if self.n_best and decoding.is_beam(strategy):
-      strategy = dataclasses.replace(strategy, n_best=self.n_best)
-    full = bool(self.n_best)
-    if full and not decoding.is_beam(strategy):
-      return decoding.make_decoder(
-          self.model, strategy, max_len=self.vocabs.max_decode_len,
-          start_id=vocab_lib.START_ID, stop_id=vocab_lib.END_ID,
-          pad_id=vocab_lib.PAD_ID, full=True, score=True,
-          feedback="tokens" if decodes_tokens(self.spec) else "softmax")
+    if n_best and decoding.is_beam(strategy):
+      strategy = dataclasses.replace(strategy, n_best=n_best)
     return make_decoder(self.spec, self.model, self.vocabs.max_decode_len,
-                        strategy=strategy, full=full)
+                        strategy=strategy, full=bool(n_best),
+                        score=bool(n_best) and not decoding.is_beam(strategy))
 
   def translate(self, sentences: list[str], width: Optional[int] = None
                 ) -> list[Translation]:
@@ -284,8 +280,8 @@ def load_translator(workdir: str, strategy=decoding.Greedy(),
   and the parameters it hands back (its best checkpoint's, else the
   latest's), its vocab.json, decoding by ``strategy`` (with ``n_best``,
   also the N best; sampling draws with ``key``). Raises ModelNotFoundError
-  without both, ParameterError for another task's model and CheckpointMismatchError
-  when vocab.json is not the checkpoint's."""
+  without both, ParameterError for another task's model and
+  CheckpointMismatchError when vocab.json is not the checkpoint's."""
   saved = None
   if os.path.isdir(workdir):
     checkpointer = Checkpointer(workdir, {})

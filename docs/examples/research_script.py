@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from seqjax import decode, models, train
+from seqjax import decoding, models, train
 from seqjax.data import reverse
 
 N_STEPS_IN, N_STEPS_OUT, CARDINALITY = 6, 3, 51
@@ -46,8 +46,8 @@ def accuracy(model, params, n_eval: int = 1000, seed: int = 1) -> float:
   """Exact-sequence accuracy of greedy decoding on fresh sequences."""
   data = reverse.generate(np.random.default_rng(seed), n_eval, N_STEPS_IN,
                           N_STEPS_OUT, CARDINALITY)
-  greedy = decode.make_greedy_decoder(model, max_len=N_STEPS_OUT,
-                                      start_id=reverse.START_ID)
+  greedy = decoding.make_decoder(model, max_len=N_STEPS_OUT,
+                                 start_id=reverse.START_ID)
   predicted_BT = np.asarray(greedy(params, data["src"]))
   return float(np.mean(np.all(predicted_BT == data["target"], axis=1)))
 

@@ -93,6 +93,18 @@ def decode(model, params, src_BS: Array, src_mask_BS: Optional[Array] = None,
                        f"out_len={model.out_len}")
     return loop_lib.select_each_step(
         strategy.select, model.apply(params, src_BS, src_mask_BS), key, **ends)
+  step, state, first_feed = _stepwise(model, params, src_BS, src_mask_BS,
+                                      start_id, feedback)
+  return loop_lib.token_loop(
+      step, state, first_feed, strategy.select, key, max_len=max_len,
+      early_stop=early_stop, score=score,
+      src_len=src_BS.shape[1] if return_attention else None, **ends)
+
+
+def _stepwise(model, params, src_BS, src_mask_BS, start_id: int,
+              feedback: str):
+  """-> (step(feed, state) -> (logits_BV, state), the encoder's state, the
+  first feed: the start tokens, or their one-hot rows fed densely)."""
   state = model.apply(params, src_BS, src_mask_BS,
                       method=Seq2Seq.encode_for_decoding)
   start_B = jnp.full((src_BS.shape[0],), start_id, jnp.int32)
@@ -101,10 +113,7 @@ def decode(model, params, src_BS: Array, src_mask_BS: Optional[Array] = None,
     start_B = jax.nn.one_hot(start_B, model.tgt_vocab, dtype=jnp.float32)
     method = Seq2Seq.decode_step_dense
   step = lambda feed, state: model.apply(params, feed, state, method=method)
-  return loop_lib.token_loop(
-      step, state, start_B, strategy.select, key, max_len=max_len,
-      early_stop=early_stop, score=score,
-      src_len=src_BS.shape[1] if return_attention else None, **ends)
+  return step, state, start_B
 
 
 def make_decoder(model, strategy=strategies.Greedy(), *, max_len: int,

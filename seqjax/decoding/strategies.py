@@ -62,8 +62,8 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
 class Sampling:
   """A draw from the softmax of logits / ``temperature``, truncated to the
   ``top_k`` most likely tokens (0: all), then to the smallest most likely
-  set of mass >= ``top_p`` (tokens tied with its least likely one kept too),
-  renormalised. ``top_k=1`` is greedy."""
+  set of mass >= ``top_p`` (ties: the lower id first), renormalised.
+  ``top_k=1`` is greedy."""
 
   temperature: float = 1.0
   top_k: int = 0
@@ -74,20 +74,18 @@ class Sampling:
 
   def select(self, logits_BV: Array, key: Array) -> Array:
     logits_BV = logits_BV.astype(jnp.float32) / self.temperature
-    rows_B1 = jnp.arange(logits_BV.shape[0])[:, None]
-    if 0 < self.top_k < logits_BV.shape[-1]:
-      # By index, not by value: ties at the k-th keep exactly k (the first).
-      _, top_BK = jax.lax.top_k(logits_BV, self.top_k)
-      kept_BV = jnp.zeros(logits_BV.shape, bool).at[rows_B1, top_BK].set(True)
-      logits_BV = jnp.where(kept_BV, logits_BV, -jnp.inf)
+    vocab = logits_BV.shape[-1]
+    k = self.top_k if 0 < self.top_k < vocab else vocab
+    if k == vocab and self.top_p == 1:
+      return jax.random.categorical(key, logits_BV).astype(jnp.int32)
+    # The draw is among the k most likely, sorted (lax.top_k: ties by id).
+    top_BK, token_BK = jax.lax.top_k(logits_BV, k)
     if self.top_p < 1:
-      probs_BV = jax.nn.softmax(logits_BV, axis=-1)
-      sorted_BV = -jnp.sort(-probs_BV, axis=-1)
-      before_BV = jnp.cumsum(sorted_BV, axis=-1) - sorted_BV
-      last_B1 = jnp.sum(before_BV < self.top_p, -1, keepdims=True) - 1
-      floor_B1 = jnp.take_along_axis(sorted_BV, last_B1, axis=-1)
-      logits_BV = jnp.where(probs_BV >= floor_B1, logits_BV, -jnp.inf)
-    return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
+      probs_BK = jax.nn.softmax(top_BK, axis=-1)
+      before_BK = jnp.cumsum(probs_BK, axis=-1) - probs_BK
+      top_BK = jnp.where(before_BK < self.top_p, top_BK, -jnp.inf)
+    pick_B = jax.random.categorical(key, top_BK)
+    return jnp.take_along_axis(token_BK, pick_B[:, None], axis=-1)[:, 0]
 
   def describe(self) -> dict:
     return {"name": "sampling", "temperature": self.temperature,
