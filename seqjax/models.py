@@ -215,12 +215,17 @@ class Seq2Seq(nn.Module):
   def _plain_state(self, rnn: tuple):
     return rnn[0] if self.decoder_layers == 1 else rnn
 
+  def _encode_layers(self, src_BS: Array, src_mask_BS: Optional[Array]):
+    """-> outputs (B, S, M) of the top layer, final carries per layer (a
+    forward and, when bidirectional, a backward one each)."""
+    return encoder_lib.encode_layers(
+        self.encoders, self.backward_encoders,
+        self._drop(self._src_inputs(src_BS)), src_mask_BS, self._drop)
+
   def encode(self, src_BS: Array, src_mask_BS: Optional[Array] = None):
     """Source tokens -> the decoder's start state: the carry (a tuple per
     layer when stacked) or, with attention, a ``DecoderState``."""
-    memory_BSM, finals = encoder_lib.encode_layers(
-        self.encoders, self.backward_encoders,
-        self._drop(self._src_inputs(src_BS)), src_mask_BS, self._drop)
+    memory_BSM, finals = self._encode_layers(src_BS, src_mask_BS)
     rnn = self._start(finals)
     if self.attention == "none":
       return self._plain_state(rnn)
