@@ -180,3 +180,43 @@ def test_one_layer_defaults_are_the_tutorial_model():
   np.testing.assert_allclose(model.apply(params, src_BS, dec_in_BT, MASK_BS),
                              reference.dense_numpy(p["readout"], out),
                              atol=1e-5)
+
+
+def _param_shapes(model):
+  src_BS, dec_in_BT = _data()
+  shapes = jax.eval_shape(model.init, jax.random.key(0), src_BS[:1],
+                          dec_in_BT[:1])["params"]
+  return {"/".join(k.key for k in path): leaf.shape for path, leaf
+          in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+
+
+@pytest.mark.parametrize("attention,score,extra_in,attention_params", [
+    ("luong", "general", H, {"key_kernel": (2 * H, H)}),
+    ("luong", "concat", H, {"kernel": (3 * H, H), "v": (H,)}),
+    ("bahdanau", "general", 2 * H, {"key_kernel": (2 * H, H),
+                                    "query_kernel": (H, H), "v": (H,)}),
+])
+def test_parameter_names_and_shapes_are_the_checkpoints(
+    attention, score, extra_in, attention_params):
+  """The flat names checkpoints hold: each layer where the tutorial model
+  has it, stacks and directions beside it, the score's own parameters under
+  "attention"."""
+  E, G = 3, 4 * H  # embedding width, LSTM gates
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, embedding_dim=E,
+                  encoder_layers=2, decoder_layers=2, bidirectional=True,
+                  attention=attention, attention_score=score)
+  lstm = lambda f: {"kernel": (f, G), "recurrent_kernel": (H, G),
+                    "bias": (G,)}
+  layers = {"encoder": lstm(E), "encoder_backward": lstm(E),
+            "encoder_1": lstm(2 * H), "encoder_backward_1": lstm(2 * H),
+            "decoder": lstm(E + extra_in), "decoder_1": lstm(H),
+            "bridge_0": {"kernel": (4 * H, 2 * H), "bias": (2 * H,)},
+            "bridge_1": {"kernel": (4 * H, 2 * H), "bias": (2 * H,)},
+            "attention": attention_params,
+            "readout": {"kernel": (H, V), "bias": (V,)},
+            "src_embedding": {"embedding": (V, E)},
+            "tgt_embedding": {"embedding": (V, E)}}
+  want = {f"{layer}/{name}": shape for layer, named in layers.items()
+          for name, shape in named.items()}
+  want["combine"] = (3 * H, H)
+  assert _param_shapes(model) == want
