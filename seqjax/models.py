@@ -4,7 +4,7 @@
 decoder's initial carry; Dense over the output vocabulary at each step) and,
 through its ``encode`` / ``decode_step`` methods, the tutorial's
 ``inference_encoder`` / ``inference_decoder`` pair. Call those methods with
-``model.apply(params, ..., method=...)`` or the wrappers in ``seqjax.decode``.
+``model.apply(params, ..., method=...)`` or the decoders of ``seqjax.decoding``.
 
 Teacher forcing is explicit: ``__call__`` / ``decode_teacher_forced`` take the
 decoder input tokens (the target shifted right behind a start token).
