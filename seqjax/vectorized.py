@@ -45,6 +45,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seqjax import train as train_lib
+from seqjax.training import records
 from seqjax.errors import SeqjaxError
 
 RUNS_AXIS = "runs"
@@ -98,7 +99,7 @@ def make_optimizer(name: str, clip: bool = False
                      f"{train_lib.OPTIMIZERS}")
 
   def build(learning_rate, clip_norm=None):
-    tx = train_lib._base_optimizer(name, learning_rate)  # pylint: disable=protected-access
+    tx = train_lib.base_optimizer(name, learning_rate)
     if clip_norm is not None:
       return optax.chain(optax.clip_by_global_norm(clip_norm), tx)
     return tx
@@ -230,7 +231,7 @@ def make_multi_step(loss_fn, nonfinite: str = "ignore",
   unless ``shared_data``. ``nonfinite`` as in ``train.make_train_step``;
   with "stop" a member's non-finite step halts that member alone.
   """
-  step = train_lib._make_step(loss_fn, nonfinite)  # pylint: disable=protected-access
+  step = train_lib.make_step(loss_fn, nonfinite)
 
   def member_call(state, data, idx_KB, valid_K, halted):
     def body(loop, inputs):
@@ -255,7 +256,7 @@ def make_multi_step(loss_fn, nonfinite: str = "ignore",
 
   group_call = jax.vmap(member_call,
                         in_axes=(0, None if shared_data else 0, 0, 0, 0))
-  group_call.__name__ = f"group_call_{next(train_lib._CALL_IDS)}"  # pylint: disable=protected-access
+  group_call.__name__ = f"group_call_{next(train_lib.CALL_IDS)}"
   if mesh is None:
     return jax.jit(group_call, donate_argnums=0)
   runs = runs_sharding(mesh)
@@ -305,7 +306,7 @@ class _Member:
     if self.spe == 0:
       raise ValueError(f"batch_size {config.batch_size} is larger than the "
                        f"{n} training examples")
-    self.feed = train_lib._Feed(schedule, config.seed,  # pylint: disable=protected-access
+    self.feed = train_lib.Feed(schedule, config.seed,
                                 max(1, config.steps_per_call), None)
     self.total = self.spe * config.epochs
     self.step = self.step_start = step
@@ -339,7 +340,7 @@ class _Member:
     return log or epoch_end or end, ckpt
 
   def write_row(self, pending, **fields) -> dict:
-    row = train_lib._reduce([(call.of(self.i), k) for call, k in pending])  # pylint: disable=protected-access
+    row = records.reduce_rows([(call.of(self.i), k) for call, k in pending])
     row.update(step=fields.pop("step", self.step),
                epoch=fields.pop("epoch", self.step / self.spe), **fields)
     if self.metrics_log:
