@@ -7,7 +7,9 @@ from seqjax.training.losses import (Batch, LossFn, StatefulLossFn,
                                     make_classifier_loss, make_eval_step,
                                     make_free_running_loss, make_seq2seq_loss,
                                     make_stateful_eval_step)
-from seqjax.training.loop import fit
+from seqjax.training.hooks import Hook
+from seqjax.training.loop import TrainCall
+from seqjax.training.standard import fit, standard_hooks
 from seqjax.training.optimizers import (DEFAULT_LEARNING_RATES, LR_SCHEDULES,
                                         OPTIMIZERS, TrainState, base_optimizer,
                                         create_train_state, learning_rate_of,
@@ -22,4 +24,5 @@ from seqjax.training.schedules import (BucketPlan, Feed, ShuffledRows,
 from seqjax.training.steps import (CALL_IDS, NONFINITE_MODES, CompileCount,
                                    StreamCarry, compiles_of, count_compiles,
                                    jit_train_step, make_multi_step, make_step,
+                                   train_call_fn,
                                    make_stateful_train_step, make_train_step)

@@ -46,6 +46,9 @@ class FitConfig:
   # Stop at an epoch end when another epoch as long as the last would pass
   # this many seconds of training (0: no budget).
   time_budget_secs: float = 0.0
+  # An exponential moving average of the parameters, evaluated by
+  # epoch_end_fn at epoch ends (seqjax.training.ema); 0: none.
+  ema_decay: float = 0.0
 
 
 @dataclasses.dataclass

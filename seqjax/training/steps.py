@@ -134,6 +134,18 @@ def make_multi_step(loss_fn, nonfinite: str = "ignore", mesh=None):
   replicated and the indices' batch axis is split over ``data``: each device
   gathers its own rows and the partitioner all-reduces the gradients.
   """
+  train_call = train_call_fn(loss_fn, nonfinite, mesh)
+  train_call.__name__ = f"train_call_{next(CALL_IDS)}"
+  if mesh is None:
+    return jax.jit(train_call, donate_argnames="state")
+  repl, idx = sharding_lib.replicated(mesh), sharding_lib.indices_sharding(mesh)
+  return jax.jit(train_call, donate_argnames="state",
+                 in_shardings=(repl, repl, repl, idx, repl, repl, repl),
+                 out_shardings=repl)
+
+
+def train_call_fn(loss_fn, nonfinite: str = "ignore", mesh=None):
+  """``make_multi_step``'s call before ``jax.jit``: to map over members."""
   step = make_step(loss_fn, nonfinite)
 
   def gather(data, idx_B):
@@ -172,13 +184,7 @@ def make_multi_step(loss_fn, nonfinite: str = "ignore", mesh=None):
         body, (state, carry, halted), (idx_KB, valid_K, reset_K))
     return state, carry, halted, metrics_K
 
-  train_call.__name__ = f"train_call_{next(CALL_IDS)}"
-  if mesh is None:
-    return jax.jit(train_call, donate_argnames="state")
-  repl, idx = sharding_lib.replicated(mesh), sharding_lib.indices_sharding(mesh)
-  return jax.jit(train_call, donate_argnames="state",
-                 in_shardings=(repl, repl, repl, idx, repl, repl, repl),
-                 out_shardings=repl)
+  return train_call
 
 
 def make_stateful_train_step(loss_fn: StatefulLossFn):
