@@ -110,7 +110,7 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
   tracker = selection_tracker(state, config, selection, best_checkpoint)
   stateful = initial_carry is not None
   schedule = make_schedule(data, config, batch_plan, stateful, reset_every)
-  done = _nothing_to_train(state, config, schedule.steps_per_epoch, tracker)
+  done = nothing_to_train(state, config, schedule.steps_per_epoch, tracker)
   if done is not None:
     return state, done
   call = multi_step or make_multi_step(loss_fn, config.nonfinite, mesh)
@@ -127,7 +127,7 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
                       metrics_log=metrics_log)
 
 
-def _nothing_to_train(state, config, spe, tracker) -> Optional[FitStats]:
+def nothing_to_train(state, config, spe, tracker) -> Optional[FitStats]:
   """The stats of a run already done (patience spent, or all its epochs
   trained); None when there is training to do."""
   if tracker is not None and tracker.exhausted(config.patience):
