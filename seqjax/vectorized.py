@@ -25,7 +25,8 @@ A research script's ensemble, without the sweep binary::
 ``lone_states`` gives each member back as the ``TrainState`` a lone run
 would hold (the plain optimizer state, no injected hyperparameters), ready
 for ``seqjax.checkpoint`` or ``train.fit``. ``fit_group`` is ``train.fit``
-for a group: each member keeps its own data order (its ``FitConfig.seed``),
+for a group, in the same loop with the same hooks (``seqjax.training.
+members``): each member keeps its own data order (its ``FitConfig.seed``),
 its own metrics rows, checkpoints and non-finite stop, while the group runs
 as one call of ``steps_per_call`` steps. ``seqjax.group_runner`` runs a
 task's group as the runner runs one configuration.

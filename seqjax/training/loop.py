@@ -80,7 +80,7 @@ class Loop:
     self.state, self.step_fn, self.hooks = state, step_fn, list(hooks)
     self.spe = step_fn.steps_per_epoch
     self.total = self.spe * epochs
-    self.step = self.step_start = int(state.step)
+    self.step = self.step_start = int(self.state.step)
     self.metrics_log, self.checkpointer = metrics_log, None
     self.stats, self.pending, self.row = FitStats(), [], {}
     self.last_call = None                  # (metrics_K, k, step before)
