@@ -90,7 +90,6 @@ class ReverseTask(task_lib.Task):
   size_flags = ("n_units", "n_features")
   # seqjax.group_runner: runs differing in the member flags (and these,
   # which only size the evaluation) train as one vectorized group.
-  vectorizable = True
   member_flags = ("n_eval", "n_examples", "beam_size", "length_penalty",
                   "sampling_temperature", "top_k", "top_p", "sampling_seed")
 

@@ -160,6 +160,11 @@ class TrainingConfig(Config):
       "evaluations included): stop after the last epoch that the previous "
       "epoch's duration says fits in it; 0: none. --epochs still bounds.",
       low=0, high=10**7)
+  ema_decay: float = field(
+      0.0, "Keep an exponential moving average of the parameters with this "
+      "decay per step and evaluate it at each epoch end too (its metrics "
+      "logged as ema_*); 0: off. Each train call is then one step long.",
+      low=0, below=1)
 
   def validate(self) -> list[str]:
     errors = super().validate()
@@ -204,6 +209,7 @@ class TrainingConfig(Config):
         nonfinite="skip" if self.skip_nonfinite_updates else "stop",
         patience=self.patience, lr_schedule=self.lr_schedule,
         time_budget_secs=60.0 * self.train_minutes,
+        ema_decay=self.ema_decay,
         lr_patience=self.lr_patience, lr_decay_factor=self.lr_decay_factor,
         progress=progress_lib.resolve_mode(self.progress, sys.stdout),
         log_learning_rate=(self.learning_rate if self.learning_rate is not

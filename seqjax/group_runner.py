@@ -9,10 +9,11 @@ Which configurations can share a group: ``group_key`` is every flag but
 the member flags (``MEMBER_FLAGS``: the seed, the learning rate, the
 clipping norm, and a task's own ``Task.member_flags``, e.g. reverse's
 evaluation sizes); configurations with equal keys keep every array shape
-and train as one group. ``vectorize_errors`` names the flags whose values
-the vectorized path cannot honour (a learning-rate schedule, model
-selection, a time budget, ``--eval_only``), and a task that has not declared
-``Task.vectorizable``.
+and train as one group, in the one training loop with a lone run's hooks
+(evaluation, model selection, patience, time budget, checkpoints).
+``vectorize_errors`` names the flags whose values a group cannot honour (a
+learning-rate schedule, ``--eval_only``, several processes);
+``setup_errors`` a stateful setup.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from seqjax import runner
 from seqjax import summary as summary_lib
 from seqjax import train as train_lib
 from seqjax import vectorized
-from seqjax.checkpoint import Checkpointer
+from seqjax import selection as selection_lib
+from seqjax.checkpoint import BestCheckpoint, Checkpointer
 from seqjax.errors import SeqjaxError
 
 # Values a member sets alone: its seed (initialisation, data, order) and
@@ -66,21 +68,14 @@ def split_groups(task, configs: Sequence[Any]) -> list[list[int]]:
 def vectorize_errors(task, config) -> list[str]:
   """Messages naming what ``config`` sets that a vectorized group cannot
   train (empty: it can)."""
-  if not getattr(task, "vectorizable", False):
-    return [f"task {task.name} cannot train vectorized yet (its runs go one "
-            "after another without --vectorize); vectorized tasks: reverse"]
   checks = (
       ("eval_only", lambda v: not v, "evaluates a checkpoint; nothing to "
        "train"),
       ("lr_schedule", lambda v: v == "constant", "a vectorized group trains "
        "with a constant learning rate per member"),
-      ("patience", lambda v: not v, "early stopping needs the task's select "
-       "metric, which a group does not track"),
-      ("keep_best", lambda v: not v, "model selection is not tracked in a "
-       "group"),
-      ("train_minutes", lambda v: not v, "a time budget is not kept in a "
-       "group"),
       ("num_processes", lambda v: v == 1, "a group runs in one process"),
+      ("stateful", lambda v: not v, "stateful training (the carry kept "
+       "between batches) is not trained in a group"),
   )
   errors = []
   for name, ok, why in checks:
@@ -90,13 +85,11 @@ def vectorize_errors(task, config) -> list[str]:
 
 
 def setup_errors(setup) -> list[str]:
-  wanted = [what for what, on in (
-      ("length buckets (batch_plan)", setup.batch_plan is not None),
-      ("stateful training (initial_carry)", setup.initial_carry is not None),
-      ("an epoch-end evaluation", setup.epoch_end is not None),
-      ("a select metric", setup.select_metric is not None)) if on]
-  return [f"this configuration uses {w}, which a vectorized group does not "
-          "train" for w in wanted]
+  """What a task's setup asks that a group cannot train."""
+  if setup.initial_carry is not None:
+    return ["this configuration uses stateful training (initial_carry), "
+            "which a vectorized group does not train"]
+  return []
 
 
 def _mesh(config, n_members: int):
@@ -146,8 +139,11 @@ def member_bytes(task, config) -> int:
                               getattr(config, "clip_norm", 0.0))
   state = jax.eval_shape(
       lambda p: vectorized.init_group(setup.model, [p], tx, [hp]), params)
+  train = setup.train
+  if isinstance(train, list):  # length buckets: the call of the largest
+    train = max(train, key=lambda b: sum(a.size for a in b.values()))
   data = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape, a.dtype),
-                      setup.train)
+                      train)
   k, b = max(1, fit_config.steps_per_call), fit_config.batch_size
   call = vectorized.make_multi_step(setup.loss_fn, fit_config.nonfinite)
   compiled = call.lower(
@@ -189,6 +185,8 @@ class _Prepared:
   tx: Any
   state: train_lib.TrainState
   params0: Any
+  tracker: Any = None               # model selection's record, resumed
+  best: Any = None                  # the best epoch's checkpoint
 
 
 def _prepare(task, config, to_log: bool) -> _Prepared:
@@ -196,7 +194,8 @@ def _prepare(task, config, to_log: bool) -> _Prepared:
   workdir = config.workdir
   with _member_output(workdir, to_log):
     setup = task.setup(config, workdir)
-  errors = setup_errors(setup)
+  errors = setup_errors(setup) + runner.selection_errors(
+      config, setup.select_metric, task.name)
   if errors:
     raise SeqjaxError("; ".join(errors))
   model_config = runner.checkpoint_config(setup.model_config, config)
@@ -208,25 +207,46 @@ def _prepare(task, config, to_log: bool) -> _Prepared:
     params = runner.init_params(task, setup, config.seed)
     print(summary_lib.format_summary(params, title=setup.title))
     fit_config = setup.fit_config or config.fit_config()
-    tx = runner.make_tx(config, fit_config, setup.train, None, False, 0)
+    tx = runner.make_tx(config, fit_config, setup.train, setup.batch_plan,
+                        False, 0)
     state = train_lib.create_train_state(setup.model, params, tx)
     if latest is not None:
       state = checkpointer.restore(state, latest)
       print(f"Resumed from the checkpoint at step {int(state.step)} in "
             f"{workdir} (vectorized group).")
-  return _Prepared(config, setup, model_config, checkpointer, fit_config, tx,
-                   state, params)
+  prepared = _Prepared(config, setup, model_config, checkpointer, fit_config,
+                       tx, state, params)
+  if setup.select_metric is not None:
+    _prepare_selection(prepared, latest)
+  return prepared
+
+
+def _prepare_selection(p: _Prepared, latest):
+  """The member's selection record (resumed) and best checkpoint, as
+  ``runner.train_or_restore`` makes them for a lone run."""
+  setup, step = p.setup, int(p.state.step)
+  p.fit_config = dataclasses.replace(
+      p.fit_config, select_metric=setup.select_metric,
+      select_maximize=setup.select_maximize)
+  p.tracker = selection_lib.Tracker.from_json(
+      p.checkpointer.saved_selection(step) if latest is not None else None,
+      setup.select_metric, setup.select_maximize)
+  if runner.keeps_best(p.config, setup.select_metric):
+    p.best = BestCheckpoint(p.config.workdir, p.model_config)
+    if p.tracker.best_step == step and p.best.step() != step:
+      p.best.save(p.state, p.tracker)  # killed between the two saves
 
 
 def _check_same_shapes(prepared: list[_Prepared]):
-  sig = lambda p: jax.tree.map(lambda x: (x.shape, str(x.dtype)),
-                               (p.state.params, p.setup.train))
+  sig = lambda p: (jax.tree.map(lambda x: (x.shape, str(x.dtype)),
+                                (p.state.params, p.setup.train)),
+                   p.setup.batch_plan)
   first = sig(prepared[0])
   for p in prepared[1:]:
     if sig(p) != first:
-      raise SeqjaxError(f"{p.config.workdir}: its parameters or data differ "
-                        "in shape from its group's first member; it cannot "
-                        "be stacked")
+      raise SeqjaxError(f"{p.config.workdir}: its parameters, data or "
+                        "length buckets differ in shape from its group's "
+                        "first member; it cannot be stacked")
 
 
 def run_group(task, configs: Sequence[Any], to_log: bool = True
@@ -255,6 +275,13 @@ def run_group(task, configs: Sequence[Any], to_log: bool = True
 def _run_locked(task, configs, to_log, stack) -> list[Optional[str]]:
   prepared = [_prepare(task, c, to_log) for c in configs]
   _check_same_shapes(prepared)
+  if (getattr(prepared[0].setup.loss_fn, "takes_step", False) and
+      len({p.config.seed for p in prepared}) > 1):
+    # The group trains with its first member's loss, whose dropout masks
+    # come from that member's seed.
+    raise SeqjaxError("--dropout: members of one group with other seeds "
+                      "would share the first one's dropout masks; train "
+                      "them without --vectorize")
   first = prepared[0]
   clips = getattr(first.config, "clip_norm", 0.0) > 0
   tx = vectorized.make_optimizer(first.config.optimizer, clip=clips)
@@ -267,7 +294,11 @@ def _run_locked(task, configs, to_log, stack) -> list[Optional[str]]:
       [int(p.state.step) for p in prepared])
   for p in prepared:
     reliability.check_fit_size(p.fit_config, p.setup.train)
-  data = vectorized.stack([p.setup.train for p in prepared])
+  if first.setup.batch_plan is None:
+    data = vectorized.stack([p.setup.train for p in prepared])
+  else:  # a list of buckets, each stacked
+    data = [vectorized.stack(list(b)) for b in
+            zip(*[p.setup.train for p in prepared])]
   mesh = _mesh(first.config, len(prepared))
   logs = [stack.enter_context(runner.open_logs(p.config.workdir,
                                                int(p.state.step), p.config))
@@ -276,7 +307,11 @@ def _run_locked(task, configs, to_log, stack) -> list[Optional[str]]:
     group, member_results = vectorized.fit_group(
         group, data, first.setup.loss_fn, [p.fit_config for p in prepared],
         checkpointers=[p.checkpointer for p in prepared], metrics_logs=logs,
-        mesh=mesh, should_stop=interrupt.requested)
+        mesh=mesh, should_stop=interrupt.requested,
+        epoch_end_fns=[p.setup.epoch_end for p in prepared],
+        selections=[p.tracker for p in prepared],
+        best_checkpoints=[p.best for p in prepared],
+        batch_plan=first.setup.batch_plan)
   states = vectorized.unstack(group)
   errors = []
   n_members = len(prepared)
@@ -285,8 +320,10 @@ def _run_locked(task, configs, to_log, stack) -> list[Optional[str]]:
   for p, member_state, result in zip(prepared, states, member_results):
     state = vectorized.lone_state(member_state, p.tx)
     if result.error is None:
-      p.checkpointer.save(state)
+      p.checkpointer.save(state, selection=result.stats.selection)
     p.checkpointer.close()
+    if p.best is not None:
+      p.best.close()
     if result.error is not None:
       errors.append(f"{result.error} {runner._step_size_flags(p.config)}")  # pylint: disable=protected-access
       continue
@@ -306,6 +343,10 @@ def _run_locked(task, configs, to_log, stack) -> list[Optional[str]]:
             f"{runner.params_fingerprint(state.params)}")
       results = runner.base_results(task.name, p.config)
       results.update(workdir=p.config.workdir, step=int(state.step))
+      state, selected = runner.selected_state(
+          p.config.workdir, p.model_config, p.config, p.setup, state,
+          result.stats)
+      results.update(selected)
       results.update(task.evaluate(p.config, p.setup, state))
       results.update(runner.training_results(
           result.stats, p.fit_config.batch_size, p.params0))

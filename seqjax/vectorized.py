@@ -25,7 +25,8 @@ A research script's ensemble, without the sweep binary::
 ``lone_states`` gives each member back as the ``TrainState`` a lone run
 would hold (the plain optimizer state, no injected hyperparameters), ready
 for ``seqjax.checkpoint`` or ``train.fit``. ``fit_group`` is ``train.fit``
-for a group: each member keeps its own data order (its ``FitConfig.seed``),
+for a group, in the same loop with the same hooks (``seqjax.training.
+members``): each member keeps its own data order (its ``FitConfig.seed``),
 its own metrics rows, checkpoints and non-finite stop, while the group runs
 as one call of ``steps_per_call`` steps. ``seqjax.group_runner`` runs a
 task's group as the runner runs one configuration.
@@ -37,7 +38,6 @@ import dataclasses
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +45,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seqjax import train as train_lib
+from seqjax.training import members as members_lib
+from seqjax.training import standard
 from seqjax.errors import SeqjaxError
 
 RUNS_AXIS = "runs"
@@ -98,7 +100,7 @@ def make_optimizer(name: str, clip: bool = False
                      f"{train_lib.OPTIMIZERS}")
 
   def build(learning_rate, clip_norm=None):
-    tx = train_lib._base_optimizer(name, learning_rate)  # pylint: disable=protected-access
+    tx = train_lib.base_optimizer(name, learning_rate)
     if clip_norm is not None:
       return optax.chain(optax.clip_by_global_norm(clip_norm), tx)
     return tx
@@ -230,32 +232,19 @@ def make_multi_step(loss_fn, nonfinite: str = "ignore",
   unless ``shared_data``. ``nonfinite`` as in ``train.make_train_step``;
   with "stop" a member's non-finite step halts that member alone.
   """
-  step = train_lib._make_step(loss_fn, nonfinite)  # pylint: disable=protected-access
+  call = train_lib.train_call_fn(loss_fn, nonfinite)
 
   def member_call(state, data, idx_KB, valid_K, halted):
-    def body(loop, inputs):
-      state, halted = loop
-      idx_B, valid = inputs
-      batch = jax.tree.map(lambda a: a[idx_B], data)
-      run = lambda s: step(s, (), batch)[::2]
-      _, metric_shapes = jax.eval_shape(run, state)
-
-      def skip(s):
-        return s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
-                               metric_shapes)
-      # Batched over members, the cond is a select: a skipped member's
-      # state comes back exactly.
-      state, metrics = jax.lax.cond(valid & ~halted, run, skip, state)
-      if nonfinite == "stop":
-        halted = halted | (metrics["nonfinite"] > 0)
-      return (state, halted), metrics
-    (state, halted), metrics_K = jax.lax.scan(body, (state, halted),
-                                              (idx_KB, valid_K))
+    # Batched over members, the call's cond is a select: a skipped member's
+    # state comes back exactly.
+    reset_K = jnp.zeros(valid_K.shape, bool)   # no carry to reset
+    state, _, halted, metrics_K = call(state, (), data, idx_KB, valid_K,
+                                       reset_K, halted)
     return state, halted, metrics_K
 
   group_call = jax.vmap(member_call,
                         in_axes=(0, None if shared_data else 0, 0, 0, 0))
-  group_call.__name__ = f"group_call_{next(train_lib._CALL_IDS)}"  # pylint: disable=protected-access
+  group_call.__name__ = f"group_call_{next(train_lib.CALL_IDS)}"
   if mesh is None:
     return jax.jit(group_call, donate_argnums=0)
   runs = runs_sharding(mesh)
@@ -266,23 +255,7 @@ def make_multi_step(loss_fn, nonfinite: str = "ignore",
 
 
 # --------------------------------------------------------------------------
-# The group's fit loop.
-
-
-class _Call:
-  """One group call's metrics (device), fetched to the host once."""
-
-  def __init__(self, metrics_NK):
-    self.metrics_NK, self._host = metrics_NK, None
-
-  def host(self) -> dict:
-    if self._host is None:
-      self._host = {k: np.asarray(v) for k, v in
-                    jax.device_get(self.metrics_NK).items()}
-    return self._host
-
-  def of(self, i: int) -> dict:
-    return {k: v[i] for k, v in self.host().items()}
+# The group in the one loop.
 
 
 @dataclasses.dataclass
@@ -290,125 +263,19 @@ class MemberResult:
   """What ``fit_group`` hands back per member."""
   stats: train_lib.FitStats
   error: Optional[str] = None       # why it stopped early (non-finite)
-  bad_step: Optional[int] = None    # the non-finite step, not applied
-
-
-class _Member:
-  """The host side of one member: its step, its pending metrics, its
-  periodic actions (as ``train._Loop`` does for a lone run)."""
-
-  def __init__(self, i, config: train_lib.FitConfig, n: int, step: int,
-               checkpointer, metrics_log, save_state: Callable):
-    self.i, self.config = i, config
-    schedule = train_lib.ShuffledRows(n, config.batch_size, config.shuffle)
-    self.spe = schedule.steps_per_epoch
-    if self.spe == 0:
-      raise ValueError(f"batch_size {config.batch_size} is larger than the "
-                       f"{n} training examples")
-    self.feed = train_lib._Feed(schedule, config.seed,  # pylint: disable=protected-access
-                                max(1, config.steps_per_call), None)
-    self.total = self.spe * config.epochs
-    self.step = self.step_start = step
-    self.checkpointer, self.metrics_log = checkpointer, metrics_log
-    self.save_state = save_state   # () -> this member's lone state now
-    self.pending: list = []        # (call, k)
-    self.result = MemberResult(train_lib.FitStats())
-    self.t_start = self.t_log = time.perf_counter()
-    self.step_log = step
-
-  @property
-  def live(self) -> bool:
-    return self.result.error is None and self.step < self.total
-
-  def next_boundary(self) -> int:
-    ends = [(self.step // self.spe + 1) * self.spe, self.total]
-    for every in (self.config.log_every_steps,
-                  self.checkpointer and self.config.checkpoint_every_steps):
-      if every:
-        ends.append((self.step // every + 1) * every)
-    return min(ends)
-
-  def due(self, save_by_clock: bool) -> tuple[bool, bool]:
-    """-> (log, checkpoint) after this call (as ``train._Loop.due``)."""
-    cfg, step = self.config, self.step
-    end, epoch_end = step == self.total, step % self.spe == 0
-    log = bool(cfg.log_every_steps and step % cfg.log_every_steps == 0)
-    ckpt = bool(cfg.checkpoint_every_steps and
-                step % cfg.checkpoint_every_steps == 0) or save_by_clock
-    ckpt = self.checkpointer is not None and (ckpt or epoch_end or end)
-    return log or epoch_end or end, ckpt
-
-  def write_row(self, pending, **fields) -> dict:
-    row = train_lib._reduce([(call.of(self.i), k) for call, k in pending])  # pylint: disable=protected-access
-    row.update(step=fields.pop("step", self.step),
-               epoch=fields.pop("epoch", self.step / self.spe), **fields)
-    if self.metrics_log:
-      self.metrics_log.write(row)
-    return row
-
-  def log(self, learning_rate) -> dict:
-    now, step = time.perf_counter(), self.step
-    rate = (step - self.step_log) / max(now - self.t_log, 1e-9)
-    lr = self.config.log_learning_rate
-    lr = learning_rate if lr is None else lr
-    fields = {}
-    if lr is not None:
-      fields["learning_rate"] = float(lr(step) if callable(lr) else lr)
-    row = self.write_row(self.pending, steps_per_s=rate,
-                         samples_per_s=rate * self.config.batch_size,
-                         wall_s=now - self.t_start, **fields, time=time.time())
-    self.pending, self.result.stats.last_metrics = [], row
-    self.t_log, self.step_log = now, step
-    return row
-
-  def save(self):
-    if self.checkpointer is not None:
-      self.checkpointer.save(self.save_state())
-
-  def check(self, call: _Call, k: int, step_before: int) -> bool:
-    """Reads ``call``'s non-finite flags; with "stop" a bad step stops this
-    member at its last good step (logged, saved). -> whether it stopped."""
-    bad_K = call.of(self.i)["nonfinite"][:k] > 0
-    if self.config.nonfinite == "stop" and bad_K.any():
-      self._stop_nonfinite(call, int(np.argmax(bad_K)), step_before)
-      return True
-    self.result.stats.nonfinite_skipped += int(bad_K.sum())
-    return False
-
-  def _stop_nonfinite(self, call: _Call, j: int, step: int):
-    host = call.of(self.i)
-    bad, good = step + j + 1, step + j
-    loss, grad_norm = float(host["loss"][j]), float(host["grad_norm"][j])
-    # The calls before the bad one count, and its steps before the bad step;
-    # a later call (read one call late) trained nothing for this member.
-    calls = [c for c, _ in self.pending]
-    before = self.pending[:calls.index(call)]
-    self.write_row(before + [(call, j)], step=good, epoch=good / self.spe,
-                   nonfinite_step=bad, nonfinite_loss=str(loss),
-                   nonfinite_grad_norm=str(grad_norm))
-    self.pending, self.step = [], good
-    saved = train_lib.save_last_good(self, good)
-    self.result.error = (
-        f"Non-finite {train_lib.nonfinite_what(loss, grad_norm)} at step "
-        f"{bad} (epoch {bad / self.spe:.2f}): the update was not applied and "
-        f"this member stopped (the others of its group went on).{saved}")
-    self.result.bad_step = bad
-    logging.warning("Member %d: %s", self.i, self.result.error)
 
 
 def _check_configs(configs: Sequence[train_lib.FitConfig]):
-  first = configs[0]
   for name in ("batch_size", "steps_per_call", "nonfinite"):
     values = {getattr(c, name) for c in configs}
     if len(values) > 1:
       raise ValueError(f"a group's members must share {name}; got "
                        f"{sorted(values, key=str)}")
   for c in configs:
-    if (c.select_metric is not None or c.patience or c.time_budget_secs or
-        c.lr_schedule != "constant"):
-      raise ValueError("fit_group trains with a constant learning rate, no "
-                       "model selection, patience or time budget")
-  return first
+    if c.lr_schedule != "constant":
+      raise ValueError("fit_group trains with a constant learning rate per "
+                       "member")
+  return configs[0]
 
 
 def fit_group(group: TrainState, data, loss_fn,
@@ -419,161 +286,55 @@ def fit_group(group: TrainState, data, loss_fn,
               mesh: Optional[Mesh] = None,
               should_stop: Optional[Callable[[], bool]] = None,
               clock: Callable[[], float] = time.monotonic,
-              group_call=None,
+              group_call=None, epoch_end_fns: Optional[Sequence] = None,
+              selections: Optional[Sequence] = None,
+              best_checkpoints: Optional[Sequence] = None,
+              batch_plan: Optional[train_lib.BucketPlan] = None,
               ) -> tuple[TrainState, list[MemberResult]]:
-  """``train.fit`` for a stacked ``group``: member i trains from its own
-  step to ``configs[i].epochs`` epochs on ``data[i]`` (each leaf (members,
+  """``train.fit`` for a stacked ``group``, in the one loop
+  (``training.members``): member i trains from its own step to
+  ``configs[i].epochs`` epochs on ``data[i]`` (each leaf (members,
   examples, ...); ``shared_data``: one dataset for all) in the order of its
-  ``configs[i].seed``, exactly the batches a lone ``train.fit`` gives it.
-
-  Per member, as ``fit`` does: a metrics row (``metrics_logs[i]``) every
-  ``log_every_steps`` and at epoch ends; its lone state (``lone_state``
-  with ``lone_tx``) saved by ``checkpointers[i]`` every
-  ``checkpoint_every_steps``, every ``checkpoint_every_secs`` (one clock
-  for the group), at epoch ends and at the end. Members whose steps differ
-  (a resume after a save cut short) train the ones behind first, alone,
-  until all are level. With ``nonfinite="stop"`` a member's non-finite step
-  stops that member only (its last good state kept and saved; the error in
-  its ``MemberResult``). ``should_stop()``: every member saves and the call
-  returns with ``stats.interrupted``. With ``mesh`` (``make_runs_mesh``)
-  the members are split over its devices.
+  ``configs[i].seed``, exactly the batches a lone ``train.fit`` gives it,
+  with the hooks a lone run of ``configs[i]`` has (``standard_hooks``): its
+  metrics rows (``metrics_logs[i]``), its lone state (``lone_state`` with
+  ``lone_tx``) saved by ``checkpointers[i]``, ``epoch_end_fns[i]`` with
+  model selection (``selections[i]``, ``best_checkpoints[i]``), patience,
+  time budget. With ``batch_plan``, ``data`` is a list of such datasets
+  (length buckets), each member in its own order. With
+  ``nonfinite="stop"`` a member's non-finite step stops that member only (its error in its ``MemberResult``). ``should_stop()``,
+  asked once per call: every member saves and stops (``stats.interrupted``).
+  With ``mesh`` (``make_runs_mesh``) the members are split over its devices.
   """
   first = _check_configs(configs)
   n_members = group_size(group)
   if len(configs) != n_members:
     raise ValueError(f"{len(configs)} configs for a group of {n_members}")
-  checkpointers = checkpointers or [None] * n_members
-  metrics_logs = metrics_logs or [None] * n_members
-  n = int(jax.tree.leaves(data)[0].shape[0 if shared_data else 1])
-  steps = np.asarray(jax.device_get(group.step)).reshape(-1)
-  holder = {"group": group}
-
-  def saver(i):
-    return lambda: lone_state(member(holder["group"], i), lone_tx)
-
-  members = [_Member(i, c, n, int(steps[i]), checkpointers[i],
-                     metrics_logs[i], saver(i)) for i, c in enumerate(configs)]
+  per = lambda xs: list(xs) if xs is not None else [None] * n_members
+  checkpointers, metrics_logs = per(checkpointers), per(metrics_logs)
+  epoch_end_fns, selections = per(epoch_end_fns), per(selections)
+  best_checkpoints = per(best_checkpoints)
+  rows = {"n": np.zeros(int(jax.tree.leaves(data)[0].shape[
+      0 if shared_data else 1]))}
+  call = group_call or make_multi_step(loss_fn, first.nonfinite,
+                                       shared_data, mesh)
   k_max = max(1, first.steps_per_call)
-  call_fn = group_call or make_multi_step(loss_fn, first.nonfinite,
-                                          shared_data, mesh)
-  group = place(group, mesh)
+  steps, hooks, done = [], [], []
+  for i, c in enumerate(configs):
+    schedule = train_lib.make_schedule(rows, c, batch_plan)
+    steps.append(members_lib.MemberStep(schedule, c.seed, k_max, call))
+    tracker = standard.selection_tracker(member(group, i), c, selections[i],
+                                         best_checkpoints[i])
+    done.append(standard.nothing_to_train(
+        member(group, i), c, schedule.steps_per_epoch, tracker))
+    hooks.append(train_lib.standard_hooks(
+        c, checkpointer=checkpointers[i], epoch_end_fn=epoch_end_fns[i],
+        tracker=tracker, best_checkpoint=best_checkpoints[i], clock=clock))
   data = jax.device_put(data) if mesh is None else jax.device_put(
       data, NamedSharding(mesh, P()) if shared_data else runs_sharding(mesh))
-  halted = place(np.zeros(n_members, bool), mesh)
-  guarded = first.nonfinite != "ignore"
-  t_start = time.perf_counter()
-  t_first = t_steady = None
-  t_ckpt = clock()
-  unchecked = None    # (call, {i: (k, step_before)}) not yet read
-  steady_steps, calls = 0, 0
-  live = [m for m in members if m.live]
-  logging.info("Training a group of %d member(s) (%d live), %d steps per "
-               "call, from step(s) %s.", n_members, len(live), k_max,
-               sorted({m.step for m in live}))
-
-  def read(entry):
-    call, active = entry
-    for i, (k, before) in active.items():
-      m = members[i]
-      if m.result.error is None:
-        m.check(call, k, before)
-
-  while True:
-    live = [m for m in members if m.live]
-    if not live:
-      break
-    low = min(m.step for m in live)
-    active = [m for m in live if m.step == low]
-    ahead = [m.step for m in live if m.step > low]
-    idx = np.zeros((n_members, k_max, first.batch_size), np.int32)
-    valid = np.zeros((n_members, k_max), bool)
-    ks = {}
-    for m in active:
-      limit = min([m.next_boundary()] + ahead)
-      _, k, (idx_KB, valid_K, _) = m.feed(m.step, limit)
-      idx[m.i], valid[m.i], ks[m.i] = idx_KB, valid_K, k
-    if t_first is None:
-      t_first = time.perf_counter()
-    group, halted, metrics_NK = call_fn(group, data, place(idx, mesh),
-                                        place(valid, mesh), halted)
-    holder["group"] = group
-    call = _Call(metrics_NK)
-    entry = (call, {m.i: (ks[m.i], m.step) for m in active})
-    for m in active:
-      m.pending.append((call, ks[m.i]))
-      m.step += ks[m.i]
-      m.result.stats.steps_run += ks[m.i]
-      if calls:
-        m.result.stats.steady_steps += ks[m.i]
-    if calls == 0:
-      jax.block_until_ready(group.step)
-      first_seconds = time.perf_counter() - t_first
-      t_steady = time.perf_counter()
-    calls += 1
-    if guarded:
-      if unchecked is not None:
-        read(unchecked)
-      unchecked = entry
-    by_clock = bool(first.checkpoint_every_secs and
-                    clock() - t_ckpt >= first.checkpoint_every_secs)
-    dues = {m.i: m.due(by_clock) for m in active if m.result.error is None}
-    if guarded and unchecked is not None and any(
-        log or ckpt for log, ckpt in dues.values()):
-      read(unchecked)  # before anything is logged or saved
-      unchecked = None
-    lrs = None
-    saved = False
-    for m in active:
-      if m.result.error is not None or m.i not in dues:
-        continue
-      log, ckpt = dues[m.i]
-      if log:
-        if lrs is None:
-          lrs = np.asarray(jax.device_get(
-              train_lib.learning_rate_of(group.opt_state))).reshape(-1)
-        m.log(lrs[m.i])
-      if ckpt:
-        m.save()
-        saved = True
-    if saved:
-      t_ckpt = clock()
-    if any(dues.get(m.i, (False,))[0] for m in active):
-      rows = [m.result.stats.last_metrics for m in active
-              if m.result.error is None]
-      losses = [r.get("loss", float("nan")) for r in rows]
-      logging.info("group step %d/%d: %d live, loss %s", low + ks[
-          active[0].i], max(m.total for m in members),
-          sum(m.live for m in members),
-          " ".join(f"{x:.4f}" for x in losses[:8]) +
-          (" ..." if len(losses) > 8 else ""))
-    if should_stop is not None and any(m.live for m in members) and (
-        should_stop()):
-      if unchecked is not None:
-        read(unchecked)
-        unchecked = None
-      for m in members:
-        if m.result.error is not None:
-          continue
-        if m.pending:
-          m.result.stats.last_metrics = m.write_row(m.pending,
-                                                    interrupted=True)
-          m.pending = []
-        m.save()
-        m.result.stats.interrupted = True
-      logging.warning("Group stopped on request at step(s) %s.",
-                      sorted({m.step for m in members}))
-      break
-  if unchecked is not None:
-    read(unchecked)
-  jax.block_until_ready(group.params)
-  end = time.perf_counter()
-  compiles = train_lib.compiles_of(call_fn)
-  for m in members:
-    stats = m.result.stats
-    stats.train_seconds = end - t_start
-    if calls:
-      stats.first_call_seconds = first_seconds
-      if stats.steady_steps:
-        stats.steady_seconds = end - t_steady
-    stats.compiles = compiles
-  return group, [m.result for m in members]
+  group, loops = members_lib.fit_members(
+      place(group, mesh), data, call, steps, hooks,
+      [c.epochs for c in configs], metrics_logs=metrics_logs,
+      lone=lambda s: lone_state(s, lone_tx),
+      place=lambda x: place(x, mesh), should_stop=should_stop, done=done)
+  return group, [MemberResult(l.stats, l.error) for l in loops]

@@ -335,7 +335,6 @@ def test_group_key():
 @pytest.mark.parametrize("grid,match", [
     ("lr_schedule=constant,plateau", "--lr_schedule=plateau: a vectorized "
      "group trains with a constant learning rate"),
-    ("train_minutes=1", "--train_minutes=1.0: a time budget"),
     ("eval_only=true", "--eval_only=True"),
     ("n_unitz=3", "n_unitz: not flag"),
 ])
@@ -347,11 +346,12 @@ def test_vectorize_bad_flags_named(tmp_path, grid, match):
   assert not os.path.exists(tmp_path / "runs")
 
 
-def test_vectorize_refuses_a_task_it_cannot_group(tmp_path):
-  out = _sweep(["--task=echo", "--grid=seed=0,1", f"--sweep_dir={tmp_path}",
-                "--vectorize", "--dry_run"])
+def test_vectorize_refuses_what_a_group_cannot_train(tmp_path):
+  out = _sweep(["--task=echo", "--grid=seed=0,1 mode=lag_one_step "
+                "stateful=true", f"--sweep_dir={tmp_path}", "--vectorize",
+                "--dry_run"])
   assert out.returncode == 2
-  assert "task echo cannot train vectorized yet" in out.stderr
+  assert "--stateful=True: stateful training" in out.stderr
 
 
 def test_vectorized_sweep_end_to_end(tmp_path):

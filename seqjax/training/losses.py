@@ -1,0 +1,140 @@
+"""Losses of the model kinds (teacher forced, free running, classifier) and
+their evaluation steps."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import metrics as metrics_lib
+
+Batch = dict[str, Any]
+LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
+# Stateful: loss_fn(params, batch, carry) -> (loss, (metrics, new_carry)).
+StatefulLossFn = Callable[[Any, Batch, Any],
+                          tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
+
+
+def _dropout_rngs(dropout_seed: Optional[int], step) -> Optional[dict]:
+  """The "dropout" rng of a train step: the run's seed folded with the step,
+  so a resumed run draws the same masks. None (evaluation): no dropout."""
+  if dropout_seed is None or step is None:
+    return None
+  return {"dropout": jax.random.fold_in(jax.random.key(dropout_seed), step)}
+
+
+def _sequence_loss(logits_BTV, batch, mask, label_smoothing: float):
+  loss = metrics_lib.masked_cross_entropy(logits_BTV, batch["target"], mask,
+                                          label_smoothing)
+  pred_BT = jnp.argmax(logits_BTV, axis=-1)
+  acc = metrics_lib.masked_token_accuracy(pred_BT, batch["target"], mask)
+  return loss, {"token_accuracy": acc}
+
+
+def make_seq2seq_loss(model, label_smoothing: float = 0.0,
+                      dropout_seed: Optional[int] = None) -> LossFn:
+  """Teacher-forced loss of a ``Seq2Seq``-like model.
+
+  The batch holds ``src`` (B, S), ``dec_in`` (B, T), ``target`` (B, T) and
+  optionally ``src_mask`` / ``target_mask`` (padding False). A model with
+  ``takes_decoder_input = False`` (``RepeatVectorSeq2Seq``) is called on the
+  source alone and needs no ``dec_in``.
+
+  ``label_smoothing`` spreads that much of each target's probability evenly
+  over the vocabulary. With a ``dropout_seed`` the train step passes its
+  ``step`` and the model gets a "dropout" rng (``_dropout_rngs``); the
+  evaluation step passes none, so dropout is off there.
+  """
+  takes_decoder_input = getattr(model, "takes_decoder_input", True)
+
+  def loss_fn(params, batch, step=None):
+    mask = batch.get("target_mask")
+    rngs = _dropout_rngs(dropout_seed, step)
+    if takes_decoder_input:
+      logits_BTV = model.apply(params, batch["src"], batch["dec_in"],
+                               batch.get("src_mask"), mask, rngs=rngs)
+    else:
+      logits_BTV = model.apply(params, batch["src"], batch.get("src_mask"),
+                               rngs=rngs)
+    return _sequence_loss(logits_BTV, batch, mask, label_smoothing)
+
+  loss_fn.takes_step = dropout_seed is not None
+  return loss_fn
+
+
+def make_classifier_loss(model, stateful: bool = False):
+  """Cross-entropy of a ``RecurrentClassifier``-like model.
+
+  The batch holds ``x`` (B, T) token ids, ``y`` targets (B,) or, for a
+  per-step model, (B, T), and optionally ``x_mask`` (missing input steps
+  False) and ``y_mask`` (missing targets False). ``stateful=True`` gives the
+  stateful signature ``loss_fn(params, batch, carry) -> (loss, (metrics,
+  carry))`` for ``fit(..., initial_carry=)``; otherwise every batch starts
+  from the zero carry.
+  """
+
+  def outputs(params, batch, carry):
+    logits, carry = model.apply(params, batch["x"], carry, batch.get("x_mask"))
+    mask = batch.get("y_mask")
+    loss = metrics_lib.masked_cross_entropy(logits, batch["y"], mask)
+    acc = metrics_lib.masked_token_accuracy(
+        jnp.argmax(logits, axis=-1), batch["y"], mask)
+    return loss, {"token_accuracy": acc}, carry
+
+  if stateful:
+    def stateful_loss_fn(params, batch, carry):
+      loss, metrics, carry = outputs(params, batch, carry)
+      return loss, (metrics, carry)
+    return stateful_loss_fn
+
+  def loss_fn(params, batch):
+    loss, metrics, _ = outputs(params, batch, None)
+    return loss, metrics
+  return loss_fn
+
+
+def make_free_running_loss(model, start_id: int, feedback: str = "softmax",
+                           label_smoothing: float = 0.0,
+                           dropout_seed: Optional[int] = None) -> LossFn:
+  """Loss of a ``Seq2Seq`` whose decoder runs free (no teacher forcing).
+
+  The decoder starts from ``start_id`` and is fed its own previous prediction
+  (see ``Seq2Seq.free_running``) for ``target.shape[1]`` steps; the batch's
+  ``dec_in`` is never read. The batch holds ``src``, ``target`` and optionally
+  ``src_mask`` / ``target_mask``. ``label_smoothing``, ``dropout_seed``: as
+  in ``make_seq2seq_loss``.
+  """
+
+  def loss_fn(params, batch, step=None):
+    mask = batch.get("target_mask")
+    logits_BTV = model.apply(params, batch["src"], batch["target"].shape[1],
+                             start_id, batch.get("src_mask"), feedback,
+                             method="free_running",
+                             rngs=_dropout_rngs(dropout_seed, step))
+    return _sequence_loss(logits_BTV, batch, mask, label_smoothing)
+
+  loss_fn.takes_step = dropout_seed is not None
+  return loss_fn
+
+def make_eval_step(loss_fn: LossFn):
+  """-> jitted ``eval_step(params, batch) -> metrics`` (no update)."""
+
+  @jax.jit
+  def eval_step(params, batch):
+    loss, aux = loss_fn(params, batch)
+    return {"loss": loss, **aux}
+
+  return eval_step
+
+
+def make_stateful_eval_step(loss_fn: StatefulLossFn):
+  """-> jitted ``eval_step(params, batch, carry) -> (metrics, carry)``."""
+
+  @jax.jit
+  def eval_step(params, batch, carry):
+    loss, (aux, carry) = loss_fn(params, batch, carry)
+    return {"loss": loss, **aux}, carry
+
+  return eval_step

@@ -1,0 +1,91 @@
+"""The EMA hook against a NumPy moving average of the parameter trajectory."""
+
+import json
+
+import jax
+import numpy as np
+
+from seqjax import train as train_lib
+from seqjax.data import reverse
+from seqjax.models import Seq2Seq
+from seqjax.training.ema import EMA
+
+DECAY = 0.8
+
+
+class _Trajectory(train_lib.Hook):
+  """The parameters after every step (a boundary at each)."""
+
+  def __init__(self):
+    self.params = []
+
+  def begin(self, loop):
+    self.params.append(jax.device_get(loop.state.params))
+
+  def next_boundary(self, loop):
+    return loop.step + 1
+
+  def after_call(self, loop):
+    self.params.append(jax.device_get(loop.state.params))
+
+
+def _numpy_ema(trajectory):
+  leaves = [[np.asarray(x, np.float64) for x in jax.tree.leaves(p)]
+            for p in trajectory]
+  ema = leaves[0]
+  for now in leaves[1:]:
+    ema = [DECAY * e + (1 - DECAY) * p for e, p in zip(ema, now)]
+  return ema
+
+
+def _setup():
+  data = reverse.generate(np.random.default_rng(0), 64, 4, 2, 9)
+  model = Seq2Seq(src_vocab=9, tgt_vocab=9, units=8)
+  params = model.init(jax.random.key(0), data["src"][:1], data["dec_in"][:1])
+  state = train_lib.create_train_state(
+      model, params, train_lib.make_optimizer("adam", 0.05))
+  return state, data, train_lib.make_seq2seq_loss(model)
+
+
+def _param_sum(state, epoch):
+  del epoch
+  return {"param_sum": float(sum(np.sum(np.asarray(x, np.float64))
+                                 for x in jax.tree.leaves(state.params)))}
+
+
+def test_ema_hook_is_the_numpy_average_of_the_trajectory():
+  state, data, loss_fn = _setup()
+  config = train_lib.FitConfig(batch_size=16, epochs=2, steps_per_call=3,
+                               progress="none")
+  trajectory, ema = _Trajectory(), EMA(DECAY)
+  state, stats = train_lib.fit(state, data, loss_fn, config,
+                               hooks=[trajectory, ema])
+  assert stats.steps_run == 8 and len(trajectory.params) == 9
+  want = _numpy_ema(trajectory.params)
+  got = jax.tree.leaves(jax.device_get(ema.params))
+  scale = max(float(np.abs(w).max()) for w in want)
+  for w, g in zip(want, got):
+    np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * scale)
+  # Not the last parameters: the average lags them.
+  last = jax.tree.leaves(trajectory.params[-1])
+  assert max(float(np.abs(g - l).max()) for g, l in zip(got, last)) > 1e-3
+
+
+def test_ema_flag_logs_the_average_evaluated_at_epoch_ends(tmp_path):
+  state, data, loss_fn = _setup()
+  config = train_lib.FitConfig(batch_size=16, epochs=2, steps_per_call=3,
+                               progress="none", ema_decay=DECAY)
+  trajectory = _Trajectory()
+  path = str(tmp_path / "metrics.jsonl")
+  train_lib.fit(state, data, loss_fn, config, epoch_end_fn=_param_sum,
+                metrics_log=train_lib.MetricsLog(path), hooks=[trajectory])
+  rows = [json.loads(l) for l in open(path)]
+  ema_rows = [r for r in rows if "ema_param_sum" in r]
+  assert [r["step"] for r in ema_rows] == [4, 8]
+  for row in ema_rows:
+    want = _numpy_ema(trajectory.params[:row["step"] + 1])
+    np.testing.assert_allclose(row["ema_param_sum"],
+                               sum(float(w.sum()) for w in want), rtol=1e-5)
+    plain = [r for r in rows if r.get("eval") and r["step"] == row["step"]
+             and "param_sum" in r]
+    assert plain and abs(plain[0]["param_sum"] - row["ema_param_sum"]) > 1e-4
