@@ -39,6 +39,7 @@ def _workload(**kw):
   return beam_bench.Workload(beam_bench.Settings(batches="5/7", **kw))
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_torch_decoder_steps_compute_seqjax_steps(config):
   # The same logits at every step, fed the same tokens from the same
@@ -70,6 +71,7 @@ def test_torch_decoder_steps_compute_seqjax_steps(config):
                                  rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_torch_greedy_and_beam_give_seqjax_tokens(config):
   _torch()
@@ -90,6 +92,7 @@ def test_torch_greedy_and_beam_give_seqjax_tokens(config):
   assert len(lengths) >= 3 and w.max_len in lengths, lengths
 
 
+@pytest.mark.full
 def test_torch_beam_of_one_without_penalty_is_torch_greedy():
   torch = _torch()
   from benchmarks import beam_torch  # pylint: disable=g-import-not-at-top
@@ -129,6 +132,7 @@ def test_bad_batch_sizes_are_named():
   assert beam_bench.Settings(batches="50/256").batch_sizes() == [50, 256]
 
 
+@pytest.mark.full
 def test_tiny_run_writes_its_tables(tmp_path):
   _torch()
   path = tmp_path / "beam.json"

@@ -116,6 +116,7 @@ def test_padded_variant_is_one_bucket_as_wide_as_the_peers(pair_file):
   assert out["step_compiles_in_fit"] == 0 and out["first_step_s"] > 0
 
 
+@pytest.mark.full
 def test_tiny_run_has_every_key(pair_file):
   w = _workload(pair_file)
   results, notes = harness.measure(w, ["seqjax"], reps=1, log=lambda _: None,
@@ -155,6 +156,7 @@ def _example_param_count(n_in, n_out, u):
   return 4 * u * (n_in + u + 1) + 4 * u * (n_out + u + 1) + u * n_out + n_out
 
 
+@pytest.mark.full
 def test_keras_peer_is_the_example_model(pair_file):
   w, r = _peer("keras", pair_file)
   n_in, n_out = len(r.tables.input_chars), len(r.tables.target_chars)
@@ -163,6 +165,7 @@ def test_keras_peer_is_the_example_model(pair_file):
   assert r.decode_loop(src) == r.decode_batched(src)
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("name", ["keras", "torch"])
 def test_peers_early_stop_decodes_the_same_sentences(pair_file, name):
   w, r = _peer(name, pair_file)
@@ -185,6 +188,7 @@ def test_peers_early_stop_decodes_the_same_sentences(pair_file, name):
   assert r.decode_batched(src) == [""] * 4
 
 
+@pytest.mark.full
 def test_torch_peer_is_the_example_model_and_trains(pair_file):
   w, r = _peer("torch", pair_file)
   n_in, n_out = len(r.tables.input_chars), len(r.tables.target_chars)

@@ -68,6 +68,7 @@ def _checkpoints(workdir):
                 if n.isdigit())
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("signals", [1, 2])
 def test_sigterm_saves_and_exits_143_a_second_stops_at_once(tmp_path,
                                                             signals):
@@ -96,3 +97,19 @@ def test_sigterm_saves_and_exits_143_a_second_stops_at_once(tmp_path,
     assert code == 130, out[-3000:]
     assert "Interrupted; nothing after the last checkpoint was saved" in out
     assert "Stopped by SIGTERM" not in out
+
+
+def test_a_second_signal_whose_interrupt_was_dropped_stops_at_the_next_poll():
+  before = signal.getsignal(signal.SIGTERM)
+  with reliability.InterruptGuard() as guard:
+    assert not guard.requested()
+    os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode
+    assert guard.requested() and guard.signum == signal.SIGTERM
+    try:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(1)  # the handler raises here
+    except KeyboardInterrupt:
+      pass  # as Python does with an exception raised inside a __del__
+    with pytest.raises(KeyboardInterrupt):
+      guard.requested()
+  assert signal.getsignal(signal.SIGTERM) is before
