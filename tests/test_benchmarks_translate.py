@@ -87,6 +87,7 @@ def test_id_arrays_are_the_one_hot_arrays_hot_entries():
   np.testing.assert_array_equal(target, oh_target.argmax(-1))
 
 
+@pytest.mark.full
 def test_seqjax_decoders_agree_and_buckets_compile_once_each(pair_file):
   w = _workload(pair_file)
   r = w.runner("seqjax")
@@ -103,6 +104,7 @@ def test_seqjax_decoders_agree_and_buckets_compile_once_each(pair_file):
   assert 0.0 <= out["decode_chrf"] <= 100.0
 
 
+@pytest.mark.full
 def test_padded_variant_is_one_bucket_as_wide_as_the_peers(pair_file):
   w = _workload(pair_file)
   r, bucketed = w.runner("seqjax_padded"), w.runner("seqjax")
