@@ -166,10 +166,12 @@ class InterruptGuard:
 
   def __init__(self):
     self.signum: Optional[int] = None
+    self.again = False   # a second signal came
     self._previous: dict = {}
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     if self.signum is not None:
+      self.again = True
       raise KeyboardInterrupt
     self.signum = signum
     logging.warning("Caught %s: finishing the current steps, saving a "
@@ -177,6 +179,10 @@ class InterruptGuard:
                     signal.Signals(signum).name)
 
   def requested(self) -> bool:
+    # Python drops an exception raised where it cannot propagate (a __del__,
+    # a weakref or C++ callback): the next poll raises it again.
+    if self.again:
+      raise KeyboardInterrupt
     return self.signum is not None
 
   def __enter__(self):

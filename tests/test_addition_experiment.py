@@ -26,6 +26,7 @@ ONE_DIGIT = dict(digits=1, training_size=55, hidden_size=64, batch_size=5,
                  learning_rate=0.01, steps_per_call=11, log_every=0)
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("model_name", models.MODEL_CHOICES)
 def test_learns_one_digit_addition(model_name):
   cfg = addition.AdditionConfig(model=model_name, **ONE_DIGIT)

@@ -211,6 +211,7 @@ def _run(config):
   return model, params, np.asarray(forced), np.asarray(stepwise)
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("config", CONFIGS, ids=[_id(c) for c in CONFIGS])
 def test_teacher_forced_logits_equal_step_by_step_decoding(config):
   _, _, forced, stepwise = _run(config)
@@ -229,6 +230,7 @@ FREE_RUNNING = [c for c in CONFIGS if (c[3], c[4]) in (
     ("lstm", (1, 1)), ("gru", (2, 2)), ("gru", (2, 1)))]
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("config", FREE_RUNNING,
                          ids=[_id(c) for c in FREE_RUNNING])
 def test_free_running_argmax_tokens_equal_greedy_decoding(config):
@@ -247,6 +249,7 @@ def test_free_running_argmax_tokens_equal_greedy_decoding(config):
       rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("config", [c for c in CONFIGS
                                     if (c[3], c[4]) == ("gru", (2, 2))],
                          ids=_id)
@@ -264,6 +267,7 @@ def test_source_padding_changes_no_logit(config):
 
 # ------------------------------------------------ greedy decoding's weights
 
+@pytest.mark.full
 @pytest.mark.parametrize("attention,score,feed,bidirectional", [
     ("bahdanau", "general", True, True), ("luong", "general", True, False),
     ("luong", "dot", False, False)])
@@ -335,6 +339,7 @@ def test_first_greedy_weights_match_numpy(attention):
   np.testing.assert_allclose(weights_BTS[:, 0], want, atol=1e-6)
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("attention", ["bahdanau", "luong"])
 def test_a_bfloat16_attention_model_decodes(attention):
   # --dtype=bfloat16 is a shared flag: greedy decoding and free-running
@@ -365,6 +370,7 @@ DROPOUT_CONFIGS = [("none", "general", True, "lstm", (2, 2), True),
                    ("luong", "dot", False, "lstm", (2, 2), False)]
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("config", DROPOUT_CONFIGS, ids=_id)
 def test_dropout_is_deterministic_under_a_seed_and_off_without_an_rng(config):
   # An embedding, so that the source and target inputs are dropped too.
@@ -400,6 +406,7 @@ def test_dropout_drops_at_its_rate_and_scales_what_it_keeps():
       model.apply({}, ones, method=lambda m, x: m._drop(x)), ones)
 
 
+@pytest.mark.full
 def test_dropout_in_step_by_step_decoding_and_free_running():
   config = ("luong", "general", True, "lstm", (2, 2), False)
   model = _model(config, dropout=0.3, embedding_dim=6)
@@ -428,6 +435,7 @@ def _batch():
           "target": target_BT, "target_mask": target_mask_BT}
 
 
+@pytest.mark.full
 def test_train_step_with_dropout_same_seed_and_step_same_update():
   config = ("luong", "general", False, "lstm", (1, 1), False)
   model = _model(config, dropout=0.3, embedding_dim=6)
@@ -552,6 +560,7 @@ def _reverse_accuracy(attention, seed):
   return float((np.asarray(tokens_BT) == test["target"]).mean())
 
 
+@pytest.mark.full
 def test_attention_learns_to_reverse_30_tokens_the_plain_model_cannot():
   attending, plain = _reverse_accuracy("luong", 0), _reverse_accuracy(
       "none", 0)

@@ -85,6 +85,7 @@ def _penalty(length, alpha):
   return ((5.0 + length) / 6.0) ** alpha
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_beam_as_wide_as_all_sequences_finds_exhaustive_best(arch, alpha):

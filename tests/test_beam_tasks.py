@@ -170,6 +170,7 @@ def test_translate_sentences_beam_wider_than_the_vocabulary(trained):
                                             beam_size=500))
 
 
+@pytest.mark.full
 def test_reverse_beam_search_finds_what_greedy_does_on_a_trained_model(
     tmp_path):
   kw = dict(n_features=8, n_steps_in=4, n_steps_out=3, n_units=32,

@@ -164,12 +164,14 @@ def _peer_runner(name):
   return w, w.runner(name)
 
 
+@pytest.mark.full
 def test_keras_peer_is_the_same_model():
   _, r = _peer_runner("keras")
   # The tutorial's model: exactly seqjax's parameter count (summary test).
   assert r.model.count_params() == 190_899
 
 
+@pytest.mark.full
 def test_torch_peer_is_the_same_model_and_trains():
   w, r = _peer_runner("torch")
   n = sum(p.numel() for p in r.model.parameters())

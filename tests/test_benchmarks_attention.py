@@ -91,6 +91,7 @@ def test_train_flops_per_sample_counted_by_hand():
       4 * recurrent + 4 * (recurrent + 2 * h * v))
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(
     f"{k}={v}" for k, v in c.items()) or "default")
 def test_torch_model_computes_seqjax_model(pair_file, config):
@@ -138,6 +139,7 @@ def test_torch_model_computes_seqjax_model(pair_file, config):
                              rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.full
 def test_both_frameworks_train_on_the_same_batches(pair_file):
   torch, _ = _torch()
   w = _workload(pair_file)
@@ -160,6 +162,7 @@ def test_both_frameworks_train_on_the_same_batches(pair_file):
   assert out["train_compiles"] == 0 and np.isfinite(out["train_loss"])
 
 
+@pytest.mark.full
 def test_tiny_run_end_to_end(pair_file, tmp_path):
   _torch()
   path = tmp_path / "bench.json"

@@ -39,6 +39,7 @@ def _workload(**kw):
   return decode.Workload(decode.Settings(tiny=True, batches="5/7", **kw))
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_torch_decoder_steps_compute_seqjax_steps(config):
   # The same logits at every step, fed the same tokens from the same
@@ -70,6 +71,7 @@ def test_torch_decoder_steps_compute_seqjax_steps(config):
                                  rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_torch_greedy_and_beam_give_seqjax_tokens(config):
   _torch()
@@ -90,6 +92,7 @@ def test_torch_greedy_and_beam_give_seqjax_tokens(config):
   assert len(lengths) >= 3 and w.max_len in lengths, lengths
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("config", CONFIGS[:2], ids=IDS)
 def test_equal_work_torch_gives_seqjax_tokens_in_steps_steps(config):
   # No stop symbol: every sentence runs `steps` steps in both frameworks.
@@ -105,6 +108,7 @@ def test_equal_work_torch_gives_seqjax_tokens_in_steps_steps(config):
     assert steps_t == steps_j == 6 * len(w.batches(int(batch))), key
 
 
+@pytest.mark.full
 def test_torch_beam_of_one_without_penalty_is_torch_greedy():
   torch = _torch()
   from benchmarks import decode_torch  # pylint: disable=g-import-not-at-top
@@ -133,6 +137,7 @@ def test_a_random_model_needs_equal_work():
   assert e.value.param == "steps"
 
 
+@pytest.mark.full
 def test_tiny_run_writes_its_tables(tmp_path):
   _torch()
   path = tmp_path / "decode.json"

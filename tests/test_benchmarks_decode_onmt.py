@@ -26,6 +26,7 @@ pytestmark = pytest.mark.skipif(
         for m in ("onmt", "pyonmttok", "configargparse")),
     reason="OpenNMT-py is not installed (benchmark-only: pip install "
            "--no-deps OpenNMT-py==3.5.1 configargparse six pyonmttok)")
+pytestmark = [pytest.mark.full, pytestmark]
 
 TINY = dict(tiny=True, steps=5, batches="4", onmt_hidden="8",
             tiny_units=8)

@@ -5,11 +5,14 @@ never here."""
 
 import json
 
+import pytest
+
 from benchmarks import report
 from benchmarks import run as bench_run
 from benchmarks import sweep as sweep_bench
 
 
+@pytest.mark.full
 def test_tiny_sweep_benchmark_end_to_end(tmp_path):
   path = tmp_path / "bench.json"
   config = bench_run.BenchmarkConfig(

@@ -87,6 +87,7 @@ def test_id_arrays_are_the_one_hot_arrays_hot_entries():
   np.testing.assert_array_equal(target, oh_target.argmax(-1))
 
 
+@pytest.mark.full
 def test_seqjax_decoders_agree_and_buckets_compile_once_each(pair_file):
   w = _workload(pair_file)
   r = w.runner("seqjax")
@@ -103,6 +104,7 @@ def test_seqjax_decoders_agree_and_buckets_compile_once_each(pair_file):
   assert 0.0 <= out["decode_chrf"] <= 100.0
 
 
+@pytest.mark.full
 def test_padded_variant_is_one_bucket_as_wide_as_the_peers(pair_file):
   w = _workload(pair_file)
   r, bucketed = w.runner("seqjax_padded"), w.runner("seqjax")
@@ -116,6 +118,7 @@ def test_padded_variant_is_one_bucket_as_wide_as_the_peers(pair_file):
   assert out["step_compiles_in_fit"] == 0 and out["first_step_s"] > 0
 
 
+@pytest.mark.full
 def test_tiny_run_has_every_key(pair_file):
   w = _workload(pair_file)
   results, notes = harness.measure(w, ["seqjax"], reps=1, log=lambda _: None,
@@ -155,6 +158,7 @@ def _example_param_count(n_in, n_out, u):
   return 4 * u * (n_in + u + 1) + 4 * u * (n_out + u + 1) + u * n_out + n_out
 
 
+@pytest.mark.full
 def test_keras_peer_is_the_example_model(pair_file):
   w, r = _peer("keras", pair_file)
   n_in, n_out = len(r.tables.input_chars), len(r.tables.target_chars)
@@ -163,6 +167,7 @@ def test_keras_peer_is_the_example_model(pair_file):
   assert r.decode_loop(src) == r.decode_batched(src)
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("name", ["keras", "torch"])
 def test_peers_early_stop_decodes_the_same_sentences(pair_file, name):
   w, r = _peer(name, pair_file)
@@ -185,6 +190,7 @@ def test_peers_early_stop_decodes_the_same_sentences(pair_file, name):
   assert r.decode_batched(src) == [""] * 4
 
 
+@pytest.mark.full
 def test_torch_peer_is_the_example_model_and_trains(pair_file):
   w, r = _peer("torch", pair_file)
   n_in, n_out = len(r.tables.input_chars), len(r.tables.target_chars)

@@ -22,6 +22,7 @@ LAG_ONE_STEP = dict(FAST, mode="lag_one_step", n_sequences=300,
                     learning_rate=0.01)
 
 
+@pytest.mark.full
 def test_current_learns(tmp_path, capsys):
   results = echo.run(echo.EchoConfig(workdir=str(tmp_path), **CURRENT))
   out = capsys.readouterr().out
@@ -62,6 +63,7 @@ def _logged_losses(workdir):
                                                            "metrics.jsonl"))]
 
 
+@pytest.mark.full
 def test_lag_one_step_fails_as_the_tutorial_says(tmp_path, capsys):
   one = str(tmp_path / "one")
   results = echo.run(echo.EchoConfig(workdir=one, **{**LAG_ONE_STEP,
@@ -104,6 +106,7 @@ def test_same_seed_same_numbers(tmp_path):
     ({"whole_sequence": True}, 20, 25, 0.22),
     ({"sequence_output": True, "lag": 2}, 20, 5, 0.38),
 ])
+@pytest.mark.full
 def test_extensions_learn_something(flags, rows, steps, reached, tmp_path):
   cfg = echo.EchoConfig(workdir=str(tmp_path), **{
       **LAG_WINDOW, "n_sequences": 150, "stateful": False, **flags})

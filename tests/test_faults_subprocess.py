@@ -27,6 +27,8 @@ from seqjax import reliability
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer
 
+pytestmark = pytest.mark.full
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = dict(n_features=11, n_steps_in=4, n_steps_out=2, n_units=16,
              n_samples=1600, batch_size=16, n_eval=50, n_examples=0,

@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 
 from seqjax.errors import SeqjaxError
 
+pytestmark = pytest.mark.full
+
 EXPERIMENTS = [
     ("experiments.reverse", dict(
         n_features=7, n_steps_in=3, n_steps_out=2, n_units=8, n_samples=32,

@@ -177,6 +177,7 @@ def _fuzz(tmp_path, drawn, num_samples, strict):
     OUTCOMES[c][outcome] += 1
 
 
+@pytest.mark.full
 def test_fuzzed_pair_files_load_report_or_refuse(tmp_path, capsys):
   _fuzz(tmp_path)  # pylint: disable=no-value-for-parameter
   with capsys.disabled():

@@ -58,12 +58,14 @@ def _fuzz_encode(texts, level, width):
            "unknown symbols" if got["src_unknown"].any() else "known"] += 1
 
 
+@pytest.mark.full
 def test_fuzzed_sentences_encode_like_a_symbol_lookup(capsys):
   _fuzz_encode()  # pylint: disable=no-value-for-parameter
   with capsys.disabled():
     print(f"\nsentence-encoder fuzz, {EXAMPLES} batches: {dict(OUTCOMES)}")
 
 
+@pytest.mark.full
 def test_fuzzed_translate_flags_refuse_empty_sentences():
   @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
             database=None)

@@ -147,6 +147,7 @@ def _run_reverse(args, use_pty):
   return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.full
 def test_the_binary_draws_a_bar_on_a_terminal_and_logs_lines_otherwise(
     tmp_path):
   tiny = ["--n_samples=3200", "--epochs=2", "--n_units=16", "--n_eval=64",

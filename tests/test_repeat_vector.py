@@ -191,6 +191,7 @@ TINY_REVERSE = dict(n_features=11, n_steps_in=4, n_steps_out=2, n_units=48,
                     log_every=100, learning_rate=0.01)
 
 
+@pytest.mark.full
 def test_reverse_with_repeat_vector_learns_and_keeps_models_apart(tmp_path):
   results = reverse.run(reverse.ReverseConfig(
       workdir=str(tmp_path), model="repeat_vector", **TINY_REVERSE))

@@ -63,6 +63,7 @@ def test_one_device_mesh_equals_the_plain_path():
   jax.tree.map(np.testing.assert_array_equal, results[0][0], results[1][0])
 
 
+@pytest.mark.full
 def test_eight_simulated_devices_match_one_device(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "tests.multidevice_worker", str(tmp_path)],
@@ -95,6 +96,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.full
 def test_two_processes_end_with_identical_parameters(tmp_path):
   """Exactly BUILD.md's two-process launch, on CPU with a loopback
   coordinator: each process feeds half of every batch."""

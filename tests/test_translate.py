@@ -165,6 +165,7 @@ def test_memorises_50_pairs_and_restored_model_translates(toy_file, tmp_path,
     dict(level="word", embedding_dim=16),
     dict(teacher_forcing=False),
 ])
+@pytest.mark.full
 def test_variants_train_and_decode(toy_file, tmp_path, variant):
   cfg = translate.TranslateConfig(data_path=toy_file, workdir=str(tmp_path),
                                   **{**TOY, "epochs": 4, **variant})
@@ -181,6 +182,7 @@ def test_variants_train_and_decode(toy_file, tmp_path, variant):
   assert saved["teacher_forcing"] == variant.get("teacher_forcing", True)
 
 
+@pytest.mark.full
 def test_real_file_trains_briefly_and_decodes_held_out(tmp_path):
   path = translate_util.real_pair_file()
   if path is None:

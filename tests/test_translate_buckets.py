@@ -3,6 +3,8 @@ made-up pairs whose lengths vary, trained until the mapping is learned."""
 
 import json
 
+import pytest
+
 from experiments import translate
 from tests import translate_util
 
@@ -23,6 +25,7 @@ def _varied_pairs(n=160):
   return out
 
 
+@pytest.mark.full
 def test_two_buckets_train_decode_and_beat_a_source_blind_model(tmp_path):
   path = translate_util.write_pairs(tmp_path / "pairs.txt", _varied_pairs())
   cfg = translate.TranslateConfig(

@@ -39,6 +39,7 @@ def _peer():
   return keras_translate
 
 
+@pytest.mark.full
 def test_one_hot_arrays_follow_the_keras_example():
   kt = _peer()
   # Held-out "Hop." has an 'o' and 'p' never seen in training: 'p' unknown.
@@ -63,6 +64,7 @@ def test_one_hot_arrays_follow_the_keras_example():
                                                       for c in "嗨\n  "]
 
 
+@pytest.mark.full
 def test_peer_model_sizes_and_greedy_stop_rule():
   kt = _peer()
   tables = kt.char_tables(PAIRS, PAIRS)

@@ -260,6 +260,7 @@ def test_killed_group_resumes_every_member(tmp_path, monkeypatch):
     assert rows_b[1 if i == 0 else 0:] == rows_a[1 if i == 0 else 0:]
 
 
+@pytest.mark.full
 def test_members_over_eight_devices_equal_one_device(tmp_path):
   """16 members split over 8 simulated CPU devices (mesh axis "runs")
   train to the parameters they reach on one device."""
