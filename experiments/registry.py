@@ -53,6 +53,8 @@ def _group_main(argv: list[str]) -> int:
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
   common.quiet_library_logs()
+  from seqjax import compile_cache
+  common.start_compilation_cache(compile_cache.default_dir())
   from seqjax import reliability
   try:
     errors = group_runner.run_group(task, configs)
@@ -84,6 +86,8 @@ def main(argv: list[str]) -> int:
   logging.use_absl_handler()  # as under absl.app: one format, one filter
   logging.set_verbosity(logging.INFO)
   common.quiet_library_logs()
+  from seqjax import compile_cache
+  common.start_compilation_cache(compile_cache.default_dir())
   try:
     task = get(argv[1])
     with open(argv[2], encoding="utf-8") as f:

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n_features=11", "--n_steps_in=4", "--n_steps_out=2",
         "--n_units=16", "--n_samples=640", "--batch_size=32", "--n_eval=20",
@@ -41,6 +43,7 @@ def test_rerun_reads_the_cache_and_numbers_do_not_change(tmp_path):
   assert off == cold
 
 
+@pytest.mark.full
 def test_garbage_entries_and_unusable_directory_still_give_a_run(tmp_path):
   cache = tmp_path / "cache"
   good, _ = _reverse(tmp_path / "a", cache)

@@ -186,7 +186,7 @@ def test_readme_starts_with_the_two_commands():
   assert first == [
       "```bash",
       "pip install -e . && python -m experiments.reverse",
-      "pip install -e '.[test]' && python -m pytest -q -m \"not full\" tests",
+      "pip install -e '.[test]' && python -m pytest -q -n 2 -m \"not full\" tests",
       "```"]
 
 
