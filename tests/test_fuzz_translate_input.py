@@ -92,8 +92,10 @@ def test_translate_truncates_long_sentences_and_names_unknowns(
   long_ = "dog 99. cat 12. tea"
   seen = []  # the encoder's input arrays
   decode_texts = evaluate.decode_texts
-  monkeypatch.setattr(evaluate, "decode_texts", lambda d, p, v, arrays, b: (
-      seen.append(arrays) or decode_texts(d, p, v, arrays, b)))
+  monkeypatch.setattr(evaluate, "decode_texts",
+                      lambda d, p, v, arrays, b, key=None: (
+                          seen.append(arrays) or
+                          decode_texts(d, p, v, arrays, b, key=key)))
   got = translate.run(translate.TranslateConfig(
       workdir=trained_workdir,
       translate=["dog 99.", long_, "ü€", "cat 0é."]))["translations"]

@@ -171,7 +171,7 @@ def test_epoch_end_decodes_the_held_out_set_and_scores_it(capsys):
                           {"src": ids, "src_mask": ids > 0}, {})
   arrays = {"target_mask": np.ones((4, 2), bool)}
   eval_step = lambda params, batch: {"loss": 2.0, "token_accuracy": 0.5}
-  decoder = lambda params, src, mask: src
+  decoder = lambda params, src, mask, key=None: src
   hook = evaluate.HeldOutLoss(eval_step, arrays, 2, 5, decoder=decoder,
                               held_out=held, tgt_vocab=vocab)
   state = types.SimpleNamespace(params=None)
