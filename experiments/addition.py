@@ -63,9 +63,6 @@ class AdditionConfig(config_lib.DevDecodingConfig):
   def target_vocab(self) -> int:
     return addition_data.TARGET_VOCAB
 
-  def decodes_stepwise(self) -> bool:
-    return self.model == "encoder_decoder"
-
   def validate(self):
     errors = super().validate()
     if errors:

@@ -52,9 +52,6 @@ class ReverseConfig(config_lib.DecodingConfig):
   def target_vocab(self) -> int:
     return self.n_features
 
-  def decodes_stepwise(self) -> bool:
-    return self.model == "encoder_decoder"
-
   def validate(self):
     errors = super().validate()
     if errors:

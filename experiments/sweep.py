@@ -251,6 +251,20 @@ def _comparable(flags: dict) -> dict:
   return flags
 
 
+def _settle(run, error, wall_s: float, **extra):
+  """A finished run's (status, results, error), recorded in its
+  sweep_status.json: a run that wrote no results.json failed."""
+  from seqjax import runner  # pylint: disable=g-import-not-at-top
+  results = finished_results(run) if error is None else None
+  if error is None and results is None:
+    error = "the run ended without writing results.json for these flags"
+  status = "failed" if error else "done"
+  runner.write_json_atomic(
+      os.path.join(run.workdir, "sweep_status.json"),
+      {"status": status, "error": error or "", "wall_s": wall_s, **extra})
+  return status, results, error
+
+
 def finished_results(run: Run) -> Optional[dict]:
   """The run's results if it finished with exactly these flags."""
   path = os.path.join(run.workdir, "results.json")
@@ -349,13 +363,7 @@ def run_sweep(plan: Plan, isolate: bool = True,
     error = (_run_subprocess(plan, run, run_timeout) if isolate
              else _run_in_process(plan, run))
     wall_s = time.perf_counter() - t0
-    results = finished_results(run) if error is None else None
-    if error is None and results is None:
-      error = "the run ended without writing results.json for these flags"
-    status = "failed" if error else "done"
-    runner.write_json_atomic(
-        os.path.join(run.workdir, "sweep_status.json"),
-        {"status": status, "error": error or "", "wall_s": wall_s})
+    status, results, error = _settle(run, error, wall_s)
     log(f"{prefix}: {status} in {wall_s:.1f} s"
         + (f": {error}" if error else
            f", {plan.metric} {_fmt(results.get(plan.metric))}"))
@@ -522,14 +530,7 @@ def run_sweep_vectorized(plan: Plan, groups: list[Group], isolate: bool = True,
               else _run_group_in_process(plan, todo))
     wall_s = time.perf_counter() - t0
     for run, error in zip(todo, errors):
-      results = finished_results(run) if error is None else None
-      if error is None and results is None:
-        error = "the run ended without writing results.json for these flags"
-      status = "failed" if error else "done"
-      runner.write_json_atomic(
-          os.path.join(run.workdir, "sweep_status.json"),
-          {"status": status, "error": error or "", "wall_s": wall_s,
-           "group": group.name})
+      status, results, error = _settle(run, error, wall_s, group=group.name)
       log(f"{prefix} {run.name}: {status}"
           + (f": {error}" if error else
              f", {plan.metric} {_fmt(results.get(plan.metric))}"))

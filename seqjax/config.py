@@ -250,8 +250,10 @@ class DecodingConfig(TrainingConfig):
     return None
 
   def decodes_stepwise(self) -> bool:
-    """Whether the model decodes a token at a time (beam search needs it)."""
-    return True
+    """Whether the model decodes a token at a time (beam search needs it):
+    not a task's ``--model=repeat_vector``, which predicts every step at
+    once."""
+    return getattr(self, "model", "encoder_decoder") == "encoder_decoder"
 
   def sampling(self) -> bool:
     return self.sampling_temperature > 0
