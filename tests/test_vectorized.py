@@ -81,6 +81,7 @@ def lone_and_group(tmp_path_factory):
   return lone, lone_results, group, errors
 
 
+@pytest.mark.full
 def test_group_members_equal_lone_runs(lone_and_group):
   lone, lone_results, group, errors = lone_and_group
   assert errors == [None] * 8
@@ -105,6 +106,7 @@ def test_group_members_equal_lone_runs(lone_and_group):
     assert set(rb) - set(ra) == {"vectorized"}
 
 
+@pytest.mark.full
 def test_members_differ_from_each_other(lone_and_group):
   """Each member kept its own seed and learning rate: no two alike."""
   _, _, group, _ = lone_and_group
@@ -113,6 +115,7 @@ def test_members_differ_from_each_other(lone_and_group):
     assert _scale_error(params[i], params[0]) > 1e-2
 
 
+@pytest.mark.full
 def test_a_lone_run_resumes_a_member(lone_and_group, tmp_path):
   """A member's checkpoint is a lone run's: --eval_only restores it."""
   _, _, group, _ = lone_and_group
@@ -225,6 +228,7 @@ def test_nonfinite_member_stops_alone(tmp_path):
                       _params(str(tmp_path / "lone2"), configs[2])) < 1e-5
 
 
+@pytest.mark.full
 def test_killed_group_resumes_every_member(tmp_path, monkeypatch):
   """Interrupted at step 10 (every member saved), then member 0's last
   checkpoint lost (a kill between two members' saves): the rerun trains
@@ -355,6 +359,7 @@ def test_vectorize_refuses_what_a_group_cannot_train(tmp_path):
   assert "--stateful=True: stateful training" in out.stderr
 
 
+@pytest.mark.full
 def test_vectorized_sweep_end_to_end(tmp_path):
   """Two groups (n_units 16 and 32), each member's workdir and the
   reports; a rerun skips every member."""

@@ -77,6 +77,7 @@ def test_translate_group_equals_lone_runs(tmp_path):
   assert _scale_error(params[1], params[0]) > 1e-2  # members differ
 
 
+@pytest.mark.full
 def test_killed_translate_group_resumes_bit_for_bit(tmp_path, monkeypatch):
   whole = _configs(tmp_path, "whole")
   assert group_runner.run_group(translate.TASK, whole) == [None] * 4
