@@ -97,6 +97,15 @@ class AttentionSeq2Seq(nn.Module):
     context_BXM = self._context(h_BXH, memory_BSM, keys_BSA, mask_BS)
     return torch.tanh(self.combine(torch.cat([context_BXM, h_BXH], -1)))
 
+  def _readout_state(self, extra_BM, h_BH, memory_BSM, keys_BSA, mask_BS):
+    """A stepwise decoder's attentional state: Bahdanau reads out from the
+    context it fed into the step (as in the paper), Luong attends from the
+    new state."""
+    if self.s.attention == "bahdanau":
+      return torch.tanh(self.combine(torch.cat([extra_BM, h_BH], -1)))
+    return self._attentional(h_BH[:, None], memory_BSM, keys_BSA,
+                             mask_BS)[:, 0]
+
   def forward(self, src_BS, lengths_B, src_mask_BS, dec_in_BT):
     """-> logits (B, T, V)."""
     memory_BSM, start = self.encode(src_BS, lengths_B)
@@ -123,8 +132,8 @@ class AttentionSeq2Seq(nn.Module):
         extra = feed_BH
       carry = self.decoder(torch.cat([y_BTE[:, t], extra], -1), carry)
       h_BH = carry[0] if self.lstm else carry
-      att_BH = self.drop(self._attentional(h_BH[:, None], memory_BSM,
-                                           keys_BSA, src_mask_BS)[:, 0])
+      att_BH = self.drop(self._readout_state(extra, h_BH, memory_BSM,
+                                             keys_BSA, src_mask_BS))
       feed_BH = att_BH
       states.append(att_BH)
     return self.readout(torch.stack(states, 1))
@@ -169,8 +178,8 @@ class AttentionSeq2Seq(nn.Module):
     new = self.decoder(torch.cat([y_BE, extra], -1),
                        carry if self.lstm else carry[0])
     carry = new if self.lstm else (new,)
-    att_BH = self._attentional(carry[0][:, None], memory_BSM, keys_BSA,
-                               mask_BS)[:, 0]
+    att_BH = self._readout_state(extra, carry[0], memory_BSM, keys_BSA,
+                                 mask_BS)
     return self.readout(att_BH), DecodeState(
         carry, att_BH if self.feeds else None, memory_BSM, keys_BSA, mask_BS)
 
