@@ -31,6 +31,7 @@ from seqjax import train as train_lib
 from seqjax import vectorized
 from seqjax.checkpoint import Checkpointer
 from seqjax.errors import SeqjaxError
+from tests import group_util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny: 20 steps an epoch. 32 units (4H = 128 gate columns).
@@ -237,17 +238,9 @@ def test_killed_group_resumes_every_member(tmp_path, monkeypatch):
   whole = _configs(tmp_path / "whole", n=4, checkpoint_every=5)
   assert group_runner.run_group(reverse.TASK, whole) == [None] * 4
   cut = _configs(tmp_path / "cut", n=4, checkpoint_every=5)
-  polls = iter(range(100))
-  # SIGTERM's guard, asked between calls: true at the second poll
-  # (steps_per_call=25, so calls end at the step 5 boundaries).
-  monkeypatch.setattr(reliability.InterruptGuard, "requested",
-                      lambda self: next(polls) >= 1)
-  with pytest.raises(reliability.TrainingInterrupted):
-    group_runner.run_group(reverse.TASK, cut)
-  monkeypatch.undo()
-  steps = [sorted(int(s) for s in os.listdir(os.path.join(c.workdir,
-                                                          "checkpoints")))
-           for c in cut]
+  # SIGTERM's guard stops the group at its second poll (steps_per_call=25,
+  # so calls end at the step 5 boundaries).
+  steps = group_util.interrupt_group(reverse.TASK, cut, monkeypatch)
   assert all(s[-1] == 10 for s in steps), steps
   shutil.rmtree(os.path.join(cut[0].workdir, "checkpoints", "10"))
   assert group_runner.run_group(reverse.TASK, cut) == [None] * 4

@@ -15,6 +15,7 @@ from seqjax import group_runner
 from seqjax import reliability
 from seqjax import runner
 from seqjax.checkpoint import Checkpointer
+from tests import group_util
 from tests import translate_util
 
 # 80 toy pairs, 60 to train in 2 length buckets: 5 steps an epoch.
@@ -82,15 +83,7 @@ def test_killed_translate_group_resumes_bit_for_bit(tmp_path, monkeypatch):
   whole = _configs(tmp_path, "whole")
   assert group_runner.run_group(translate.TASK, whole) == [None] * 4
   cut = _configs(tmp_path, "cut")
-  polls = iter(range(100))
-  monkeypatch.setattr(reliability.InterruptGuard, "requested",
-                      lambda self: next(polls) >= 1)
-  with pytest.raises(reliability.TrainingInterrupted):
-    group_runner.run_group(translate.TASK, cut)
-  monkeypatch.undo()
-  saved = [sorted(int(s) for s in os.listdir(os.path.join(c.workdir,
-                                                          "checkpoints")))
-           for c in cut]
+  saved = group_util.interrupt_group(translate.TASK, cut, monkeypatch)
   assert all(s and s[-1] < 10 for s in saved), saved
   assert group_runner.run_group(translate.TASK, cut) == [None] * 4
   for a, b in zip(whole, cut):
