@@ -1,6 +1,7 @@
 """fit over several datasets (length buckets) with a BucketPlan."""
 
 import functools
+import threading
 
 import jax
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from seqjax import train as train_lib
 from seqjax.data import reverse
 from seqjax.models import Seq2Seq
+from seqjax.training import programs as programs_lib
+from seqjax.training import schedules
 
 
 def test_plan_uses_each_row_at_most_once_per_epoch():
@@ -136,25 +139,79 @@ def test_plan_batch_size_must_match():
                   batch_plan=train_lib.BucketPlan((40, 56), batch_size=8))
 
 
-def test_every_dataset_shape_compiles_before_the_first_step():
+def test_dataset_programs_compile_once_each_and_train_as_direct_calls():
   state, data, loss_fn = _buckets()
   plan = train_lib.BucketPlan(sizes=(40, 56), batch_size=8, group=2)
+  cfg = train_lib.FitConfig(batch_size=8, epochs=1, steps_per_call=3)
   multi_step = train_lib.make_multi_step(loss_fn)
-  cache_sizes, valid_steps = [], []
+  valid_steps = []
 
   @functools.wraps(multi_step)  # its name: fit counts its compiles
-  def counting(state, carry, data_, idx, valid, reset, halted):
-    out = multi_step(state, carry, data_, idx, valid, reset, halted)
-    cache_sizes.append(train_lib.compiles_of(multi_step))
+  def direct(state, carry, data_, idx, valid, reset, halted):
     valid_steps.append(int(np.asarray(valid).sum()))
-    return out
-  fitted, stats = train_lib.fit(
-      state, data, loss_fn, train_lib.FitConfig(batch_size=8, epochs=1,
-                                                steps_per_call=3),
-      batch_plan=plan, multi_step=counting)
-  # Two no-op calls (every step skipped) compile both shapes, then training.
-  assert valid_steps[:2] == [0, 0] and cache_sizes[:2] == [1, 2]
-  assert set(cache_sizes) == {1, 2} and cache_sizes[2:] == [2] * (
-      len(cache_sizes) - 2)
-  assert sum(valid_steps) == plan.steps_per_epoch == stats.steps_run
-  assert stats.compiles == 2
+    return multi_step(state, carry, data_, idx, valid, reset, halted)
+  # A plain function (no .lower): fit calls it as it is, no warm-up.
+  ref, _ = train_lib.fit(jax.tree.map(jax.numpy.array, state), data, loss_fn,
+                         cfg, batch_plan=plan, multi_step=direct)
+  assert min(valid_steps) > 0 and sum(valid_steps) == plan.steps_per_epoch
+  fresh = train_lib.make_multi_step(loss_fn)
+  fitted, stats = train_lib.fit(state, data, loss_fn, cfg, batch_plan=plan,
+                                multi_step=fresh)
+  assert stats.compiles == 2 and stats.steps_run == plan.steps_per_epoch
+  jax.tree.map(np.testing.assert_array_equal, ref.params, fitted.params)
+
+
+class _FakeLowered:
+  def __init__(self, log, gate, shape):
+    self.log, self.gate, self.shape = log, gate, shape
+
+  def compile(self):
+    self.log.append(("start", self.shape))
+    if self.gate is not None:
+      assert self.gate.wait(10)
+    self.log.append(("done", self.shape))
+    return lambda *args: self.shape
+
+
+class _FakeJit:
+  """Lowers to programs that return the shape they were compiled for; the
+  compile of shape ``slow`` waits for ``gate``."""
+
+  def __init__(self, slow):
+    self.log, self.slow, self.gate = [], slow, threading.Event()
+
+  def lower(self, x):
+    return _FakeLowered(self.log, self.gate if x.shape == self.slow else None,
+                        x.shape)
+
+
+def test_programs_compile_in_order_and_the_first_waits_for_its_own_only():
+  fake = _FakeJit(slow=(2,))
+  programs = programs_lib.Programs(fake)
+  for key, n in (("a", 1), ("b", 2), ("c", 3)):
+    programs.submit(key, (np.zeros(n),))
+  # "b" is stuck compiling; "a" is ready anyway.
+  assert programs.get("a", (np.zeros(1),))() == (1,)
+  assert ("done", (2,)) not in fake.log
+  fake.gate.set()
+  assert programs.get("c", (np.zeros(3),))() == (3,)
+  assert programs.get("b", (np.zeros(2),))() == (2,)
+  assert fake.log == [("start", (1,)), ("done", (1,)), ("start", (2,)),
+                      ("done", (2,)), ("start", (3,)), ("done", (3,))]
+  # A key never submitted compiles on demand; a submitted one never again.
+  assert programs.get("d", (np.zeros(4),))() == (4,)
+  assert programs.get("a", (np.zeros(1),))() == (1,)
+  assert len(fake.log) == 8
+  programs.close()
+
+
+def test_datasets_in_order_follow_the_epochs_first_meetings():
+  plan = train_lib.BucketPlan(sizes=(16, 80, 24, 40), batch_size=8, group=1)
+  feed = schedules.Feed(plan, seed=3, k_max=2, mesh=None)
+  spe = plan.steps_per_epoch
+  for step in (0, 5, spe - 1, spe + 2):
+    upcoming = np.concatenate([plan.epoch(3, step // spe)[0][step % spe:],
+                               plan.epoch(3, step // spe + 1)[0]])
+    _, first = np.unique(upcoming, return_index=True)
+    expected = sorted(range(4), key=lambda d: first[d])
+    assert feed.datasets_in_order(step, 4) == expected

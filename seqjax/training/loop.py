@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import sharding as sharding_lib
+from seqjax.training.programs import Programs
 from seqjax.training.records import FitStats, MetricsLog, reduce_rows
 from seqjax.training.schedules import Feed
 from seqjax.training.steps import StreamCarry, compiles_of
@@ -36,6 +37,7 @@ class TrainCall:
     self.feed = Feed(schedule, seed, max(1, steps_per_call), mesh)
     self.halted = (jnp.zeros((), bool) if mesh is None else
                    sharding_lib.replicate(np.zeros((), bool), mesh))
+    self.programs = None  # per dataset, once warm_up has queued them
 
   @property
   def steps_per_epoch(self) -> int:
@@ -44,23 +46,29 @@ class TrainCall:
   def __call__(self, state, data, step: int, limit: int):
     """Trains from ``step`` up to ``limit`` -> (state, steps k, metrics_K)."""
     dataset, k, inputs = self.feed(step, limit)
-    state, self.carry, self.halted, metrics_K = self.call(
-        state, self.carry, data if dataset is None else data[dataset],
-        *inputs, self.halted)
+    args = (state, self.carry, data if dataset is None else data[dataset],
+            *inputs, self.halted)
+    call = (self.call if self.programs is None else
+            self.programs.get(dataset, args))
+    state, self.carry, self.halted, metrics_K = call(*args)
     return state, k, metrics_K
 
   def warm_up(self, state, data, step: int, total: int):
-    """With several datasets (a ``BucketPlan``): compiles the call for each
-    one's shapes, every step skipped (the state comes back unchanged), so no
-    compile falls inside an epoch."""
-    if not isinstance(data, (list, tuple)):
+    """With several datasets (a ``BucketPlan``): queues the call's compile
+    for each one's shapes in the order training meets them, in the
+    background (``Programs``)."""
+    if not isinstance(data, (list, tuple)) or not hasattr(self.call, "lower"):
       return state
-    _, _, (idx, _, reset) = self.feed(step, total)
-    none_valid = self.feed.place(idx, np.zeros(self.feed.k_max, bool), reset)
-    for dataset in data:
-      state, self.carry, _, _ = self.call(state, self.carry, dataset,
-                                          *none_valid, self.halted)
+    _, _, inputs = self.feed(step, total)
+    self.programs = Programs(self.call)
+    for dataset in self.feed.datasets_in_order(step, len(data)):
+      self.programs.submit(dataset, (state, self.carry, data[dataset],
+                                     *inputs, self.halted))
     return state
+
+  def close(self):
+    if self.programs is not None:
+      self.programs.close()
 
   def saved_carry(self):
     """The carry a checkpoint holds (None: a stateless run)."""
@@ -150,6 +158,8 @@ class Loop:
       self.stats.steady_seconds = end - self.t_steady
     self.stats.final_carry = self.step_fn.saved_carry()
     self.stats.compiles = self.step_fn.compiles()
+    if hasattr(self.step_fn, "close"):
+      self.step_fn.close()
 
 
 def fit(state, data, step, hooks: Sequence, *, epochs: int = 1,

@@ -178,6 +178,19 @@ class Feed:
     dataset = None if dataset_S is None else int(dataset_S[step % spe])
     return dataset, k, self.place(idx, np.arange(k_max) < k, reset)
 
+  def datasets_in_order(self, step: int, count: int) -> list:
+    """The ``count`` datasets in the order training from ``step`` first
+    meets them (this epoch's order, then the next epoch's)."""
+    spe, seen = self.schedule.steps_per_epoch, []
+    epoch = step // spe
+    for e in (epoch, epoch + 1):
+      dataset_S, _ = self.schedule.epoch(self.seed, e)
+      start = step % spe if e == epoch else 0
+      for d in dataset_S[start:].tolist():
+        if d not in seen:
+          seen.append(d)
+    return seen + [d for d in range(count) if d not in seen]
+
   def place(self, idx, valid, reset):
     if self.mesh is None:
       return idx, valid, reset
