@@ -179,6 +179,22 @@ def encode_held_out(name: str, groups: list, src_vocab: Vocab,
   return held_out
 
 
+def pad_to_common_widths(sets) -> None:
+  """Pads the held-out ``sets``' arrays to one source width and one target
+  width, so each evaluation and decoding program compiles once for all of
+  them (padding is masked: the numbers are those of the narrower arrays).
+  Zeros pad: they are both PAD_ID and False."""
+  sides = {"src": ("src", "src_mask"),
+           "target": ("dec_in", "target", "target_mask")}
+  arrays = [a for s in sets for a in (s.decode_arrays, s.loss_arrays)]
+  for first, keys in sides.items():
+    width = max(a[first].shape[1] for a in arrays if first in a)
+    for a in arrays:
+      for k in keys:
+        if k in a and a[k].shape[1] < width:
+          a[k] = np.pad(a[k], ((0, 0), (0, width - a[k].shape[1])))
+
+
 def tail_held_out(val: dict, val_pairs: list) -> HeldOut:
   """The tail split's held-out pairs as a set: one source a pair (repeats
   kept, as Keras scores them), its target the one reference; the encoded
@@ -237,6 +253,7 @@ def prepare(path: str, *, num_samples: int, validation_split: float,
     val = None
     held_out = {name: encode_held_out(name, groups, src_vocab, tgt_vocab)
                 for name, groups in (("dev", sides.dev), ("test", sides.test))}
+    pad_to_common_widths(held_out.values())
     bound = held_out["dev"].loss_arrays
   else:
     val = encode_pairs(src_vocab, tgt_vocab, val_pairs)
