@@ -273,6 +273,35 @@ class Translator:
             for b in range(len(scores_BN))]
 
 
+def saved_model_config(workdir: str) -> Optional[dict]:
+  """The model config the latest checkpoint in ``workdir`` records; None
+  without a checkpoint."""
+  if not os.path.isdir(workdir):
+    return None
+  checkpointer = Checkpointer(workdir, {})
+  try:
+    return checkpointer.saved_config()
+  finally:
+    checkpointer.close()
+
+
+def load_records(workdir: str) -> tuple[dict, data_lib.VocabFile]:
+  """-> (the checkpoint's model config, vocab.json) of the translation model
+  trained in ``workdir``. Raises ParameterError naming the task of another
+  task's model, ModelNotFoundError without a checkpoint or vocab.json."""
+  saved = saved_model_config(workdir)
+  if saved is not None and saved.get("task") != TASK:
+    raise ParameterError("workdir", workdir, f"holds a {saved.get('task')!r} "
+                         "model (that task's checkpoint), not a translation "
+                         "model")
+  vocabs = data_lib.load_vocab_file(workdir) if saved else None
+  if saved is None or vocabs is None:
+    missing = ("no checkpoint" if saved is None else
+               f"a checkpoint but no {data_lib.VOCAB_FILE}")
+    raise ModelNotFoundError("workdir", workdir, missing)
+  return saved, vocabs
+
+
 def load_translator(workdir: str, strategy=decoding.Greedy(),
                     n_best: int = 0, key: Optional[jax.Array] = None
                     ) -> Translator:
@@ -282,18 +311,7 @@ def load_translator(workdir: str, strategy=decoding.Greedy(),
   also the N best; sampling draws with ``key``). Raises ModelNotFoundError
   without both, ParameterError for another task's model and
   CheckpointMismatchError when vocab.json is not the checkpoint's."""
-  saved = None
-  if os.path.isdir(workdir):
-    checkpointer = Checkpointer(workdir, {})
-    saved = checkpointer.saved_config()
-    checkpointer.close()
-  vocabs = data_lib.load_vocab_file(workdir) if saved else None
-  if saved is None or vocabs is None:
-    raise ModelNotFoundError("workdir", workdir, "no checkpoint and "
-                             f"{data_lib.VOCAB_FILE}")
-  if saved.get("task") != TASK:
-    raise ParameterError("workdir", workdir, f"holds a {saved.get('task')!r} "
-                         "model, not a translation model")
+  saved, vocabs = load_records(workdir)
   spec = ModelSpec.from_model_config(saved)
   model = build_model(spec, vocabs.source, vocabs.target)
   params = jax.jit(model.init)(jax.random.key(0),
