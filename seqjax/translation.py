@@ -314,23 +314,30 @@ def load_translator(workdir: str, strategy=decoding.Greedy(),
   saved, vocabs = load_records(workdir)
   spec = ModelSpec.from_model_config(saved)
   model = build_model(spec, vocabs.source, vocabs.target)
-  params = jax.jit(model.init)(jax.random.key(0),
-                               jax.numpy.zeros((1, 1), "int32"),
-                               jax.numpy.zeros((1, 1), "int32"))
   # Compared with the checkpoint's: a vocab.json not its own is refused.
   # The optimizer's structure does not matter here: only parameters load.
   expected = {**model_config(spec, vocabs.source, vocabs.target,
                              saved["optimizer"]),
               **{k: saved[k] for k in OPTIMIZER_STRUCTURE if k in saved}}
-  params, step = _restore_params(workdir, expected, params)
+  params, step = _restore_params(workdir, expected, param_shapes(model))
   return Translator(spec, model, params, vocabs, int(step), strategy, n_best,
                     key)
 
 
-def _restore_params(workdir: str, expected: dict, params):
+def param_shapes(model: Seq2Seq):
+  """The shapes and dtypes of ``model``'s parameters, traced, never
+  computed: a restore fills them, so nothing is initialised or compiled."""
+  def init():
+    tokens = jax.numpy.zeros((1, 1), "int32")
+    return model.init(jax.random.key(0), tokens, tokens)
+  return jax.eval_shape(init)
+
+
+def _restore_params(workdir: str, expected: dict, shapes):
   """-> (parameters, step) of the model a run hands back: the best
   checkpoint (``<workdir>/best``, kept by --keep_best) where there is one,
-  else the latest."""
+  else the latest; read on the host into ``shapes``' tree and put on the
+  device at once (no program runs to place them)."""
   checkpointer = Checkpointer(workdir, expected)
   if os.path.isdir(os.path.join(workdir, "best")):
     best = Checkpointer(workdir, expected, subdir="best")
@@ -339,6 +346,6 @@ def _restore_params(workdir: str, expected: dict, params):
       checkpointer = best
   try:
     step = checkpointer.check_compatible()
-    return checkpointer.restore_params(params, step), step
+    return jax.device_put(checkpointer.restore_host_params(shapes, step)), step
   finally:
     checkpointer.close()
