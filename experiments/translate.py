@@ -70,7 +70,6 @@ from seqjax import attention as attention_lib
 from seqjax import config as config_lib
 from seqjax import evaluate
 from seqjax import limits
-from seqjax import runner
 from seqjax import task as task_lib
 from seqjax import train as train_lib
 from seqjax import translation
@@ -247,6 +246,7 @@ class TranslateTask(task_lib.Task):
     return "dev_chrf" if config.split == "random" else self.metric
 
   def run(self, config: TranslateConfig) -> dict:
+    from seqjax import runner  # the training stack: not for --translate
     if config.translate:
       runner.check(config)
       return translate_sentences(config)
@@ -351,6 +351,7 @@ def save_attention(config: TranslateConfig, setup, state, ev) -> None:
   where matplotlib is installed."""
   data = ev.data
   sentences = data.selection.sources[:config.n_attention_plots]
+  from seqjax import runner
   examples = translation.attention_examples(
       model_spec(config), setup.model, state.params, data.src_vocab,
       data.tgt_vocab, sentences, data.max_decode_len)
@@ -446,6 +447,7 @@ def recorded_settings(workdir: str) -> dict:
                       f"--workdir={e.value}") from e
   except ParameterError as e:
     raise flag_error(e) from e
+  from seqjax import runner
   settings = {}
   results = runner.read_results(workdir)
   if results and results.get("task") == TASK.name:
