@@ -51,7 +51,14 @@ The data pipeline is ``seqjax.data.translation``, the model and inference
 ``seqjax.translation``. ``--translate``: a symbol not in the training
 vocabulary is translated as the unknown symbol and named; an empty sentence
 is refused by ``validate()``; one longer than the longest training source
-is truncated to it with a warning naming what was dropped.
+is truncated to it with a warning naming what was dropped. ``--translate=-``
+writes one translation a line to standard output and these notes, named by
+line number, to standard error.
+
+``--eval_only`` evaluates the model in ``--workdir`` with the model and data
+flags its run recorded (results.json, the checkpoint, vocab.json); a flag
+given explicitly that differs from its record is refused by name. A run that
+fails before its first checkpoint removes the vocab.json it wrote.
 """
 
 from __future__ import annotations
