@@ -158,3 +158,17 @@ def test_stream_notes_go_to_the_error_stream(random_split_run):
       "the training vocabulary)",
       f"line 3: (truncated to the first {width} chars, the longest training "
       f"source; dropped {dropped!r})"]
+
+
+def test_loading_a_translator_runs_no_program(random_split_run, caplog):
+  import logging
+  import jax
+  workdir, _ = random_split_run
+  with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+    translator = translation.load_translator(workdir)
+  compiled = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith("Compiling")]
+  assert compiled == []
+  # The parameters it restored translate as a fresh load's first call does.
+  assert translator.translate(["cat 1."])[0].decoded == (
+      translation.load_translator(workdir).translate(["cat 1."])[0].decoded)
