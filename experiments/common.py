@@ -19,7 +19,6 @@ from absl import logging
 from seqjax import compile_cache
 from seqjax import config as config_lib
 from seqjax import reliability
-from seqjax import runner
 from seqjax.errors import SeqjaxError
 
 FLAGS = flags.FLAGS
@@ -103,6 +102,13 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
 
+def _is_config_error(e: Exception) -> bool:
+  # seqjax.runner (the training stack) is imported only by the runs that use
+  # it: where it was not, none of its errors was raised.
+  runner = sys.modules.get("seqjax.runner")
+  return runner is not None and isinstance(e, runner.ConfigError)
+
+
 def main(task) -> None:
   """Defines the flags of ``task.config_cls`` and runs ``task.run(config)``.
 
@@ -129,11 +135,9 @@ def main(task) -> None:
       sys.exit(2)
     try:
       run(config)
-    except runner.ConfigError as e:  # the checks that need the devices
-      print(str(e), file=sys.stderr)
-      sys.exit(2)
     except SeqjaxError as e:
-      print(f"Error: {e}", file=sys.stderr)
+      # A ConfigError (the checks that need the devices) names its flags.
+      print(str(e) if _is_config_error(e) else f"Error: {e}", file=sys.stderr)
       sys.exit(2)
     except reliability.TrainingInterrupted as e:
       print(str(e), file=sys.stderr)

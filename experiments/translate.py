@@ -51,7 +51,14 @@ The data pipeline is ``seqjax.data.translation``, the model and inference
 ``seqjax.translation``. ``--translate``: a symbol not in the training
 vocabulary is translated as the unknown symbol and named; an empty sentence
 is refused by ``validate()``; one longer than the longest training source
-is truncated to it with a warning naming what was dropped.
+is truncated to it with a warning naming what was dropped. ``--translate=-``
+writes one translation a line to standard output and these notes, named by
+line number, to standard error.
+
+``--eval_only`` evaluates the model in ``--workdir`` with the model and data
+flags its run recorded (results.json, the checkpoint, vocab.json); a flag
+given explicitly that differs from its record is refused by name. A run that
+fails before its first checkpoint removes the vocab.json it wrote.
 """
 
 from __future__ import annotations
@@ -70,7 +77,6 @@ from seqjax import attention as attention_lib
 from seqjax import config as config_lib
 from seqjax import evaluate
 from seqjax import limits
-from seqjax import runner
 from seqjax import task as task_lib
 from seqjax import train as train_lib
 from seqjax import translation
@@ -247,9 +253,13 @@ class TranslateTask(task_lib.Task):
     return "dev_chrf" if config.split == "random" else self.metric
 
   def run(self, config: TranslateConfig) -> dict:
+    from seqjax import runner  # the training stack: not for --translate
     if config.translate:
       runner.check(config)
       return translate_sentences(config)
+    if config.eval_only:
+      runner.check(config)
+      config = recorded_config(config, explicit_fields(config))
     return runner.run(self, config)
 
   def setup(self, config: TranslateConfig, workdir: str) -> task_lib.Setup:
@@ -348,6 +358,7 @@ def save_attention(config: TranslateConfig, setup, state, ev) -> None:
   where matplotlib is installed."""
   data = ev.data
   sentences = data.selection.sources[:config.n_attention_plots]
+  from seqjax import runner
   examples = translation.attention_examples(
       model_spec(config), setup.model, state.params, data.src_vocab,
       data.tgt_vocab, sentences, data.max_decode_len)
@@ -405,6 +416,79 @@ def check_trained_data(config: TranslateConfig,
         f"({data_lib.VOCAB_FILE}); evaluating or training it on other data "
         "could score it on its own training sentences. Use the flags it was "
         "trained with, or another workdir; nothing was changed.")
+
+
+# Flags that change how a trained model is evaluated or run, not which model
+# or data: --eval_only takes the others from the run recorded in --workdir.
+EVAL_FLAGS = frozenset({
+    "workdir", "eval_only", "translate", "n_best", "beam_size",
+    "length_penalty", "sampling_temperature", "top_k", "top_p",
+    "sampling_seed", "dev_beam_size", "eval_batch_size", "n_examples",
+    "n_attention_plots", "log_every", "checkpoint_every",
+    "checkpoint_every_secs", "progress", "num_devices", "coordinator_address",
+    "num_processes", "process_id", "train_minutes", "skip_nonfinite_updates"})
+
+
+def explicit_fields(config: TranslateConfig) -> set[str]:
+  """The fields set on purpose: in the binary, the flags on its command
+  line (or flagfile); called as a library, those not at their defaults."""
+  from absl import flags
+  names = [f.name for f in dataclasses.fields(config)]
+  if flags.FLAGS.is_parsed() and all(n in flags.FLAGS for n in names):
+    return {n for n in names if flags.FLAGS[n].present}
+  return {f.name for f in dataclasses.fields(config)
+          if getattr(config, f.name) != (
+              f.default if f.default is not dataclasses.MISSING
+              else f.default_factory())}
+
+
+def recorded_settings(workdir: str) -> dict:
+  """The flags of the run recorded in ``workdir`` that make its model and
+  data: its results.json's, where written, then (overriding them) what the
+  checkpoint and vocab.json record. Raises SeqjaxError for a workdir
+  without a translation model."""
+  try:
+    saved, vocabs = translation.load_records(workdir)
+  except translation.ModelNotFoundError as e:
+    raise SeqjaxError(f"--eval_only needs a trained model: {e.problem} in "
+                      f"--workdir={e.value}") from e
+  except ParameterError as e:
+    raise flag_error(e) from e
+  from seqjax import runner
+  settings = {}
+  results = runner.read_results(workdir)
+  if results and results.get("task") == TASK.name:
+    settings.update(results.get("flags") or {})
+  spec = translation.ModelSpec.from_model_config(saved)
+  settings.update({f.name: getattr(spec, f.name) for f in
+                   dataclasses.fields(spec) if f.name not in (
+                       "dropout", "label_smoothing")})
+  settings["optimizer"] = saved["optimizer"]
+  data = dict(vocabs.data or data_lib.UNRECORDED_DATA)
+  if "num_samples" in data and settings.get("num_samples") is None:
+    settings["num_samples"] = data.pop("num_samples")
+  data.pop("num_samples", None)  # None in results.json: the split's default
+  settings.update(data)
+  fields = {f.name for f in dataclasses.fields(TranslateConfig)}
+  return {k: v for k, v in settings.items()
+          if k in fields and k not in EVAL_FLAGS}
+
+
+def recorded_config(config: TranslateConfig, explicit: set[str]
+                    ) -> TranslateConfig:
+  """--eval_only: ``config`` with the recorded model and data flags of its
+  workdir's run; an ``explicit`` flag that differs from its record stops
+  the run, naming each such flag with both values."""
+  recorded = recorded_settings(config.workdir)
+  conflicts = [f"--{k}={getattr(config, k)} (recorded: {v})"
+               for k, v in recorded.items()
+               if k in explicit and getattr(config, k) != v]
+  if conflicts:
+    raise SeqjaxError(
+        f"--eval_only: --workdir={config.workdir} holds a model trained with "
+        f"other settings: {', '.join(conflicts)}. Leave those flags out (they "
+        "are read from the workdir); nothing was changed.")
+  return dataclasses.replace(config, **recorded)
 
 
 def num_samples(config: TranslateConfig) -> int:
@@ -513,45 +597,61 @@ def translate_sentences(config: TranslateConfig) -> dict:
   except ParameterError as e:
     raise flag_error(e) from e
   if config.translate == ["-"]:
-    return translate_stream(translator, sys.stdin, sys.stdout)
+    return translate_stream(translator, sys.stdin, sys.stdout, sys.stderr)
   print(f"Resumed from the checkpoint at step {translator.step} in "
         f"{config.workdir}.")
-  level = translator.vocabs.source.level
   width = translator.vocabs.max_source_len
   out = []
   for t in translator.translate(config.translate):
     if t.truncated:
       logging.warning("--translate: truncated to %d %ss, the longest "
-                      "training source; dropped %r", width, level, t.dropped)
+                      "training source; dropped %r", width,
+                      translator.vocabs.source.level, t.dropped)
     print(f"-\nInput sentence: {t.input}\nDecoded sentence: {t.decoded}")
     for n, (text, score) in enumerate(t.n_best or [], start=1):
       print(f"  {n}. {score:9.4f}  {text}")
-    if t.truncated:
-      print(f"(truncated to the first {width} {level}s, the longest training "
-            f"source; dropped {t.dropped!r})")
-    if t.unknown:
-      print(f"(translated with the unknown symbol in place of "
-            f"{', '.join(repr(u) for u in dict.fromkeys(t.unknown))}: not in "
-            "the training vocabulary)")
+    for note in translation_notes(t, translator.vocabs):
+      print(note)
     out.append({"input": t.input, "decoded": t.decoded, "unknown": t.unknown,
                 "truncated": t.truncated,
                 **({"n_best": t.n_best} if t.n_best else {})})
   return {"translations": out, "decoder": config.describe_search()}
 
 
-def translate_stream(translator, lines, out) -> dict:
+def translation_notes(t: translation.Translation, vocabs) -> list[str]:
+  """The notes printed under a translation: what was truncated, which
+  symbols were unknown."""
+  notes = []
+  if t.truncated:
+    notes.append(f"(truncated to the first {vocabs.max_source_len} "
+                 f"{vocabs.source.level}s, the longest training source; "
+                 f"dropped {t.dropped!r})")
+  if t.unknown:
+    notes.append(f"(translated with the unknown symbol in place of "
+                 f"{', '.join(repr(u) for u in dict.fromkeys(t.unknown))}: "
+                 "not in the training vocabulary)")
+  return notes
+
+
+def translate_stream(translator, lines, out, err=None) -> dict:
   """--translate=-: one translation a line of ``lines``, written (and
-  flushed) as each is decoded; a blank line gives a blank line. Every line
-  is padded to the longest training source: one compiled shape."""
+  flushed) to ``out`` as each is decoded; a blank line gives a blank line.
+  The notes of a line (truncated, unknown symbols) go to ``err``, named by
+  its line number, so ``out`` holds the translations alone. Every line is
+  padded to the longest training source: one compiled shape."""
   width = translator.vocabs.max_source_len or 0
   count = 0
   for line in lines:
     sentence = line.rstrip("\r\n")
-    text = (translator.translate([sentence], width=width or None)[0].decoded
-            if sentence.strip() else "")
+    count += 1
+    text = ""
+    if sentence.strip():
+      t = translator.translate([sentence], width=width or None)[0]
+      text = t.decoded
+      for note in translation_notes(t, translator.vocabs) if err else ():
+        err.write(f"line {count}: {note}\n")
     out.write(text + "\n")
     out.flush()
-    count += 1
   return {"translated_lines": count}
 
 

@@ -220,6 +220,26 @@ class Checkpointer:
     ))["state"]
     return jax.tree.map(_like, params, restored["params"])
 
+  def restore_host_params(self, shapes, step: int):
+    """The parameters alone of checkpoint ``step`` as NumPy arrays, in the
+    tree of ``shapes`` (``jax.ShapeDtypeStruct`` leaves, e.g. from
+    ``jax.eval_shape`` of the model's init): no device program runs to place
+    them. Raises CheckpointMismatchError where a shape differs."""
+    target = {"params": shapes}
+    restore_args = jax.tree.map(
+        lambda s: ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype),
+        target)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=target, partial_restore=True,
+                                     restore_args=restore_args)))["state"]
+    params = restored["params"]
+    if _signature(params) != _signature(shapes):
+      raise CheckpointMismatchError(
+          f"The parameters of the checkpoint in {self.directory} (step "
+          f"{step}) are not this model's: {_signature(params)} != "
+          f"{_signature(shapes)}")
+    return params
+
   def _fits(self, step: int, target) -> Optional[bool]:
     """Whether checkpoint ``step``'s array metadata matches ``target``'s
     paths, shapes and dtypes; None when the metadata cannot be read."""

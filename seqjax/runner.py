@@ -56,27 +56,34 @@ def run(task, config, workdir: Optional[str] = None) -> dict:
   hands back; -> the results, also in ``<workdir>/results.json``."""
   check(config)
   workdir = workdir or default_workdir(config, task.name)
+  if getattr(config, "eval_only", False):
+    require_checkpoint(workdir)  # before the data is read or a file written
   setup = task.setup(config, workdir)  # bad data stops before any file
   errors = selection_errors(config, setup.select_metric, task.name)
   if errors:
     raise ConfigError(errors)
   make_workdir(workdir)
   model_config = checkpoint_config(setup.model_config, config)
+  written = []
   if setup.save_files is not None:
     checker = Checkpointer(workdir, model_config)
     checker.check_compatible()  # a mismatch stops before anything is written
     checker.close()
-    setup.save_files(workdir)
-  params = init_params(task, setup, config.seed)
-  print(summary_lib.format_summary(params, title=setup.title))
-  state, stats = train_or_restore(
-      model=setup.model, params=params, config=config, workdir=workdir,
-      model_config=setup.model_config, data=setup.train,
-      loss_fn=setup.loss_fn, epoch_end_fn=setup.epoch_end,
-      fit_config=setup.fit_config, initial_carry=setup.initial_carry,
-      reset_every=setup.reset_every, batch_plan=setup.batch_plan,
-      select_metric=setup.select_metric,
-      select_maximize=setup.select_maximize)
+    written = files_written(workdir, setup.save_files)
+  try:
+    params = init_params(task, setup, config.seed)
+    print(summary_lib.format_summary(params, title=setup.title))
+    state, stats = train_or_restore(
+        model=setup.model, params=params, config=config, workdir=workdir,
+        model_config=setup.model_config, data=setup.train,
+        loss_fn=setup.loss_fn, epoch_end_fn=setup.epoch_end,
+        fit_config=setup.fit_config, initial_carry=setup.initial_carry,
+        reset_every=setup.reset_every, batch_plan=setup.batch_plan,
+        select_metric=setup.select_metric,
+        select_maximize=setup.select_maximize)
+  except BaseException:
+    remove_unless_checkpointed(workdir, written)
+    raise
   results = base_results(task.name, config)
   results.update(workdir=workdir, step=int(state.step))
   state, selected = selected_state(workdir, model_config, config, setup,
@@ -90,6 +97,50 @@ def run(task, config, workdir: Optional[str] = None) -> dict:
       tb.text("examples", int(state.step),
               tensorboard_lib.examples_markdown(results["examples"]))
   return results
+
+
+def require_checkpoint(workdir: str) -> None:
+  """--eval_only: a workdir without a checkpoint stops the run before it
+  reads the data or writes a file."""
+  if latest_step(workdir) is None:
+    raise SeqjaxError(f"--eval_only: no checkpoint in --workdir={workdir}")
+
+
+def latest_step(workdir: str) -> Optional[int]:
+  checkpointer = Checkpointer(workdir, {})
+  try:
+    return checkpointer.latest_step()
+  finally:
+    checkpointer.close()
+
+
+def files_written(workdir: str, save: Callable[[str], None]) -> list[str]:
+  """Runs ``save(workdir)``; -> the paths of the files it created (those
+  that were not there before)."""
+  before = set(os.listdir(workdir))
+  save(workdir)
+  return [os.path.join(workdir, name)
+          for name in sorted(set(os.listdir(workdir)) - before)]
+
+
+def remove_unless_checkpointed(workdir: str, paths: list[str]) -> None:
+  """After a failed run: removes the files it wrote beside a checkpoint
+  (``paths``) when it left no checkpoint, so they do not bind a later run
+  to a model that was never trained."""
+  if paths and latest_step(workdir) is None:
+    for path in paths:
+      if os.path.isfile(path):
+        os.remove(path)
+
+
+def read_results(workdir: str, name: str = "results.json") -> Optional[dict]:
+  """``<workdir>/<name>`` as written by ``write_results``; None when absent
+  or unreadable."""
+  try:
+    with open(os.path.join(workdir, name), encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
 
 
 def selection_errors(config, select_metric: Optional[str], task: str

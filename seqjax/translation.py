@@ -273,6 +273,35 @@ class Translator:
             for b in range(len(scores_BN))]
 
 
+def saved_model_config(workdir: str) -> Optional[dict]:
+  """The model config the latest checkpoint in ``workdir`` records; None
+  without a checkpoint."""
+  if not os.path.isdir(workdir):
+    return None
+  checkpointer = Checkpointer(workdir, {})
+  try:
+    return checkpointer.saved_config()
+  finally:
+    checkpointer.close()
+
+
+def load_records(workdir: str) -> tuple[dict, data_lib.VocabFile]:
+  """-> (the checkpoint's model config, vocab.json) of the translation model
+  trained in ``workdir``. Raises ParameterError naming the task of another
+  task's model, ModelNotFoundError without a checkpoint or vocab.json."""
+  saved = saved_model_config(workdir)
+  if saved is not None and saved.get("task") != TASK:
+    raise ParameterError("workdir", workdir, f"holds a {saved.get('task')!r} "
+                         "model (that task's checkpoint), not a translation "
+                         "model")
+  vocabs = data_lib.load_vocab_file(workdir) if saved else None
+  if saved is None or vocabs is None:
+    missing = ("no checkpoint" if saved is None else
+               f"a checkpoint but no {data_lib.VOCAB_FILE}")
+    raise ModelNotFoundError("workdir", workdir, missing)
+  return saved, vocabs
+
+
 def load_translator(workdir: str, strategy=decoding.Greedy(),
                     n_best: int = 0, key: Optional[jax.Array] = None
                     ) -> Translator:
@@ -282,37 +311,33 @@ def load_translator(workdir: str, strategy=decoding.Greedy(),
   also the N best; sampling draws with ``key``). Raises ModelNotFoundError
   without both, ParameterError for another task's model and
   CheckpointMismatchError when vocab.json is not the checkpoint's."""
-  saved = None
-  if os.path.isdir(workdir):
-    checkpointer = Checkpointer(workdir, {})
-    saved = checkpointer.saved_config()
-    checkpointer.close()
-  vocabs = data_lib.load_vocab_file(workdir) if saved else None
-  if saved is None or vocabs is None:
-    raise ModelNotFoundError("workdir", workdir, "no checkpoint and "
-                             f"{data_lib.VOCAB_FILE}")
-  if saved.get("task") != TASK:
-    raise ParameterError("workdir", workdir, f"holds a {saved.get('task')!r} "
-                         "model, not a translation model")
+  saved, vocabs = load_records(workdir)
   spec = ModelSpec.from_model_config(saved)
   model = build_model(spec, vocabs.source, vocabs.target)
-  params = jax.jit(model.init)(jax.random.key(0),
-                               jax.numpy.zeros((1, 1), "int32"),
-                               jax.numpy.zeros((1, 1), "int32"))
   # Compared with the checkpoint's: a vocab.json not its own is refused.
   # The optimizer's structure does not matter here: only parameters load.
   expected = {**model_config(spec, vocabs.source, vocabs.target,
                              saved["optimizer"]),
               **{k: saved[k] for k in OPTIMIZER_STRUCTURE if k in saved}}
-  params, step = _restore_params(workdir, expected, params)
+  params, step = _restore_params(workdir, expected, param_shapes(model))
   return Translator(spec, model, params, vocabs, int(step), strategy, n_best,
                     key)
 
 
-def _restore_params(workdir: str, expected: dict, params):
+def param_shapes(model: Seq2Seq):
+  """The shapes and dtypes of ``model``'s parameters, traced, never
+  computed: a restore fills them, so nothing is initialised or compiled."""
+  def init():
+    tokens = jax.numpy.zeros((1, 1), "int32")
+    return model.init(jax.random.key(0), tokens, tokens)
+  return jax.eval_shape(init)
+
+
+def _restore_params(workdir: str, expected: dict, shapes):
   """-> (parameters, step) of the model a run hands back: the best
   checkpoint (``<workdir>/best``, kept by --keep_best) where there is one,
-  else the latest."""
+  else the latest; read on the host into ``shapes``' tree and put on the
+  device at once (no program runs to place them)."""
   checkpointer = Checkpointer(workdir, expected)
   if os.path.isdir(os.path.join(workdir, "best")):
     best = Checkpointer(workdir, expected, subdir="best")
@@ -321,6 +346,6 @@ def _restore_params(workdir: str, expected: dict, params):
       checkpointer = best
   try:
     step = checkpointer.check_compatible()
-    return checkpointer.restore_params(params, step), step
+    return jax.device_put(checkpointer.restore_host_params(shapes, step)), step
   finally:
     checkpointer.close()

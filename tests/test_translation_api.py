@@ -121,6 +121,22 @@ def test_translate_from_standard_input_streams_one_line_per_line(tmp_path):
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split("\n")[:-1] == want
+  # The notes of per-sentence mode, named by line, on standard error.
+  notes = [l for l in proc.stderr.splitlines() if l.startswith("line ")]
+  for n, sentence in enumerate(sentences, start=1):
+    t = translator.translate([sentence])[0]
+    unknown = [l for l in notes if l.startswith(
+        f"line {n}: (translated with the unknown symbol in place of ")]
+    assert len(unknown) == (1 if t.unknown else 0), (n, notes)
+    for u in t.unknown:
+      assert repr(u) in unknown[0]
+    truncated = [l for l in notes if l.startswith(f"line {n}: (truncated")]
+    assert len(truncated) == (1 if t.truncated else 0), (n, notes)
+  long = translator.translate([sentences[2]])[0]
+  assert long.truncated and long.unknown
+  assert (f"line 3: (truncated to the first "
+          f"{translator.vocabs.max_source_len} chars, the longest training "
+          f"source; dropped {long.dropped!r})") in notes
 
 
 def test_load_translator_takes_the_best_checkpoint_whatever_the_optimizer(
