@@ -11,8 +11,10 @@ sees the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import logging
 import jax
@@ -20,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import sharding as sharding_lib
+from seqjax.training import compile_time
+from seqjax.training.pace import Pace
 from seqjax.training.records import FitStats, MetricsLog, reduce_rows
 from seqjax.training.schedules import Feed
 from seqjax.training.steps import StreamCarry, compiles_of
@@ -57,10 +61,23 @@ class TrainCall:
       return state
     _, _, (idx, _, reset) = self.feed(step, total)
     none_valid = self.feed.place(idx, np.zeros(self.feed.k_max, bool), reset)
+    self.compile_side_by_side(state, data, none_valid)
     for dataset in data:
       state, self.carry, _, _ = self.call(state, self.carry, dataset,
                                           *none_valid, self.halted)
     return state
+
+  def compile_side_by_side(self, state, data, inputs):
+    """Compiles each dataset's program ahead, in threads: XLA compiles
+    outside the GIL, so on several cores the buckets compile at once (the
+    calls then find them compiled). Traced one at a time."""
+    workers = min(len(data), os.cpu_count() or 1)
+    if workers < 2 or not hasattr(self.call, "lower"):
+      return
+    lowered = [self.call.lower(state, self.carry, dataset, *inputs,
+                               self.halted) for dataset in data]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      list(pool.map(lambda program: program.compile(), lowered))
 
   def saved_carry(self):
     """The carry a checkpoint holds (None: a stateless run)."""
@@ -76,7 +93,8 @@ class Loop:
   ``write_row``, ``save`` and ``stop`` for them."""
 
   def __init__(self, state, step_fn, hooks, epochs: int,
-               metrics_log: Optional[MetricsLog]):
+               metrics_log: Optional[MetricsLog],
+               clock: Callable[[], float] = time.monotonic):
     self.state, self.step_fn, self.hooks = state, step_fn, list(hooks)
     self.spe = step_fn.steps_per_epoch
     self.total = self.spe * epochs
@@ -88,6 +106,8 @@ class Loop:
     self.epoch_end = self.at_end = self.stopped = False
     self.t_start = time.perf_counter()
     self.t_first = self.t_steady = None
+    self.compiles = compile_time.Since()
+    self.pace = Pace(clock, self.compiles)   # steady step and eval seconds
 
   def next_boundary(self) -> int:
     ends = [(self.step // self.spe + 1) * self.spe, self.total]
@@ -100,8 +120,15 @@ class Loop:
     if self.t_first is None:
       self.t_first = time.perf_counter()
     limit, before = self.next_boundary(), self.step
-    self.state, k, metrics_K = self.step_fn(self.state, data, before, limit)
+    with compile_time.phase("train"):
+      self.state, k, metrics_K = self.step_fn(self.state, data, before,
+                                              limit)
+    first = self.stats.steps_run == 0
     self.record(k, metrics_K, before)
+    if first:
+      logging.info("First call: %d step(s) in %.2f s (train compiles so "
+                   "far %.2f s).", k, self.stats.first_call_seconds,
+                   self.compiles.seconds("train"))
 
   def record(self, k: int, metrics_K, before: int):
     """A call of ``k`` steps from ``before`` has run."""
@@ -114,6 +141,7 @@ class Loop:
     else:
       self.stats.steady_steps += k
     self.stats.steps_run += k
+    self.pace.steps += k
     self.step += k
     self.epoch_end = self.step % self.spe == 0
     self.at_end = self.step == self.total
@@ -150,21 +178,31 @@ class Loop:
       self.stats.steady_seconds = end - self.t_steady
     self.stats.final_carry = self.step_fn.saved_carry()
     self.stats.compiles = self.step_fn.compiles()
+    self.stats.compile = self.compiles.fields()
 
 
 def fit(state, data, step, hooks: Sequence, *, epochs: int = 1,
-        metrics_log: Optional[MetricsLog] = None) -> tuple:
+        metrics_log: Optional[MetricsLog] = None,
+        clock: Callable[[], float] = time.monotonic) -> tuple:
   """Trains ``state`` from its step to ``epochs`` epochs with ``step`` (a
   ``TrainCall``), the ``hooks`` acting after each call ->
-  (state, ``FitStats``)."""
-  loop = Loop(state, step, hooks, epochs, metrics_log)
+  (state, ``FitStats``). ``clock`` times the steady pace (``loop.pace``)."""
+  loop = Loop(state, step, hooks, epochs, metrics_log, clock)
   for hook in loop.hooks:
     hook.begin(loop)
   logging.info("Training %d steps (%d per epoch, batch %d) from step %d.",
                loop.total, loop.spe, step.schedule.batch_size, loop.step)
   if isinstance(data, (list, tuple)):
+    logging.info("Compiling the train program for %d length buckets ...",
+                 len(data))
     loop.t_first = time.perf_counter()  # the warm-up's compiles count
-    loop.state = step.warm_up(loop.state, data, loop.step, loop.total)
+    with compile_time.phase("train"):
+      loop.state = step.warm_up(loop.state, data, loop.step, loop.total)
+    logging.info("Compiled %d train program(s) in %.1f s.",
+                 loop.compiles.count("train"), time.perf_counter() -
+                 loop.t_first)
+  else:
+    logging.info("Compiling the train program (the first call) ...")
   while loop.step < loop.total and not loop.stopped:
     loop.run_call(data)
     for hook in loop.hooks:
