@@ -11,8 +11,6 @@ sees the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
 import time
 from typing import Callable, Optional, Sequence
 
@@ -61,23 +59,10 @@ class TrainCall:
       return state
     _, _, (idx, _, reset) = self.feed(step, total)
     none_valid = self.feed.place(idx, np.zeros(self.feed.k_max, bool), reset)
-    self.compile_side_by_side(state, data, none_valid)
     for dataset in data:
       state, self.carry, _, _ = self.call(state, self.carry, dataset,
                                           *none_valid, self.halted)
     return state
-
-  def compile_side_by_side(self, state, data, inputs):
-    """Compiles each dataset's program ahead, in threads: XLA compiles
-    outside the GIL, so on several cores the buckets compile at once (the
-    calls then find them compiled). Traced one at a time."""
-    workers = min(len(data), os.cpu_count() or 1)
-    if workers < 2 or not hasattr(self.call, "lower"):
-      return
-    lowered = [self.call.lower(state, self.carry, dataset, *inputs,
-                               self.halted) for dataset in data]
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      list(pool.map(lambda program: program.compile(), lowered))
 
   def saved_carry(self):
     """The carry a checkpoint holds (None: a stateless run)."""
@@ -126,8 +111,10 @@ class Loop:
     first = self.stats.steps_run == 0
     self.record(k, metrics_K, before)
     if first:
-      logging.info("First call: %d step(s) in %.2f s (train compiles so "
-                   "far %.2f s).", k, self.stats.first_call_seconds,
+      logging.info("First call: %d step(s) in %.2f s (%d train program(s) "
+                   "compiled so far, %.2f s).", k,
+                   self.stats.first_call_seconds,
+                   self.compiles.count("train"),
                    self.compiles.seconds("train"))
 
   def record(self, k: int, metrics_K, before: int):
@@ -198,9 +185,6 @@ def fit(state, data, step, hooks: Sequence, *, epochs: int = 1,
     loop.t_first = time.perf_counter()  # the warm-up's compiles count
     with compile_time.phase("train"):
       loop.state = step.warm_up(loop.state, data, loop.step, loop.total)
-    logging.info("Compiled %d train program(s) in %.1f s.",
-                 loop.compiles.count("train"), time.perf_counter() -
-                 loop.t_first)
   else:
     logging.info("Compiling the train program (the first call) ...")
   while loop.step < loop.total and not loop.stopped:
