@@ -108,6 +108,9 @@ class TrainingConfig(Config):
                               high=limits.MAX_STEPS_PER_CALL)
   log_every: int = field(500, "Log training metrics every this many steps.",
                          low=0, high=limits.INT32_MAX)
+  log_every_seconds: float = field(
+      30.0, "Also log a line (steps/s, loss, ETA) when this many seconds "
+      "have passed since the last (0: off).", low=0, high=10**9)
   checkpoint_every: int = field(0, "Save a checkpoint every this many steps "
                                 "(0: at the end of each epoch).", low=0,
                                 high=limits.INT32_MAX)
@@ -158,7 +161,8 @@ class TrainingConfig(Config):
   train_minutes: float = field(
       0.0, "A training time budget (this process's, compiles and epoch-end "
       "evaluations included): stop after the last epoch that the previous "
-      "epoch's duration says fits in it; 0: none. --epochs still bounds.",
+      "epoch's duration, less its compiles, says fits in it; 0: none. "
+      "--epochs still bounds.",
       low=0, high=10**7)
   ema_decay: float = field(
       0.0, "Keep an exponential moving average of the parameters with this "
@@ -204,6 +208,7 @@ class TrainingConfig(Config):
     return train_lib.FitConfig(
         batch_size=self.batch_size, epochs=self.epochs, seed=self.seed,
         steps_per_call=self.steps_per_call, log_every_steps=self.log_every,
+        log_every_secs=self.log_every_seconds,
         checkpoint_every_steps=self.checkpoint_every,
         checkpoint_every_secs=self.checkpoint_every_secs,
         nonfinite="skip" if self.skip_nonfinite_updates else "stop",

@@ -74,11 +74,17 @@ class Progress:
     self._epoch_start: Optional[tuple[int, int, float]] = None  # + epoch
     self._drawn_at = -float("inf")
     self._open_line = False
+    self.run_eta: Optional[float] = None  # the caller's, else from the rate
+    self.run_note = ""
 
-  def update(self, step: int, loss: Optional[float] = None) -> None:
+  def update(self, step: int, loss: Optional[float] = None,
+             run_eta: Optional[float] = None, run_note: str = "") -> None:
     """Call after each jitted call with the step reached (and the loss when
-    the host has it)."""
+    the host has it). ``run_eta``: the seconds to the run's end when the
+    caller knows better (a time budget, evaluations), with ``run_note``
+    saying why (shown beside it)."""
     now = self.clock()
+    self.run_eta, self.run_note = run_eta, run_note
     self._measure(step, now)
     self.step = step
     if loss is not None:
@@ -130,8 +136,10 @@ class Progress:
     if self.loss is not None:
       parts.append(f"loss {self.loss:.4f}")
     epoch_end = min((epoch + 1) * self.spe, self.total)
+    run = self.eta(self.total) if self.run_eta is None else self.run_eta
+    note = f", {self.run_note}" if self.run_note else ""
     parts.append(f"ETA {format_seconds(self.eta(epoch_end))} "
-                 f"(run {format_seconds(self.eta(self.total))})")
+                 f"(run {format_seconds(run)}{note})")
     return " ".join(parts)
 
   def _draw(self, end: bool) -> None:

@@ -290,6 +290,7 @@ def training_results(stats: train_lib.FitStats, batch_size: int,
       "first_call_seconds": stats.first_call_seconds,
       "train_samples_per_second": stats.samples_per_second(batch_size),
       "train_compiles": stats.compiles,
+      **stats.compile,
       "stopped_on_budget": stats.stopped_on_budget,
       "n_params": summary_lib.count_params(params),
   }

@@ -158,3 +158,20 @@ def test_the_binary_draws_a_bar_on_a_terminal_and_logs_lines_otherwise(
   piped = _run_reverse(tiny + [f"--workdir={tmp_path}/b"], use_pty=False)
   assert "step 50/200 epoch 0.50" in piped and "\r" not in piped
   assert "epoch 2/2 [" not in piped
+
+
+def test_the_callers_run_eta_replaces_the_rate_s():
+  # The loop knows the run ends sooner (a time budget): its ETA is shown,
+  # with why; the epoch's ETA stays the rate's.
+  pipe = io.StringIO()
+  clock = Clock()
+  bar = progress.Progress("log", total_steps=20, steps_per_epoch=10,
+                          stream=pipe, clock=clock)
+  bar.update(2, loss=1.0)
+  clock.now = 1.0
+  bar.update(4, loss=0.5, run_eta=36.0, run_note="time budget")
+  assert pipe.getvalue().splitlines()[-1].endswith(
+      "ETA 0:03 (run 0:36, time budget)")
+  clock.now = 2.0
+  bar.update(6, loss=0.5)
+  assert pipe.getvalue().splitlines()[-1].endswith("ETA 0:02 (run 0:07)")

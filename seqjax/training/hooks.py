@@ -27,7 +27,9 @@ import numpy as np
 from seqjax import progress as progress_lib
 from seqjax import reliability
 from seqjax.training.optimizers import learning_rate_of, with_learning_rate
-from seqjax.training.records import nonfinite_what, save_last_good
+from seqjax.training import compile_time
+from seqjax.training.records import (nonfinite_what, reduce_rows, report,
+                                     save_last_good)
 
 
 class Hook:
@@ -56,27 +58,38 @@ def _next_multiple(step: int, every: int) -> Optional[int]:
 
 class Log(Hook):
   """A metrics row every ``every`` steps, at epoch ends and at the end; a
-  log line per row unless ``lines`` is false. ``learning_rate`` (a number
-  or a function of the step) is logged when the optimizer holds none."""
+  log line per row unless ``lines`` is false, and a line (no row) when
+  ``every_secs`` have passed on ``clock`` since the last line, of the calls
+  before the last (read one call late: no wait for the device). The ETA is
+  the steady pace's (``loop.pace``). ``learning_rate`` (a number or a
+  function of the step) is logged when the optimizer holds none."""
 
   def __init__(self, every: int, batch_size: int, learning_rate=None,
-               lines: bool = True):
+               lines: bool = True, every_secs: float = 0.0,
+               clock: Callable[[], float] = None):
     self.every, self.batch_size = every, batch_size
     self.learning_rate, self.lines = learning_rate, lines
+    self.every_secs, self.clock = every_secs, clock or time.monotonic
 
   def begin(self, loop):
     self.t_log, self.step_log = loop.t_start, loop.step
+    self.t_line, self.unlined = self.clock(), []  # calls since the last line
 
   def next_boundary(self, loop):
     return _next_multiple(loop.step, self.every)
 
   def after_call(self, loop):
+    self.unlined.append(loop.last_call)
     step = loop.step
-    if not (self.every and step % self.every == 0 or loop.epoch_end or
-            loop.at_end):
-      return
+    if self.every and step % self.every == 0 or loop.epoch_end or loop.at_end:
+      self.write_row(loop)
+    elif (self.lines and self.every_secs and
+          self.clock() - self.t_line >= self.every_secs):
+      self.time_line(loop)
+
+  def write_row(self, loop):
     loop.settle()
-    now, total = time.perf_counter(), loop.total
+    step, now = loop.step, time.perf_counter()
     rate = (step - self.step_log) / max(now - self.t_log, 1e-9)
     fields = {}
     lr = learning_rate_of(loop.state.opt_state)  # the optimizer's own, if any
@@ -85,15 +98,39 @@ class Log(Hook):
       fields["learning_rate"] = float(lr(step) if callable(lr) else lr)
     row = loop.write_row(loop.pending, steps_per_s=rate,
                          samples_per_s=rate * self.batch_size,
-                         wall_s=now - loop.t_start, **fields, time=time.time())
+                         wall_s=now - loop.t_start, **fields,
+                         **loop.compiles.fields(), time=time.time())
     loop.pending, loop.stats.last_metrics, loop.row = [], row, row
     if self.lines:
-      logging.info("step %d/%d epoch %.2f loss %.4f token_acc %.4f "
-                   "%.1f steps/s ETA %.0fs", step, total, step / loop.spe,
-                   row.get("loss", float("nan")),
-                   row.get("token_accuracy", float("nan")), rate,
-                   (total - step) / max(rate, 1e-9))
-    self.t_log, self.step_log = now, step
+      self.line(loop, step, row, rate)
+    self.t_log, self.step_log, self.unlined = now, step, []
+
+  def time_line(self, loop):
+    """A line for the calls before the last, whose metrics are on the host
+    by now or soon (the last call may still run)."""
+    if len(self.unlined) < 2:
+      return
+    done, self.unlined = self.unlined[:-1], self.unlined[-1:]
+    _, k, before = done[-1]
+    steps = sum(call[1] for call in done)
+    rate = steps / max(self.clock() - self.t_line, 1e-9)
+    self.line(loop, before + k, reduce_rows([c[:2] for c in done]), rate)
+
+  def line(self, loop, step: int, row: dict, rate: float):
+    report(f"step {step}/{loop.total} epoch {step / loop.spe:.2f} loss "
+           f"{row.get('loss', float('nan')):.4f} token_acc "
+           f"{row.get('token_accuracy', float('nan')):.4f} {rate:.1f} "
+           f"steps/s {eta_text(loop)}")
+    self.t_line = self.clock()
+
+
+def eta_text(loop) -> str:
+  """"ETA 95s", "ETA 95s (time budget)" when the budget ends the run first,
+  "ETA ?" before the first step."""
+  eta, by_budget = loop.pace.eta(loop.step, loop.total, loop.spe)
+  if eta is None:
+    return "ETA ?"
+  return f"ETA {eta:.0f}s" + (" (time budget)" if by_budget else "")
 
 
 class Progress(Hook):
@@ -105,7 +142,9 @@ class Progress(Hook):
                                      start_step=loop.step)
 
   def after_call(self, loop):
-    self.bar.update(loop.step, loop.row.get("loss"))
+    eta, by_budget = loop.pace.eta(loop.step, loop.total, loop.spe)
+    self.bar.update(loop.step, loop.row.get("loss"), run_eta=eta,
+                    run_note="time budget" if by_budget else "")
 
   def end(self, loop):
     self.bar.close()
@@ -193,7 +232,9 @@ class EpochEval(Hook):
     if not loop.epoch_end or self.fn is None:
       return
     epoch = loop.step // loop.spe
+    t0, compiles = loop.pace.clock(), compile_time.Since()
     extra = dict(self.fn(loop.state, epoch) or {})
+    loop.pace.add_eval(loop.pace.clock() - t0, compiles.seconds())
     fields = ({} if self.selection is None else
               self.selection.update(loop, extra, epoch))
     if extra or fields:
@@ -238,26 +279,31 @@ class Patience(Hook):
 
 
 class TimeBudget(Hook):
-  """At an epoch end, stops when another epoch as long as the last would
-  pass ``seconds`` of training on ``clock``."""
+  """At an epoch end, stops when another epoch as long as the last, less
+  its compiles (``loop.compiles``; steady steps and evaluation), would pass
+  ``seconds`` of training on ``clock``."""
 
   def __init__(self, seconds: float, clock: Callable[[], float] = None):
     self.seconds, self.clock = seconds, clock or time.monotonic
 
   def begin(self, loop):
     self.t_fit = self.t_epoch = self.clock()
+    self.compiled = loop.compiles.seconds()
+    loop.pace.budget = (self.seconds, self.t_fit)
 
   def after_call(self, loop):
     if not loop.epoch_end or loop.at_end:
       return
-    now = self.clock()
-    epoch_seconds, self.t_epoch = now - self.t_epoch, now
+    now, compiled = self.clock(), loop.compiles.seconds()
+    epoch_seconds = max(now - self.t_epoch - (compiled - self.compiled), 0.0)
+    self.t_epoch, self.compiled = now, compiled
     if now - self.t_fit + epoch_seconds <= self.seconds:
       return
     loop.stats.stopped_on_budget = True
-    logging.info("Stopping at step %d: another %.0f s epoch would pass the "
-                 "%.0f s training budget (%.0f s used).", loop.step,
-                 epoch_seconds, self.seconds, now - self.t_fit)
+    logging.info("Stopping at step %d: another epoch, %.0f s without "
+                 "compiles, would pass the %.0f s training budget (%.0f s "
+                 "used, %.0f s of it compiling).", loop.step, epoch_seconds,
+                 self.seconds, now - self.t_fit, compiled)
     loop.stop()
 
 

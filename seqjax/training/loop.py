@@ -12,7 +12,7 @@ sees the batches an uninterrupted one would.
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import logging
 import jax
@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import sharding as sharding_lib
+from seqjax.training import compile_time
+from seqjax.training.pace import Pace
 from seqjax.training.programs import Programs
 from seqjax.training.records import FitStats, MetricsLog, reduce_rows
 from seqjax.training.schedules import Feed
@@ -84,7 +86,8 @@ class Loop:
   ``write_row``, ``save`` and ``stop`` for them."""
 
   def __init__(self, state, step_fn, hooks, epochs: int,
-               metrics_log: Optional[MetricsLog]):
+               metrics_log: Optional[MetricsLog],
+               clock: Callable[[], float] = time.monotonic):
     self.state, self.step_fn, self.hooks = state, step_fn, list(hooks)
     self.spe = step_fn.steps_per_epoch
     self.total = self.spe * epochs
@@ -96,6 +99,8 @@ class Loop:
     self.epoch_end = self.at_end = self.stopped = False
     self.t_start = time.perf_counter()
     self.t_first = self.t_steady = None
+    self.compiles = compile_time.Since()
+    self.pace = Pace(clock, self.compiles)   # steady step and eval seconds
 
   def next_boundary(self) -> int:
     ends = [(self.step // self.spe + 1) * self.spe, self.total]
@@ -108,8 +113,17 @@ class Loop:
     if self.t_first is None:
       self.t_first = time.perf_counter()
     limit, before = self.next_boundary(), self.step
-    self.state, k, metrics_K = self.step_fn(self.state, data, before, limit)
+    with compile_time.phase("train"):
+      self.state, k, metrics_K = self.step_fn(self.state, data, before,
+                                              limit)
+    first = self.stats.steps_run == 0
     self.record(k, metrics_K, before)
+    if first:
+      logging.info("First call: %d step(s) in %.2f s (%d train program(s) "
+                   "compiled so far, %.2f s).", k,
+                   self.stats.first_call_seconds,
+                   self.compiles.count("train"),
+                   self.compiles.seconds("train"))
 
   def record(self, k: int, metrics_K, before: int):
     """A call of ``k`` steps from ``before`` has run."""
@@ -122,6 +136,7 @@ class Loop:
     else:
       self.stats.steady_steps += k
     self.stats.steps_run += k
+    self.pace.steps += k
     self.step += k
     self.epoch_end = self.step % self.spe == 0
     self.at_end = self.step == self.total
@@ -158,23 +173,30 @@ class Loop:
       self.stats.steady_seconds = end - self.t_steady
     self.stats.final_carry = self.step_fn.saved_carry()
     self.stats.compiles = self.step_fn.compiles()
+    self.stats.compile = self.compiles.fields()
     if hasattr(self.step_fn, "close"):
       self.step_fn.close()
 
 
 def fit(state, data, step, hooks: Sequence, *, epochs: int = 1,
-        metrics_log: Optional[MetricsLog] = None) -> tuple:
+        metrics_log: Optional[MetricsLog] = None,
+        clock: Callable[[], float] = time.monotonic) -> tuple:
   """Trains ``state`` from its step to ``epochs`` epochs with ``step`` (a
   ``TrainCall``), the ``hooks`` acting after each call ->
-  (state, ``FitStats``)."""
-  loop = Loop(state, step, hooks, epochs, metrics_log)
+  (state, ``FitStats``). ``clock`` times the steady pace (``loop.pace``)."""
+  loop = Loop(state, step, hooks, epochs, metrics_log, clock)
   for hook in loop.hooks:
     hook.begin(loop)
   logging.info("Training %d steps (%d per epoch, batch %d) from step %d.",
                loop.total, loop.spe, step.schedule.batch_size, loop.step)
   if isinstance(data, (list, tuple)):
+    logging.info("Compiling the train program for %d length buckets ...",
+                 len(data))
     loop.t_first = time.perf_counter()  # the warm-up's compiles count
-    loop.state = step.warm_up(loop.state, data, loop.step, loop.total)
+    with compile_time.phase("train"):
+      loop.state = step.warm_up(loop.state, data, loop.step, loop.total)
+  else:
+    logging.info("Compiling the train program (the first call) ...")
   while loop.step < loop.total and not loop.stopped:
     loop.run_call(data)
     for hook in loop.hooks:

@@ -11,9 +11,12 @@ others compile; a call whose program is not ready yet waits for it.
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from typing import Any, Hashable
 
 import jax
+
+from seqjax.training import compile_time
 
 
 def abstract(args):
@@ -39,7 +42,7 @@ class Programs:
     self.fn = fn
     self._futures: dict = {}
     self._pool = concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="compile")
+        max_workers=1, thread_name_prefix=compile_time.BACKGROUND)
 
   def submit(self, key: Hashable, args: tuple) -> None:
     if key not in self._futures:
@@ -50,7 +53,13 @@ class Programs:
 
   def get(self, key: Hashable, args: tuple):
     self.submit(key, args)
-    return self._futures[key].result()
+    future = self._futures[key]
+    if future.done():
+      return future.result()
+    start = time.time()  # the clock of JAX's compile spans
+    program = future.result()
+    compile_time.waited(self.fn.__name__, start, time.time())
+    return program
 
   def close(self) -> None:
     """Drops the compiles not started (a run that stops early)."""

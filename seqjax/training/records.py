@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Any, Optional
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -21,6 +23,9 @@ class FitConfig:
   shuffle: bool = True
   steps_per_call: int = 25
   log_every_steps: int = 500
+  # Also a log line (steps/s, loss, ETA) when this long since the last one,
+  # the metrics read one call late (no wait for the device); 0: off.
+  log_every_secs: float = 30.0
   checkpoint_every_steps: int = 0   # 0: at each epoch end only
   # Only written to the metrics rows (the optimizer holds the real one): a
   # number, or a function of the step (a schedule).
@@ -43,8 +48,8 @@ class FitConfig:
   lr_schedule: str = "constant"
   lr_patience: int = 2
   lr_decay_factor: float = 0.5
-  # Stop at an epoch end when another epoch as long as the last would pass
-  # this many seconds of training (0: no budget).
+  # Stop at an epoch end when another epoch as long as the last (less its
+  # compiles) would pass this many seconds of training (0: no budget).
   time_budget_secs: float = 0.0
   # An exponential moving average of the parameters, evaluated by
   # epoch_end_fn at epoch ends (seqjax.training.ema); 0: none.
@@ -59,6 +64,9 @@ class FitStats:
   steady_seconds: float = 0.0       # the calls after the first
   steady_steps: int = 0
   compiles: int = 0                 # of the train call, during this fit
+  # All compiles during this fit (compile_time.Since.fields): compile_seconds,
+  # compiles, and both per kind (train, eval, decode, other).
+  compile: dict = dataclasses.field(default_factory=dict)
   last_metrics: dict = dataclasses.field(default_factory=dict)
   final_carry: Any = None          # stateful fit: the carry after the last step
   nonfinite_skipped: int = 0        # steps skipped (FitConfig.nonfinite="skip")
@@ -103,6 +111,15 @@ class MetricsLog:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def report(line: str) -> None:
+  """A progress line: to the log where INFO shows (the binaries), else to
+  stderr (a script that never set up logging)."""
+  if logging.level_info():
+    logging.info("%s", line)
+  else:
+    print(line, file=sys.stderr, flush=True)
 
 
 def reduce_rows(pending) -> dict:

@@ -3,6 +3,7 @@ the one loop (``loop.fit``) and its train call."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Optional, Sequence
 
@@ -36,7 +37,9 @@ def standard_hooks(config: FitConfig, *, checkpointer=None,
        lambda: hooks_lib.NonFinite(config.nonfinite == "stop")),
       (True, lambda: hooks_lib.Log(config.log_every_steps, config.batch_size,
                                    config.log_learning_rate,
-                                   lines=config.progress == "log")),
+                                   lines=config.progress == "log",
+                                   every_secs=config.log_every_secs,
+                                   clock=clock)),
       (config.progress == "bar", hooks_lib.Progress),
       (epoch_end_fn is not None or selection is not None,
        lambda: hooks_lib.EpochEval(epoch_end_fn, selection)),
@@ -80,6 +83,10 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
   ``config.nonfinite="stop"`` a non-finite step raises
   ``reliability.NonFiniteError`` after saving the last good state and carry.
   ``hooks``: more periodic actions (``seqjax.training.hooks``), after these.
+  A log line (steps/s, loss, ETA) comes every ``log_every_steps`` and every
+  ``log_every_secs`` (on ``clock``; to the log where INFO shows, else to
+  stderr), the latter off when ``hooks`` has a ``Log`` or ``Progress`` of
+  its own. The ETA leaves compiles out and honours ``time_budget_secs``.
 
   Stateful training: with ``initial_carry`` (a carry pytree of batch size
   ``batch_size``), ``loss_fn(params, batch, carry) -> (loss, (metrics,
@@ -119,12 +126,14 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
   state, data = _place(state, data, mesh, config.batch_size, stateful)
   step = loop_lib.TrainCall(call, schedule, config.seed,
                             config.steps_per_call, mesh, carry)
+  if any(isinstance(h, (hooks_lib.Log, hooks_lib.Progress)) for h in hooks):
+    config = dataclasses.replace(config, log_every_secs=0.0)  # theirs report
   all_hooks = standard_hooks(
       config, checkpointer=checkpointer, epoch_end_fn=epoch_end_fn,
       tracker=tracker, best_checkpoint=best_checkpoint,
       should_stop=should_stop, clock=clock) + list(hooks)
   return loop_lib.fit(state, data, step, all_hooks, epochs=config.epochs,
-                      metrics_log=metrics_log)
+                      metrics_log=metrics_log, clock=clock)
 
 
 def nothing_to_train(state, config, spe, tracker) -> Optional[FitStats]:
