@@ -41,6 +41,21 @@ def test_ledger_counts_the_union_of_nested_spans_once():
   assert since.fields()["compiles_eval"] == 2
 
 
+def test_background_compiles_are_work_but_only_waits_are_lost_time():
+  ledger = compile_time.Ledger()
+  since = compile_time.Since(ledger)
+  ledger.add("train", 0.0, 2.0, True)              # the first program
+  ledger.add_background("train", 1.0, 9.0, True)   # while training ran
+  ledger.add_background("eval", 2.0, 5.0, True)
+  ledger.add("train", 9.0, 9.5, False)             # a wait for one of them
+  assert since.seconds() == since.seconds("train") == 2.5
+  assert since.count() == 3 and since.count("eval") == 1
+  fields = since.fields()
+  assert fields["compile_seconds"] == 2.5 + 8.0 + 3.0
+  assert fields["compile_wait_seconds"] == 2.5
+  assert fields["compile_seconds_eval"] == 3.0 and fields["compiles"] == 3
+
+
 def test_jax_compiles_are_counted_by_kind():
   since = compile_time.Since()
 

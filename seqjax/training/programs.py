@@ -58,7 +58,7 @@ class Programs:
       return future.result()
     start = time.time()  # the clock of JAX's compile spans
     program = future.result()
-    compile_time.waited(self.fn.__name__, start, time.time())
+    compile_time.waited(getattr(self.fn, "__name__", ""), start, time.time())
     return program
 
   def close(self) -> None:
