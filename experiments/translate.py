@@ -303,7 +303,7 @@ class TranslateTask(task_lib.Task):
                                               data.tgt_vocab,
                                               config.optimizer),
         title=f"Seq2Seq ({config.cell}, {config.level} level)",
-        epoch_end=held_out.epoch_end, save_files=save,
+        epoch_end=held_out, save_files=save,
         data=Evaluation(data, held_out, eval_step, decoder, workdir),
         select_metric=f"{selection.name}_chrf", select_maximize=True)
 

@@ -84,6 +84,12 @@ def evaluate_loss(eval_step, params, arrays: dict, batch_size: int,
   return {name: total / max(tokens, 1.0) for name, total in sums.items()}
 
 
+def _batch_of(arrays: dict, batch_size: int) -> dict:
+  """The shapes of one fixed-size batch of ``arrays``."""
+  return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype)
+          for k, v in arrays.items()}
+
+
 def decode_texts(decoder, params, tgt_vocab: Vocab, arrays: dict,
                  batch_size: int, key=None) -> list[str]:
   """``decoder`` over ``arrays["src"]`` (masked by ``src_mask``) in batches
@@ -174,6 +180,22 @@ class HeldOutLoss:
     self.decoder, self.held_out, self.tgt_vocab = decoder, held_out, tgt_vocab
     self.epoch_seconds, self.eval_seconds = [], 0.0
     self.t = time.perf_counter()
+
+  def __call__(self, state, epoch: int) -> dict:
+    return self.epoch_end(state, epoch)
+
+  def compile_ahead(self, params) -> None:
+    """Queues the evaluation's programs for compiling in the background
+    (their shapes are fixed: ``batch_size`` rows), so the first epoch end
+    does not wait for them."""
+    from seqjax.training import programs
+    if hasattr(self.eval_step, "lower"):
+      programs.compile_ahead(self.eval_step, params,
+                             _batch_of(self.arrays, self.batch_size))
+    if self.decoder is not None and hasattr(self.decoder, "lower"):
+      arrays = _batch_of(self.held_out.decode_arrays, self.batch_size)
+      programs.compile_ahead(self.decoder, params, arrays["src"],
+                             arrays["src_mask"], None)
 
   def loss(self, params) -> dict:
     return evaluate_loss(self.eval_step, params, self.arrays, self.batch_size)

@@ -6,6 +6,8 @@ import json
 import os
 import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import sacrebleu
@@ -185,6 +187,37 @@ def test_epoch_end_decodes_the_held_out_set_and_scores_it(capsys):
   # Without a decoder: the loss only, under the given name.
   plain = evaluate.HeldOutLoss(eval_step, arrays, 2, 5).epoch_end(state, 1)
   assert plain == {"val_loss": 2.0, "val_token_accuracy": 0.5}
+
+
+def test_compile_ahead_leaves_the_epoch_end_nothing_to_compile():
+  from seqjax.data import vocab as vocab_lib
+  from seqjax.training import programs, steps
+  vocab = vocab_lib.Vocab.build(["我爱你。"], "char", target=True)
+  ids = vocab_lib.encode_targets(vocab, ["我爱你。", "我"] * 3)["target"]
+  held = evaluate.HeldOut("dev", list("abcdef"), [["我"]] * 6,
+                          {"src": ids, "src_mask": ids > 0}, {})
+  arrays = {"target": ids, "target_mask": ids > 0}
+
+  @jax.jit
+  def eval_step_ahead(params, batch):
+    return {"loss": params * batch["target"].sum(),
+            "token_accuracy": batch["target_mask"].mean()}
+
+  @jax.jit
+  def run_ahead(params, src, mask, key=None):
+    return jnp.where(mask, src, 0) + (params * 0).astype(src.dtype)
+
+  hook = evaluate.HeldOutLoss(eval_step_ahead, arrays, 4, 1,
+                              decoder=run_ahead, held_out=held,
+                              tgt_vocab=vocab)
+  params = jnp.float32(1.0)
+  hook.compile_ahead(params)
+  programs.wait_for_background()
+  assert steps.compiles_of(eval_step_ahead) == 1
+  assert steps.compiles_of(run_ahead) == 1
+  hook(types.SimpleNamespace(params=params), 1)
+  assert steps.compiles_of(eval_step_ahead) == 1  # none at the epoch end
+  assert steps.compiles_of(run_ahead) == 1
 
 
 # ------------------------------------------------------------------ script

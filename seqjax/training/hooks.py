@@ -219,16 +219,22 @@ class Selection:
 
 class EpochEval(Hook):
   """``fn(state, epoch) -> dict`` after each epoch, then ``selection`` on
-  its dict; both logged in one evaluation row."""
+  its dict; both logged in one evaluation row. An ``fn`` with
+  ``compile_ahead(params)`` (``seqjax.evaluate.Evaluator``) has its programs
+  compiled in the background from the first call on."""
 
   def __init__(self, fn: Optional[Callable], selection: Optional[Selection]):
-    self.fn, self.selection = fn, selection
+    self.fn, self.selection, self.ahead = fn, selection, False
 
   def begin(self, loop):
     if self.selection is not None:
       self.selection.begin(loop)
+    self.ahead = hasattr(self.fn, "compile_ahead")
 
   def after_call(self, loop):
+    if self.ahead:  # queued after the train programs the first call met
+      self.ahead = False
+      self.fn.compile_ahead(loop.state.params)
     if not loop.epoch_end or self.fn is None:
       return
     epoch = loop.step // loop.spe
