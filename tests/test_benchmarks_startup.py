@@ -54,3 +54,44 @@ def test_tiny_startup_benchmark_end_to_end(tmp_path):
   assert "attention" in work["table"] and "| translate |" in work["markdown"]
   assert "avx512" in out["machine"] and out["machine"]["cpu"]
   assert "| reverse |" in report.markdown(out)
+
+
+def _absl_line(level, t, text):
+  """An absl log line stamped at epoch seconds ``t`` (local time)."""
+  lt = time.localtime(t)
+  micros = round((t - int(t)) * 1e6)
+  return (f"{level}{lt.tm_mon:02d}{lt.tm_mday:02d} {lt.tm_hour:02d}:"
+          f"{lt.tm_min:02d}:{lt.tm_sec:02d}.{micros:06d} 1234 f.py:1] {text}")
+
+
+def test_parse_compiles_pairs_hits_with_their_programs():
+  # (program, seconds, read from the cache?) in the order JAX logs them.
+  programs = [("init", 2.5, False), ("train_call_0", 9.0, True),
+              ("convert_element_type", 0.25, False),
+              ("convert_element_type", 0.125, True), ("run", 1.5, True)]
+  lines = ["I1207 05:30:59.312210 1 loop.py:173] Training 7 steps"]
+  for name, secs, hit in programs:
+    if hit:
+      lines.append(_absl_line("W", 0.0, "Persistent compilation cache hit "
+                              f"for 'jit_{name}' with key 'jit_{name}-ab12'"))
+    lines.append(_absl_line("W", 0.0, f"Finished XLA compilation of "
+                            f"jit({name}) in {secs} sec"))
+  got = startup.parse_compiles("\n".join(lines))
+  assert got["programs_compiled"] == sum(not h for _, _, h in programs)
+  assert got["cache_hits"] == sum(h for _, _, h in programs)
+  assert got["log_compile_s"] == pytest.approx(
+      sum(s for _, s, h in programs if not h))
+  assert got["cache_read_s"] == pytest.approx(
+      sum(s for _, s, h in programs if h))
+
+
+def test_training_start_reads_the_absl_timestamp():
+  t = time.time() - 1000.25
+  stderr = "\n".join([_absl_line("W", t - 5, "Finished XLA compilation of "
+                                 "jit(init) in 1.0 sec"),
+                      _absl_line("I", t, "Training 100 steps (100 per "
+                                 "epoch, batch 32) from step 0."),
+                      _absl_line("I", t + 9, "Training 3 steps")])
+  assert startup.training_start(stderr, time.time()) == pytest.approx(
+      t, abs=1e-5)
+  assert startup.training_start("no log", time.time()) is None
