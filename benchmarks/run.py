@@ -4,6 +4,7 @@
       [--reps=3] [--json=PATH] [--single_thread]
   python -m benchmarks.run --workload=attention --peers=torch
   python -m benchmarks.run --workload=sweep   # vectorized vs sequential runs
+  python -m benchmarks.run --workload=startup # fresh processes, cold and warm
   python -m benchmarks.run --workload=decode --peers=torch,onmt \\
       --single_thread --settings=model_dir=WORKDIR
 
@@ -63,6 +64,9 @@ WORKLOADS = {
                ("seqjax.decoding", "seqjax.translation", "experiments.translate"),
                "beam search (seqjax.decoding), the translation API and "
                "benchmarks/decode.py"),
+    # Fresh processes of the binaries, cold and warm compilation cache.
+    "startup": ("benchmarks.startup", ("experiments.translate",),
+                "the translate experiment and benchmarks/startup.py"),
 }
 PEER_PACKAGES = {"keras": "keras", "torch": "torch", "onmt": "onmt"}
 PEER_INSTALL = {"onmt": "pip install --no-deps OpenNMT-py==3.5.1 "
