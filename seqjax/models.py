@@ -184,9 +184,16 @@ class Seq2Seq(nn.Module):
     if (self.dropout == 0.0 or not self.has_rng("dropout")
         or jnp.issubdtype(x.dtype, jnp.integer)):
       return x
-    p = 1.0 - self.dropout if self.dropout_keep is None else self.dropout_keep
+    if self.dropout_keep is None:
+      p = 1.0 - self.dropout
+      scaled = x / p
+    else:
+      # XLA divides by a constant as a multiply by its reciprocal: the same
+      # bits as the constant rate's program.
+      p = self.dropout_keep
+      scaled = x * (1.0 / p)
     keep = jax.random.bernoulli(self.make_rng("dropout"), p, x.shape)
-    return jnp.where(keep, x / p, 0.0).astype(x.dtype)
+    return jnp.where(keep, scaled, 0.0).astype(x.dtype)
 
   def _drop_scale(self, shape) -> Optional[Array]:
     """A dropout mask already scaled (keep / (1 - rate)), or None when off."""
