@@ -14,22 +14,17 @@ Array = jax.Array
 
 def masked_cross_entropy(logits_BTV: Array, targets_BT: Array,
                          mask_BT: Optional[Array] = None,
-                         label_smoothing: float = 0.0,
-                         confidence: Optional[Array] = None) -> Array:
+                         label_smoothing: float = 0.0) -> Array:
   """Mean cross-entropy over the real (mask True) target steps.
 
   ``label_smoothing`` e: the target distribution is ``1 - e`` on the target
-  and ``e / V`` on every class (Szegedy et al. 2016). e may be an array (a
-  traced input), then with ``confidence`` = ``1 - e`` as the caller computed
-  it (default: computed here, in float32 for an array)."""
+  and ``e / V`` on every class (Szegedy et al. 2016)."""
   logits_BTV = logits_BTV.astype(jnp.float32)
-  if isinstance(label_smoothing, jax.Array) or label_smoothing:
-    if confidence is None:
-      confidence = 1.0 - label_smoothing
+  if label_smoothing:
     logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
     nll_BT = -jnp.take_along_axis(logp_BTV, targets_BT[..., None],
                                   axis=-1)[..., 0]
-    losses_BT = confidence * nll_BT - (
+    losses_BT = (1.0 - label_smoothing) * nll_BT - (
         label_smoothing * logp_BTV.mean(axis=-1))
   else:
     losses_BT = optax.softmax_cross_entropy_with_integer_labels(

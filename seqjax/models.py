@@ -76,9 +76,6 @@ class Seq2Seq(nn.Module):
       attentional state is an input of the next decoder step).
     dropout: rate on embeddings, between layers and before the readout,
       applied only when the call is given a "dropout" rng (training).
-    dropout_keep: None, or the keep probability ``1 - dropout`` as an array
-      (a traced input of the train program: the rate then changes no
-      program); dropout stays off where ``dropout`` is 0.
 
   Where the encoder's final carries and the decoder's differ in size
   (bidirectional, or other layer counts) a learned bridge maps one to the
@@ -98,7 +95,6 @@ class Seq2Seq(nn.Module):
   attention_score: str = "general"
   input_feeding: bool = True
   dropout: float = 0.0
-  dropout_keep: Any = None
 
   def setup(self):
     check_architecture(self)
@@ -184,16 +180,9 @@ class Seq2Seq(nn.Module):
     if (self.dropout == 0.0 or not self.has_rng("dropout")
         or jnp.issubdtype(x.dtype, jnp.integer)):
       return x
-    if self.dropout_keep is None:
-      p = 1.0 - self.dropout
-      scaled = x / p
-    else:
-      # XLA divides by a constant as a multiply by its reciprocal: the same
-      # bits as the constant rate's program.
-      p = self.dropout_keep
-      scaled = x * (1.0 / p)
-    keep = jax.random.bernoulli(self.make_rng("dropout"), p, x.shape)
-    return jnp.where(keep, scaled, 0.0).astype(x.dtype)
+    keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout,
+                                x.shape)
+    return jnp.where(keep, x / (1.0 - self.dropout), 0.0).astype(x.dtype)
 
   def _drop_scale(self, shape) -> Optional[Array]:
     """A dropout mask already scaled (keep / (1 - rate)), or None when off."""

@@ -60,11 +60,13 @@ def test_garbage_entries_and_unusable_directory_still_give_a_run(tmp_path):
   assert len(warnings) == 1 and str(blocker) in warnings[0], err[-2000:]
 
 
-# Settings that change numbers but no shape: all changed at once in the rerun.
-NUMBERS = [dict(learning_rate=0.001, seed=0, dropout=0.1,
-                label_smoothing=0.1, clip_norm=1.0),
-           dict(learning_rate=0.003, seed=1, dropout=0.3,
-                label_smoothing=0.2, clip_norm=0.5)]
+# Settings that change numbers but no shape: all changed at once in the
+# rerun. The dropout rate and the label smoothing stay constants of the
+# programs (as inputs XLA would round the losses otherwise): the same here.
+NUMBERS = [dict(learning_rate=0.001, seed=0, clip_norm=1.0, dropout=0.1,
+                label_smoothing=0.1),
+           dict(learning_rate=0.003, seed=1, clip_norm=0.5, dropout=0.1,
+                label_smoothing=0.1)]
 
 
 def _translate(tmp, name, cache_dir, **flags):
@@ -95,8 +97,8 @@ def test_numbers_that_keep_shapes_do_not_change_the_programs(tmp_path):
   cold = _translate(tmp_path, "a", cache, **NUMBERS[0])
   assert any(p.startswith("jit_train_call") for p in cold), cold
   assert any(p.startswith("jit_eval_step") for p in cold), cold
-  # Learning rate, seed (initialisation, data order, dropout masks), dropout
-  # rate, label smoothing and clip norm: every program read back.
+  # Learning rate, seed (initialisation, data order, dropout masks) and clip
+  # norm: every program read back.
   assert _translate(tmp_path, "b", cache, **NUMBERS[1]) == []
   # The check can fail: a wider model is a new train and eval program.
   wider = _translate(tmp_path, "c", cache, **{**NUMBERS[1], "latent_dim": 12})

@@ -17,24 +17,17 @@ StatefulLossFn = Callable[[Any, Batch, Any],
                           tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
 
 
-def loss_hparams(model, label_smoothing: float,
-                 dropout_seed: Optional[int]) -> dict:
+def loss_hparams(dropout_seed: Optional[int]) -> dict:
   """A sequence loss's numbers as arrays, inputs of the programs that take
-  them (``hparams=``): ``label_smoothing`` (> 0 only; 0 is the plain
-  cross-entropy's program), the dropout key of ``dropout_seed`` and the
-  model's keep probability (``Seq2Seq.dropout_keep``; a rate > 0 only).
-  Derived numbers are computed here in double precision, as the constants
-  they replace were."""
-  hparams = {}
-  if label_smoothing:
-    hparams["label_smoothing"] = jnp.float32(label_smoothing)
-    hparams["label_confidence"] = jnp.float32(1.0 - label_smoothing)
-  if dropout_seed is not None:
-    hparams["dropout_key"] = jax.random.key(dropout_seed)
-    rate = getattr(model, "dropout", 0.0)
-    if rate:
-      hparams["dropout_keep"] = jnp.float32(1.0 - rate)
-  return {k: jnp.asarray(v) for k, v in hparams.items()}
+  them (``hparams=``): the dropout key of ``dropout_seed``.
+
+  The dropout rate and the label smoothing stay constants of the program:
+  XLA compiles a division or product by a constant otherwise than by an
+  input (a reciprocal, another fused multiply-add), so as inputs they would
+  change the last bits of the losses and, through them, the parameters."""
+  if dropout_seed is None:
+    return {}
+  return {"dropout_key": jax.random.key(dropout_seed)}
 
 
 def _dropout_rngs(hparams: dict, step) -> Optional[dict]:
@@ -45,17 +38,9 @@ def _dropout_rngs(hparams: dict, step) -> Optional[dict]:
   return {"dropout": jax.random.fold_in(hparams["dropout_key"], step)}
 
 
-def _with_keep(model, hparams: dict):
-  """``model`` with its dropout keep probability from ``hparams``."""
-  if "dropout_keep" not in hparams:
-    return model
-  return model.clone(dropout_keep=hparams["dropout_keep"])
-
-
-def _sequence_loss(logits_BTV, batch, mask, hparams: dict):
-  loss = metrics_lib.masked_cross_entropy(
-      logits_BTV, batch["target"], mask, hparams.get("label_smoothing", 0.0),
-      hparams.get("label_confidence"))
+def _sequence_loss(logits_BTV, batch, mask, label_smoothing: float):
+  loss = metrics_lib.masked_cross_entropy(logits_BTV, batch["target"], mask,
+                                          label_smoothing)
   pred_BT = jnp.argmax(logits_BTV, axis=-1)
   acc = metrics_lib.masked_token_accuracy(pred_BT, batch["target"], mask)
   return loss, {"token_accuracy": acc}
@@ -79,20 +64,19 @@ def make_seq2seq_loss(model, label_smoothing: float = 0.0,
   evaluation steps pass them back as ``hparams=``, inputs of their programs.
   """
   takes_decoder_input = getattr(model, "takes_decoder_input", True)
-  defaults = loss_hparams(model, label_smoothing, dropout_seed)
+  defaults = loss_hparams(dropout_seed)
 
   def loss_fn(params, batch, step=None, hparams=None):
     hparams = defaults if hparams is None else hparams
     mask = batch.get("target_mask")
     rngs = _dropout_rngs(hparams, step)
-    model_now = _with_keep(model, hparams)
     if takes_decoder_input:
-      logits_BTV = model_now.apply(params, batch["src"], batch["dec_in"],
-                                   batch.get("src_mask"), mask, rngs=rngs)
+      logits_BTV = model.apply(params, batch["src"], batch["dec_in"],
+                               batch.get("src_mask"), mask, rngs=rngs)
     else:
-      logits_BTV = model_now.apply(params, batch["src"],
-                                   batch.get("src_mask"), rngs=rngs)
-    return _sequence_loss(logits_BTV, batch, mask, hparams)
+      logits_BTV = model.apply(params, batch["src"], batch.get("src_mask"),
+                               rngs=rngs)
+    return _sequence_loss(logits_BTV, batch, mask, label_smoothing)
 
   loss_fn.takes_step = dropout_seed is not None
   loss_fn.hparams = defaults
@@ -141,16 +125,16 @@ def make_free_running_loss(model, start_id: int, feedback: str = "softmax",
   ``src_mask`` / ``target_mask``. ``label_smoothing``, ``dropout_seed``: as
   in ``make_seq2seq_loss``.
   """
-  defaults = loss_hparams(model, label_smoothing, dropout_seed)
+  defaults = loss_hparams(dropout_seed)
 
   def loss_fn(params, batch, step=None, hparams=None):
     hparams = defaults if hparams is None else hparams
     mask = batch.get("target_mask")
-    logits_BTV = _with_keep(model, hparams).apply(
-        params, batch["src"], batch["target"].shape[1], start_id,
-        batch.get("src_mask"), feedback, method="free_running",
-        rngs=_dropout_rngs(hparams, step))
-    return _sequence_loss(logits_BTV, batch, mask, hparams)
+    logits_BTV = model.apply(params, batch["src"], batch["target"].shape[1],
+                             start_id, batch.get("src_mask"), feedback,
+                             method="free_running",
+                             rngs=_dropout_rngs(hparams, step))
+    return _sequence_loss(logits_BTV, batch, mask, label_smoothing)
 
   loss_fn.takes_step = dropout_seed is not None
   loss_fn.hparams = defaults
