@@ -60,8 +60,9 @@ def make_seq2seq_loss(model, label_smoothing: float = 0.0,
   ``step`` and the model gets a "dropout" rng (``_dropout_rngs``); the
   evaluation step passes none, so dropout is off there.
 
-  The numbers are ``loss_fn.hparams`` (``loss_hparams``); the train and
-  evaluation steps pass them back as ``hparams=``, inputs of their programs.
+  ``loss_fn.hparams`` (``loss_hparams``) holds the dropout key; the train
+  and evaluation steps pass it back as ``hparams=``, an input of their
+  programs, so another seed is the same program.
   """
   takes_decoder_input = getattr(model, "takes_decoder_input", True)
   defaults = loss_hparams(dropout_seed)

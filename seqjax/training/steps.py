@@ -160,7 +160,7 @@ def make_multi_step(loss_fn, nonfinite: str = "ignore", mesh=None):
 
   The numbers of the loss and the optimizer (``hparams_of``) are inputs of
   the compiled call, so it is the same program for every learning rate,
-  seed, dropout rate, label smoothing and clip norm.
+  clip norm and seed (the dropout key).
   """
   train_call = _train_call(loss_fn, nonfinite, mesh)
   train_call.__name__ = f"train_call_{next(CALL_IDS)}"
