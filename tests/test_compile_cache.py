@@ -58,3 +58,49 @@ def test_garbage_entries_and_unusable_directory_still_give_a_run(tmp_path):
   assert blocked == good
   warnings = [l for l in err.splitlines() if "is not usable" in l]
   assert len(warnings) == 1 and str(blocker) in warnings[0], err[-2000:]
+
+
+# Settings that change numbers but no shape: all changed at once in the
+# rerun. The dropout rate and the label smoothing stay constants of the
+# programs (as inputs XLA would round the losses otherwise): the same here.
+NUMBERS = [dict(learning_rate=0.001, seed=0, clip_norm=1.0, dropout=0.1,
+                label_smoothing=0.1),
+           dict(learning_rate=0.003, seed=1, clip_norm=0.5, dropout=0.1,
+                label_smoothing=0.1)]
+
+
+def _translate(tmp, name, cache_dir, **flags):
+  """A tiny translate run with the cache at ``cache_dir`` -> the programs it
+  compiled: the names of the entries it added (one per cache miss)."""
+  from tests import translate_util
+  before = _entries(cache_dir) if os.path.isdir(cache_dir) else set()
+  pairs = translate_util.write_pairs(tmp / "pairs.txt",
+                                     translate_util.toy_pairs(40))
+  args = dict(data_path=pairs, workdir=tmp / name, num_samples=0,
+              validation_split=0.25, latent_dim=8, embedding_dim=4,
+              level="word", batch_size=10, epochs=1, num_buckets=1,
+              n_examples=0, progress="none", compilation_cache_dir=cache_dir)
+  args.update(flags)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.translate",
+       *[f"--{k}={v}" for k, v in args.items()]],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # An entry is "<program name>-<hash>[-cache]".
+  return sorted(re.sub(r"-[0-9a-f]{20,}(-cache)?$", "", f)
+                for f in _entries(cache_dir) - before)
+
+
+def test_numbers_that_keep_shapes_do_not_change_the_programs(tmp_path):
+  cache = str(tmp_path / "cache")
+  cold = _translate(tmp_path, "a", cache, **NUMBERS[0])
+  assert any(p.startswith("jit_train_call") for p in cold), cold
+  assert any(p.startswith("jit_eval_step") for p in cold), cold
+  # Learning rate, seed (initialisation, data order, dropout masks) and clip
+  # norm: every program read back.
+  assert _translate(tmp_path, "b", cache, **NUMBERS[1]) == []
+  # The check can fail: a wider model is a new train and eval program.
+  wider = _translate(tmp_path, "c", cache, **{**NUMBERS[1], "latent_dim": 12})
+  assert any(p.startswith("jit_train_call") for p in wider), wider
+  assert any(p.startswith("jit_eval_step") for p in wider), wider

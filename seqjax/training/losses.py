@@ -17,12 +17,25 @@ StatefulLossFn = Callable[[Any, Batch, Any],
                           tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
 
 
-def _dropout_rngs(dropout_seed: Optional[int], step) -> Optional[dict]:
-  """The "dropout" rng of a train step: the run's seed folded with the step,
+def loss_hparams(dropout_seed: Optional[int]) -> dict:
+  """A sequence loss's numbers as arrays, inputs of the programs that take
+  them (``hparams=``): the dropout key of ``dropout_seed``.
+
+  The dropout rate and the label smoothing stay constants of the program:
+  XLA compiles a division or product by a constant otherwise than by an
+  input (a reciprocal, another fused multiply-add), so as inputs they would
+  change the last bits of the losses and, through them, the parameters."""
+  if dropout_seed is None:
+    return {}
+  return {"dropout_key": jax.random.key(dropout_seed)}
+
+
+def _dropout_rngs(hparams: dict, step) -> Optional[dict]:
+  """The "dropout" rng of a train step: the run's key folded with the step,
   so a resumed run draws the same masks. None (evaluation): no dropout."""
-  if dropout_seed is None or step is None:
+  if "dropout_key" not in hparams or step is None:
     return None
-  return {"dropout": jax.random.fold_in(jax.random.key(dropout_seed), step)}
+  return {"dropout": jax.random.fold_in(hparams["dropout_key"], step)}
 
 
 def _sequence_loss(logits_BTV, batch, mask, label_smoothing: float):
@@ -46,12 +59,18 @@ def make_seq2seq_loss(model, label_smoothing: float = 0.0,
   over the vocabulary. With a ``dropout_seed`` the train step passes its
   ``step`` and the model gets a "dropout" rng (``_dropout_rngs``); the
   evaluation step passes none, so dropout is off there.
+
+  ``loss_fn.hparams`` (``loss_hparams``) holds the dropout key; the train
+  and evaluation steps pass it back as ``hparams=``, an input of their
+  programs, so another seed is the same program.
   """
   takes_decoder_input = getattr(model, "takes_decoder_input", True)
+  defaults = loss_hparams(dropout_seed)
 
-  def loss_fn(params, batch, step=None):
+  def loss_fn(params, batch, step=None, hparams=None):
+    hparams = defaults if hparams is None else hparams
     mask = batch.get("target_mask")
-    rngs = _dropout_rngs(dropout_seed, step)
+    rngs = _dropout_rngs(hparams, step)
     if takes_decoder_input:
       logits_BTV = model.apply(params, batch["src"], batch["dec_in"],
                                batch.get("src_mask"), mask, rngs=rngs)
@@ -61,6 +80,7 @@ def make_seq2seq_loss(model, label_smoothing: float = 0.0,
     return _sequence_loss(logits_BTV, batch, mask, label_smoothing)
 
   loss_fn.takes_step = dropout_seed is not None
+  loss_fn.hparams = defaults
   return loss_fn
 
 
@@ -106,27 +126,43 @@ def make_free_running_loss(model, start_id: int, feedback: str = "softmax",
   ``src_mask`` / ``target_mask``. ``label_smoothing``, ``dropout_seed``: as
   in ``make_seq2seq_loss``.
   """
+  defaults = loss_hparams(dropout_seed)
 
-  def loss_fn(params, batch, step=None):
+  def loss_fn(params, batch, step=None, hparams=None):
+    hparams = defaults if hparams is None else hparams
     mask = batch.get("target_mask")
     logits_BTV = model.apply(params, batch["src"], batch["target"].shape[1],
                              start_id, batch.get("src_mask"), feedback,
                              method="free_running",
-                             rngs=_dropout_rngs(dropout_seed, step))
+                             rngs=_dropout_rngs(hparams, step))
     return _sequence_loss(logits_BTV, batch, mask, label_smoothing)
 
   loss_fn.takes_step = dropout_seed is not None
+  loss_fn.hparams = defaults
   return loss_fn
 
 def make_eval_step(loss_fn: LossFn):
-  """-> jitted ``eval_step(params, batch) -> metrics`` (no update)."""
+  """-> jitted ``eval_step(params, batch) -> metrics`` (no update); a loss
+  with ``hparams`` gets them as inputs of the program."""
+  hparams = getattr(loss_fn, "hparams", None)
+  if hparams is None:
+    @jax.jit
+    def eval_step(params, batch):
+      return _metrics(*loss_fn(params, batch))
+    return eval_step
 
   @jax.jit
+  def eval_step_of(hparams, params, batch):
+    return _metrics(*loss_fn(params, batch, hparams=hparams))
+
   def eval_step(params, batch):
-    loss, aux = loss_fn(params, batch)
-    return {"loss": loss, **aux}
+    return eval_step_of(hparams, params, batch)
 
   return eval_step
+
+
+def _metrics(loss, aux) -> dict:
+  return {"loss": loss, **aux}
 
 
 def make_stateful_eval_step(loss_fn: StatefulLossFn):

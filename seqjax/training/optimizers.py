@@ -26,10 +26,18 @@ DEFAULT_LEARNING_RATES = {"adam": 1e-3, "rmsprop": 1e-3, "sgd": 1e-2}
 LR_SCHEDULES = ("constant", "plateau", "warmup_decay")
 
 
+class TracedOptimizer(optax.GradientTransformationExtraArgs):
+  """A transformation whose numbers (learning rate, clip norm) are inputs of
+  its update, ``update(updates, state, params, hparams=)``, so a program
+  built with it is the same for every value. ``hparams``: this run's values
+  as float32 arrays, for the caller to pass; an update without them uses the
+  same values as constants."""
+
+
 def make_optimizer(name: str, learning_rate: Optional[float] = None, *,
                    schedule: str = "constant", clip_norm: float = 0.0,
                    warmup_steps: int = 0, total_steps: int = 0
-                   ) -> optax.GradientTransformation:
+                   ) -> TracedOptimizer:
   """adam / rmsprop / sgd with Keras' defaults (epsilon 1e-7, rho 0.9).
 
   ``clip_norm`` > 0: gradients are clipped to that global norm first
@@ -38,7 +46,10 @@ def make_optimizer(name: str, learning_rate: Optional[float] = None, *,
   the learning rate is part of the optimizer state: checkpointed, read by
   ``learning_rate_of`` and set by ``with_learning_rate`` without a compile.
   "warmup_decay" needs ``total_steps`` (the steps of the whole run). The
-  defaults give the plain optax optimizer, state and numbers unchanged.
+  defaults give the plain optax optimizer's state and numbers.
+
+  The learning rate (warmup_decay: its peak; plateau: the state's) and the
+  clip norm are ``TracedOptimizer`` inputs; whether it clips is not.
   """
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
@@ -47,22 +58,48 @@ def make_optimizer(name: str, learning_rate: Optional[float] = None, *,
                          f"expected one of {', '.join(LR_SCHEDULES)}")
   if not clip_norm >= 0:
     raise ParameterError("clip_norm", clip_norm, "must be >= 0")
+  if schedule == "warmup_decay" and total_steps < 1:
+    raise ParameterError("total_steps", total_steps,
+                         "warmup_decay needs the run's steps (>= 1)")
   lr = DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
+  clips = clip_norm > 0
 
-  def build(learning_rate):
-    tx = base_optimizer(name, learning_rate)
-    if clip_norm > 0:
-      return optax.chain(optax.clip_by_global_norm(clip_norm), tx)
-    return tx
+  def build(learning_rate=lr, clip_norm=clip_norm):
+    def inner(learning_rate):
+      tx = base_optimizer(name, learning_rate)
+      if clips:
+        return optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+      return tx
 
-  if schedule == "constant":
-    return build(lr)
-  if schedule == "warmup_decay":
-    if total_steps < 1:
-      raise ParameterError("total_steps", total_steps,
-                           "warmup_decay needs the run's steps (>= 1)")
-    lr = warmup_cosine(lr, warmup_steps, total_steps)
-  return optax.inject_hyperparams(build)(learning_rate=lr)
+    if schedule == "constant":
+      return inner(learning_rate)
+    if schedule == "warmup_decay":
+      learning_rate = warmup_cosine(learning_rate, warmup_steps, total_steps)
+    return optax.inject_hyperparams(inner)(learning_rate=learning_rate)
+
+  # plateau's rate lives in the optimizer state, an input already.
+  defaults = {} if schedule == "plateau" else {"learning_rate": lr}
+  if clips:
+    defaults["clip_norm"] = clip_norm
+  return traced_optimizer(build, defaults)
+
+
+def traced_optimizer(build, defaults: dict) -> TracedOptimizer:
+  """``build(**defaults)``'s transformation, built again in each update from
+  the ``hparams`` passed (tracers in a jitted step). ``build``'s state must
+  not depend on the values: ``init`` uses the defaults."""
+
+  def init(params):
+    return build(**defaults).init(params)
+
+  def update(updates, state, params=None, *, hparams=None, **extra_args):
+    del extra_args
+    values = defaults if hparams is None else hparams
+    return build(**values).update(updates, state, params)
+
+  tx = TracedOptimizer(init, update)
+  tx.hparams = {k: jnp.asarray(v, jnp.float32) for k, v in defaults.items()}
+  return tx
 
 
 def base_optimizer(name: str, lr) -> optax.GradientTransformation:

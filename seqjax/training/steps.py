@@ -31,12 +31,23 @@ from seqjax.training.optimizers import TrainState
 NONFINITE_MODES = ("ignore", "stop", "skip")
 
 
-def _loss_and_grads(loss_fn, params, batch, carry, step=None):
+def hparams_of(loss_fn, tx) -> dict:
+  """The numbers a train call takes as inputs: the loss's
+  (``loss_fn.hparams``) and the optimizer's (``TracedOptimizer.hparams``);
+  None for either without them (its numbers are constants then)."""
+  return {"loss": getattr(loss_fn, "hparams", None),
+          "optimizer": getattr(tx, "hparams", None)}
+
+
+def _loss_and_grads(loss_fn, params, batch, carry, step=None, hparams=None):
   """-> (loss, aux, new carry, grads); ``carry`` () for a stateless loss
   ``loss_fn(params, batch)``, else ``loss_fn(params, batch, carry)``. A loss
-  with ``takes_step`` (dropout) also gets the train step's ``step``."""
+  with ``takes_step`` (dropout) also gets the train step's ``step``, one
+  with ``hparams`` the loss's part of ``hparams`` (``hparams_of``)."""
   if getattr(loss_fn, "takes_step", False):
     loss_fn = functools.partial(loss_fn, step=step)
+  if hparams is not None and hparams["loss"] is not None:
+    loss_fn = functools.partial(loss_fn, hparams=hparams["loss"])
   if carry == ():
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, batch)
@@ -54,10 +65,10 @@ def make_step(loss_fn, nonfinite: str = "ignore"):
     raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}; got "
                      f"{nonfinite!r}")
 
-  def step(state: TrainState, carry, batch: Batch):
-    loss, aux, new_carry, grads = _loss_and_grads(loss_fn, state.params,
-                                                  batch, carry, state.step)
-    new = state.apply_gradients(grads=grads)
+  def step(state: TrainState, carry, batch: Batch, hparams=None):
+    loss, aux, new_carry, grads = _loss_and_grads(
+        loss_fn, state.params, batch, carry, state.step, hparams)
+    new = _apply_gradients(state, grads, hparams)
     metrics = {"loss": loss, **aux}
     if nonfinite == "ignore":
       return new, new_carry, metrics
@@ -75,6 +86,18 @@ def make_step(loss_fn, nonfinite: str = "ignore"):
   return step
 
 
+def _apply_gradients(state: TrainState, grads, hparams) -> TrainState:
+  """``state.apply_gradients`` with the optimizer's ``hparams`` passed to
+  its update."""
+  if hparams is None or hparams["optimizer"] is None:
+    return state.apply_gradients(grads=grads)
+  bound = optax.GradientTransformation(
+      state.tx.init, functools.partial(state.tx.update,
+                                       hparams=hparams["optimizer"]))
+  return state.replace(tx=bound).apply_gradients(grads=grads).replace(
+      tx=state.tx)
+
+
 def make_train_step(loss_fn: LossFn, nonfinite: str = "ignore"):
   """-> pure ``train_step(state, batch) -> (state, metrics)``.
 
@@ -82,11 +105,12 @@ def make_train_step(loss_fn: LossFn, nonfinite: str = "ignore"):
   parameters are not all finite is not applied (parameters and optimizer
   state stay; with "skip" the step count still advances, so the data order is
   kept); its metrics have ``nonfinite`` 1.0, and ``grad_norm`` is reported.
+  ``hparams`` (``hparams_of``): the numbers as inputs; None, as constants.
   """
   step = make_step(loss_fn, nonfinite)
 
-  def train_step(state: TrainState, batch: Batch):
-    state, _, metrics = step(state, (), batch)
+  def train_step(state: TrainState, batch: Batch, hparams=None):
+    state, _, metrics = step(state, (), batch, hparams)
     return state, metrics
 
   return train_step
@@ -133,19 +157,51 @@ def make_multi_step(loss_fn, nonfinite: str = "ignore", mesh=None):
   With a ``mesh`` (``seqjax.sharding``), state, data and metrics are
   replicated and the indices' batch axis is split over ``data``: each device
   gathers its own rows and the partitioner all-reduces the gradients.
+
+  The numbers of the loss and the optimizer (``hparams_of``) are inputs of
+  the compiled call, so it is the same program for every learning rate,
+  clip norm and seed (the dropout key).
   """
-  train_call = train_call_fn(loss_fn, nonfinite, mesh)
+  train_call = _train_call(loss_fn, nonfinite, mesh)
   train_call.__name__ = f"train_call_{next(CALL_IDS)}"
   if mesh is None:
-    return jax.jit(train_call, donate_argnames="state")
-  repl, idx = sharding_lib.replicated(mesh), sharding_lib.indices_sharding(mesh)
-  return jax.jit(train_call, donate_argnames="state",
-                 in_shardings=(repl, repl, repl, idx, repl, repl, repl),
-                 out_shardings=repl)
+    jitted = jax.jit(train_call, donate_argnames="state")
+  else:
+    repl = sharding_lib.replicated(mesh)
+    idx = sharding_lib.indices_sharding(mesh)
+    jitted = jax.jit(train_call, donate_argnames="state",
+                     in_shardings=(repl,) * 4 + (idx, repl, repl, repl),
+                     out_shardings=repl)
+  return HparamCall(jitted, loss_fn)
+
+
+class HparamCall:
+  """A jitted call taking ``hparams`` first, called without them: they are
+  read from the loss and the state's optimizer at each call."""
+
+  def __init__(self, jitted, loss_fn):
+    self.jitted, self.loss_fn = jitted, loss_fn
+    self.__name__ = jitted.__name__
+
+  def _args(self, state, args):
+    return (hparams_of(self.loss_fn, state.tx), state) + tuple(args)
+
+  def __call__(self, state, *args):
+    return self.jitted(*self._args(state, args))
+
+  def lower(self, state, *args):
+    return self.jitted.lower(*self._args(state, args))
 
 
 def train_call_fn(loss_fn, nonfinite: str = "ignore", mesh=None):
-  """``make_multi_step``'s call before ``jax.jit``: to map over members."""
+  """``make_multi_step``'s call before ``jax.jit``: to map over members (the
+  numbers of loss and optimizer are constants of it)."""
+  train_call = _train_call(loss_fn, nonfinite, mesh)
+  return functools.partial(train_call, None)
+
+
+def _train_call(loss_fn, nonfinite: str, mesh):
+  """``train_call_fn``'s call with ``hparams`` (or None) first."""
   step = make_step(loss_fn, nonfinite)
 
   def gather(data, idx_B):
@@ -155,14 +211,15 @@ def train_call_fn(loss_fn, nonfinite: str = "ignore", mesh=None):
           batch, sharding_lib.batch_sharding(mesh))
     return batch
 
-  def train_call(state, carry, data, idx_KB, valid_K, reset_K, halted):
+  def train_call(hparams, state, carry, data, idx_KB, valid_K, reset_K,
+                 halted):
     def one(state_carry, batch, reset):
       state, carry = state_carry
       if isinstance(carry, StreamCarry):
         now = stateful_lib.reset_carry(reset, carry.initial, carry.carry)
-        state, now, metrics = step(state, now, batch)
+        state, now, metrics = step(state, now, batch, hparams)
         return (state, carry._replace(carry=now)), metrics
-      state, carry, metrics = step(state, carry, batch)
+      state, carry, metrics = step(state, carry, batch, hparams)
       return (state, carry), metrics
 
     def body(loop, inputs):
