@@ -158,6 +158,8 @@ def make_eval_step(loss_fn: LossFn):
   def eval_step(params, batch):
     return eval_step_of(hparams, params, batch)
 
+  eval_step.lower = lambda params, batch: eval_step_of.lower(hparams, params,
+                                                             batch)
   return eval_step
 
 

@@ -74,14 +74,16 @@ class Programs:
       self._futures[key] = compile_ahead(self.fn, *args)
 
   def get(self, key: Hashable, args: tuple):
+    """``fn``, once its program for ``args`` is compiled (jit finds it)."""
     self.submit(key, args)
     future = self._futures[key]
-    if future.done():
-      return future.result()
-    start = time.time()  # the clock of JAX's compile spans
-    program = future.result()
-    compile_time.waited(getattr(self.fn, "__name__", ""), start, time.time())
-    return program
+    if not future.done():
+      start = time.time()  # the clock of JAX's compile spans
+      future.result()
+      compile_time.waited(getattr(self.fn, "__name__", ""), start,
+                          time.time())
+    future.result()  # a failed compile raises here
+    return self.fn
 
   def close(self) -> None:
     """Drops the compiles not started (a run that stops early)."""
