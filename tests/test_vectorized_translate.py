@@ -56,6 +56,10 @@ def _rows(config):
       and not k.startswith("compile")} for r in rows]
 
 
+def _rows_keys(row):
+  return [k for k in row if not k.startswith("compile")]
+
+
 def test_translate_group_equals_lone_runs(tmp_path):
   group = _configs(tmp_path, "group")
   assert group_runner.run_group(translate.TASK, group) == [None] * 4
@@ -67,7 +71,9 @@ def test_translate_group_equals_lone_runs(tmp_path):
                                                "metrics.jsonl"))
     theirs = reliability.read_jsonl(os.path.join(c.workdir, "metrics.jsonl"))
     assert [r["step"] for r in mine] == [r["step"] for r in theirs]
-    assert [sorted(r) for r in mine] == [sorted(r) for r in theirs]
+    # Compile figures depend on what the process compiled before: not keys.
+    assert [sorted(_rows_keys(r)) for r in mine] == [
+        sorted(_rows_keys(r)) for r in theirs]
     evals = [r for r in mine if r.get("eval")]
     assert len(evals) == 2 and all("improved" in r for r in evals)
     for a, b in zip(mine, theirs):
