@@ -1,8 +1,22 @@
 import os
+import shutil
+import tempfile
 
 # Tests run on the CPU with deterministic, small thread pools.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# The binaries' persistent compilation cache stays off in tests (their
-# compile counts are asserted); tests/test_compile_cache.py turns it on.
-os.environ.setdefault("SEQJAX_COMPILATION_CACHE_DIR", "")
+# One persistent compilation cache for the whole session: the controller
+# makes it, the workers and the binaries' subprocesses inherit it, so a
+# program every end-to-end test builds compiles once. Compile counts are
+# unchanged (a cache hit is still counted as the program's compile);
+# tests/test_compile_cache.py uses directories of its own.
+_OWN_CACHE = "SEQJAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["SEQJAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+      prefix="seqjax-test-xla-")
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE and not hasattr(config, "workerinput"):  # the controller
+    shutil.rmtree(os.environ["SEQJAX_COMPILATION_CACHE_DIR"],
+                  ignore_errors=True)
