@@ -267,13 +267,9 @@ def _settle(run, error, wall_s: float, **extra):
 
 def finished_results(run: Run) -> Optional[dict]:
   """The run's results if it finished with exactly these flags."""
-  path = os.path.join(run.workdir, "results.json")
-  try:
-    with open(path, encoding="utf-8") as f:
-      results = json.load(f)
-  except (OSError, ValueError):
-    return None
-  if _comparable(results.get("flags", {})) != _comparable(
+  from seqjax import runner  # pylint: disable=g-import-not-at-top
+  results = runner.read_results(run.workdir)
+  if results is None or _comparable(results.get("flags", {})) != _comparable(
       dataclasses.asdict(run.config)):
     return None
   return results

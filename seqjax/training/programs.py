@@ -77,12 +77,12 @@ class Programs:
     """``fn``, once its program for ``args`` is compiled (jit finds it)."""
     self.submit(key, args)
     future = self._futures[key]
-    if not future.done():
-      start = time.time()  # the clock of JAX's compile spans
-      future.result()
+    start = time.time()  # the clock of JAX's compile spans
+    waited = not future.done()
+    future.result()  # a failed compile raises here
+    if waited:
       compile_time.waited(getattr(self.fn, "__name__", ""), start,
                           time.time())
-    future.result()  # a failed compile raises here
     return self.fn
 
   def close(self) -> None:
