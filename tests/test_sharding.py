@@ -23,6 +23,7 @@ from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
 from seqjax.errors import SeqjaxError
 from seqjax.models import Seq2Seq
+from tests.simulated_devices import EIGHT_CPU_DEVICES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +69,7 @@ def test_eight_simulated_devices_match_one_device(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "tests.multidevice_worker", str(tmp_path)],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+      env=_env(XLA_FLAGS=EIGHT_CPU_DEVICES))
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])
   print("8 devices vs 1:", {k: r[k] for k in ("loss_diff", "param_diff")})

@@ -32,6 +32,7 @@ from seqjax import vectorized
 from seqjax.checkpoint import Checkpointer
 from seqjax.errors import SeqjaxError
 from tests import group_util
+from tests.simulated_devices import EIGHT_CPU_DEVICES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny: 20 steps an epoch. 32 units (4H = 128 gate columns).
@@ -262,7 +263,7 @@ def test_killed_group_resumes_every_member(tmp_path, monkeypatch):
 def test_members_over_eight_devices_equal_one_device(tmp_path):
   """16 members split over 8 simulated CPU devices (mesh axis "runs")
   train to the parameters they reach on one device."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  env = {**os.environ, "XLA_FLAGS": EIGHT_CPU_DEVICES,
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
   out = subprocess.run([sys.executable, "-m", "tests.vectorized_worker"],
                        capture_output=True, text=True, env=env, cwd=ROOT,
