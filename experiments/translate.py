@@ -374,8 +374,9 @@ def save_attention(config: TranslateConfig, setup, state, ev) -> None:
     return
   print(f"Attention heat maps of {len(examples)} {data.selection.name} "
         f"sentences: {ev.workdir}/attention.png (" + (
-            f"characters in {font})" if font else "no CJK font installed: "
-            "symbol indices on the axes)"))
+            f"Chinese in {font})" if font else "no CJK font installed: "
+            "Chinese symbols show their indices; see README.md, Attention "
+            "plots)"))
 
 
 def score_views() -> dict:

@@ -1,14 +1,17 @@
 """Attention heat maps: which source symbols each output symbol attended to.
 
 ``draw(path, examples)`` writes one panel per example (rows: output symbols,
-columns: source symbols, shade: weight). Characters label the axes when a
-font with CJK glyphs is installed (``cjk_font``); otherwise the axes carry
-indices, and the caller can say so. Needs matplotlib (``seqjax[plot]``).
+columns: source symbols, shade: weight, with a colour scale; the source
+sentence as the title). Every symbol an installed font can draw labels its
+row or column: English always, Chinese where a font with CJK glyphs is
+installed (``cjk_font``); a symbol no font can draw shows its index
+(``#3``), and the caller can say so. Needs matplotlib (``seqjax[plot]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Optional
 
 import numpy as np
@@ -60,34 +63,62 @@ def _first_cjk(manager) -> Optional[str]:
 
 def draw(path: str, examples: list[AttentionExample]) -> Optional[str]:
   """Writes the heat maps to ``path`` (PNG); -> the CJK font used, or None
-  when there is none and the axes carry indices."""
+  when there is none (then symbols no installed font can draw carry their
+  index)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  # A .ttc family lacks a "normal" weight entry: matplotlib warns per label.
+  logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
   font = cjk_font()
+  families = ([font] if font else []) + [_DEFAULT_FAMILY]
+  glyphs = _glyphs(families)
   cols = min(len(examples), 2)
   rows = -(-len(examples) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 3.2 * rows),
+  fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 3.4 * rows),
                            squeeze=False)
-  for ax, ex in zip(axes.flat, examples):
-    ax.imshow(ex.weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
-    labels = font is not None
+  for i, (ax, ex) in enumerate(zip(axes.flat, examples), start=1):
+    image = ax.imshow(ex.weights, cmap="Greys", vmin=0.0, vmax=1.0,
+                      aspect="auto")
     ax.set_xticks(range(len(ex.source)))
     ax.set_yticks(range(len(ex.output)))
-    ax.set_xticklabels([_shown(c) for c in ex.source] if labels
-                       else range(len(ex.source)), fontsize=7,
-                       fontfamily=font or "sans-serif")
-    ax.set_yticklabels([_shown(c) for c in ex.output] if labels
-                       else range(len(ex.output)), fontsize=8,
-                       fontfamily=font or "sans-serif")
+    ax.set_xticklabels(axis_labels(ex.source, glyphs), fontsize=7,
+                       fontfamily=families, rotation=45,
+                       ha="right")
+    ax.set_yticklabels(axis_labels(ex.output, glyphs), fontsize=8,
+                       fontfamily=families)
     ax.set_xlabel("source")
     ax.set_ylabel("output")
+    ax.set_title(f"{i}: " + " ".join(axis_labels(ex.source, glyphs)),
+                 fontsize=8, fontfamily=families, loc="left")
+    fig.colorbar(image, ax=ax, label="attention weight", fraction=0.04)
   for ax in list(axes.flat)[len(examples):]:
     ax.axis("off")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return font
+
+
+_DEFAULT_FAMILY = "DejaVu Sans"   # matplotlib's own, always installed
+
+
+def _glyphs(families: list[str]) -> set[int]:
+  """The code points some font of ``families`` can draw."""
+  from matplotlib import font_manager, ft2font
+  points = set()
+  for family in families:
+    path = font_manager.findfont(font_manager.FontProperties(family=family))
+    points.update(ft2font.FT2Font(path).get_charmap())
+  return points
+
+
+def axis_labels(symbols: list[str], glyphs: set[int]) -> list[str]:
+  """Each symbol as drawn (``_shown``), or its index where some character
+  of it has no glyph in ``glyphs``: an axis never shows empty boxes."""
+  shown = [_shown(s) for s in symbols]
+  return [s if all(ord(c) in glyphs for c in s) else f"#{i}"
+          for i, s in enumerate(shown)]
 
 
 def _shown(symbol: str) -> str:
