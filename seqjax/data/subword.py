@@ -56,10 +56,11 @@ def train_model(texts: Sequence[str], vocab_size: int,
         unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, unk_surface=UNK_SURFACE,
         hard_vocab_limit=False, num_threads=1, shuffle_input_sentence=False,
         input_sentence_size=0, max_sentence_length=1 << 16, minloglevel=2)
-  except RuntimeError as e:  # SentencePiece's message says which limit
+  except RuntimeError as e:
+    # SentencePiece's message says which limit, after the failed check.
     raise ValueError(f"SentencePiece could not train a {model_type} model of "
-                     f"{vocab_size} pieces on {len(texts)} sentences: {e}"
-                     ) from e
+                     f"{vocab_size} pieces on {len(texts)} sentences: "
+                     f"{str(e).split('] ')[-1]}") from e
   return out.getvalue()
 
 
