@@ -20,7 +20,10 @@ its own longest sentence (the limits chosen to minimize the padded work), so
 the step compiles once per bucket.
 
 Variants: ``--cell=gru``; ``--level=word --embedding_dim=N`` (English words
-through an Embedding; Chinese targets stay characters);
+through an Embedding; Chinese targets stay characters); ``--level=subword``
+(SentencePiece pieces trained on the training split, saved in the workdir;
+targets too unless ``--target_level=char``: ``--src_vocab_size``,
+``--tgt_vocab_size``, ``--subword_model``);
 ``--teacher_forcing=false``: the decoder is fed its own previous prediction
 for every target step, never a target token. It is fed the predicted softmax
 distribution (``--feedback=softmax``, as the Keras "no teacher forcing" model,
