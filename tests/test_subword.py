@@ -4,6 +4,7 @@ models trained on the training split alone, and a --level=subword run."""
 import itertools
 import json
 import os
+import pickle
 import random
 
 import numpy as np
@@ -74,6 +75,9 @@ def test_decoding_joins_the_pieces_with_no_spaces_added_to_chinese():
     if " " not in t:
       assert not any("\u2581" in p for p in tgt_vocab.tokenize(t)), t
   assert tgt_vocab.decode([vocab_lib.START_ID, vocab_lib.UNK_ID]) == "\ufffd"
+  copied = pickle.loads(pickle.dumps(tgt_vocab))
+  assert copied == tgt_vocab
+  assert copied.decode(ids) == tgt_vocab.decode(ids)
 
 
 @pytest.mark.parametrize("side", [0, 1])

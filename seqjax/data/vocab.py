@@ -91,6 +91,15 @@ class Vocab:
       seen.update(tokenize(text, level))
     return cls(specials + sorted(seen - set(specials)), level, target)
 
+  def __getstate__(self) -> dict:
+    # A SentencePiece processor does not pickle: it is rebuilt from the model.
+    return {k: v for k, v in self.__dict__.items() if k != "_sp"}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._sp = (subword_lib.processor(self.model) if self.model is not None
+                else None)
+
   def __len__(self) -> int:
     return len(self.symbols)
 
