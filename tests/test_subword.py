@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -182,15 +183,19 @@ def test_translate_reads_the_models_back(subword_run):
   assert all(" " not in t["decoded"] for t in out)
   assert out[0]["unknown"] == []
   assert "".join(out[1]["unknown"]).replace("\u2581", "") == "zb"  # unseen
-  # Without its model file the workdir is refused, naming the file.
-  os.rename(os.path.join(workdir, "spm_target.model"),
-            os.path.join(workdir, "moved"))
+  # Without its model file, or with another, the workdir is refused.
+  source, target = (os.path.join(workdir, data_lib.MODEL_FILES[side])
+                    for side in ("source", "target"))
+  os.rename(target, target + ".moved")
   try:
-    with pytest.raises(SeqjaxError, match="spm_target.model"):
+    with pytest.raises(SeqjaxError, match=r"spm_target.model: the target "
+                       "SentencePiece model .* cannot be read"):
+      translation.load_translator(workdir)
+    shutil.copy(source, target)
+    with pytest.raises(SeqjaxError, match=r"spm_target.model: .*sha256"):
       translation.load_translator(workdir)
   finally:
-    os.rename(os.path.join(workdir, "moved"),
-              os.path.join(workdir, "spm_target.model"))
+    os.replace(target + ".moved", target)
 
 
 def test_recorded_subword_settings_bind_the_workdir(subword_run):

@@ -409,6 +409,8 @@ def load_vocab_file(workdir: str) -> Optional[VocabFile]:
                      int(saved["max_decode_len"]),
                      int(max_src) if max_src else None,
                      saved.get("data"))
+  except SeqjaxError:  # a subword model file, named already
+    raise
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise SeqjaxError(f"{path} is not a vocabulary file of a translation "
                       f"model: {e}") from e
