@@ -20,7 +20,10 @@ its own longest sentence (the limits chosen to minimize the padded work), so
 the step compiles once per bucket.
 
 Variants: ``--cell=gru``; ``--level=word --embedding_dim=N`` (English words
-through an Embedding; Chinese targets stay characters);
+through an Embedding; Chinese targets stay characters); ``--level=subword``
+(SentencePiece pieces trained on the training split, saved in the workdir;
+targets too unless ``--target_level=char``: ``--src_vocab_size``,
+``--tgt_vocab_size``, ``--subword_model``);
 ``--teacher_forcing=false``: the decoder is fed its own previous prediction
 for every target step, never a target token. It is fed the predicted softmax
 distribution (``--feedback=softmax``, as the Keras "no teacher forcing" model,
@@ -83,6 +86,7 @@ from seqjax import translation
 from seqjax.config import field
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import script as script_lib
+from seqjax.data import subword as subword_lib
 from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.errors import ParameterError, SeqjaxError
@@ -136,9 +140,27 @@ class TranslateConfig(config_lib.DevDecodingConfig):
       choices=script_lib.SCRIPTS)
   strict: bool = field(False, "Stop at a malformed line of the pair file "
                        "instead of skipping and counting it.")
-  level: str = field("char", "char: characters in and out (Keras); word: "
-                     "English words (needs --embedding_dim), Chinese "
-                     "characters.", choices=vocab_lib.LEVELS)
+  level: str = field("char", "The English source's symbols: char "
+                     "(Keras); word (needs --embedding_dim; Chinese targets "
+                     "stay characters); subword: SentencePiece pieces "
+                     "(needs --embedding_dim; targets too unless "
+                     "--target_level=char).", choices=vocab_lib.LEVELS)
+  target_level: Optional[str] = field(
+      None, "The Chinese target's symbols: char or subword (SentencePiece); "
+      "unset: subword with --level=subword, else char.",
+      choices=vocab_lib.TARGET_LEVELS)
+  src_vocab_size: int = field(
+      4000, "A subword source's SentencePiece vocabulary size (at most; a "
+      "small corpus may give fewer pieces).", low=16, high=limits.MAX_VOCAB)
+  tgt_vocab_size: int = field(
+      4000, "A subword target's SentencePiece vocabulary size (at most); at "
+      "least the training targets' distinct characters (3,500 on cmn.txt).",
+      low=16, high=limits.MAX_VOCAB)
+  subword_model: str = field(
+      "unigram", "The SentencePiece algorithm of subword sides: unigram or "
+      "bpe. Both are trained on the training split only and saved in the "
+      "workdir (spm_source.model, spm_target.model).",
+      choices=subword_lib.MODEL_TYPES)
   cell: str = field("lstm", "Recurrent cell: lstm or gru.",
                     choices=config_lib.CELLS)
   latent_dim: int = field(256, "Units of encoder and decoder (Keras: 256).",
@@ -210,9 +232,9 @@ class TranslateConfig(config_lib.DevDecodingConfig):
       errors.append(f"--n_best={self.n_best} exceeds --beam_size="
                     f"{self.beam_size}: the search keeps {self.beam_size} "
                     "finished hypotheses")
-    if self.level == "word" and self.embedding_dim is None:
-      errors.append("--level=word needs --embedding_dim (words go through an "
-                    "Embedding layer)")
+    if self.level in ("word", "subword") and self.embedding_dim is None:
+      errors.append(f"--level={self.level} needs --embedding_dim "
+                    f"({self.level}s go through an Embedding layer)")
     if (self.attention == "luong" and self.bidirectional
         and attention_lib.SCORES[self.attention_score].same_width):
       errors.append(f"--attention_score={self.attention_score} needs encoder "
@@ -395,20 +417,35 @@ def data_settings(config: TranslateConfig) -> dict:
   return data_lib.data_settings(
       split=config.split, target_script=config.target_script,
       split_seed=config.split_seed, num_test=config.num_test,
-      num_dev=config.num_dev, num_samples=num_samples(config))
+      num_dev=config.num_dev, num_samples=num_samples(config),
+      levels=levels(config))
+
+
+def levels(config: TranslateConfig) -> data_lib.Levels:
+  """Each side's symbols (--level, --target_level) and subword settings."""
+  target = config.target_level or (
+      "subword" if config.level == "subword" else "char")
+  return data_lib.Levels(config.level, target, config.src_vocab_size,
+                         config.tgt_vocab_size, config.subword_model)
 
 
 def check_trained_data(config: TranslateConfig,
                        restored: Optional[data_lib.VocabFile],
                        workdir: str) -> None:
   """A model resumed or evaluated in ``workdir`` must have been trained on
-  the same split and target script (another split's held-out sentences
-  may be its training ones); stops naming the flags otherwise."""
+  the same split, target script and subword settings (another split's
+  held-out sentences may be its training ones); stops naming the flags
+  otherwise."""
   if restored is None:
     return
-  trained = restored.data or data_lib.UNRECORDED_DATA
+  trained = dict(restored.data or data_lib.UNRECORDED_DATA)
   now = data_settings(config)
   if trained != now:
+    # Levels are recorded only with a subword side: name both sides' here.
+    trained.setdefault("level", restored.source.level)
+    trained.setdefault("target_level", restored.target.level)
+    now.setdefault("level", config.level)
+    now.setdefault("target_level", levels(config).target)
     diffs = ", ".join(f"--{k}={trained.get(k)} (now {now.get(k)})"
                       for k in dict.fromkeys([*trained, *now])
                       if trained.get(k) != now.get(k))
@@ -540,7 +577,7 @@ def prepare_data(config: TranslateConfig,
     return data_lib.prepare(
         resolve_data_path(config.data_path), num_samples=num_samples(config),
         validation_split=config.validation_split, strict=config.strict,
-        level=config.level, batch_size=config.batch_size,
+        level=levels(config), batch_size=config.batch_size,
         num_buckets=config.num_buckets, bucket_by=config.bucket_by,
         target_cost=functools.partial(data_lib.target_step_cost, config.cell,
                                       config.latent_dim),

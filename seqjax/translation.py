@@ -159,7 +159,7 @@ def attention_examples(spec: ModelSpec, model: Seq2Seq, params,
     end = ids.index(vocab_lib.END_ID) + 1 if vocab_lib.END_ID in ids else len(
         ids)
     outputs.append([tgt_vocab.symbols[i] for i in ids[:end]])
-  sources = [vocab_lib.tokenize(s, src_vocab.level) for s in sentences]
+  sources = [src_vocab.tokenize(s) for s in sentences]
   return attention_plot.examples_from(sources, outputs, weights_NTS)
 
 
@@ -232,7 +232,7 @@ class Translator:
         raise ParameterError("sentences", repr(s), f"sentence {i} is empty "
                              "or only spaces: nothing to translate")
     src_vocab = self.vocabs.source
-    tokens = [vocab_lib.tokenize(s, src_vocab.level) for s in sentences]
+    tokens = [src_vocab.tokenize(s) for s in sentences]
     width = width or max(len(t) for t in tokens)
     if self.vocabs.max_source_len is not None:
       width = min(width, self.vocabs.max_source_len)
@@ -245,10 +245,9 @@ class Translator:
       decoded = evaluate.decode_texts(self.decoder, self.params,
                                       self.vocabs.target, src,
                                       len(sentences), key=self.key)
-    joiner = "" if src_vocab.level == "char" else " "
     return [Translation(input=s, decoded=text,
                         unknown=src_vocab.encode(s)[1],
-                        dropped=joiner.join(sym[width:]),
+                        dropped=src_vocab.detokenize(sym[width:]),
                         truncated=len(sym[width:]), n_best=alts)
             for s, sym, text, alts in zip(sentences, tokens, decoded,
                                           alternatives)]

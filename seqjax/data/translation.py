@@ -8,10 +8,12 @@ split that reported results use: ``dev`` and ``test`` sets of distinct
 sentences, each with all its translations as references). Targets can be
 converted to one Chinese script first (``target_script``, OpenCC). The
 vocabularies come from the training split (held-out symbols never seen are
-unknown); both splits are encoded (targets ``"\\t" + sentence + "\\n"``)
+unknown; a subword side's SentencePiece model is trained on the training
+split alone); both splits are encoded (targets ``"\\t" + sentence + "\\n"``)
 and the training rows grouped into length buckets. ``vocab.json`` in a
 workdir records the vocabularies a model was trained with and the split it
-was trained on (``VocabFile``).
+was trained on (``VocabFile``), ``spm_source.model`` / ``spm_target.model``
+beside it a subword side's SentencePiece model.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from seqjax import reliability
 from seqjax import train as train_lib
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import script as script_lib
+from seqjax.data import subword as subword_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
 from seqjax.errors import ParameterError, SeqjaxError
 from seqjax.evaluate import HeldOut
 
 VOCAB_FILE = "vocab.json"
+# A subword side's SentencePiece model, beside vocab.json.
+MODEL_FILES = {"source": "spm_source.model", "target": "spm_target.model"}
 TRAIN_KEYS = ("src", "src_mask", "dec_in", "target", "target_mask")
 SPLITS = ("tail", "random")
 
@@ -161,10 +166,72 @@ def bucketize(train: dict[str, np.ndarray], num_buckets: int,
   return buckets
 
 
-def build_vocabs(train_pairs: list, level: str) -> tuple[Vocab, Vocab]:
-  """From the training pairs only: held-out symbols never seen are unknown."""
-  return (Vocab.build([s for s, _ in train_pairs], level),
-          Vocab.build([t for _, t in train_pairs], "char", target=True))
+@dataclasses.dataclass(frozen=True)
+class Levels:
+  """How each side is split into symbols: ``source`` one of
+  ``vocab.LEVELS``, ``target`` one of ``vocab.TARGET_LEVELS``; a subword
+  side's SentencePiece vocabulary size (``src_vocab_size``,
+  ``tgt_vocab_size``) and ``subword_model`` (unigram or bpe)."""
+
+  source: str = "char"
+  target: str = "char"
+  src_vocab_size: int = 4000
+  tgt_vocab_size: int = 4000
+  subword_model: str = "unigram"
+
+  def check(self) -> None:
+    """Raises ParameterError naming the setting that is not one."""
+    if self.source not in vocab_lib.LEVELS:
+      raise ParameterError("level", self.source, "must be one of "
+                           + ", ".join(vocab_lib.LEVELS))
+    if self.target not in vocab_lib.TARGET_LEVELS:
+      raise ParameterError("target_level", self.target, "must be one of "
+                           + ", ".join(vocab_lib.TARGET_LEVELS)
+                           + " (Chinese has no words)")
+    if self.subword_model not in subword_lib.MODEL_TYPES:
+      raise ParameterError("subword_model", self.subword_model, "must be one "
+                           "of " + ", ".join(subword_lib.MODEL_TYPES))
+
+  def settings(self) -> dict:
+    """What vocab.json records of them: nothing for the character and word
+    levels (as before subwords), else both levels, the model type and each
+    subword side's size."""
+    if "subword" not in (self.source, self.target):
+      return {}
+    settings = {"level": self.source, "target_level": self.target,
+                "subword_model": self.subword_model}
+    if self.source == "subword":
+      settings["src_vocab_size"] = self.src_vocab_size
+    if self.target == "subword":
+      settings["tgt_vocab_size"] = self.tgt_vocab_size
+    return settings
+
+
+def build_vocabs(train_pairs: list, level: Union[str, Levels]
+                 ) -> tuple[Vocab, Vocab]:
+  """From the training pairs only: held-out symbols never seen are unknown,
+  and a subword model learns nothing of a held-out sentence. ``level``:
+  the source's (targets: characters), or both sides' ``Levels``. Raises
+  ParameterError naming a size SentencePiece cannot train."""
+  levels = level if isinstance(level, Levels) else Levels(source=level)
+  levels.check()
+  sides = (("src_vocab_size", levels.source, False, levels.src_vocab_size,
+            [s for s, _ in train_pairs]),
+           ("tgt_vocab_size", levels.target, True, levels.tgt_vocab_size,
+            [t for _, t in train_pairs]))
+  vocabs = []
+  for param, side_level, target, size, texts in sides:
+    try:
+      # Chinese targets have no spaces between words: no word-start marker.
+      vocabs.append(Vocab.build(texts, side_level, target=target,
+                                vocab_size=size,
+                                model_type=levels.subword_model,
+                                word_prefix=not target))
+    except ValueError as e:
+      if side_level != "subword":
+        raise
+      raise ParameterError(param, size, str(e)) from e
+  return vocabs[0], vocabs[1]
 
 
 def encode_held_out(name: str, groups: list, src_vocab: Vocab,
@@ -204,7 +271,8 @@ def tail_held_out(val: dict, val_pairs: list) -> HeldOut:
 
 
 def prepare(path: str, *, num_samples: int, validation_split: float,
-            strict: bool, level: str, batch_size: int, num_buckets: int,
+            strict: bool, level: Union[str, Levels], batch_size: int,
+            num_buckets: int,
             bucket_by: str = "target",
             target_cost: Union[float, Callable[[int], float]] = 1.0,
             max_decode_len: int = 0,
@@ -215,7 +283,8 @@ def prepare(path: str, *, num_samples: int, validation_split: float,
   """Load, convert the targets to ``target_script``, split (``split``:
   tail, by ``validation_split``; random, by ``split_seed``, ``num_test``,
   ``num_dev``: see the module docstring), vocabularies (built from the
-  training split unless given) and id arrays. ``num_samples`` 0: all pairs.
+  training split unless given; ``level``: the source's, or both sides'
+  ``Levels``) and id arrays. ``num_samples`` 0: all pairs.
   ``target_cost``: a decoder step's work in encoder steps
   (``target_step_cost``), or a function of the target vocabulary's size
   giving it. ``max_decode_len`` 0: the longest target (with its end symbol)
@@ -286,16 +355,19 @@ class VocabFile:
 
 
 def data_settings(*, split: str, target_script: str, split_seed: int = 0,
-                  num_test: int = 0, num_dev: int = 0, num_samples: int = 0
-                  ) -> dict:
+                  num_test: int = 0, num_dev: int = 0, num_samples: int = 0,
+                  levels: Optional[Levels] = None) -> dict:
   """What ``vocab.json`` records of the data a model was trained on: the
-  split (for the random split, every setting that decides its sentences)
-  and the target script. A model is only evaluated (or trained on) with
+  split (for the random split, every setting that decides its sentences),
+  the target script, and with a subword side the ``levels``
+  (``Levels.settings``). A model is only evaluated (or trained on) with
   the same: another split's test sentences may be its training ones."""
   settings = {"split": split, "target_script": target_script}
   if split == "random":
     settings.update(split_seed=split_seed, num_test=num_test,
                     num_dev=num_dev, num_samples=num_samples)
+  if levels is not None:
+    settings.update(levels.settings())
   return settings
 
 
@@ -304,7 +376,13 @@ UNRECORDED_DATA = {"split": "tail", "target_script": script_lib.AS_IS}
 
 def save_vocab_file(workdir: str, vocab_file: VocabFile) -> None:
   """Writes ``<workdir>/vocab.json`` atomically (a write cut short leaves
-  the old file whole)."""
+  the old file whole), after the SentencePiece model of each subword side
+  (``MODEL_FILES``)."""
+  for side, vocab in (("source", vocab_file.source),
+                      ("target", vocab_file.target)):
+    if vocab.model is not None:
+      reliability.write_atomic(os.path.join(workdir, MODEL_FILES[side]),
+                               vocab.model)
   saved = {"source": vocab_file.source.to_dict(),
            "target": vocab_file.target.to_dict(),
            "max_decode_len": int(vocab_file.max_decode_len)}
@@ -326,11 +404,33 @@ def load_vocab_file(workdir: str) -> Optional[VocabFile]:
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
     max_src = saved.get("max_source_len")
-    return VocabFile(Vocab.from_dict(saved["source"]),
-                     Vocab.from_dict(saved["target"]),
+    return VocabFile(_load_vocab(workdir, saved, "source"),
+                     _load_vocab(workdir, saved, "target"),
                      int(saved["max_decode_len"]),
                      int(max_src) if max_src else None,
                      saved.get("data"))
+  except SeqjaxError:  # a subword model file, named already
+    raise
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise SeqjaxError(f"{path} is not a vocabulary file of a translation "
                       f"model: {e}") from e
+
+
+def _load_vocab(workdir: str, saved: dict, side: str) -> Vocab:
+  """vocab.json's ``side`` vocabulary, with its SentencePiece model file
+  where it is a subword one; a missing model file raises SeqjaxError."""
+  d = saved[side]
+  if d.get("level") != "subword":
+    return Vocab.from_dict(d)
+  path = os.path.join(workdir, MODEL_FILES[side])
+  try:
+    with open(path, "rb") as f:
+      model = f.read()
+  except OSError as e:
+    raise SeqjaxError(f"{path}: the {side} SentencePiece model of "
+                      f"{os.path.join(workdir, VOCAB_FILE)} cannot be read "
+                      f"({e.strerror})") from e
+  try:
+    return Vocab.from_dict(d, model)
+  except ValueError as e:
+    raise SeqjaxError(f"{path}: {e}") from e

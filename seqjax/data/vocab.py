@@ -7,8 +7,11 @@ puts the start and end symbols at 2 and 3. Symbols are sorted, so the same
 sentences always give the same ids.
 
 Levels: "char" splits a sentence into characters (as Keras); "word" splits
-English into lowercased words and punctuation marks. Chinese has no spaces, so
-its targets stay characters at both levels.
+English into lowercased words and punctuation marks (Chinese has no spaces:
+its targets stay characters); "subword" into the pieces of a SentencePiece
+model trained on the training sentences of that side (``seqjax.data.subword``:
+the vocabulary's symbols are the model's pieces, decoding joins them back
+into text, with no spaces added between Chinese pieces).
 """
 
 from __future__ import annotations
@@ -20,29 +23,42 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from seqjax.data import subword as subword_lib
+
 PAD, UNK = "<pad>", "<unk>"
 START, END = "\t", "\n"
 PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
-LEVELS = ("char", "word")
+LEVELS = ("char", "word", "subword")
+TARGET_LEVELS = ("char", "subword")  # Chinese has no words
+UNKNOWN = "\ufffd"  # how decoding writes the unknown symbol
 
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
 
 
 def tokenize(text: str, level: str) -> list[str]:
+  """Characters or words; subwords need the model (``Vocab.tokenize``)."""
   if level == "char":
     return list(text)
   if level == "word":
     return _WORD_RE.findall(text.lower())
+  if level == "subword":
+    raise ValueError("subword tokens come from a SentencePiece model: "
+                     "Vocab.tokenize")
   raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
 
 
 class Vocab:
-  """Symbols <-> ids for one side (source or target) of a pair file."""
+  """Symbols <-> ids for one side (source or target) of a pair file. A
+  subword vocabulary also holds its SentencePiece ``model`` (serialized
+  bytes): its symbols are the model's pieces."""
 
   def __init__(self, symbols: Sequence[str], level: str = "char",
-               target: bool = False):
+               target: bool = False, model: Optional[bytes] = None):
     if level not in LEVELS:
       raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
+    if (model is None) != (level != "subword"):
+      raise ValueError("a subword vocabulary, and only one, has a "
+                       "SentencePiece model")
     specials = [PAD, UNK] + ([START, END] if target else [])
     if list(symbols[:len(specials)]) != specials:
       raise ValueError(f"a vocabulary starts with {specials}; got "
@@ -50,31 +66,65 @@ class Vocab:
     self.symbols = list(symbols)
     self.level = level
     self.target = target
+    self.model = model
     self.ids = {s: i for i, s in enumerate(self.symbols)}
     if len(self.ids) != len(self.symbols):
       raise ValueError("a vocabulary lists a symbol twice")
+    self._sp = subword_lib.processor(model) if model is not None else None
 
   @classmethod
   def build(cls, texts: Iterable[str], level: str = "char",
-            target: bool = False) -> "Vocab":
-    """The sorted symbols of ``texts`` behind the special ones."""
+            target: bool = False, vocab_size: int = 4000,
+            model_type: str = "unigram", word_prefix: bool = True
+            ) -> "Vocab":
+    """The sorted symbols of ``texts`` behind the special ones; subword: a
+    SentencePiece model of ``texts`` (``subword.train_model``:
+    ``vocab_size``, ``model_type``, ``word_prefix``) and its pieces in the
+    model's order."""
     specials = [PAD, UNK] + ([START, END] if target else [])
+    if level == "subword":
+      model = subword_lib.train_model(list(texts), vocab_size, model_type,
+                                      word_prefix)
+      return cls(specials + subword_lib.pieces(model), level, target, model)
     seen = set()
     for text in texts:
       seen.update(tokenize(text, level))
     return cls(specials + sorted(seen - set(specials)), level, target)
+
+  def __getstate__(self) -> dict:
+    # A SentencePiece processor does not pickle: it is rebuilt from the model.
+    return {k: v for k, v in self.__dict__.items() if k != "_sp"}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._sp = (subword_lib.processor(self.model) if self.model is not None
+                else None)
 
   def __len__(self) -> int:
     return len(self.symbols)
 
   def __eq__(self, other) -> bool:
     return (isinstance(other, Vocab) and self.symbols == other.symbols
-            and self.level == other.level and self.target == other.target)
+            and self.level == other.level and self.target == other.target
+            and self.model == other.model)
+
+  def tokenize(self, text: str) -> list[str]:
+    """``text``'s symbols at this vocabulary's level (some may be unknown)."""
+    if self._sp is not None:
+      return self._sp.encode_as_pieces(text)
+    return tokenize(text, self.level)
+
+  def detokenize(self, symbols: Sequence[str]) -> str:
+    """Symbols -> text: characters joined, words with spaces, subword
+    pieces by SentencePiece (its word boundaries become spaces)."""
+    if self._sp is not None:
+      return self._sp.decode_pieces(list(symbols))
+    return ("" if self.level == "char" else " ").join(symbols)
 
   def encode(self, text: str) -> tuple[list[int], list[str]]:
     """-> (ids, the symbols not in the vocabulary, encoded as ``UNK_ID``)."""
     ids, unknown = [], []
-    for sym in tokenize(text, self.level):
+    for sym in self.tokenize(text):
       i = self.ids.get(sym)
       if i is None:
         unknown.append(sym)
@@ -82,26 +132,47 @@ class Vocab:
       ids.append(i)
     return ids, unknown
 
-  def decode(self, ids: Iterable[int], unknown: str = "\ufffd") -> str:
+  def decode(self, ids: Iterable[int], unknown: str = UNKNOWN) -> str:
     """Ids -> text, up to the end symbol; padding and start are dropped, the
     unknown symbol is written as ``unknown``."""
-    out = []
-    for i in ids:
-      i = int(i)
+    kept = self._kept(ids)
+    if self._sp is None:
+      return self.detokenize([unknown if i == UNK_ID else self.symbols[i]
+                              for i in kept])
+    # SentencePiece writes its unknown piece as its unknown surface.
+    text = self.detokenize([self._sp.id_to_piece(self._sp.unk_id())
+                            if i == UNK_ID else self.symbols[i]
+                            for i in kept])
+    return (text if unknown == subword_lib.UNK_SURFACE
+            else text.replace(subword_lib.UNK_SURFACE, unknown))
+
+  def _kept(self, ids: Iterable[int]) -> list[int]:
+    """The ids ``decode`` writes: up to the end symbol, no padding or start."""
+    kept = []
+    for i in map(int, ids):
       if self.target and i == END_ID:
         break
-      if i == PAD_ID or (self.target and i == START_ID):
-        continue
-      out.append(unknown if i == UNK_ID else self.symbols[i])
-    return ("" if self.level == "char" else " ").join(out)
+      if i != PAD_ID and not (self.target and i == START_ID):
+        kept.append(i)
+    return kept
 
   def to_dict(self) -> dict:
-    return {"level": self.level, "target": self.target,
-            "symbols": self.symbols}
+    """The symbols; a subword vocabulary's model is saved on its own
+    (``model_sha256`` names it)."""
+    d = {"level": self.level, "target": self.target, "symbols": self.symbols}
+    if self.model is not None:
+      d["model_sha256"] = hashlib.sha256(self.model).hexdigest()
+    return d
 
   @classmethod
-  def from_dict(cls, d: dict) -> "Vocab":
-    return cls(d["symbols"], d["level"], d["target"])
+  def from_dict(cls, d: dict, model: Optional[bytes] = None) -> "Vocab":
+    """``to_dict``'s vocabulary; subword: with its ``model``, which must be
+    the one ``model_sha256`` names."""
+    expected = d.get("model_sha256")
+    if model is not None and expected != hashlib.sha256(model).hexdigest():
+      raise ValueError("the SentencePiece model is not the one the "
+                       "vocabulary was built with (its sha256 differs)")
+    return cls(d["symbols"], d["level"], d["target"], model)
 
   def fingerprint(self) -> str:
     """A short hash of the symbols: checkpoints record which ids they use."""
