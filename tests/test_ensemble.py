@@ -6,6 +6,7 @@ translate binary's --ensemble."""
 
 import functools
 import itertools
+import re
 
 import jax
 import numpy as np
@@ -203,3 +204,127 @@ def test_member_params_round_trip():
     assert jax.tree.structure(got) == jax.tree.structure(p)
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(p)):
       assert x is y
+
+
+# ------------------------------------------------------------ the binary
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """Two tiny models of one vocabulary and data, of different shapes."""
+  from tests import translate_util
+  out = []
+  for name, flags in (("a", {}), ("b", dict(embedding_dim=4, seed=1))):
+    tmp = tmp_path_factory.mktemp(name)
+    out.append(translate_util.train_tiny(tmp, **flags))
+  return out
+
+
+def _snapshot(*workdirs):
+  """Every file under ``workdirs``: its bytes and modification time."""
+  import os
+  files = {}
+  for top in workdirs:
+    for root, _, names in os.walk(top):
+      for name in names:
+        path = os.path.join(root, name)
+        with open(path, "rb") as f:
+          files[path] = (f.read(), os.stat(path).st_mtime_ns)
+  return files
+
+
+SENTENCES = ["dog 12.", "cat 99.", "tea 3."]
+
+
+def test_translate_ensemble_equals_the_library_ensemble(trained):
+  from experiments import translate
+  from seqjax import translation
+  got = translate.run(translate.TranslateConfig(
+      workdir=trained[0], ensemble=trained[1], translate=SENTENCES))
+  assert got["ensemble"] == trained
+  # The ensemble built by hand from each model loaded alone.
+  alone = [translation.load_translator(w) for w in trained]
+  model = decoding.Ensemble(tuple(t.model for t in alone))
+  params = decoding.ensemble_params([t.params for t in alone])
+  vocabs = alone[0].vocabs
+  src = translation.vocab_lib.encode_sources(vocabs.source, SENTENCES)
+  fn = translation.make_decoder(alone[0].spec, model, vocabs.max_decode_len)
+  tokens_BT = np.asarray(fn(params, src["src"], src["src_mask"]))
+  assert [t["decoded"] for t in got["translations"]] == [
+      vocabs.target.decode(row) for row in tokens_BT]
+
+
+def test_eval_only_ensemble_of_a_model_with_itself_scores_as_the_model(
+    trained, capsys):
+  from experiments import translate
+  flags = dict(workdir=trained[0], eval_only=True, n_examples=3)
+  alone = translate.run(translate.TranslateConfig(**flags))
+  # (x + x) / 2 == x in floating point: the same tokens, the same scores.
+  twice = translate.run(translate.TranslateConfig(**flags,
+                                                  ensemble=trained[0]))
+  assert twice["ensemble"] == [trained[0]] * 2 and "ensemble" not in alone
+  assert twice["examples"] == alone["examples"]
+  assert twice["val_chrf"] == alone["val_chrf"]
+  both = translate.run(translate.TranslateConfig(**flags,
+                                                 ensemble=trained[1]))
+  assert both["ensemble"] == trained
+  from seqjax import translation
+  inputs = [e["input"] for e in both["examples"]]
+  assert [e["decoded"] for e in both["examples"]] == [
+      t.decoded for t in translation.load_ensemble(trained).translate(inputs)]
+  assert f"Decoded by the ensemble of {trained[0]} and {trained[1]}" in (
+      capsys.readouterr().out)
+
+
+def _mismatched(trained, tmp_path, edit):
+  """A copy of the second model with its vocab.json edited by ``edit``."""
+  import json
+  import shutil
+  copy = str(tmp_path / "edited")
+  shutil.copytree(trained[1], copy)
+  path = f"{copy}/vocab.json"
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  edit(saved)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(saved, f, ensure_ascii=False)
+  return copy
+
+
+def _longer(saved):
+  saved["max_decode_len"] += 1
+
+
+def _other_symbols(saved):
+  saved["target"]["symbols"][-1] += "x"
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (_longer, "decodes at most"), (_other_symbols, "target vocabulary")])
+@pytest.mark.parametrize("mode", [dict(translate=SENTENCES),
+                                  dict(eval_only=True)])
+def test_a_mismatched_member_stops_before_any_work(trained, tmp_path, edit,
+                                                   problem, mode):
+  from experiments import translate
+  from seqjax.errors import SeqjaxError
+  member = _mismatched(trained, tmp_path, edit)
+  before = _snapshot(trained[0], member)
+  with pytest.raises(SeqjaxError) as e:
+    translate.run(translate.TranslateConfig(
+        workdir=trained[0], ensemble=f"{trained[1]},{member}", **mode))
+  assert str(e.value).startswith(f"--ensemble={member}: ")
+  assert problem in str(e.value) and trained[0] in str(e.value)
+  assert _snapshot(trained[0], member) == before
+
+
+def test_ensemble_needs_a_trained_model_to_decode(trained, tmp_path):
+  from experiments import translate
+  from seqjax.errors import SeqjaxError
+  with pytest.raises(SeqjaxError, match=re.escape(
+      f"no checkpoint in --ensemble={tmp_path}")):
+    translate.run(translate.TranslateConfig(
+        workdir=trained[0], ensemble=str(tmp_path), translate=SENTENCES))
+  errors = translate.TranslateConfig(workdir=trained[0],
+                                     ensemble=trained[1]).validate()
+  assert any(e.startswith("--ensemble needs --translate or --eval_only")
+             for e in errors)

@@ -10,9 +10,9 @@ layers, attention) but must share the target vocabulary, and the source
 ids they are fed. Its parameters are the members' under one tree:
 ``ensemble_params([params_a, params_b])``.
 
-The rule (letters: M members, B batch, V target vocabulary): a step's
-distribution is the renormalised geometric mean of the members',
-``p(y) ∝ exp(mean_m log p_m(y))``, the log-probabilities averaged.
+The rule, for M members: a step's distribution is the renormalised
+geometric mean of the members', ``p(y) ∝ exp(mean_m log p_m(y))``, the
+log-probabilities averaged.
 ``decode_step`` returns the members' mean logits as its logits: since
 ``log p_m = logits_m - logsumexp(logits_m)``, the mean log-probabilities
 differ from the mean logits by one constant a row, which every decoder
@@ -21,8 +21,7 @@ their argmax, sampling and softmax feedback their softmax). So the
 renormalisation is the decoders' own, and an ensemble of one decodes
 exactly as its model, bit for bit. fairseq's ``EnsembleModel`` averages
 the probabilities instead (``logsumexp_m log p_m - log M``, already
-normalised); the two agree on the argmax of confident members, not in
-general.
+normalised), another distribution.
 """
 
 from __future__ import annotations
