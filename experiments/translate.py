@@ -59,6 +59,12 @@ line number, to standard error.
 flags its run recorded (results.json, the checkpoint, vocab.json); a flag
 given explicitly that differs from its record is refused by name. A run that
 fails before its first checkpoint removes the vocab.json it wrote.
+
+``--ensemble=WORKDIR2,WORKDIR3`` decodes ``--translate`` and
+``--eval_only``'s final evaluation with those models and --workdir's as
+one ensemble (``seqjax.decoding.Ensemble``: their log-probabilities
+averaged every step); a member with other vocabularies or decoding (or,
+for ``--eval_only``, other data) stops the run before any work.
 """
 
 from __future__ import annotations
@@ -301,11 +307,13 @@ class TranslateTask(task_lib.Task):
     # Runs of steps_per_call batches of one bucket fill each jitted call.
     fit_data, plan = data.fit_data(config.batch_size, config.steps_per_call)
     eval_step = train_lib.make_eval_step(loss_fn)
+    # --ensemble (with --eval_only): the final decoding's other models.
     members = [translation.restore_model(w, *translation.load_records(w))
                for w in config.ensemble_workdirs()]
-    decoder = translation.make_decoder(
-        spec, decoding.Ensemble((model, *(m[1] for m in members)))
-        if members else model, data.max_decode_len, strategy=config.search())
+    decoded = (decoding.Ensemble((model, *(m[1] for m in members)))
+               if members else model)
+    decoder = translation.make_decoder(spec, decoded, data.max_decode_len,
+                                       strategy=config.search())
     dev_decoder = (decoder if config.dev_search() == config.search()
                    and not members else
                    translation.make_decoder(spec, model, data.max_decode_len,
