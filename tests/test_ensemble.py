@@ -83,6 +83,22 @@ def test_an_ensemble_of_one_decodes_as_its_model_bit_for_bit(name):
   assert np.isfinite(beams[0].scores_BN).all()
 
 
+def test_an_ensemble_of_one_samples_and_feeds_back_as_its_model():
+  model, params = _member("plain", seed=4)
+  both = decoding.Ensemble((model,)), decoding.ensemble_params([params])
+  key = jax.random.key(7)
+  for strategy, kw in ((decoding.Sampling(0.8, top_k=3), dict(key=key)),
+                       (decoding.Greedy(), dict(feedback="softmax"))):
+    src_BS, mask_BS = _sources()
+    outs = [jax.device_get(decoding.decode(
+        m, p, src_BS, mask_BS, kw.get("key"), strategy, max_len=6,
+        start_id=START, stop_id=STOP, pad_id=PAD, score=True,
+        feedback=kw.get("feedback", "tokens")))
+            for m, p in ((model, params), both)]
+    np.testing.assert_array_equal(outs[1].tokens_BT, outs[0].tokens_BT)
+    np.testing.assert_array_equal(outs[1].log_probs_B, outs[0].log_probs_B)
+
+
 def test_a_step_averages_the_members_log_probabilities():
   ensemble, params, members = _ensemble(list(MEMBERS))
   src_BS, mask_BS = _sources()
