@@ -120,8 +120,9 @@ def test_a_step_averages_the_members_log_probabilities():
     # The returned logits are the mean log-probabilities up to one constant
     # a row; normalised, the ensemble's distribution.
     shift_BV = np.asarray(logits_BV, np.float64) - mean_BV
-    np.testing.assert_allclose(shift_BV, shift_BV[:, :1] + 0 * shift_BV,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        shift_BV, np.broadcast_to(shift_BV[:, :1], shift_BV.shape),
+        atol=1e-5)
     np.testing.assert_allclose(_log_softmax(logits_BV),
                                _log_softmax(mean_BV), atol=1e-5)
     # Not the mean of the probabilities: the members disagree enough.
