@@ -62,6 +62,12 @@ line number, to standard error.
 flags its run recorded (results.json, the checkpoint, vocab.json); a flag
 given explicitly that differs from its record is refused by name. A run that
 fails before its first checkpoint removes the vocab.json it wrote.
+
+``--ensemble=WORKDIR2,WORKDIR3`` decodes ``--translate`` and
+``--eval_only``'s final evaluation with those models and --workdir's as
+one ensemble (``seqjax.decoding.Ensemble``: their log-probabilities
+averaged every step); a member with other vocabularies or decoding (or,
+for ``--eval_only``, other data) stops the run before any work.
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ from absl import logging
 
 from seqjax import attention as attention_lib
 from seqjax import config as config_lib
+from seqjax import decoding
 from seqjax import evaluate
 from seqjax import limits
 from seqjax import task as task_lib
@@ -217,11 +224,21 @@ class TranslateConfig(config_lib.DevDecodingConfig):
       "checkpoint where --keep_best kept one, else the latest). Repeatable; "
       "'-': read standard input, one sentence a line, one translation a "
       "line out.")
+  ensemble: str = field(
+      "", "Comma-separated workdirs of more trained translation models, "
+      "decoded with --workdir's as one ensemble (their log-probabilities "
+      "averaged every step) by --translate and --eval_only; they must share "
+      "its vocabularies (vocab.json) and decoding, and with --eval_only its "
+      "data. Members may differ in architecture.")
   n_best: int = field(1, "--translate: print the N best translations of "
                       "the beam search with their scores (at most "
                       "--beam_size), or N samples a sentence with their "
                       "log-probabilities (--sampling_temperature).", low=1,
                       high=limits.MAX_BATCH)
+
+  def ensemble_workdirs(self) -> list[str]:
+    """--ensemble's workdirs (empty: --workdir's model alone)."""
+    return self.ensemble.split(",") if self.ensemble else []
 
   def decodes_stepwise(self) -> bool:
     return translation.decodes_tokens(model_spec(self))
@@ -244,6 +261,11 @@ class TranslateConfig(config_lib.DevDecodingConfig):
         and not script_lib.available()):
       errors.append(f"--target_script={self.target_script} needs OpenCC: "
                     f"{script_lib.INSTALL}")
+    if self.ensemble and not (self.translate or self.eval_only):
+      errors.append("--ensemble needs --translate or --eval_only: it decodes "
+                    "trained models (training takes one)")
+    if any(not w.strip() for w in self.ensemble_workdirs()):
+      errors.append(f"--ensemble={self.ensemble!r} names an empty workdir")
     if self.translate and not self.workdir:
       errors.append("--translate needs --workdir (a trained model's)")
     for i, sentence in enumerate(self.translate or [], start=1):
@@ -262,6 +284,13 @@ class Evaluation:
   eval_step: object
   decoder: object
   workdir: str
+  member_params: tuple = ()  # --ensemble's models', after --workdir's
+
+  def decoder_params(self, params):
+    """What ``decoder`` decodes with: ``params``, with --ensemble's."""
+    if not self.member_params:
+      return params
+    return decoding.ensemble_params([params, *self.member_params])
 
 
 class TranslateTask(task_lib.Task):
@@ -282,6 +311,7 @@ class TranslateTask(task_lib.Task):
     if config.eval_only:
       runner.check(config)
       config = recorded_config(config, explicit_fields(config))
+      check_ensemble(config)
     return runner.run(self, config)
 
   def setup(self, config: TranslateConfig, workdir: str) -> task_lib.Setup:
@@ -299,9 +329,15 @@ class TranslateTask(task_lib.Task):
     # Runs of steps_per_call batches of one bucket fill each jitted call.
     fit_data, plan = data.fit_data(config.batch_size, config.steps_per_call)
     eval_step = train_lib.make_eval_step(loss_fn)
-    decoder = translation.make_decoder(spec, model, data.max_decode_len,
+    # --ensemble (with --eval_only): the final decoding's other models.
+    members = [translation.restore_model(w, *translation.load_records(w))
+               for w in config.ensemble_workdirs()]
+    decoded = (decoding.Ensemble((model, *(m[1] for m in members)))
+               if members else model)
+    decoder = translation.make_decoder(spec, decoded, data.max_decode_len,
                                        strategy=config.search())
-    dev_decoder = (decoder if config.dev_search() == config.search() else
+    dev_decoder = (decoder if config.dev_search() == config.search()
+                   and not members else
                    translation.make_decoder(spec, model, data.max_decode_len,
                                             strategy=config.dev_search()))
     # Every epoch: the selection set's loss and chrF / BLEU (dev, or the
@@ -326,7 +362,8 @@ class TranslateTask(task_lib.Task):
                                               config.optimizer),
         title=f"Seq2Seq ({config.cell}, {config.level} level)",
         epoch_end=held_out, save_files=save,
-        data=Evaluation(data, held_out, eval_step, decoder, workdir),
+        data=Evaluation(data, held_out, eval_step, decoder, workdir,
+                        tuple(m[2] for m in members)),
         select_metric=f"{selection.name}_chrf", select_maximize=True)
 
   def evaluate(self, config: TranslateConfig, setup, state) -> dict:
@@ -339,7 +376,8 @@ class TranslateTask(task_lib.Task):
       losses = evaluate.evaluate_loss(
           ev.eval_step, state.params, data_lib.fit_arrays(held.loss_arrays),
           config.eval_batch_size)
-      hypotheses = evaluate.decode_texts(ev.decoder, state.params,
+      hypotheses = evaluate.decode_texts(ev.decoder,
+                                         ev.decoder_params(state.params),
                                          data.tgt_vocab, held.decode_arrays,
                                          config.eval_batch_size,
                                          config.decoding_key())
@@ -351,11 +389,16 @@ class TranslateTask(task_lib.Task):
     eval_seconds = time.perf_counter() - t0
     print(f"Decoded by {config.search()} search (every epoch's "
           f"{data.selection.name} decoding: {config.dev_search()})")
+    if config.ensemble:
+      print(f"Decoded by the ensemble of {config.workdir} and "
+            f"{', '.join(config.ensemble_workdirs())} (losses and token "
+            "accuracies: the model of --workdir alone)")
     examples = print_held_out(config, data.reported,
                               *shown[data.reported.name])
     for name, held in data.held_out.items():
       print_scores(held, *shown[name][1:])
-    if config.attention != "none" and config.n_attention_plots:
+    if (config.attention != "none" and config.n_attention_plots
+        and not config.ensemble):  # the plots are of one model's attention
       save_attention(config, setup, state, ev)
     plan = setup.batch_plan
     steady = held_out.epoch_seconds[1:]
@@ -364,6 +407,8 @@ class TranslateTask(task_lib.Task):
         reported_set=data.reported.name, select_metric=setup.select_metric,
         decoder=config.describe_search(),
         dev_decoder=config.dev_search().describe(),
+        **({"ensemble": [config.workdir, *config.ensemble_workdirs()]}
+           if config.ensemble else {}),
         epochs_completed=int(state.step) // (
             plan.steps_per_epoch if plan else
             len(data.train_pairs) // config.batch_size),
@@ -459,7 +504,7 @@ def check_trained_data(config: TranslateConfig,
 # Flags that change how a trained model is evaluated or run, not which model
 # or data: --eval_only takes the others from the run recorded in --workdir.
 EVAL_FLAGS = frozenset({
-    "workdir", "eval_only", "translate", "n_best", "beam_size",
+    "workdir", "eval_only", "translate", "ensemble", "n_best", "beam_size",
     "length_penalty", "sampling_temperature", "top_k", "top_p",
     "sampling_seed", "dev_beam_size", "eval_batch_size", "n_examples",
     "n_attention_plots", "log_every", "checkpoint_every",
@@ -478,6 +523,19 @@ def explicit_fields(config: TranslateConfig) -> set[str]:
           if getattr(config, f.name) != (
               f.default if f.default is not dataclasses.MISSING
               else f.default_factory())}
+
+
+def check_ensemble(config: TranslateConfig) -> None:
+  """--eval_only --ensemble: every member must share --workdir's
+  vocabularies, decoding and data; stops naming the first that does not,
+  before any work (only records are read)."""
+  first = translation.load_records(config.workdir)
+  for workdir in config.ensemble_workdirs():
+    try:
+      translation.load_member_records(workdir, first, config.workdir,
+                                      same_data=True)
+    except ParameterError as e:
+      raise flag_error(e) from e
 
 
 def recorded_settings(workdir: str) -> dict:
@@ -625,19 +683,23 @@ def print_scores(held_out: evaluate.HeldOut, losses, scores) -> None:
 
 def translate_sentences(config: TranslateConfig) -> dict:
   """--translate: the model in --workdir translates the given sentences."""
+  settings = (config.search(), config.n_best if config.n_best > 1 else 0,
+              config.decoding_key())
+  members = config.ensemble_workdirs()
   try:
-    translator = translation.load_translator(
-        config.workdir, config.search(),
-        config.n_best if config.n_best > 1 else 0, config.decoding_key())
+    translator = (translation.load_ensemble([config.workdir, *members],
+                                            *settings) if members else
+                  translation.load_translator(config.workdir, *settings))
   except translation.ModelNotFoundError as e:
     raise SeqjaxError(f"--translate needs a trained model: {e.problem} in "
-                      f"--workdir={e.value}") from e
+                      f"--{e.param}={e.value}") from e
   except ParameterError as e:
     raise flag_error(e) from e
   if config.translate == ["-"]:
     return translate_stream(translator, sys.stdin, sys.stdout, sys.stderr)
   print(f"Resumed from the checkpoint at step {translator.step} in "
-        f"{config.workdir}.")
+        f"{config.workdir}" + (f", ensembled with {', '.join(members)}"
+                               if members else "") + ".")
   width = translator.vocabs.max_source_len
   out = []
   for t in translator.translate(config.translate):
@@ -653,7 +715,8 @@ def translate_sentences(config: TranslateConfig) -> dict:
     out.append({"input": t.input, "decoded": t.decoded, "unknown": t.unknown,
                 "truncated": t.truncated,
                 **({"n_best": t.n_best} if t.n_best else {})})
-  return {"translations": out, "decoder": config.describe_search()}
+  return {"translations": out, "decoder": config.describe_search(),
+          **({"ensemble": [config.workdir, *members]} if members else {})}
 
 
 def translation_notes(t: translation.Translation, vocabs) -> list[str]:

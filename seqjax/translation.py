@@ -12,6 +12,8 @@ A symbol not in the training vocabulary is encoded as the unknown symbol and
 named (``Translation.unknown``); a sentence longer than the longest training
 source is cut to it (``Translation.dropped``), since the encoder never saw
 longer inputs (a vocab.json without that record translates it whole).
+``load_ensemble(workdirs)`` translates with several models as one, their
+log-probabilities averaged every step (``seqjax.decoding.ensemble``).
 """
 
 from __future__ import annotations
@@ -186,7 +188,7 @@ class Translator:
   ``strategy`` (``seqjax.decoding``; sampling draws with ``key``)."""
 
   spec: ModelSpec
-  model: Seq2Seq
+  model: Seq2Seq  # or a decoding.Ensemble of them (load_ensemble)
   params: dict
   vocabs: data_lib.VocabFile
   step: int  # the checkpoint's
@@ -311,6 +313,13 @@ def load_translator(workdir: str, strategy=decoding.Greedy(),
   without both, ParameterError for another task's model and
   CheckpointMismatchError when vocab.json is not the checkpoint's."""
   saved, vocabs = load_records(workdir)
+  spec, model, params, step = restore_model(workdir, saved, vocabs)
+  return Translator(spec, model, params, vocabs, step, strategy, n_best, key)
+
+
+def restore_model(workdir: str, saved: dict, vocabs: data_lib.VocabFile):
+  """-> (spec, model, parameters, step) of the model ``load_records`` read
+  in ``workdir``."""
   spec = ModelSpec.from_model_config(saved)
   model = build_model(spec, vocabs.source, vocabs.target)
   # Compared with the checkpoint's: a vocab.json not its own is refused.
@@ -319,7 +328,73 @@ def load_translator(workdir: str, strategy=decoding.Greedy(),
                              saved["optimizer"]),
               **{k: saved[k] for k in OPTIMIZER_STRUCTURE if k in saved}}
   params, step = _restore_params(workdir, expected, param_shapes(model))
-  return Translator(spec, model, params, vocabs, int(step), strategy, n_best,
+  return spec, model, params, int(step)
+
+
+# ---------------------------------------------------------------- ensembles
+
+def load_member_records(workdir: str, first: tuple, first_workdir: str,
+                        same_data: bool = False) -> tuple:
+  """-> ``load_records(workdir)`` of an ensemble member, checked against
+  ``first``, the records of ``first_workdir``'s model: the same source and
+  target vocabularies (vocab.json fingerprints), the same decoding (fed its
+  tokens or its softmax, at most as many steps) and, with ``same_data``, the
+  same training data (an evaluation must not score a member on its
+  training sentences). Reads only the records (no parameters); raises
+  ParameterError (or ModelNotFoundError) naming ``ensemble`` and
+  ``workdir``."""
+  try:
+    saved, vocabs = load_records(workdir)
+  except ParameterError as e:
+    raise type(e)("ensemble", workdir, e.problem) from e
+  problems = _member_problems((saved, vocabs), first, first_workdir,
+                              same_data)
+  if problems:
+    raise ParameterError("ensemble", workdir, "; ".join(problems) + ": "
+                         "ensemble members must agree")
+  return saved, vocabs
+
+
+def _member_problems(member: tuple, first: tuple, first_workdir: str,
+                     same_data: bool) -> list[str]:
+  """How a member's (model config, vocab.json) differ from ``first``'s."""
+  (saved, vocabs), (first_saved, first_vocabs) = member, first
+  problems = []
+  for side in ("source", "target"):
+    mine, theirs = (getattr(v, side).fingerprint()
+                    for v in (vocabs, first_vocabs))
+    if mine != theirs:
+      problems.append(f"its {side} vocabulary (fingerprint {mine}) is not "
+                      f"that of {first_workdir} ({theirs})")
+  feeds = ["its tokens" if decodes_tokens(ModelSpec.from_model_config(c))
+           else "its softmax" for c in (saved, first_saved)]
+  if feeds[0] != feeds[1]:
+    problems.append(f"it is decoded fed {feeds[0]}, the model of "
+                    f"{first_workdir} {feeds[1]}")
+  if vocabs.max_decode_len != first_vocabs.max_decode_len:
+    problems.append(f"it decodes at most {vocabs.max_decode_len} steps, the "
+                    f"model of {first_workdir} {first_vocabs.max_decode_len}")
+  if same_data and vocabs.data != first_vocabs.data:
+    problems.append(f"it was trained on other data ({vocabs.data}) than the "
+                    f"model of {first_workdir} ({first_vocabs.data})")
+  return problems
+
+
+def load_ensemble(workdirs, strategy=decoding.Greedy(), n_best: int = 0,
+                  key: Optional[jax.Array] = None) -> Translator:
+  """The translation models trained in ``workdirs`` decoded as one
+  (``decoding.Ensemble``: their log-probabilities averaged every step),
+  with the first's vocabularies and step. Every record is read and checked
+  (``load_member_records``) before any parameters are restored; nothing is
+  written."""
+  first = load_records(workdirs[0])
+  records = [first] + [load_member_records(w, first, workdirs[0])
+                       for w in workdirs[1:]]
+  members = [restore_model(w, *r) for w, r in zip(workdirs, records)]
+  spec, _, _, step = members[0]
+  model = decoding.Ensemble(tuple(m[1] for m in members))
+  params = decoding.ensemble_params([m[2] for m in members])
+  return Translator(spec, model, params, first[1], step, strategy, n_best,
                     key)
 
 

@@ -107,7 +107,7 @@ def _step(model, params, s: _Search, *, k: int, max_len: int,
           stop_id: Optional[int], alpha: float) -> _Search:
   batch = s.alive_logp_BK.shape[0]
   logits_XV, state = model.apply(params, s.last_BK.reshape(-1), s.state,
-                                 method=Seq2Seq.decode_step)
+                                 method="decode_step")
   vocab = logits_XV.shape[-1]
   logits_BKV = logits_XV.astype(jnp.float32).reshape(batch, k, vocab)
   # The 2K best of a sentence are among the 2K best of each of its beams:
@@ -169,7 +169,7 @@ def beam_search(model: Seq2Seq, params, src_BS: Array,
   k, alpha = strategy.beam_size, float(strategy.length_penalty)
   batch = src_BS.shape[0]
   state = model.apply(params, src_BS, src_mask_BS,
-                      method=Seq2Seq.encode_for_decoding)
+                      method="encode_for_decoding")
   # Beam 0 is the one real hypothesis at the start: the others are
   # copies, kept out of the first step's candidates.
   first_BK = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF)

@@ -11,7 +11,11 @@ compiled once per input shape. How it decodes follows the model:
 * a model that predicts every step at once (``RepeatVectorSeq2Seq``): one
   forward pass, the strategy selecting each step's token.
 
-Greedy and beam search ignore the key; sampling needs one.
+Greedy and beam search ignore the key; sampling needs one. The decoders
+call a model's methods by name (``model.apply(params, ...,
+method="decode_step")``): any Flax module with ``encode_for_decoding`` and
+``decode_step`` (``decode_step_dense`` to be fed its softmax) decodes like a
+``Seq2Seq``, such as an ``Ensemble`` of them (``seqjax.decoding.ensemble``).
 """
 
 from __future__ import annotations
@@ -40,12 +44,12 @@ def make_inference_fns(model: Seq2Seq):
   @jax.jit
   def encode(params, src_BS, src_mask_BS=None):
     return model.apply(params, src_BS, src_mask_BS,
-                       method=Seq2Seq.encode_for_decoding)
+                       method="encode_for_decoding")
 
   @jax.jit
   def decode_step(params, token_B, carry):
     logits_BV, carry = model.apply(params, token_B, carry,
-                                   method=Seq2Seq.decode_step)
+                                   method="decode_step")
     return jax.nn.softmax(logits_BV, axis=-1), carry
 
   return encode, decode_step
@@ -106,12 +110,12 @@ def _stepwise(model, params, src_BS, src_mask_BS, start_id: int,
   """-> (step(feed, state) -> (logits_BV, state), the encoder's state, the
   first feed: the start tokens, or their one-hot rows fed densely)."""
   state = model.apply(params, src_BS, src_mask_BS,
-                      method=Seq2Seq.encode_for_decoding)
+                      method="encode_for_decoding")
   start_B = jnp.full((src_BS.shape[0],), start_id, jnp.int32)
-  method = Seq2Seq.decode_step
+  method = "decode_step"
   if feedback == "softmax":
     start_B = jax.nn.one_hot(start_B, model.tgt_vocab, dtype=jnp.float32)
-    method = Seq2Seq.decode_step_dense
+    method = "decode_step_dense"
   step = lambda feed, state: model.apply(params, feed, state, method=method)
   return step, state, start_B
 
