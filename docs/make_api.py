@@ -11,6 +11,7 @@ of its docstring. Standard library only.
 import argparse
 import importlib
 import inspect
+import re
 import os
 import pkgutil
 import sys
@@ -58,7 +59,9 @@ def signature(obj) -> str:
     text = str(inspect.signature(obj))
   except (TypeError, ValueError):
     return "(...)"
-  return text.removesuffix(" -> None") if inspect.isclass(obj) else text
+  text = text.removesuffix(" -> None") if inspect.isclass(obj) else text
+  # A default's repr may hold its address: the page must not change per run.
+  return re.sub(r" at 0x[0-9a-f]+>", ">", text)
 
 
 def module_section(name: str) -> list[str]:
