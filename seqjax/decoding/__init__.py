@@ -1,16 +1,21 @@
 """Decoding: one autoregressive loop, token-selection strategies (greedy,
-sampling, beam search) and one factory, ``make_decoder``."""
+sampling, beam search), in-flight batching of a queue of sentences
+(greedy) and one factory, ``make_decoder``."""
 
 from seqjax.decoding.beam import Beams, penalty
-from seqjax.decoding.decoder import (check_decoder, decode,
-                                     decode_in_batches, make_decoder,
-                                     make_inference_fns)
+from seqjax.decoding.decoder import (QueueDecoder, check_decoder, decode,
+                                     decode_in_batches, decode_queue,
+                                     make_decoder, make_inference_fns,
+                                     queue_shape)
+from seqjax.decoding.inflight import InFlight, check_in_flight
 from seqjax.decoding.loop import Decoded, pad_after_stop
 from seqjax.decoding.strategies import (BeamSearch, Greedy, Sampling, argmax,
                                         check_beam, check_sampling, is_beam,
                                         search)
 
-__all__ = ["BeamSearch", "Beams", "Decoded", "Greedy", "Sampling", "argmax",
-           "check_beam", "check_decoder", "check_sampling", "decode",
-           "decode_in_batches", "is_beam", "make_decoder",
-           "make_inference_fns", "pad_after_stop", "penalty", "search"]
+__all__ = ["BeamSearch", "Beams", "Decoded", "Greedy", "InFlight",
+           "QueueDecoder", "Sampling", "argmax", "check_beam",
+           "check_decoder", "check_in_flight", "check_sampling", "decode",
+           "decode_in_batches", "decode_queue", "is_beam", "make_decoder",
+           "make_inference_fns", "pad_after_stop", "penalty",
+           "queue_shape", "search"]
