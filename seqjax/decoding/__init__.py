@@ -6,7 +6,7 @@ from seqjax.decoding.beam import Beams, penalty
 from seqjax.decoding.decoder import (QueueDecoder, check_decoder, decode,
                                      decode_in_batches, decode_queue,
                                      make_decoder, make_inference_fns,
-                                     queue_shape)
+                                     pad_queue, queue_shape)
 from seqjax.decoding.inflight import InFlight, check_in_flight
 from seqjax.decoding.loop import Decoded, pad_after_stop
 from seqjax.decoding.strategies import (BeamSearch, Greedy, Sampling, argmax,
@@ -17,5 +17,5 @@ __all__ = ["BeamSearch", "Beams", "Decoded", "Greedy", "InFlight",
            "QueueDecoder", "Sampling", "argmax", "check_beam",
            "check_decoder", "check_in_flight", "check_sampling", "decode",
            "decode_in_batches", "decode_queue", "is_beam", "make_decoder",
-           "make_inference_fns", "pad_after_stop", "penalty",
+           "make_inference_fns", "pad_after_stop", "pad_queue", "penalty",
            "queue_shape", "search"]

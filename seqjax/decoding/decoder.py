@@ -206,15 +206,20 @@ def queue_shape(n: int, batch_size: int) -> int:
   return -(-max(n, 1) // batch_size) * batch_size
 
 
+def pad_queue(src, src_mask, batch_size: int) -> tuple:
+  """``src`` and ``src_mask`` (NumPy, or None) padded with copies of their
+  last row to ``queue_shape`` rows: encoded, never decoded."""
+  short = queue_shape(src.shape[0], batch_size) - src.shape[0]
+  pad = lambda x: x if x is None or not short else np.concatenate(
+      [x, np.repeat(x[-1:], short, 0)])
+  return pad(np.asarray(src)), pad(
+      None if src_mask is None else np.asarray(src_mask))
+
+
 def _decode_queue(decoder: QueueDecoder, params, src, batch_size: int,
                   src_mask):
   n = src.shape[0]
-  short = queue_shape(n, batch_size) - n
-  if short:  # padding rows: encoded, never decoded
-    src = np.concatenate([src, np.repeat(src[-1:], short, 0)])
-    if src_mask is not None:
-      src_mask = np.concatenate([src_mask, np.repeat(src_mask[-1:], short,
-                                                     0)])
+  src, src_mask = pad_queue(src, src_mask, batch_size)
   tokens = decoder(params, src, src_mask, slots=batch_size,
                    count=np.int32(n))
   return np.asarray(tokens)[:n]
