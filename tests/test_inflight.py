@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from seqjax import decoding
+from seqjax import evaluate
 from seqjax.models import Seq2Seq
+from seqjax.training import programs
+from seqjax.training import steps as steps_lib
 from tests import seq2seq_reference as ref
 
 START, STOP, PAD = 1, 2, 0
@@ -136,6 +139,25 @@ def test_decode_in_batches_gives_a_queue_decoder_the_whole_array():
                                      mask_NS[:9])
   np.testing.assert_array_equal(again, expected[:9])
   assert queue.with_slots(4)._cache_size() == 1
+
+
+def test_held_out_loss_compiles_an_in_flight_decoder_ahead():
+  """The epoch end's queue (11 sentences, 4 slots: 12 rows) is compiled in
+  the background; decoding the set then compiles nothing."""
+  model, params, src_NS, mask_NS = _setup("luong_feeding_bidirectional")
+  decoder = decoding.make_decoder(model, max_len=MAX_LEN, start_id=START,
+                                  stop_id=STOP, pad_id=PAD, in_flight=True)
+  held = evaluate.HeldOut("dev", ["s"] * 11, [["r"]] * 11,
+                          {"src": src_NS, "src_mask": mask_NS}, {})
+  hook = evaluate.HeldOutLoss(lambda p, b: {}, {"target_mask": mask_NS}, 4,
+                              1, decoder=decoder, held_out=held,
+                              tgt_vocab=object())
+  before = steps_lib.compiles_of("in_flight_decode")
+  hook.compile_ahead(params)
+  programs.wait_for_background()
+  assert steps_lib.compiles_of("in_flight_decode") == before + 1
+  decoding.decode_in_batches(decoder, params, src_NS, 4, mask_NS)
+  assert steps_lib.compiles_of("in_flight_decode") == before + 1
 
 
 @pytest.mark.parametrize("strategy, options, problem", [

@@ -153,11 +153,12 @@ class QueueDecoder:
     """The jitted ``(params, src_NS, src_mask_NS, key, count)`` decoding
     with ``slots`` rows."""
     if slots not in self._jitted:
-      def run(params, src_NS, src_mask_NS=None, key=None, count=None):
+      def in_flight_decode(params, src_NS, src_mask_NS=None, key=None,
+                           count=None):
         del key  # greedy
         out = self._fn(params, src_NS, src_mask_NS, count, slots=slots)
         return out if self.full else out.tokens_NT
-      self._jitted[slots] = jax.jit(run)
+      self._jitted[slots] = jax.jit(in_flight_decode)
     return self._jitted[slots]
 
   def __call__(self, params, src_NS, src_mask_NS=None, key=None, *,
