@@ -9,9 +9,11 @@ and OpenNMT-py (issue 15).
 The model: a trained translate workdir (``model_dir``) and the 1,000 test
 sentences of its random split, prepared as ``experiments.translate`` does;
 else a random model of the translate attention model's sizes (``units``,
-``embedding_dim``) on the same split's test sentences; ``tiny``: a small
-random model (readout sharpened, end symbol's bias raised, so outputs end
-at varied steps) on random sentences, for tests.
+``embedding_dim``) on the same split's test sentences, run for ``steps``
+(equal work) or, with ``stop_bias`` (its stop symbol's readout bias
+raised; ``readout_scale``), to its stop symbol or ``random_max_len``;
+``tiny``: a small random model (readout sharpened, end symbol's bias
+raised, so outputs end at varied steps) on random sentences, for tests.
 
 The peers (``benchmarks/decode_torch.py``, ``benchmarks/decode_onmt.py``):
 
@@ -28,7 +30,11 @@ sentence (no stop symbol; OpenNMT-py with min_length = max_length), as
 random weights decide output lengths; OpenNMT-py then also decodes with its
 end symbol allowed (``natural``, not compared). seqjax pads every batch to
 the widest source and the last to the batch size (one compiled shape); the
-peers cut each batch to its widest source. Every framework runs in its own
+peers cut each batch to its widest source. seqjax greedy also decodes
+in-flight (``in_flight``; ``greedy_inflight@50``): all sentences in one
+queue, the batch size its slots, a finished sentence's slot refilled with
+the next inside the compiled loop (``seqjax.decoding.inflight``).
+``beam=false`` measures greedy alone. Every framework runs in its own
 worker process, the order rotating each repetition; every number is the
 median over repetitions.
 """
@@ -76,6 +82,7 @@ class Settings:
   passes: int = 3          # timed passes per repetition (the best kept)
   natural: bool = True     # onmt with equal work: also its own stopping
   in_flight: bool = True   # seqjax greedy also in-flight (greedy_inflight)
+  beam: bool = True        # False: greedy only
   onmt_hidden: str = "512/256"  # OpenNMT-py -hidden_size values
   # The random model (without model_dir): the translate attention model.
   units: int = 256
@@ -122,7 +129,7 @@ def _sizes(name: str, text: str) -> list[int]:
 
 
 def decoder_names(s: Settings) -> list[str]:
-  return ["greedy", f"beam{s.beam_size}"]
+  return ["greedy"] + ([f"beam{s.beam_size}"] if s.beam else [])
 
 
 def keys(s: Settings, framework: str = "seqjax") -> list[str]:
@@ -462,32 +469,38 @@ def agreements(workload: Workload, tokens: dict) -> dict:
     if f"greedy_inflight@{b}" in ours:
       out[f"seqjax greedy_inflight@{b} vs greedy@{b}"] = agreement(
           ours[f"greedy_inflight@{b}"], ours[f"greedy@{b}"])
-  out[f"seqjax greedy vs {beam} @{sizes[0]}"] = agreement(
-      ours[f"greedy@{sizes[0]}"], ours[f"{beam}@{sizes[0]}"])
+  if s.beam:
+    out[f"seqjax greedy vs {beam} @{sizes[0]}"] = agreement(
+        ours[f"greedy@{sizes[0]}"], ours[f"{beam}@{sizes[0]}"])
   return out
 
 
 def ratio_rows(workload: Workload, results: dict) -> list[dict]:
-  """Per batch size: seqjax beam time over its greedy time (at most 4x);
-  per peer seqjax beam over the peer's (sentences/s, at least 5x) and
-  seqjax greedy over the peer's (no target). Each repetition's own ratio;
-  their median and range."""
+  """Per batch size: seqjax beam time over its greedy time (at most 4x),
+  its greedy in-flight over greedy (no target); per peer seqjax beam over
+  the peer's (sentences/s, at least 5x), seqjax greedy and greedy
+  in-flight over the peer's greedy (no target). Those measured only; each
+  repetition's own ratio, their median and range."""
   beam = f"beam{workload.s.beam_size}"
   rate = lambda fw, key: results[fw]["reps"][key]["sentences_per_s"]
   rows = []
   for b in workload.s.batch_sizes():
     g, k = f"greedy@{b}", f"{beam}@{b}"
+    q = f"greedy_inflight@{b}"
     specs = [("seqjax beam time / seqjax greedy time", "seqjax", g, "seqjax",
-              k, TARGETS["beam_over_greedy"], "at_most")]
-    if f"greedy_inflight@{b}" in results["seqjax"]["reps"]:
-      specs.append(("seqjax greedy in-flight / seqjax greedy (sentences/s)",
-                    "seqjax", f"greedy_inflight@{b}", "seqjax", g, None,
-                    None))
+              k, TARGETS["beam_over_greedy"], "at_most"),
+             ("seqjax greedy in-flight / seqjax greedy (sentences/s)",
+              "seqjax", q, "seqjax", g, None, None)]
     for peer in (fw for fw in results if fw != "seqjax"):
       specs += [(f"seqjax beam / {peer} beam (sentences/s)", "seqjax", k,
                  peer, k, TARGETS["beam_vs_peer"], "at_least"),
                 (f"seqjax greedy / {peer} greedy (sentences/s)", "seqjax", g,
-                 peer, g, None, None)]
+                 peer, g, None, None),
+                (f"seqjax greedy in-flight / {peer} greedy (sentences/s)",
+                 "seqjax", q, peer, g, None, None)]
+    measured = lambda fw, key: key in results[fw]["reps"]
+    specs = [x for x in specs if measured(x[1], x[2]) and measured(x[3],
+                                                                   x[4])]
     for label, fw_a, key_a, fw_b, key_b, target, kind in specs:
       per_rep = [x / y for x, y in zip(rate(fw_a, key_a), rate(fw_b, key_b))]
       ratio = harness.median(per_rep)
