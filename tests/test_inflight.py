@@ -9,6 +9,7 @@ import pytest
 
 from seqjax import decoding
 from seqjax import evaluate
+from seqjax.decoding import decoder as decoder_lib
 from seqjax.models import Seq2Seq
 from seqjax.training import programs
 from seqjax.training import steps as steps_lib
@@ -139,6 +140,19 @@ def test_decode_in_batches_gives_a_queue_decoder_the_whole_array():
                                      mask_NS[:9])
   np.testing.assert_array_equal(again, expected[:9])
   assert queue.with_slots(4)._cache_size() == 1
+
+
+def test_a_large_set_is_decoded_as_several_queues(monkeypatch):
+  model, params, src_NS, mask_NS = _setup("plain_lstm")
+  kw = dict(max_len=MAX_LEN, start_id=START, stop_id=STOP, pad_id=PAD)
+  fixed = decoding.make_decoder(model, **kw)
+  queue = decoding.make_decoder(model, in_flight=True, **kw)
+  expected = decoding.decode_in_batches(fixed, params, src_NS, 3, mask_NS)
+  # Queues of 9 and 2 sentences (padded to 3 rows): two programs.
+  monkeypatch.setattr(decoder_lib, "MAX_QUEUE", 9)
+  got = decoding.decode_in_batches(queue, params, src_NS, 3, mask_NS)
+  np.testing.assert_array_equal(got, expected)
+  assert queue.with_slots(3)._cache_size() == 2
 
 
 def test_held_out_loss_compiles_an_in_flight_decoder_ahead():

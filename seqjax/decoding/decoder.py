@@ -200,17 +200,25 @@ def make_decoder(model, strategy=strategies.Greedy(), *, max_len: int,
   return jax.jit(run)
 
 
+# The most sentences one queue holds: all are encoded up front, so a huge
+# set is decoded as queues of this many (rounded to the slots).
+MAX_QUEUE = 8192
+
+
 def queue_shape(n: int, batch_size: int) -> int:
-  """The rows of a queue of ``n`` sentences as ``decode_in_batches`` gives
-  a ``QueueDecoder``: a multiple of ``batch_size``, so sets of similar
-  sizes share a compiled program."""
-  return -(-max(n, 1) // batch_size) * batch_size
+  """The rows of the (first) queue of ``n`` sentences as
+  ``decode_in_batches`` gives a ``QueueDecoder``: a multiple of
+  ``batch_size``, so sets of similar sizes share a compiled program, of at
+  most about ``MAX_QUEUE``."""
+  rows = -(-max(n, 1) // batch_size) * batch_size
+  return min(rows, max(MAX_QUEUE // batch_size, 1) * batch_size)
 
 
 def pad_queue(src, src_mask, batch_size: int) -> tuple:
   """``src`` and ``src_mask`` (NumPy, or None) padded with copies of their
-  last row to ``queue_shape`` rows: encoded, never decoded."""
-  short = queue_shape(src.shape[0], batch_size) - src.shape[0]
+  last row to a multiple of ``batch_size`` rows: encoded, never
+  decoded."""
+  short = -src.shape[0] % batch_size
   pad = lambda x: x if x is None or not short else np.concatenate(
       [x, np.repeat(x[-1:], short, 0)])
   return pad(np.asarray(src)), pad(
@@ -219,11 +227,16 @@ def pad_queue(src, src_mask, batch_size: int) -> tuple:
 
 def _decode_queue(decoder: QueueDecoder, params, src, batch_size: int,
                   src_mask):
-  n = src.shape[0]
-  src, src_mask = pad_queue(src, src_mask, batch_size)
-  tokens = decoder(params, src, src_mask, slots=batch_size,
-                   count=np.int32(n))
-  return np.asarray(tokens)[:n]
+  size = queue_shape(src.shape[0], batch_size)
+  outputs = []
+  for start in range(0, max(src.shape[0], 1), size):
+    chunk = src[start:start + size]
+    mask = None if src_mask is None else src_mask[start:start + size]
+    padded, mask = pad_queue(chunk, mask, batch_size)
+    outputs.append((decoder(params, padded, mask, slots=batch_size,
+                            count=np.int32(len(chunk))), len(chunk)))
+  # Fetched after every queue is dispatched.
+  return np.concatenate([np.asarray(out)[:n] for out, n in outputs])
 
 
 def decode_in_batches(decode_fn, params, src, batch_size: int,
