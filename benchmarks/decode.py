@@ -9,9 +9,11 @@ and OpenNMT-py (issue 15).
 The model: a trained translate workdir (``model_dir``) and the 1,000 test
 sentences of its random split, prepared as ``experiments.translate`` does;
 else a random model of the translate attention model's sizes (``units``,
-``embedding_dim``) on the same split's test sentences; ``tiny``: a small
-random model (readout sharpened, end symbol's bias raised, so outputs end
-at varied steps) on random sentences, for tests.
+``embedding_dim``) on the same split's test sentences, run for ``steps``
+(equal work) or, with ``stop_bias`` (its stop symbol's readout bias
+raised; ``readout_scale``), to its stop symbol or ``random_max_len``;
+``tiny``: a small random model (readout sharpened, end symbol's bias
+raised, so outputs end at varied steps) on random sentences, for tests.
 
 The peers (``benchmarks/decode_torch.py``, ``benchmarks/decode_onmt.py``):
 
@@ -28,7 +30,11 @@ sentence (no stop symbol; OpenNMT-py with min_length = max_length), as
 random weights decide output lengths; OpenNMT-py then also decodes with its
 end symbol allowed (``natural``, not compared). seqjax pads every batch to
 the widest source and the last to the batch size (one compiled shape); the
-peers cut each batch to its widest source. Every framework runs in its own
+peers cut each batch to its widest source. seqjax greedy also decodes
+in-flight (``in_flight``; ``greedy_inflight@50``): all sentences in one
+queue, the batch size its slots, a finished sentence's slot refilled with
+the next inside the compiled loop (``seqjax.decoding.inflight``).
+``beam=false`` measures greedy alone. Every framework runs in its own
 worker process, the order rotating each repetition; every number is the
 median over repetitions.
 """
@@ -55,7 +61,7 @@ DEFINITIONS = [
     "them in batches (the best of `passes` passes), after a warm-up call "
     "per decoder and batch size; the median over repetitions",
     "first call: one batch decoded by a fresh decoder (seqjax: tracing, "
-    "XLA's compiles and the run)",
+    "XLA's compiles and the run; greedy_inflight: the whole queue)",
     "steps: decoder steps run, summed over the batches; rows stepped: the "
     "rows those steps decoded (batch x beams, less what a peer dropped)",
     "equal work (steps > 0): every decoder runs `steps` steps for every "
@@ -75,6 +81,8 @@ class Settings:
   num_sentences: int = 0   # 0: all
   passes: int = 3          # timed passes per repetition (the best kept)
   natural: bool = True     # onmt with equal work: also its own stopping
+  in_flight: bool = True   # seqjax greedy also in-flight (greedy_inflight)
+  beam: bool = True        # False: greedy only
   onmt_hidden: str = "512/256"  # OpenNMT-py -hidden_size values
   # The random model (without model_dir): the translate attention model.
   units: int = 256
@@ -84,6 +92,12 @@ class Settings:
   attention: str = "luong"
   attention_score: str = "general"
   input_feeding: bool = True
+  # A random model decoding to its stop symbol (steps=0): max_decode_len,
+  # and the readout sharpened and the stop symbol's bias raised so that
+  # outputs end at varied steps.
+  random_max_len: int = 45
+  readout_scale: float = 1.0
+  stop_bias: float = 0.0
   tiny: bool = False       # tests: the sizes below, random sentences
   tiny_units: int = 16
   tiny_embedding_dim: int = 8
@@ -115,13 +129,15 @@ def _sizes(name: str, text: str) -> list[int]:
 
 
 def decoder_names(s: Settings) -> list[str]:
-  return ["greedy", f"beam{s.beam_size}"]
+  return ["greedy"] + ([f"beam{s.beam_size}"] if s.beam else [])
 
 
 def keys(s: Settings, framework: str = "seqjax") -> list[str]:
   """Its measurements: ``greedy@50``, ``beam5@50``, ...; OpenNMT-py with
   equal work and ``natural`` also ``greedy_natural@50``, ...."""
   out = [f"{d}@{b}" for b in s.batch_sizes() for d in decoder_names(s)]
+  if framework == "seqjax" and s.in_flight:
+    out += [f"greedy_inflight@{b}" for b in s.batch_sizes()]
   if framework.startswith("onmt") and s.steps and s.natural:
     out += [f"{d}_natural@{s.batch_sizes()[0]}" for d in decoder_names(s)]
   return out
@@ -148,10 +164,10 @@ class Workload:
         raise ParameterError(name, getattr(s, name), "must be at least 1")
     if s.steps < 0:
       raise ParameterError("steps", s.steps, "must be >= 0")
-    if not s.model_dir and not s.tiny and not s.steps:
+    if not s.model_dir and not s.tiny and not s.steps and not s.stop_bias:
       raise ParameterError("steps", s.steps, "must be > 0 (equal work) for "
                            "a random model, whose outputs have random "
-                           "lengths; or give model_dir")
+                           "lengths; or give model_dir, or a stop_bias")
     if s.model_dir:
       self._load_trained(s)
     else:
@@ -219,17 +235,18 @@ class Workload:
                                         embedding_dim=emb))
       self.src_vocab = len(prepared.src_vocab)
       self.tgt_vocab = len(prepared.tgt_vocab)
-      self.max_len = s.steps
+      self.max_len = s.steps or s.random_max_len
     self.model = Seq2Seq(src_vocab=self.src_vocab, tgt_vocab=self.tgt_vocab,
                          **self.arch)
     params = jax.jit(self.model.init)(jax.random.key(s.seed),
                                       self.src_NS[:1], self.src_NS[:1, :2])
     self.params = jax.tree.map(np.asarray, params)
-    if s.tiny:
-      readout = self.params["params"]["readout"]
-      readout["kernel"] = readout["kernel"] * s.tiny_readout_scale
-      readout["bias"] = readout["bias"].copy()
-      readout["bias"][STOP] += s.tiny_stop_bias
+    readout = self.params["params"]["readout"]
+    scale, bias = ((s.tiny_readout_scale, s.tiny_stop_bias) if s.tiny
+                   else (s.readout_scale, s.stop_bias))
+    readout["kernel"] = readout["kernel"] * scale
+    readout["bias"] = readout["bias"].copy()
+    readout["bias"][STOP] += bias
 
   def _tiny_sentences(self, s: Settings):
     self.src_vocab, self.tgt_vocab = s.tiny_src_vocab, s.tiny_tgt_vocab
@@ -287,10 +304,16 @@ class SeqjaxRunner:
                                                   **ids),
                 f"beam{s.beam_size}": harness.library_decoder(
                     w.model, "beam", beam_size=s.beam_size,
-                    length_penalty=s.length_penalty, **ids)}
+                    length_penalty=s.length_penalty, **ids),
+                "greedy_inflight": harness.library_decoder(
+                    w.model, "greedy_inflight", **ids)}
     self.notes = ["seqjax: every batch padded to the widest source of all "
                   f"({w.src_NS.shape[1]} tokens) and its last batch to the "
-                  "batch size (one compiled shape per batch size)"]
+                  "batch size (one compiled shape per batch size); "
+                  "greedy_inflight: all sentences in one queue (padded to "
+                  "a multiple of the batch size), the batch size its "
+                  "slots, a finished sentence's slot refilled with the "
+                  "next inside the compiled loop"]
 
   def versions(self) -> dict:
     return harness.seqjax_versions()
@@ -312,6 +335,9 @@ class SeqjaxRunner:
     """-> tokens (N, max_len), decoder steps (summed over the batches),
     rows stepped (rows x steps, summed)."""
     fn, w = self.fns[decoder], self.w
+    if decoder == "greedy_inflight":
+      tokens_NT, steps, rows = fn(self.params, w.src_NS, w.mask_NS, batch)
+      return np.asarray(tokens_NT), int(steps), int(rows)
     k = 1 if decoder == "greedy" else w.s.beam_size
     outs = [(fn(self.params, *self._padded(a, b, batch)), b - a)
             for a, b in w.batches(batch)]
@@ -326,9 +352,11 @@ class SeqjaxRunner:
     compiles."""
     from seqjax import train as train_lib
     a, b = self.w.batches(batch)[0]
+    call = lambda: self.fns[decoder](self.params, *self._padded(a, b, batch))
+    if decoder == "greedy_inflight":  # its one call: the whole queue
+      call = lambda: self.decode(decoder, batch)
     with train_lib.count_compiles() as counted:
-      secs, _ = harness.timed(lambda: np.asarray(self.fns[decoder](
-          self.params, *self._padded(a, b, batch))[0]))
+      secs, _ = harness.timed(lambda: np.asarray(call()[0]))
       compiles = counted.count
     return {"first_call_s": secs, "compiles": compiles}
 
@@ -437,28 +465,42 @@ def agreements(workload: Workload, tokens: dict) -> dict:
     for b in sizes[1:]:
       out[f"seqjax {d}@{sizes[0]} vs {d}@{b}"] = agreement(
           ours[f"{d}@{sizes[0]}"], ours[f"{d}@{b}"])
-  out[f"seqjax greedy vs {beam} @{sizes[0]}"] = agreement(
-      ours[f"greedy@{sizes[0]}"], ours[f"{beam}@{sizes[0]}"])
+  for b in sizes:
+    if f"greedy_inflight@{b}" in ours:
+      out[f"seqjax greedy_inflight@{b} vs greedy@{b}"] = agreement(
+          ours[f"greedy_inflight@{b}"], ours[f"greedy@{b}"])
+  if s.beam:
+    out[f"seqjax greedy vs {beam} @{sizes[0]}"] = agreement(
+        ours[f"greedy@{sizes[0]}"], ours[f"{beam}@{sizes[0]}"])
   return out
 
 
 def ratio_rows(workload: Workload, results: dict) -> list[dict]:
-  """Per batch size: seqjax beam time over its greedy time (at most 4x);
-  per peer seqjax beam over the peer's (sentences/s, at least 5x) and
-  seqjax greedy over the peer's (no target). Each repetition's own ratio;
-  their median and range."""
+  """Per batch size: seqjax beam time over its greedy time (at most 4x),
+  its greedy in-flight over greedy (no target); per peer seqjax beam over
+  the peer's (sentences/s, at least 5x), seqjax greedy and greedy
+  in-flight over the peer's greedy (no target). Those measured only; each
+  repetition's own ratio, their median and range."""
   beam = f"beam{workload.s.beam_size}"
   rate = lambda fw, key: results[fw]["reps"][key]["sentences_per_s"]
   rows = []
   for b in workload.s.batch_sizes():
     g, k = f"greedy@{b}", f"{beam}@{b}"
+    q = f"greedy_inflight@{b}"
     specs = [("seqjax beam time / seqjax greedy time", "seqjax", g, "seqjax",
-              k, TARGETS["beam_over_greedy"], "at_most")]
+              k, TARGETS["beam_over_greedy"], "at_most"),
+             ("seqjax greedy in-flight / seqjax greedy (sentences/s)",
+              "seqjax", q, "seqjax", g, None, None)]
     for peer in (fw for fw in results if fw != "seqjax"):
       specs += [(f"seqjax beam / {peer} beam (sentences/s)", "seqjax", k,
                  peer, k, TARGETS["beam_vs_peer"], "at_least"),
                 (f"seqjax greedy / {peer} greedy (sentences/s)", "seqjax", g,
-                 peer, g, None, None)]
+                 peer, g, None, None),
+                (f"seqjax greedy in-flight / {peer} greedy (sentences/s)",
+                 "seqjax", q, peer, g, None, None)]
+    measured = lambda fw, key: key in results[fw]["reps"]
+    specs = [x for x in specs if measured(x[1], x[2]) and measured(x[3],
+                                                                   x[4])]
     for label, fw_a, key_a, fw_b, key_b, target, kind in specs:
       per_rep = [x / y for x, y in zip(rate(fw_a, key_a), rate(fw_b, key_b))]
       ratio = harness.median(per_rep)

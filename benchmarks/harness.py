@@ -95,6 +95,9 @@ def library_decoder(model, kind: str, **kw):
     mask_NS=None) -> tokens_NT`` (one compiled shape);
   * "greedy_steps", "beam": ``decode(params, src_BS, mask_BS) -> (tokens_BT,
     steps)``, beam's best hypothesis (``beam_size``, ``length_penalty``);
+  * "greedy_inflight": ``decode(params, src_NS, mask_NS, slots) ->
+    (tokens_NT, steps, rows stepped)``, all N sentences in one queue
+    decoded by ``slots`` rows (in-flight batching);
   * "inference": ``(encode, decode_step)``, the tutorial's split;
   * "translator": the decoder a restored translator (``model``) is
     trained to be decoded with (its spec's greedy or beam), ``max_len``.
@@ -107,6 +110,9 @@ def library_decoder(model, kind: str, **kw):
   if kind == "greedy_steps":
     greedy = decoding.make_decoder(model, full=True, **kw)
     return lambda p, x, m: greedy(p, x, m)[:2]
+  if kind == "greedy_inflight":
+    queue = decoding.make_decoder(model, full=True, in_flight=True, **kw)
+    return lambda p, x, m, slots: _queue_steps(queue, p, x, m, slots)
   if kind == "beam":
     beam = decoding.make_decoder(
         model, decoding.BeamSearch(kw.pop("beam_size"),
@@ -119,6 +125,14 @@ def library_decoder(model, kind: str, **kw):
     from seqjax import translation
     return translation.make_decoder(model.spec, model.model, kw["max_len"])
   raise ValueError(f"unknown decoder kind {kind!r}")
+
+
+def _queue_steps(queue, params, src_NS, mask_NS, slots: int):
+  from seqjax import decoding
+  n = len(src_NS)
+  out = queue(params, *decoding.pad_queue(src_NS, mask_NS, slots),
+              slots=slots, count=np.int32(n))
+  return out.tokens_NT[:n], out.steps, out.rows_stepped
 
 
 def _best_and_steps(beams):

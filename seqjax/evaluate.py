@@ -192,7 +192,14 @@ class HeldOutLoss:
     if hasattr(self.eval_step, "lower"):
       programs.compile_ahead(self.eval_step, params,
                              _batch_of(self.arrays, self.batch_size))
-    if self.decoder is not None and hasattr(self.decoder, "lower"):
+    if getattr(self.decoder, "in_flight", False):  # the whole set, queued
+      n = len(self.held_out.decode_arrays["src"])
+      arrays = _batch_of(self.held_out.decode_arrays,
+                         decoding.queue_shape(n, self.batch_size))
+      programs.compile_ahead(self.decoder.with_slots(self.batch_size),
+                             params, arrays["src"], arrays["src_mask"], None,
+                             jax.ShapeDtypeStruct((), np.int32))
+    elif self.decoder is not None and hasattr(self.decoder, "lower"):
       arrays = _batch_of(self.held_out.decode_arrays, self.batch_size)
       programs.compile_ahead(self.decoder, params, arrays["src"],
                              arrays["src_mask"], None)

@@ -124,14 +124,20 @@ def decodes_tokens(spec: ModelSpec) -> bool:
 def make_decoder(spec: ModelSpec, model: Seq2Seq, max_len: int,
                  return_attention: bool = False,
                  strategy=decoding.Greedy(), full: bool = False,
-                 score: bool = False):
+                 score: bool = False, in_flight: Optional[bool] = None):
   """Decoding as the model was trained: a model trained without teacher
   forcing on softmax feedback is fed its softmax back (not by beam search);
   others their tokens. ``return_attention`` (an attention model decoded
   with tokens fed back) implies ``full``: ``decoding.Decoded`` with the
-  weights (B, T, S); ``score``: with each sequence's log-probability."""
+  weights (B, T, S); ``score``: with each sequence's log-probability.
+  ``in_flight`` (default: wherever it can, greedy fed tokens without the
+  weights): a ``decoding.QueueDecoder``, the same tokens, faster on many
+  sentences (benchmarks/RESULTS.md, in-flight batching)."""
   feedback = ("tokens" if decodes_tokens(spec) or return_attention
               else "softmax")
+  if in_flight is None:
+    in_flight = (isinstance(strategy, decoding.Greedy)
+                 and feedback == "tokens" and not return_attention)
   if decoding.is_beam(strategy) and (feedback != "tokens" or
                                      return_attention):
     raise ParameterError("beam_size", strategy.beam_size, "beam search "
@@ -142,7 +148,7 @@ def make_decoder(spec: ModelSpec, model: Seq2Seq, max_len: int,
       model, strategy, max_len=max_len, start_id=vocab_lib.START_ID,
       stop_id=vocab_lib.END_ID, pad_id=vocab_lib.PAD_ID, feedback=feedback,
       return_attention=return_attention, full=full or return_attention,
-      score=score)
+      score=score, in_flight=in_flight)
 
 
 def attention_examples(spec: ModelSpec, model: Seq2Seq, params,
@@ -195,6 +201,8 @@ class Translator:
   strategy: object = decoding.Greedy()
   n_best: int = 0  # > 0: the N best beams, or N samples a sentence
   key: Optional[jax.Array] = None
+  # An in-flight decoder's slots: more sentences queue for them.
+  slots: int = 64
 
   def __post_init__(self):
     sampling = isinstance(self.strategy, decoding.Sampling)
@@ -225,8 +233,8 @@ class Translator:
 
   def translate(self, sentences: list[str], width: Optional[int] = None
                 ) -> list[Translation]:
-    """Translations of ``sentences``, decoded in one batch padded to
-    ``width`` tokens (default: the longest sentence; either way at most the
+    """Translations of ``sentences``, decoded in one batch (greedy: one
+    queue, by at most ``slots`` rows) padded to ``width`` tokens (default: the longest sentence; either way at most the
     longest training source, and longer sentences are truncated). A fixed
     ``width`` gives one compiled shape for any sentences."""
     for i, s in enumerate(sentences, start=1):
@@ -244,9 +252,12 @@ class Translator:
       alternatives = self._n_best(src)
       decoded = [a[0][0] for a in alternatives]
     else:
+      batch = len(sentences)
+      if getattr(self.decoder, "in_flight", False):
+        batch = min(batch, self.slots)
       decoded = evaluate.decode_texts(self.decoder, self.params,
-                                      self.vocabs.target, src,
-                                      len(sentences), key=self.key)
+                                      self.vocabs.target, src, batch,
+                                      key=self.key)
     return [Translation(input=s, decoded=text,
                         unknown=src_vocab.encode(s)[1],
                         dropped=src_vocab.detokenize(sym[width:]),

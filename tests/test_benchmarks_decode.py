@@ -151,7 +151,7 @@ def test_tiny_run_writes_its_tables(tmp_path):
   for fw in ("seqjax", "torch"):
     res = entry["results"][fw]
     assert sorted(res["median"]) == sorted(decode.keys(
-        decode.Settings(batches="5/7")))
+        decode.Settings(batches="5/7"), fw))
     for runs in res["reps"].values():
       assert len(runs["sentences_per_s"]) == 2
     assert all(res["same_tokens_every_rep"].values())

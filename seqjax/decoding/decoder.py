@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.decoding import beam as beam_lib
+from seqjax.decoding import inflight as inflight_lib
 from seqjax.decoding import loop as loop_lib
 from seqjax.decoding import strategies
 from seqjax.models import Seq2Seq
@@ -120,13 +121,73 @@ def _stepwise(model, params, src_BS, src_mask_BS, start_id: int,
   return step, state, start_B
 
 
+def decode_queue(model, params, src_NS: Array,
+                 src_mask_NS: Optional[Array] = None,
+                 count: Optional[Array] = None, *, slots: int, max_len: int,
+                 start_id: int, stop_id: Optional[int] = None,
+                 pad_id: int = 0, score: bool = False
+                 ) -> inflight_lib.InFlight:
+  """The first ``count`` (default all) of N sentences decoded greedily by
+  ``slots`` rows, a finished sentence's slot refilled with the next
+  (``seqjax.decoding.inflight``): each sentence's tokens (and, with
+  ``score``, log-probability) are those of decoding it alone."""
+  step, state_N, _ = _stepwise(model, params, src_NS, src_mask_NS, start_id,
+                               "tokens")
+  return inflight_lib.slot_loop(
+      step, state_N, strategies.Greedy().select, slots=slots,
+      max_len=max_len, start_id=start_id, stop_id=stop_id, pad_id=pad_id,
+      count=count, score=score)
+
+
+class QueueDecoder:
+  """In-flight greedy decoding as a decoder: ``decode(params, src_NS,
+  src_mask_NS=None, key=None)`` -> tokens (N, max_len) (with ``full``,
+  ``InFlight``), all N sentences in one queue, by N slots unless ``slots``
+  is given. ``decode_in_batches`` gives it the whole array, its batch size
+  the slots. Jitted once per (queue shape, slots)."""
+
+  in_flight = True
+
+  def __init__(self, model, *, full: bool = False, **kw):
+    self.full = full
+    self._jitted = {}
+    self._fn = functools.partial(decode_queue, model, **kw)
+
+  def with_slots(self, slots: int):
+    """The jitted ``(params, src_NS, src_mask_NS, key, count)`` decoding
+    with ``slots`` rows."""
+    if slots not in self._jitted:
+      def in_flight_decode(params, src_NS, src_mask_NS=None, key=None,
+                           count=None):
+        del key  # greedy
+        out = self._fn(params, src_NS, src_mask_NS, count, slots=slots)
+        return out if self.full else out.tokens_NT
+      self._jitted[slots] = jax.jit(in_flight_decode)
+    return self._jitted[slots]
+
+  def __call__(self, params, src_NS, src_mask_NS=None, key=None, *,
+               slots: Optional[int] = None, count=None):
+    return self.with_slots(slots or src_NS.shape[0])(
+        params, src_NS, src_mask_NS, key, count)
+
+
 def make_decoder(model, strategy=strategies.Greedy(), *, max_len: int,
                  start_id: int, stop_id: Optional[int] = None,
-                 pad_id: int = 0, full: bool = False, **options):
+                 pad_id: int = 0, full: bool = False,
+                 in_flight: bool = False, **options):
   """Jitted ``decode(params, src_BS, src_mask_BS=None, key=None)`` ->
   tokens (B, max_len) (the best beam's); with ``full``, ``decode``'s whole
   result. ``options``: ``decode``'s (feedback, return_attention, score,
-  early_stop)."""
+  early_stop). ``in_flight`` (greedy, fed tokens, no attention weights):
+  a ``QueueDecoder``, the same tokens."""
+  if in_flight:
+    inflight_lib.check_in_flight(model, strategy,
+                                 options.get("feedback", "tokens"))
+    if options.get("return_attention"):
+      raise ValueError("in-flight batching returns no attention weights")
+    return QueueDecoder(model, full=full, max_len=max_len,
+                        start_id=start_id, stop_id=stop_id, pad_id=pad_id,
+                        score=options.get("score", False))
   check_decoder(model, strategy, options.get("feedback", "tokens"),
                 options.get("return_attention", False))
   fn = functools.partial(decode, model, strategy=strategy, max_len=max_len,
@@ -143,12 +204,54 @@ def make_decoder(model, strategy=strategies.Greedy(), *, max_len: int,
   return jax.jit(run)
 
 
+# The most sentences one queue holds: all are encoded up front, so a huge
+# set is decoded as queues of this many (rounded to the slots).
+MAX_QUEUE = 8192
+
+
+def queue_shape(n: int, batch_size: int) -> int:
+  """The rows of the (first) queue of ``n`` sentences as
+  ``decode_in_batches`` gives a ``QueueDecoder``: a multiple of
+  ``batch_size``, so sets of similar sizes share a compiled program, of at
+  most about ``MAX_QUEUE``."""
+  rows = -(-max(n, 1) // batch_size) * batch_size
+  return min(rows, max(MAX_QUEUE // batch_size, 1) * batch_size)
+
+
+def pad_queue(src, src_mask, batch_size: int) -> tuple:
+  """``src`` and ``src_mask`` (NumPy, or None) padded with copies of their
+  last row to a multiple of ``batch_size`` rows: encoded, never
+  decoded."""
+  short = -src.shape[0] % batch_size
+  pad = lambda x: x if x is None or not short else np.concatenate(
+      [x, np.repeat(x[-1:], short, 0)])
+  return pad(np.asarray(src)), pad(
+      None if src_mask is None else np.asarray(src_mask))
+
+
+def _decode_queue(decoder: QueueDecoder, params, src, batch_size: int,
+                  src_mask):
+  size = queue_shape(src.shape[0], batch_size)
+  outputs = []
+  for start in range(0, max(src.shape[0], 1), size):
+    chunk = src[start:start + size]
+    mask = None if src_mask is None else src_mask[start:start + size]
+    padded, mask = pad_queue(chunk, mask, batch_size)
+    outputs.append((decoder(params, padded, mask, slots=batch_size,
+                            count=np.int32(len(chunk))), len(chunk)))
+  # Fetched after every queue is dispatched.
+  return np.concatenate([np.asarray(out)[:n] for out, n in outputs])
+
+
 def decode_in_batches(decode_fn, params, src, batch_size: int,
                       src_mask=None, key: Optional[Array] = None):
   """Runs a jitted decoder over a large array in fixed-size batches; batch
   i draws with ``fold_in(key, i)``. The last batch is padded to
-  ``batch_size`` so the decoder compiles once. Returns host (NumPy)
+  ``batch_size`` so the decoder compiles once. A ``QueueDecoder`` takes
+  the whole array at once, ``batch_size`` its slots. Returns host (NumPy)
   tokens."""
+  if getattr(decode_fn, "in_flight", False):
+    return _decode_queue(decode_fn, params, src, batch_size, src_mask)
   n = src.shape[0]
   outputs = []
   for i, start in enumerate(range(0, n, batch_size)):

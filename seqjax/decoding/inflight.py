@@ -1,0 +1,131 @@
+"""In-flight batching for greedy decoding: a queue of N sentences decoded
+by B slots in one compiled ``lax.while_loop``.
+
+A fixed batch steps every row until its longest sentence ends. Here a slot
+whose sentence ends (stop token or ``max_len``) takes the next sentence of
+the queue at the next step, so the loop steps about the sum of the
+sentences' lengths over B. All N sentences are encoded up front; a slot
+taking sentence i gathers row i of the encoder's state (carries and, with
+attention, the sentence's memory). Every sentence's tokens and score are
+those of decoding it alone: a row's step reads only that row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.decoding import strategies
+
+Array = jax.Array
+
+
+class InFlight(NamedTuple):
+  """A queue's decoding."""
+
+  tokens_NT: Array                     # int32; pad_id after the stop token
+  steps: Array                         # int32: loop steps run
+  rows_stepped: Array                  # int32: slots x steps
+  log_probs_N: Optional[Array] = None  # the model's log P of the tokens
+
+
+class _Slots(NamedTuple):
+  t: Array
+  next_: Array          # the queue's next sentence
+  sent_B: Array         # each slot's sentence; N: idle
+  pos_B: Array          # each slot's step within its sentence
+  state: Any            # the slots' decoder state
+  feed_B: Array         # the next input tokens
+  tokens_NT: Array
+  logp_N: Optional[Array]
+
+
+def _count_rows(state_N) -> int:
+  return jax.tree.leaves(state_N)[0].shape[0]
+
+
+def _rows(tree, index_B: Array):
+  return jax.tree.map(lambda x: x[index_B], tree)
+
+
+def _pick(take_B: Array, new, old):
+  """``new`` where ``take_B``, else ``old``, leaf by leaf (batch axis 0)."""
+  def pick(n, o):
+    return jnp.where(take_B.reshape((-1,) + (1,) * (o.ndim - 1)), n, o)
+  return jax.tree.map(pick, new, old)
+
+
+def _refill(loop: _Slots, done_B: Array, token_B: Array, state, state_N,
+            count: Array, start_id: int) -> tuple:
+  """-> (sent_B, pos_B, state, feed_B, next_): finished slots take the
+  queue's next sentences in slot order (idle, N, once it is empty)."""
+  n = _count_rows(state_N)
+  new_B = loop.next_ + jnp.cumsum(done_B.astype(jnp.int32)) - 1
+  new_B = jnp.where(new_B < count, new_B, n)
+  sent_B = jnp.where(done_B, new_B, loop.sent_B)
+  state = _pick(done_B, _rows(state_N, jnp.minimum(new_B, n - 1)), state)
+  feed_B = jnp.where(done_B, start_id, token_B)
+  pos_B = jnp.where(done_B, 0, loop.pos_B + 1)
+  return sent_B, pos_B, state, feed_B, loop.next_ + done_B.sum()
+
+
+def _body(step, select, state_N, count, loop: _Slots, *, max_len: int,
+          start_id: int, stop_id: Optional[int]) -> _Slots:
+  logits_BV, state = step(loop.feed_B, loop.state)
+  token_B = select(logits_BV, None)
+  live_B = loop.sent_B < count
+  # Idle slots write to row N: dropped.
+  tokens_NT = loop.tokens_NT.at[loop.sent_B, loop.pos_B].set(
+      token_B, mode="drop")
+  logp_N = loop.logp_N
+  if logp_N is not None:
+    logp_BV = jax.nn.log_softmax(logits_BV.astype(jnp.float32), axis=-1)
+    chosen_B = jnp.take_along_axis(logp_BV, token_B[:, None], axis=-1)[:, 0]
+    logp_N = logp_N.at[loop.sent_B].add(chosen_B, mode="drop")
+  ends_B = loop.pos_B + 1 >= max_len
+  if stop_id is not None:
+    ends_B = ends_B | (token_B == stop_id)
+  sent_B, pos_B, state, feed_B, next_ = _refill(
+      loop, live_B & ends_B, token_B, state, state_N, count, start_id)
+  return _Slots(loop.t + 1, next_, sent_B, pos_B, state, feed_B, tokens_NT,
+                logp_N)
+
+
+def slot_loop(step, state_N, select, *, slots: int, max_len: int,
+              start_id: int, stop_id: Optional[int], pad_id: int,
+              count: Optional[Array] = None, score: bool = False
+              ) -> InFlight:
+  """Decodes the first ``count`` (default all) of the N sentences whose
+  encoder state is ``state_N`` with ``slots`` rows: ``step(tokens_B,
+  state) -> (logits_BV, state)``, ``select(logits_BV, None) -> tokens_B``."""
+  n = _count_rows(state_N)
+  count = jnp.asarray(n if count is None else count, jnp.int32)
+  first_B = jnp.arange(slots, dtype=jnp.int32)
+  sent_B = jnp.where(first_B < count, first_B, n)
+  loop = _Slots(
+      t=jnp.zeros((), jnp.int32), next_=jnp.minimum(count, slots),
+      sent_B=sent_B, pos_B=jnp.zeros((slots,), jnp.int32),
+      state=_rows(state_N, jnp.minimum(first_B, n - 1)),
+      feed_B=jnp.full((slots,), start_id, jnp.int32),
+      tokens_NT=jnp.full((n, max_len), pad_id, jnp.int32),
+      logp_N=jnp.zeros((n,), jnp.float32) if score else None)
+  body = lambda loop: _body(step, select, state_N, count, loop,
+                            max_len=max_len, start_id=start_id,
+                            stop_id=stop_id)
+  loop = jax.lax.while_loop(lambda loop: jnp.any(loop.sent_B < count), body,
+                            loop)
+  return InFlight(loop.tokens_NT, loop.t, loop.t * slots, loop.logp_N)
+
+
+def check_in_flight(model, strategy, feedback: str = "tokens") -> None:
+  """Raises ValueError for a decoding in-flight batching cannot do."""
+  if not isinstance(strategy, strategies.Greedy):
+    raise ValueError(f"in-flight batching decodes greedily, not by "
+                     f"{strategy}: a sampled or beamed sentence would "
+                     "depend on its slot")
+  if feedback != "tokens" or not getattr(model, "takes_decoder_input", True):
+    raise ValueError(f"in-flight batching steps a model fed its tokens; "
+                     f"{type(model).__name__} with feedback={feedback!r} "
+                     "decodes otherwise")

@@ -1,0 +1,186 @@
+"""In-flight batching (``seqjax.decoding.inflight``) against decoding each
+sentence alone, and its step count against a simulation of the slots."""
+
+import heapq
+
+import jax
+import numpy as np
+import pytest
+
+from seqjax import decoding
+from seqjax import evaluate
+from seqjax.decoding import decoder as decoder_lib
+from seqjax.models import Seq2Seq
+from seqjax.training import programs
+from seqjax.training import steps as steps_lib
+from tests import seq2seq_reference as ref
+
+START, STOP, PAD = 1, 2, 0
+MAX_LEN = 7
+ARCHITECTURES = {
+    "plain_lstm": dict(),
+    "luong_feeding_bidirectional": dict(attention="luong",
+                                        bidirectional=True,
+                                        embedding_dim=5),
+}
+# The stop token's readout bias: these models' outputs then end at varied
+# steps, some at max_len.
+STOP_BIAS = {"plain_lstm": -0.5, "luong_feeding_bidirectional": 1.5}
+
+
+def _setup(arch, n=11, width=6, seed=0):
+  """A tiny random model whose outputs end at varied steps, on ``n``
+  sentences of varied lengths."""
+  model = Seq2Seq(src_vocab=9, tgt_vocab=7, units=6, **ARCHITECTURES[arch])
+  rng = np.random.default_rng(seed)
+  # Padding holds real tokens: only the mask can hide it.
+  src_NS = rng.integers(3, 9, size=(n, width)).astype(np.int32)
+  mask_NS = np.arange(width)[None] < rng.integers(1, width + 1, n)[:, None]
+  params = ref.random_params(model, src_NS[:1], src_NS[:1, :2], seed=seed)
+  readout = params["params"]["readout"]
+  readout["bias"] = readout["bias"].at[STOP].add(STOP_BIAS[arch])
+  return model, params, src_NS, mask_NS
+
+
+def _alone(model, params, src_NS, mask_NS, stop_id=STOP):
+  """Each sentence decoded in a batch of one -> tokens (N, T), log P (N,)."""
+  fn = decoding.make_decoder(model, max_len=MAX_LEN, start_id=START,
+                             stop_id=stop_id, pad_id=PAD, full=True,
+                             score=True)
+  outs = [jax.device_get(fn(params, src_NS[i:i + 1], mask_NS[i:i + 1]))
+          for i in range(len(src_NS))]
+  return (np.concatenate([o.tokens_BT for o in outs]),
+          np.concatenate([o.log_probs_B for o in outs]))
+
+
+def _lengths(tokens_NT, stop_id=STOP):
+  """Steps each sentence was decoded: up to its stop token, else all."""
+  if stop_id is None:
+    return np.full(len(tokens_NT), tokens_NT.shape[1])
+  ends_NT = tokens_NT == stop_id
+  return np.where(ends_NT.any(1), ends_NT.argmax(1) + 1, tokens_NT.shape[1])
+
+
+def _simulated_steps(lengths_N, slots: int) -> int:
+  """Steps until the last sentence ends when each sentence, in queue order,
+  takes the slot that frees first and holds it for its length."""
+  free = [0] * min(slots, len(lengths_N))
+  ends = []
+  for length in lengths_N:
+    start = heapq.heappop(free)
+    ends.append(start + int(length))
+    heapq.heappush(free, ends[-1])
+  return max(ends, default=0)
+
+
+def _queue(model, params, src_NS, mask_NS, slots, count=None,
+           stop_id=STOP):
+  fn = decoding.make_decoder(model, max_len=MAX_LEN, start_id=START,
+                             stop_id=stop_id, pad_id=PAD, full=True,
+                             score=True, in_flight=True)
+  return jax.device_get(fn(params, src_NS, mask_NS, slots=slots,
+                           count=count))
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("slots", [1, 3, 4])
+def test_queue_equals_each_sentence_decoded_alone(arch, slots):
+  model, params, src_NS, mask_NS = _setup(arch)
+  tokens_NT, logp_N = _alone(model, params, src_NS, mask_NS)
+  lengths_N = _lengths(tokens_NT)
+  # Slots must refill at different steps, and max_len end some sentences.
+  assert len(set(lengths_N.tolist())) >= 3, lengths_N
+  assert (lengths_N == MAX_LEN).any() and (lengths_N < MAX_LEN).any()
+  out = _queue(model, params, src_NS, mask_NS, slots)
+  np.testing.assert_array_equal(out.tokens_NT, tokens_NT)
+  # XLA rounds a row's matmuls by the batch's shape and its fusions (the
+  # fixed-batch decoder differs from batch one by as much): sums a few
+  # float32 roundings apart; one step's term more or less is far larger.
+  np.testing.assert_allclose(out.log_probs_N, logp_N, rtol=1e-6, atol=1e-6)
+  steps = _simulated_steps(lengths_N, slots)
+  assert int(out.steps) == steps
+  assert int(out.rows_stepped) == steps * slots
+  # Slots idle only at the queue's end: rows stepped exceed the decoded
+  # tokens by less than a slot's longest sentence per slot.
+  assert lengths_N.sum() <= steps * slots < lengths_N.sum() + (
+      slots * MAX_LEN)
+
+
+def test_queue_decodes_only_the_first_count_sentences():
+  model, params, src_NS, mask_NS = _setup("luong_feeding_bidirectional")
+  tokens_NT, logp_N = _alone(model, params, src_NS[:8], mask_NS[:8])
+  out = _queue(model, params, src_NS, mask_NS, slots=3, count=np.int32(8))
+  np.testing.assert_array_equal(out.tokens_NT[:8], tokens_NT)
+  np.testing.assert_allclose(out.log_probs_N[:8], logp_N, rtol=1e-6,
+                             atol=1e-6)
+  assert (out.tokens_NT[8:] == PAD).all() and (out.log_probs_N[8:] == 0).all()
+  assert int(out.steps) == _simulated_steps(_lengths(tokens_NT), 3)
+
+
+def test_more_slots_than_sentences_and_no_stop_token():
+  model, params, src_NS, mask_NS = _setup("plain_lstm", n=5)
+  tokens_NT, logp_N = _alone(model, params, src_NS, mask_NS, stop_id=None)
+  out = _queue(model, params, src_NS, mask_NS, slots=8, stop_id=None)
+  np.testing.assert_array_equal(out.tokens_NT, tokens_NT)
+  np.testing.assert_allclose(out.log_probs_N, logp_N, rtol=1e-6, atol=1e-6)
+  assert int(out.steps) == MAX_LEN and int(out.rows_stepped) == 8 * MAX_LEN
+
+
+def test_decode_in_batches_gives_a_queue_decoder_the_whole_array():
+  model, params, src_NS, mask_NS = _setup("luong_feeding_bidirectional")
+  kw = dict(max_len=MAX_LEN, start_id=START, stop_id=STOP, pad_id=PAD)
+  fixed = decoding.make_decoder(model, **kw)
+  queue = decoding.make_decoder(model, in_flight=True, **kw)
+  expected = decoding.decode_in_batches(fixed, params, src_NS, 4, mask_NS)
+  got = decoding.decode_in_batches(queue, params, src_NS, 4, mask_NS)
+  np.testing.assert_array_equal(got, expected)
+  # 11 sentences padded to a queue of 12: one program for 9 to 12.
+  assert decoding.queue_shape(11, 4) == 12 and decoding.queue_shape(8, 4) == 8
+  again = decoding.decode_in_batches(queue, params, src_NS[:9], 4,
+                                     mask_NS[:9])
+  np.testing.assert_array_equal(again, expected[:9])
+  assert queue.with_slots(4)._cache_size() == 1
+
+
+def test_a_large_set_is_decoded_as_several_queues(monkeypatch):
+  model, params, src_NS, mask_NS = _setup("plain_lstm")
+  kw = dict(max_len=MAX_LEN, start_id=START, stop_id=STOP, pad_id=PAD)
+  fixed = decoding.make_decoder(model, **kw)
+  queue = decoding.make_decoder(model, in_flight=True, **kw)
+  expected = decoding.decode_in_batches(fixed, params, src_NS, 3, mask_NS)
+  # Queues of 9 and 2 sentences (padded to 3 rows): two programs.
+  monkeypatch.setattr(decoder_lib, "MAX_QUEUE", 9)
+  got = decoding.decode_in_batches(queue, params, src_NS, 3, mask_NS)
+  np.testing.assert_array_equal(got, expected)
+  assert queue.with_slots(3)._cache_size() == 2
+
+
+def test_held_out_loss_compiles_an_in_flight_decoder_ahead():
+  """The epoch end's queue (11 sentences, 4 slots: 12 rows) is compiled in
+  the background; decoding the set then compiles nothing."""
+  model, params, src_NS, mask_NS = _setup("luong_feeding_bidirectional")
+  decoder = decoding.make_decoder(model, max_len=MAX_LEN, start_id=START,
+                                  stop_id=STOP, pad_id=PAD, in_flight=True)
+  held = evaluate.HeldOut("dev", ["s"] * 11, [["r"]] * 11,
+                          {"src": src_NS, "src_mask": mask_NS}, {})
+  hook = evaluate.HeldOutLoss(lambda p, b: {}, {"target_mask": mask_NS}, 4,
+                              1, decoder=decoder, held_out=held,
+                              tgt_vocab=object())
+  before = steps_lib.compiles_of("in_flight_decode")
+  hook.compile_ahead(params)
+  programs.wait_for_background()
+  assert steps_lib.compiles_of("in_flight_decode") == before + 1
+  decoding.decode_in_batches(decoder, params, src_NS, 4, mask_NS)
+  assert steps_lib.compiles_of("in_flight_decode") == before + 1
+
+
+@pytest.mark.parametrize("strategy, options, problem", [
+    (decoding.Sampling(), {}, "greedily"),
+    (decoding.BeamSearch(2), {}, "greedily"),
+    (decoding.Greedy(), {"feedback": "softmax"}, "fed its tokens"),
+    (decoding.Greedy(), {"return_attention": True}, "attention weights")])
+def test_in_flight_refuses_what_it_cannot_decode(strategy, options, problem):
+  model = Seq2Seq(src_vocab=9, tgt_vocab=7, units=6, attention="luong")
+  with pytest.raises(ValueError, match=problem):
+    decoding.make_decoder(model, strategy, max_len=MAX_LEN, start_id=START,
+                          stop_id=STOP, in_flight=True, **options)
