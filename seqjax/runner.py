@@ -165,6 +165,11 @@ def keeps_best(config, select_metric: Optional[str]) -> bool:
   return select_metric is not None if keep is None else bool(keep)
 
 
+def keep_best_n(config) -> int:
+  """--keep_best_n: how many of the best epochs' states are kept."""
+  return getattr(config, "keep_best_n", 1)
+
+
 def checkpoint_config(model_config: dict, config) -> dict:
   """What a checkpoint must match: the task's model config, and (only when
   not the defaults, so older checkpoints still match) what changes the
@@ -190,7 +195,7 @@ def selected_state(workdir: str, model_config: dict, config, setup, state,
   chosen, step = state, int(state.step)
   if (keeps_best(config, setup.select_metric) and
       tracker.best_step is not None and tracker.best_step != step):
-    best = BestCheckpoint(workdir, model_config)
+    best = BestCheckpoint(workdir, model_config, keep_best_n(config))
     restored = best.restore(state, tracker.best_step)
     best.close()
     if restored is None:
@@ -379,7 +384,7 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
         reset_every, int(state.step))
   best = None
   if tracker is not None and keeps_best(config, select_metric):
-    best = BestCheckpoint(workdir, model_config)
+    best = BestCheckpoint(workdir, model_config, keep_best_n(config))
     if tracker.best_step == int(state.step) and best.step() != int(state.step):
       best.save(state, tracker)  # killed between the latest and best saves
   if mesh is not None and epoch_end_fn is not None:

@@ -26,7 +26,8 @@ import jax
 from seqjax import decoding
 from seqjax import evaluate
 from seqjax import train as train_lib
-from seqjax.checkpoint import OPTIMIZER_STRUCTURE, Checkpointer
+from seqjax.checkpoint import (OPTIMIZER_STRUCTURE, BestCheckpoint,
+                               Checkpointer)
 from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
@@ -335,17 +336,20 @@ def param_shapes(model: Seq2Seq):
 
 def _restore_params(workdir: str, expected: dict, shapes):
   """-> (parameters, step) of the model a run hands back: the best
-  checkpoint (``<workdir>/best``, kept by --keep_best) where there is one,
-  else the latest; read on the host into ``shapes``' tree and put on the
-  device at once (no program runs to place them)."""
-  checkpointer = Checkpointer(workdir, expected)
-  if os.path.isdir(os.path.join(workdir, "best")):
-    best = Checkpointer(workdir, expected, subdir="best")
-    if best.latest_step() is not None:
-      checkpointer.close()
-      checkpointer = best
+  checkpoint (``<workdir>/best``, kept by --keep_best; best.json's step
+  where it keeps several) where there is one, else the latest; read on the
+  host into ``shapes``' tree and put on the device at once (no program runs
+  to place them)."""
+  best = BestCheckpoint(workdir, expected, keep=None)  # read only
+  best_step = best.step()
+  if best_step is None:
+    best.close()
+    checkpointer = Checkpointer(workdir, expected)
+  else:
+    checkpointer = best.checkpointer
   try:
     step = checkpointer.check_compatible()
+    step = step if best_step is None else best_step
     return jax.device_put(checkpointer.restore_host_params(shapes, step)), step
   finally:
     checkpointer.close()
