@@ -55,6 +55,13 @@ is truncated to it with a warning naming what was dropped. ``--translate=-``
 writes one translation a line to standard output and these notes, named by
 line number, to standard error.
 
+``--score=FILE`` scores the model in ``--workdir`` on FILE's
+source<TAB>reference lines: each pair's log-probability and its tokens'
+(the reference teacher forced, the end symbol included: what the greedy
+search's score sums for its own output), one JSON line a pair, to standard
+output or ``--score_output``; compiled once per padded shape as decoding
+is. A line without both columns stops the run, naming the file and line.
+
 ``--eval_only`` evaluates the model in ``--workdir`` with the model and data
 flags its run recorded (results.json, the checkpoint, vocab.json); a flag
 given explicitly that differs from its record is refused by name. A run that
@@ -63,8 +70,10 @@ fails before its first checkpoint removes the vocab.json it wrote.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
 import os
 import sys
 import time
@@ -195,6 +204,13 @@ class TranslateConfig(config_lib.DevDecodingConfig):
       "checkpoint where --keep_best kept one, else the latest). Repeatable; "
       "'-': read standard input, one sentence a line, one translation a "
       "line out.")
+  score: str = field(
+      "", "Score the model in --workdir on this file, one "
+      "source<TAB>reference a line: each pair's log-probability and its "
+      "tokens' (teacher forced, the end symbol included) as JSON lines to "
+      "--score_output (no training).")
+  score_output: str = field("", "--score: write the JSON lines here "
+                            "instead of standard output.")
   n_best: int = field(1, "--translate: print the N best translations of "
                       "the beam search with their scores (at most "
                       "--beam_size), or N samples a sentence with their "
@@ -224,6 +240,12 @@ class TranslateConfig(config_lib.DevDecodingConfig):
                     f"{script_lib.INSTALL}")
     if self.translate and not self.workdir:
       errors.append("--translate needs --workdir (a trained model's)")
+    if self.score and not self.workdir:
+      errors.append("--score needs --workdir (a trained model's)")
+    if self.score and self.translate:
+      errors.append("--score and --translate: one at a time")
+    if self.score_output and not self.score:
+      errors.append("--score_output needs --score")
     for i, sentence in enumerate(self.translate or [], start=1):
       if not sentence.strip():
         errors.append(f"--translate={sentence!r} (sentence {i}) is empty or "
@@ -257,6 +279,9 @@ class TranslateTask(task_lib.Task):
     if config.translate:
       runner.check(config)
       return translate_sentences(config)
+    if config.score:
+      runner.check(config)
+      return score_pairs(config)
     if config.eval_only:
       runner.check(config)
       config = recorded_config(config, explicit_fields(config))
@@ -421,7 +446,7 @@ def check_trained_data(config: TranslateConfig,
 # Flags that change how a trained model is evaluated or run, not which model
 # or data: --eval_only takes the others from the run recorded in --workdir.
 EVAL_FLAGS = frozenset({
-    "workdir", "eval_only", "translate", "n_best", "beam_size",
+    "workdir", "eval_only", "translate", "score", "score_output", "n_best", "beam_size",
     "length_penalty", "sampling_temperature", "top_k", "top_p",
     "sampling_seed", "dev_beam_size", "eval_batch_size", "n_examples",
     "n_attention_plots", "log_every", "checkpoint_every",
@@ -585,17 +610,51 @@ def print_scores(held_out: evaluate.HeldOut, losses, scores) -> None:
         f"chrF {scores['chrf']:.2f}{simplified}")
 
 
-def translate_sentences(config: TranslateConfig) -> dict:
-  """--translate: the model in --workdir translates the given sentences."""
+def load_model(config: TranslateConfig, flag: str
+               ) -> translation.Translator:
+  """The model in --workdir, for ``flag`` (--translate, --score)."""
   try:
-    translator = translation.load_translator(
+    return translation.load_translator(
         config.workdir, config.search(),
         config.n_best if config.n_best > 1 else 0, config.decoding_key())
   except translation.ModelNotFoundError as e:
-    raise SeqjaxError(f"--translate needs a trained model: {e.problem} in "
+    raise SeqjaxError(f"{flag} needs a trained model: {e.problem} in "
                       f"--workdir={e.value}") from e
   except ParameterError as e:
     raise flag_error(e) from e
+
+
+def score_pairs(config: TranslateConfig, out=None) -> dict:
+  """--score: each pair of the file's log-probability under the model in
+  --workdir, one JSON line a pair (its line number, the pair, log_prob,
+  tokens, token_log_probs, unknown, truncated) to --score_output or
+  ``out`` (default standard output); notes go to standard error. A bad
+  line stops the run before the model is read."""
+  try:
+    pairs = translation.read_scored_pairs(config.score)
+  except ParameterError as e:
+    raise flag_error(e) from e
+  translator = load_model(config, "--score")
+  try:
+    scored = translator.score(pairs, config.eval_batch_size)
+  except ParameterError as e:
+    raise SeqjaxError(f"--score={config.score}: {e.problem}") from e
+  with (open(config.score_output, "w", encoding="utf-8")
+        if config.score_output else contextlib.nullcontext(
+            out or sys.stdout)) as f:
+    for n, s in enumerate(scored, start=1):
+      f.write(json.dumps({"line": n, **s.to_dict()}, ensure_ascii=False)
+              + "\n")
+  total = sum(s.log_prob for s in scored)
+  print(f"Scored {len(scored)} pairs of {config.score} with the checkpoint "
+        f"at step {translator.step}: total log-probability {total:.4f}",
+        file=sys.stderr)
+  return {"scored": len(scored), "log_prob": total}
+
+
+def translate_sentences(config: TranslateConfig) -> dict:
+  """--translate: the model in --workdir translates the given sentences."""
+  translator = load_model(config, "--translate")
   if config.translate == ["-"]:
     return translate_stream(translator, sys.stdin, sys.stdout, sys.stderr)
   print(f"Resumed from the checkpoint at step {translator.step} in "
