@@ -404,7 +404,7 @@ def load_translator(workdir: str, strategy=decoding.Greedy(),
                     ) -> Translator:
   """The translation model trained in ``workdir``: its checkpoint's settings
   and the parameters it hands back (its best checkpoint's, else the
-  latest's), its vocab.json, decoding by ``strategy`` (with ``n_best``,
+  latest's; their moving average where the run kept one), its vocab.json, decoding by ``strategy`` (with ``n_best``,
   also the N best; sampling draws with ``key``). Raises ModelNotFoundError
   without both, ParameterError for another task's model and
   CheckpointMismatchError when vocab.json is not the checkpoint's."""
@@ -433,9 +433,10 @@ def param_shapes(model: Seq2Seq):
 def _restore_params(workdir: str, expected: dict, shapes):
   """-> (parameters, step) of the model a run hands back: the best
   checkpoint (``<workdir>/best``, kept by --keep_best; best.json's step
-  where it keeps several) where there is one, else the latest; read on the
-  host into ``shapes``' tree and put on the device at once (no program runs
-  to place them)."""
+  where it keeps several) where there is one, else the latest, and of it
+  the parameters' moving average where it holds one (--ema_decay); read on
+  the host into ``shapes``' tree and put on the device at once (no program
+  runs to place them)."""
   best = BestCheckpoint(workdir, expected, keep=None)  # read only
   best_step = best.step()
   if best_step is None:
@@ -446,6 +447,8 @@ def _restore_params(workdir: str, expected: dict, shapes):
   try:
     step = checkpointer.check_compatible()
     step = step if best_step is None else best_step
-    return jax.device_put(checkpointer.restore_host_params(shapes, step)), step
+    key = "ema" if checkpointer.has_ema(step) else "params"
+    return jax.device_put(checkpointer.restore_host_params(shapes, step,
+                                                           key)), step
   finally:
     checkpointer.close()

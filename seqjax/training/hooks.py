@@ -267,7 +267,9 @@ class KeepBest(Hook):
     wants = getattr(self.best_checkpoint, "wants", None)
     if (selection.improved if wants is None else
         wants(selection.tracker, selection.improved)):
-      self.best_checkpoint.save(loop.state, selection.tracker)
+      self.best_checkpoint.save(loop.state, selection.tracker,
+                                **({"ema": loop.save_fields["ema"]}
+                                   if "ema" in loop.save_fields else {}))
 
 
 class Patience(Hook):
