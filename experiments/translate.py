@@ -639,12 +639,16 @@ def score_pairs(config: TranslateConfig, out=None) -> dict:
     scored = translator.score(pairs, config.eval_batch_size)
   except ParameterError as e:
     raise SeqjaxError(f"--score={config.score}: {e.problem}") from e
-  with (open(config.score_output, "w", encoding="utf-8")
-        if config.score_output else contextlib.nullcontext(
-            out or sys.stdout)) as f:
-    for n, s in enumerate(scored, start=1):
-      f.write(json.dumps({"line": n, **s.to_dict()}, ensure_ascii=False)
-              + "\n")
+  try:
+    with (open(config.score_output, "w", encoding="utf-8")
+          if config.score_output else contextlib.nullcontext(
+              out or sys.stdout)) as f:
+      for n, s in enumerate(scored, start=1):
+        f.write(json.dumps({"line": n, **s.to_dict()}, ensure_ascii=False)
+                + "\n")
+  except (OSError, ValueError) as e:
+    raise SeqjaxError(f"--score_output={config.score_output}: cannot be "
+                      f"written: {e}") from e
   total = sum(s.log_prob for s in scored)
   print(f"Scored {len(scored)} pairs of {config.score} with the checkpoint "
         f"at step {translator.step}: total log-probability {total:.4f}",

@@ -341,7 +341,7 @@ def read_scored_pairs(path: str) -> list[tuple[str, str]]:
   try:
     with open(path, encoding="utf-8") as f:
       lines = f.read().splitlines()
-  except (OSError, UnicodeDecodeError) as e:
+  except (OSError, ValueError) as e:  # ValueError: undecodable, NUL in path
     raise ParameterError("score", path, f"cannot be read: {e}") from e
   pairs = []
   for n, line in enumerate(lines, start=1):
