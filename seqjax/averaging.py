@@ -24,6 +24,7 @@ import os
 import shutil
 from typing import Optional
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -162,12 +163,14 @@ def check_same_model(sources: list[Source]) -> dict:
 
 
 def check_destination(to: str, sources: list[Source]) -> None:
-  """``to`` must be new (absent or an empty directory) and no source's."""
+  """``to`` must be new (absent or an empty directory), and neither a
+  source workdir nor inside one (which would be written to)."""
   real = os.path.realpath(to)
   for s in sources:
-    if real == os.path.realpath(s.workdir):
-      raise AverageError(f"{to} is a source workdir: the average goes to a "
-                         "new one")
+    source = os.path.realpath(s.workdir)
+    if real == source or real.startswith(source + os.sep):
+      raise AverageError(f"{to} is (or is inside) the source workdir "
+                         f"{s.workdir}: the average goes to a new one")
   if os.path.exists(to) and (not os.path.isdir(to) or os.listdir(to)):
     raise AverageError(f"{to} exists and is not empty: the average goes to a "
                        "new workdir")
@@ -176,7 +179,6 @@ def check_destination(to: str, sources: list[Source]) -> None:
 def mean_tree(trees: list):
   """The leaf by leaf mean of ``trees`` (one structure), in float64, each
   leaf cast back to its dtype."""
-  import jax
   return jax.tree.map(
       lambda *xs: np.mean([np.asarray(x, np.float64) for x in xs],
                           axis=0).astype(np.asarray(xs[0]).dtype), *trees)

@@ -32,7 +32,7 @@ def _train(tmp, name, **flags):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("runs")
-  return {"a": _train(tmp, "a", keep_best_n=2),
+  return {"a": _train(tmp, "a", epochs=3, keep_best_n=2),
           "small": _train(tmp, "small", latent_dim=6, epochs=1),
           "pairs": str(tmp / "pairs.txt")}
 
@@ -65,9 +65,9 @@ def test_average_of_the_last_two_is_their_numpy_mean(runs, tmp_path):
   record = average_bin.run([src], to, last=2)
   assert _listing(src) == before  # the source is only read
   steps = [c["step"] for c in record["checkpoints"]]
-  assert steps == [3, 6] and record["step"] == 6
+  assert steps == [6, 9] and record["step"] == 9
   chrf = _val_chrf_by_step(src)
-  assert [c["value"] for c in record["checkpoints"]] == [chrf[3], chrf[6]]
+  assert [c["value"] for c in record["checkpoints"]] == [chrf[6], chrf[9]]
   one, two = (_params(os.path.join(src, "checkpoints", str(s)))
               for s in steps)
   got = jax.device_get(translation.load_translator(to).params)
@@ -84,7 +84,7 @@ def test_average_of_the_last_two_is_their_numpy_mean(runs, tmp_path):
   results = translate.run(translate.TranslateConfig(
       workdir=to, eval_only=True, data_path=runs["pairs"], progress="none",
       n_examples=0, n_attention_plots=0))
-  assert results["step"] == 6 and results["val_chrf"] is not None
+  assert results["step"] == 9 and results["val_chrf"] is not None
 
 
 def test_average_of_the_best_two_kept(runs, tmp_path):
@@ -92,6 +92,7 @@ def test_average_of_the_best_two_kept(runs, tmp_path):
   record = average_bin.run([src], to, best=2)
   chrf = _val_chrf_by_step(src)
   ranked = sorted(chrf, key=lambda s: -chrf[s])
+  assert len(ranked) == 3  # one epoch left out
   assert [c["step"] for c in record["checkpoints"]] == ranked[:2]
   assert [c["value"] for c in record["checkpoints"]] == [
       chrf[s] for s in ranked[:2]]
@@ -131,8 +132,10 @@ def test_other_vocab_refused_naming_the_workdir(runs, tmp_path):
 def test_too_few_checkpoints_and_busy_destination_refused(runs, tmp_path):
   with pytest.raises(averaging.AverageError, match="fewer than the 4"):
     average_bin.run([runs["small"]], str(tmp_path / "x"), last=4)
-  with pytest.raises(averaging.AverageError, match="source workdir"):
-    average_bin.run([runs["a"]], runs["a"], last=2)
+  for inside in (runs["a"], os.path.join(runs["a"], "avg")):
+    with pytest.raises(averaging.AverageError, match="source workdir"):
+      average_bin.run([runs["a"]], inside, last=2)
+  assert not os.path.exists(os.path.join(runs["a"], "avg"))
   busy = tmp_path / "busy"
   busy.mkdir()
   (busy / "f").write_text("")
@@ -173,3 +176,25 @@ def test_keep_best_n_keeps_the_states_of_the_n_best_epochs(
     params = _params(str(workdir / "best" / str(task.seen[e][0])))
     assert runner.params_fingerprint(params) == task.seen[e][1]
   assert task.evaluated == task.seen[ranked[0]][:2]  # the best is evaluated
+
+
+def test_binary_exit_codes_and_messages(runs, tmp_path):
+  import subprocess
+  import sys
+  def run(*flags):
+    return subprocess.run([sys.executable, "-m", "experiments.average",
+                           *flags], capture_output=True, text=True,
+                          cwd=translate_util.ROOT, timeout=300)
+  bad = run("--last=1")
+  assert bad.returncode == 2 and "--from (a trained workdir)" in bad.stderr
+  to = str(tmp_path / "x")
+  mismatch = run(f"--from={runs['a']}", f"--from={runs['small']}",
+                 f"--to={to}", "--last=1")
+  assert mismatch.returncode == 2, mismatch.stderr
+  assert "Error: checkpoint" in mismatch.stderr and "latent_dim" in \
+      mismatch.stderr
+  assert not os.path.exists(to)
+  done = run(f"--from={runs['a']}", f"--to={to}", "--last=2")
+  assert done.returncode == 0, done.stderr
+  assert "Averaged 2 checkpoints" in done.stdout
+  assert json.load(open(os.path.join(to, "average.json")))["step"] == 9
