@@ -172,7 +172,10 @@ class TrainingConfig(Config):
   ema_decay: float = field(
       0.0, "Keep an exponential moving average of the parameters with this "
       "decay per step and evaluate it at each epoch end too (its metrics "
-      "logged as ema_*); 0: off. Each train call is then one step long.",
+      "logged as ema_*); 0: off. Each train call is then one step long. "
+      "Saved in every checkpoint (a resume continues it); the model "
+      "evaluated at the end and handed back is the average at the selected "
+      "step.",
       low=0, below=1)
 
   def validate(self) -> list[str]:
