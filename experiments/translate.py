@@ -58,6 +58,13 @@ is truncated to it with a warning naming what was dropped. ``--translate=-``
 writes one translation a line to standard output and these notes, named by
 line number, to standard error.
 
+``--score=FILE`` scores the model in ``--workdir`` on FILE's
+source<TAB>reference lines: each pair's log-probability and its tokens'
+(the reference teacher forced, the end symbol included: what the greedy
+search's score sums for its own output), one JSON line a pair, to standard
+output or ``--score_output``; compiled once per padded shape as decoding
+is. A line without both columns stops the run, naming the file and line.
+
 ``--eval_only`` evaluates the model in ``--workdir`` with the model and data
 flags its run recorded (results.json, the checkpoint, vocab.json); a flag
 given explicitly that differs from its record is refused by name. A run that
@@ -72,8 +79,10 @@ for ``--eval_only``, other data) stops the run before any work.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
 import os
 import sys
 import time
@@ -230,6 +239,13 @@ class TranslateConfig(config_lib.DevDecodingConfig):
       "averaged every step) by --translate and --eval_only; they must share "
       "its vocabularies (vocab.json) and decoding, and with --eval_only its "
       "data. Members may differ in architecture.")
+  score: str = field(
+      "", "Score the model in --workdir on this file, one "
+      "source<TAB>reference a line: each pair's log-probability and its "
+      "tokens' (teacher forced, the end symbol included) as JSON lines to "
+      "--score_output (no training).")
+  score_output: str = field("", "--score: write the JSON lines here "
+                            "instead of standard output.")
   n_best: int = field(1, "--translate: print the N best translations of "
                       "the beam search with their scores (at most "
                       "--beam_size), or N samples a sentence with their "
@@ -261,6 +277,8 @@ class TranslateConfig(config_lib.DevDecodingConfig):
         and not script_lib.available()):
       errors.append(f"--target_script={self.target_script} needs OpenCC: "
                     f"{script_lib.INSTALL}")
+    if self.ensemble and self.score:
+      errors.append("--ensemble with --score: scoring takes one model")
     if self.ensemble and not (self.translate or self.eval_only):
       errors.append("--ensemble needs --translate or --eval_only: it decodes "
                     "trained models (training takes one)")
@@ -268,6 +286,12 @@ class TranslateConfig(config_lib.DevDecodingConfig):
       errors.append(f"--ensemble={self.ensemble!r} names an empty workdir")
     if self.translate and not self.workdir:
       errors.append("--translate needs --workdir (a trained model's)")
+    if self.score and not self.workdir:
+      errors.append("--score needs --workdir (a trained model's)")
+    if self.score and self.translate:
+      errors.append("--score and --translate: one at a time")
+    if self.score_output and not self.score:
+      errors.append("--score_output needs --score")
     for i, sentence in enumerate(self.translate or [], start=1):
       if not sentence.strip():
         errors.append(f"--translate={sentence!r} (sentence {i}) is empty or "
@@ -308,6 +332,9 @@ class TranslateTask(task_lib.Task):
     if config.translate:
       runner.check(config)
       return translate_sentences(config)
+    if config.score:
+      runner.check(config)
+      return score_pairs(config)
     if config.eval_only:
       runner.check(config)
       config = recorded_config(config, explicit_fields(config))
@@ -504,7 +531,8 @@ def check_trained_data(config: TranslateConfig,
 # Flags that change how a trained model is evaluated or run, not which model
 # or data: --eval_only takes the others from the run recorded in --workdir.
 EVAL_FLAGS = frozenset({
-    "workdir", "eval_only", "translate", "ensemble", "n_best", "beam_size",
+    "workdir", "eval_only", "translate", "ensemble", "score", "score_output",
+    "n_best", "beam_size",
     "length_penalty", "sampling_temperature", "top_k", "top_p",
     "sampling_seed", "dev_beam_size", "eval_batch_size", "n_examples",
     "n_attention_plots", "log_every", "checkpoint_every",
@@ -681,20 +709,60 @@ def print_scores(held_out: evaluate.HeldOut, losses, scores) -> None:
         f"chrF {scores['chrf']:.2f}{simplified}")
 
 
-def translate_sentences(config: TranslateConfig) -> dict:
-  """--translate: the model in --workdir translates the given sentences."""
+def load_model(config: TranslateConfig, flag: str
+               ) -> translation.Translator:
+  """The model in --workdir (ensembled with --ensemble's for --translate),
+  for ``flag`` (--translate, --score)."""
   settings = (config.search(), config.n_best if config.n_best > 1 else 0,
               config.decoding_key())
   members = config.ensemble_workdirs()
   try:
-    translator = (translation.load_ensemble([config.workdir, *members],
-                                            *settings) if members else
-                  translation.load_translator(config.workdir, *settings))
+    return (translation.load_ensemble([config.workdir, *members], *settings)
+            if members else
+            translation.load_translator(config.workdir, *settings))
   except translation.ModelNotFoundError as e:
-    raise SeqjaxError(f"--translate needs a trained model: {e.problem} in "
+    raise SeqjaxError(f"{flag} needs a trained model: {e.problem} in "
                       f"--{e.param}={e.value}") from e
   except ParameterError as e:
     raise flag_error(e) from e
+
+
+def score_pairs(config: TranslateConfig, out=None) -> dict:
+  """--score: each pair of the file's log-probability under the model in
+  --workdir, one JSON line a pair (its line number, the pair, log_prob,
+  tokens, token_log_probs, unknown, truncated) to --score_output or
+  ``out`` (default standard output); notes go to standard error. A bad
+  line stops the run before the model is read."""
+  try:
+    pairs = translation.read_scored_pairs(config.score)
+  except ParameterError as e:
+    raise flag_error(e) from e
+  translator = load_model(config, "--score")
+  try:
+    scored = translator.score(pairs, config.eval_batch_size)
+  except ParameterError as e:
+    raise SeqjaxError(f"--score={config.score}: {e.problem}") from e
+  try:
+    with (open(config.score_output, "w", encoding="utf-8")
+          if config.score_output else contextlib.nullcontext(
+              out or sys.stdout)) as f:
+      for n, s in enumerate(scored, start=1):
+        f.write(json.dumps({"line": n, **s.to_dict()}, ensure_ascii=False)
+                + "\n")
+  except (OSError, ValueError) as e:
+    raise SeqjaxError(f"--score_output={config.score_output}: cannot be "
+                      f"written: {e}") from e
+  total = sum(s.log_prob for s in scored)
+  print(f"Scored {len(scored)} pairs of {config.score} with the checkpoint "
+        f"at step {translator.step}: total log-probability {total:.4f}",
+        file=sys.stderr)
+  return {"scored": len(scored), "log_prob": total}
+
+
+def translate_sentences(config: TranslateConfig) -> dict:
+  """--translate: the model in --workdir translates the given sentences."""
+  translator = load_model(config, "--translate")
+  members = config.ensemble_workdirs()
   if config.translate == ["-"]:
     return translate_stream(translator, sys.stdin, sys.stdout, sys.stderr)
   print(f"Resumed from the checkpoint at step {translator.step} in "

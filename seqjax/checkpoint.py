@@ -42,13 +42,16 @@ class CheckpointMismatchError(SeqjaxError):
   """The checkpoint in a workdir was written for a different model."""
 
 
-def _state_tree(state: TrainState, carry=None) -> dict:
+def _state_tree(state: TrainState, carry=None, ema=None) -> dict:
   """What is saved: the train state and, for a stateful run, the carry at
-  its step (so a resumed run continues mid-stream exactly)."""
+  its step (so a resumed run continues mid-stream exactly); with ``ema``,
+  the parameters' moving average at its step (``training.ema``)."""
   tree = {"step": state.step, "params": state.params,
           "opt_state": state.opt_state}
   if carry is not None:
     tree["carry"] = carry
+  if ema is not None:
+    tree["ema"] = ema
   return tree
 
 
@@ -194,7 +197,14 @@ class Checkpointer:
         target["carry"] = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
             saved["carry"], is_leaf=lambda m: hasattr(m, "shape"))
+    if isinstance(saved, dict) and "ema" in saved:  # read, left unused
+      target["ema"] = target["params"]
     return target
+
+  def has_ema(self, step: int) -> bool:
+    """Whether checkpoint ``step`` holds the parameters' moving average."""
+    saved = self._metadata(step)
+    return isinstance(saved, dict) and "ema" in saved
 
   def _metadata(self, step: int):
     """Checkpoint ``step``'s saved array metadata tree; None if unreadable."""
@@ -204,35 +214,38 @@ class Checkpointer:
     except Exception:  # pylint: disable=broad-except
       return None
 
-  def restore_params(self, params, step: Optional[int] = None):
+  def restore_params(self, params, step: Optional[int] = None,
+                     key: str = "params"):
     """The parameters alone of checkpoint ``step`` (default: the latest),
-    shaped and placed as ``params``: inference needs no optimizer state.
-    Raises CheckpointMismatchError for another model's checkpoint and
-    SeqjaxError when there is none (a damaged one is not skipped here)."""
+    shaped and placed as ``params``: inference needs no optimizer state;
+    ``key="ema"``: their moving average (``has_ema``). Raises
+    CheckpointMismatchError for another model's checkpoint and SeqjaxError
+    when there is none (a damaged one is not skipped here)."""
     step = self.check_compatible() if step is None else step
     if step is None:
       raise SeqjaxError(f"No checkpoint in {self.directory}")
-    target = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, params)}
+    target = {key: jax.tree.map(ocp.utils.to_shape_dtype_struct, params)}
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
             item=target, partial_restore=True,
             restore_args=ocp.checkpoint_utils.construct_restore_args(target))
     ))["state"]
-    return jax.tree.map(_like, params, restored["params"])
+    return jax.tree.map(_like, params, restored[key])
 
-  def restore_host_params(self, shapes, step: int):
+  def restore_host_params(self, shapes, step: int, key: str = "params"):
     """The parameters alone of checkpoint ``step`` as NumPy arrays, in the
     tree of ``shapes`` (``jax.ShapeDtypeStruct`` leaves, e.g. from
     ``jax.eval_shape`` of the model's init): no device program runs to place
-    them. Raises CheckpointMismatchError where a shape differs."""
-    target = {"params": shapes}
+    them; ``key="ema"``: their moving average. Raises
+    CheckpointMismatchError where a shape differs."""
+    target = {key: shapes}
     restore_args = jax.tree.map(
         lambda s: ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype),
         target)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=target, partial_restore=True,
                                      restore_args=restore_args)))["state"]
-    params = restored["params"]
+    params = restored[key]
     if _signature(params) != _signature(shapes):
       raise CheckpointMismatchError(
           f"The parameters of the checkpoint in {self.directory} (step "
@@ -277,14 +290,14 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def save(self, state: TrainState, force: bool = False, carry=None,
-           selection: Optional[dict] = None) -> bool:
-    """Saves ``state`` (and a stateful run's ``carry``, and the selection
-    record) at its step, unless that step is saved already (``force``:
-    again)."""
+           selection: Optional[dict] = None, ema=None) -> bool:
+    """Saves ``state`` (and a stateful run's ``carry``, the selection
+    record, the parameters' moving average ``ema``) at its step, unless
+    that step is saved already (``force``: again)."""
     step = int(state.step)
     if not force and self.latest_step() == step:
       return False
-    items = dict(state=ocp.args.StandardSave(_state_tree(state, carry)),
+    items = dict(state=ocp.args.StandardSave(_state_tree(state, carry, ema)),
                  config=ocp.args.JsonSave(self.model_config))
     if selection is not None:
       items["selection"] = ocp.args.JsonSave(selection)
@@ -328,30 +341,71 @@ def _signature(tree) -> dict:
 
 class BestCheckpoint:
   """The state of the best epoch so far (by a ``selection.Tracker``), in
-  ``<workdir>/best`` (orbax, one step kept) beside the latest checkpoints,
-  and its record in ``<workdir>/best.json``: step, epoch, metric, value."""
+  ``<workdir>/best`` beside the latest checkpoints, and its record in
+  ``<workdir>/best.json``: step, epoch, metric, value. With ``keep`` > 1 the
+  ``keep`` best epochs' states stay there (for ``seqjax.averaging``) and
+  best.json lists them best first under ``kept`` (step, epoch, value)."""
 
-  def __init__(self, workdir: str, model_config: dict):
-    self.checkpointer = Checkpointer(workdir, model_config, max_to_keep=1,
+  def __init__(self, workdir: str, model_config: dict,
+               keep: Optional[int] = 1):
+    self.keep = keep
+    # keep > 1: this class deletes the states that leave the best ``keep``;
+    # None: only read, nothing deleted.
+    self.checkpointer = Checkpointer(workdir, model_config,
+                                     max_to_keep=1 if keep == 1 else None,
                                      subdir="best")
     self.path = os.path.join(os.path.abspath(workdir), "best.json")
 
-  def save(self, state: TrainState, tracker) -> None:
-    """``state`` as the best, at its step (replacing the one there)."""
+  def wants(self, tracker, improved: bool) -> bool:
+    """Whether the epoch ``tracker`` last read is kept: it improved, or
+    (``keep`` > 1) it ranks among the ``keep`` best so far."""
+    if improved or self.keep == 1:
+      return improved
+    kept = self.kept()
+    if len(kept) < self.keep:
+      return True
+    worst = kept[-1]["value"]
+    return tracker.last > worst if tracker.maximize else tracker.last < worst
+
+  def save(self, state: TrainState, tracker, ema=None) -> None:
+    """``state`` (with its parameters' moving average ``ema``) as the
+    epoch ``tracker`` last read, at its step (replacing the one there)."""
     step = int(state.step)
-    if self.checkpointer.latest_step() == step:
+    if step in self.checkpointer.all_steps():
       # A resumed run trained this epoch again: its state replaces the one
       # the killed run saved.
       self.checkpointer.delete(step)
-    self.checkpointer.save(state)
+    self.checkpointer.save(state, ema=ema)
+    record = {"step": tracker.best_step, "epoch": tracker.best_epoch,
+              "metric": tracker.metric, "value": tracker.best,
+              "maximize": tracker.maximize}
+    if (self.keep or 0) > 1:
+      record["kept"] = self._ranked(tracker, step)
     if jax.process_index() == 0:
-      reliability.write_atomic(self.path, json.dumps({
-          "step": step, "epoch": tracker.best_epoch,
-          "metric": tracker.metric, "value": tracker.best,
-          "maximize": tracker.maximize}, indent=2) + "\n")
+      reliability.write_atomic(self.path, json.dumps(record, indent=2) + "\n")
+
+  def _ranked(self, tracker, step: int) -> list[dict]:
+    """The kept epochs with ``step`` (``tracker``'s last) among them, best
+    first; the states that fall out of the best ``keep`` are deleted."""
+    entry = {"step": step, "epoch": tracker.last_epoch, "value": tracker.last}
+    kept = [k for k in self.kept() if k["step"] != step] + [entry]
+    sign = -1 if tracker.maximize else 1
+    kept.sort(key=lambda k: sign * k["value"])
+    for dropped in kept[self.keep:]:
+      if dropped["step"] in self.checkpointer.all_steps():
+        self.checkpointer.delete(dropped["step"])
+    return kept[:self.keep]
+
+  def kept(self) -> list[dict]:
+    """The kept epochs (step, epoch, value), best first."""
+    return list((self.record() or {}).get("kept") or [])
 
   def step(self) -> Optional[int]:
-    return self.checkpointer.latest_step()
+    """The best epoch's step where its state is here, else the newest
+    state's."""
+    best = (self.record() or {}).get("step")
+    steps = self.checkpointer.all_steps()
+    return best if best in steps else (steps[-1] if steps else None)
 
   def record(self) -> Optional[dict]:
     """best.json, or None when there is none (or it cannot be read)."""

@@ -140,6 +140,11 @@ class TrainingConfig(Config):
       "metric (the task's, e.g. dev exact match) in <workdir>/best, and "
       "evaluate it at the end (the latest is kept for resuming). Default: on "
       "when the task selects by a metric.")
+  keep_best_n: int = field(
+      1, "With --keep_best: keep the states of this many best epochs in "
+      "<workdir>/best (best.json lists them), e.g. for "
+      "`python -m experiments.average --best=N`; the best is evaluated.",
+      low=1, high=limits.INT32_MAX)
   patience: int = field(0, "Early stopping: stop after this many epochs in a "
                         "row without a gain in the task's select metric "
                         "(0: off).", low=0, high=limits.INT32_MAX)
@@ -167,7 +172,10 @@ class TrainingConfig(Config):
   ema_decay: float = field(
       0.0, "Keep an exponential moving average of the parameters with this "
       "decay per step and evaluate it at each epoch end too (its metrics "
-      "logged as ema_*); 0: off. Each train call is then one step long.",
+      "logged as ema_*); 0: off. Each train call is then one step long. "
+      "Saved in every checkpoint (a resume continues it); the model "
+      "evaluated at the end and handed back is the average at the selected "
+      "step.",
       low=0, below=1)
 
   def validate(self) -> list[str]:

@@ -89,6 +89,8 @@ def run(task, config, workdir: Optional[str] = None) -> dict:
   state, selected = selected_state(workdir, model_config, config, setup,
                                    state, stats)
   results.update(selected)
+  state, evaluated = ema_state(workdir, model_config, config, state)
+  results.update(evaluated)
   results.update(task.evaluate(config, setup, state))
   results.update(training_results(stats, config.batch_size, params))
   write_results(workdir, results)
@@ -165,6 +167,11 @@ def keeps_best(config, select_metric: Optional[str]) -> bool:
   return select_metric is not None if keep is None else bool(keep)
 
 
+def keep_best_n(config) -> int:
+  """--keep_best_n: how many of the best epochs' states are kept."""
+  return getattr(config, "keep_best_n", 1)
+
+
 def checkpoint_config(model_config: dict, config) -> dict:
   """What a checkpoint must match: the task's model config, and (only when
   not the defaults, so older checkpoints still match) what changes the
@@ -190,7 +197,7 @@ def selected_state(workdir: str, model_config: dict, config, setup, state,
   chosen, step = state, int(state.step)
   if (keeps_best(config, setup.select_metric) and
       tracker.best_step is not None and tracker.best_step != step):
-    best = BestCheckpoint(workdir, model_config)
+    best = BestCheckpoint(workdir, model_config, keep_best_n(config))
     restored = best.restore(state, tracker.best_step)
     best.close()
     if restored is None:
@@ -360,12 +367,13 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
   if mesh is not None:
     # Restored arrays take the target's sharding: replicated on the mesh.
     state = sharding_lib.replicate(state, mesh)
-  carry = initial_carry
+  carry, ema = initial_carry, None
   if latest is not None:
     state, carry = checkpointer.restore_with_carry(state, initial_carry,
                                                    latest)
     print(f"Resumed from the checkpoint at step {int(state.step)} in "
           f"{workdir}.")
+    ema = saved_ema(workdir, model_config, state, config)
   tracker = None
   if select_metric is not None:
     tracker = selection_lib.Tracker.from_json(
@@ -379,9 +387,9 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
         reset_every, int(state.step))
   best = None
   if tracker is not None and keeps_best(config, select_metric):
-    best = BestCheckpoint(workdir, model_config)
+    best = BestCheckpoint(workdir, model_config, keep_best_n(config))
     if tracker.best_step == int(state.step) and best.step() != int(state.step):
-      best.save(state, tracker)  # killed between the latest and best saves
+      best.save(state, tracker, ema)  # killed between latest and best saves
   if mesh is not None and epoch_end_fn is not None:
     # Evaluation code is written for one device: hand it a local copy.
     user_epoch_end_fn = epoch_end_fn
@@ -396,12 +404,12 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
           epoch_end_fn=epoch_end_fn, initial_carry=initial_carry,
           carry=carry, reset_every=reset_every, mesh=mesh,
           should_stop=interrupt.requested, batch_plan=batch_plan,
-          selection=tracker, best_checkpoint=best)
+          selection=tracker, best_checkpoint=best, ema_params=ema)
     except reliability.NonFiniteError as e:
       raise reliability.NonFiniteError(f"{e} {_step_size_flags(config)}"
                                        ) from e
   checkpointer.save(state, carry=stats.final_carry,
-                    selection=stats.selection)
+                    selection=stats.selection, ema=stats.ema_params)
   checkpointer.close()
   if best is not None:
     best.close()
@@ -414,6 +422,49 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
   print(f"{prefix}Parameters at step {int(state.step)}: sha256 "
         f"{params_fingerprint(state.params)}")
   return state, stats
+
+
+def saved_ema(workdir: str, model_config: dict, state, config):
+  """With --ema_decay: the moving average saved with the checkpoint of
+  ``state``'s step, placed as its parameters; None without one (the
+  average then starts from the parameters resumed)."""
+  if not getattr(config, "ema_decay", 0):
+    return None
+  step = int(state.step)
+  # A manager of its own: one that restored the whole state reads no part.
+  checkpointer = Checkpointer(workdir, model_config)
+  try:
+    if not checkpointer.has_ema(step):
+      return None
+    return checkpointer.restore_params(state.params, step, key="ema")
+  finally:
+    checkpointer.close()
+
+
+def ema_state(workdir: str, model_config: dict, config, state):
+  """With --ema_decay, the model a run hands back and evaluates is the
+  moving average of the parameters at the selected step: -> (``state``
+  with it, the results.json keys); without, (``state``, {})."""
+  decay = getattr(config, "ema_decay", 0)
+  if not decay:
+    return state, {}
+  step, ema = int(state.step), None
+  for subdir in ("checkpoints", "best"):
+    checkpointer = Checkpointer(workdir, model_config, max_to_keep=None,
+                                subdir=subdir)
+    if step in checkpointer.all_steps() and checkpointer.has_ema(step):
+      ema = checkpointer.restore_params(state.params, step, key="ema")
+    checkpointer.close()
+    if ema is not None:
+      break
+  if ema is None:
+    logging.warning("--ema_decay=%s: no moving average saved at step %d in "
+                    "%s; evaluating the parameters themselves.", decay, step,
+                    workdir)
+    return state, {"evaluated_params": "params"}
+  print(f"Evaluating the moving average of the parameters at step {step} "
+        f"(--ema_decay={decay}): sha256 {params_fingerprint(ema)}")
+  return state.replace(params=ema), {"evaluated_params": "ema"}
 
 
 def _step_size_flags(config) -> str:

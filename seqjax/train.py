@@ -6,7 +6,8 @@ counting), schedules, records and the fit loop."""
 from seqjax.training.losses import (Batch, LossFn, StatefulLossFn,
                                     make_classifier_loss, make_eval_step,
                                     make_free_running_loss, make_seq2seq_loss,
-                                    make_stateful_eval_step)
+                                    make_stateful_eval_step,
+                                    make_token_log_probs)
 from seqjax.training.hooks import Hook
 from seqjax.training.loop import TrainCall
 from seqjax.training.standard import fit, standard_hooks

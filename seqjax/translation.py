@@ -24,11 +24,13 @@ import os
 from typing import Optional
 
 import jax
+import numpy as np
 
 from seqjax import decoding
 from seqjax import evaluate
 from seqjax import train as train_lib
-from seqjax.checkpoint import OPTIMIZER_STRUCTURE, Checkpointer
+from seqjax.checkpoint import (OPTIMIZER_STRUCTURE, BestCheckpoint,
+                               Checkpointer)
 from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
@@ -265,6 +267,49 @@ class Translator:
             for s, sym, text, alts in zip(sentences, tokens, decoded,
                                           alternatives)]
 
+  @functools.cached_property
+  def token_log_probs(self):
+    """The jitted teacher-forced scorer: one compile per padded shape."""
+    if not decodes_tokens(self.spec):
+      raise ParameterError("score", "", "this model was trained on its "
+                           "softmax fed back: it gives no probability to a "
+                           "token sequence")
+    return train_lib.make_token_log_probs(self.model)
+
+  def score(self, pairs: list[tuple[str, str]], batch_size: int = 256
+            ) -> list[Scored]:
+    """Each (source, reference)'s log-probability and its tokens', the end
+    symbol's included, teacher forced in batches of ``batch_size`` (the last
+    padded): sources padded to the longest training source (and cut to it,
+    as ``translate``), references to the decoding bound or the longest."""
+    scorer = self.token_log_probs
+    sources, references = [p[0] for p in pairs], [p[1] for p in pairs]
+    arrays, widths = self._score_arrays(sources, references)
+    logp_NT = _in_batches(scorer, self.params, arrays, batch_size)
+    out = []
+    for i, (source, reference) in enumerate(pairs):
+      ids, unknown = self.vocabs.target.encode(reference)
+      n = len(ids) + 1
+      logps = [float(x) for x in logp_NT[i, :n]]
+      symbols = [self.vocabs.target.symbols[j] for j in ids]
+      out.append(Scored(source, reference, float(sum(logps)),
+                        symbols + [vocab_lib.END], logps, unknown,
+                        max(0, widths[i] - arrays["src"].shape[1])))
+    return out
+
+  def _score_arrays(self, sources, references) -> tuple[dict, list[int]]:
+    """-> (the teacher-forcing arrays, each source's length in tokens)."""
+    src_vocab = self.vocabs.source
+    lengths = [len(vocab_lib.tokenize(s, src_vocab.level)) for s in sources]
+    width_S = self.vocabs.max_source_len or max(lengths)
+    longest = max(len(self.vocabs.target.encode(r)[0]) for r in references)
+    width_T = max(self.vocabs.max_decode_len, longest + 1)
+    src = vocab_lib.encode_sources(src_vocab, sources, width_S)
+    tgt = vocab_lib.encode_targets(self.vocabs.target, references, width_T)
+    return {"src": src["src"], "src_mask": src["src_mask"],
+            **{k: tgt[k] for k in ("dec_in", "target", "target_mask")}
+            }, lengths
+
   def _n_best(self, src: dict) -> list[list[tuple[str, float]]]:
     """(text, score) of each sentence's N best beams (their scores), or of
     its N samples, most likely first (their log-probabilities)."""
@@ -283,6 +328,58 @@ class Translator:
     return [sorted(((decode(t), float(sc)) for t, sc in
                     zip(tokens_BNT[b], scores_BN[b])), key=lambda a: -a[1])
             for b in range(len(scores_BN))]
+
+
+@dataclasses.dataclass
+class Scored:
+  """A (source, reference) pair's log-probability under the model."""
+
+  source: str
+  reference: str
+  log_prob: float               # the sum of token_log_probs
+  tokens: list[str]             # the reference's symbols, then the end
+  token_log_probs: list[float]  # of each of ``tokens``, in order
+  unknown: list[str]            # reference symbols not in the vocabulary
+  truncated: int                # source tokens cut off (as ``translate``)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def read_scored_pairs(path: str) -> list[tuple[str, str]]:
+  """(source, reference) of each line of ``path``, tab-separated (more
+  columns are ignored). Raises ParameterError naming the file and line of
+  the first line without both, before anything is scored."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except (OSError, ValueError) as e:  # ValueError: undecodable, NUL in path
+    raise ParameterError("score", path, f"cannot be read: {e}") from e
+  pairs = []
+  for n, line in enumerate(lines, start=1):
+    columns = line.split("\t")
+    if len(columns) < 2 or not columns[0].strip() or not columns[1].strip():
+      raise ParameterError("score", path, f"line {n}: expected "
+                           "source<TAB>reference, a column is missing or "
+                           f"empty in {line!r}")
+    pairs.append((columns[0], columns[1]))
+  return pairs
+
+
+def _in_batches(fn, params, arrays: dict, batch_size: int):
+  """``fn(params, batch)`` over ``arrays``' rows in batches of
+  ``batch_size``, the last padded by repeating its last row (one program
+  shape); -> the host rows, stacked."""
+  n = len(next(iter(arrays.values())))
+  outputs = []
+  for start in range(0, n, batch_size):
+    batch = {k: v[start:start + batch_size] for k, v in arrays.items()}
+    rows = len(batch["src"])
+    if rows < batch_size:
+      batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - rows, 0)])
+               for k, v in batch.items()}
+    outputs.append((fn(params, batch), rows))
+  return np.concatenate([np.asarray(out)[:rows] for out, rows in outputs])
 
 
 def saved_model_config(workdir: str) -> Optional[dict]:
@@ -319,8 +416,9 @@ def load_translator(workdir: str, strategy=decoding.Greedy(),
                     ) -> Translator:
   """The translation model trained in ``workdir``: its checkpoint's settings
   and the parameters it hands back (its best checkpoint's, else the
-  latest's), its vocab.json, decoding by ``strategy`` (with ``n_best``,
-  also the N best; sampling draws with ``key``). Raises ModelNotFoundError
+  latest's; their moving average where the run kept one), its vocab.json,
+  decoding by ``strategy`` (with ``n_best``, also the N best; sampling
+  draws with ``key``). Raises ModelNotFoundError
   without both, ParameterError for another task's model and
   CheckpointMismatchError when vocab.json is not the checkpoint's."""
   saved, vocabs = load_records(workdir)
@@ -420,17 +518,23 @@ def param_shapes(model: Seq2Seq):
 
 def _restore_params(workdir: str, expected: dict, shapes):
   """-> (parameters, step) of the model a run hands back: the best
-  checkpoint (``<workdir>/best``, kept by --keep_best) where there is one,
-  else the latest; read on the host into ``shapes``' tree and put on the
-  device at once (no program runs to place them)."""
-  checkpointer = Checkpointer(workdir, expected)
-  if os.path.isdir(os.path.join(workdir, "best")):
-    best = Checkpointer(workdir, expected, subdir="best")
-    if best.latest_step() is not None:
-      checkpointer.close()
-      checkpointer = best
+  checkpoint (``<workdir>/best``, kept by --keep_best; best.json's step
+  where it keeps several) where there is one, else the latest, and of it
+  the parameters' moving average where it holds one (--ema_decay); read on
+  the host into ``shapes``' tree and put on the device at once (no program
+  runs to place them)."""
+  best = BestCheckpoint(workdir, expected, keep=None)  # read only
+  best_step = best.step()
+  if best_step is None:
+    best.close()
+    checkpointer = Checkpointer(workdir, expected)
+  else:
+    checkpointer = best.checkpointer
   try:
     step = checkpointer.check_compatible()
-    return jax.device_put(checkpointer.restore_host_params(shapes, step)), step
+    step = step if best_step is None else best_step
+    key = "ema" if checkpointer.has_ema(step) else "params"
+    return jax.device_put(checkpointer.restore_host_params(shapes, step,
+                                                           key)), step
   finally:
     checkpointer.close()

@@ -89,3 +89,55 @@ def test_ema_flag_logs_the_average_evaluated_at_epoch_ends(tmp_path):
     plain = [r for r in rows if r.get("eval") and r["step"] == row["step"]
              and "param_sum" in r]
     assert plain and abs(plain[0]["param_sum"] - row["ema_param_sum"]) > 1e-4
+
+
+def _translate(tmp_path, name, epochs):
+  from experiments import translate
+  from tests import translate_util
+  path = translate_util.write_pairs(tmp_path / "pairs.txt",
+                                    translate_util.toy_pairs(40))
+  return translate.run(translate.TranslateConfig(
+      data_path=path, workdir=str(tmp_path / name), num_samples=0,
+      validation_split=0.25, latent_dim=8, batch_size=10, epochs=epochs,
+      log_every=0, n_examples=0, num_buckets=1, progress="none",
+      n_attention_plots=0, ema_decay=DECAY))
+
+
+def _saved(workdir, step, key, subdir="checkpoints"):
+  import orbax.checkpoint as ocp
+  state = ocp.StandardCheckpointer().restore(
+      f"{workdir}/{subdir}/{step}/state")
+  return [np.asarray(x) for x in jax.tree.leaves(state[key])]
+
+
+def _ema_rows(workdir):
+  rows = [json.loads(l) for l in open(f"{workdir}/metrics.jsonl")]
+  return {r["step"]: r for r in rows if "ema_val_loss" in r}
+
+
+def test_a_resumed_ema_run_equals_an_uninterrupted_one(tmp_path):
+  from seqjax import translation
+  whole = _translate(tmp_path, "whole", 2)
+  _translate(tmp_path, "parts", 1)
+  parts = _translate(tmp_path, "parts", 2)  # resumed at step 3
+  a, b = str(tmp_path / "whole"), str(tmp_path / "parts")
+  for step in (3, 6):
+    for x, y in zip(_saved(a, step, "ema"), _saved(b, step, "ema")):
+      np.testing.assert_array_equal(x, y)
+  # Restarting the average from the resumed parameters would differ.
+  restarted = [DECAY * e + (1 - DECAY) * p for e, p in zip(
+      _saved(a, 3, "params"), _saved(a, 3, "params"))]
+  assert any(not np.allclose(r, x) for r, x in
+             zip(restarted, _saved(a, 3, "ema")))
+  assert _ema_rows(a) == {k: v for k, v in _ema_rows(b).items()
+                          if k in _ema_rows(a)} and len(_ema_rows(a)) == 2
+  for key in ("val_loss", "val_chrf", "selected_step", "evaluated_params"):
+    assert whole[key] == parts[key]
+  # The model evaluated and handed back is the average at the selected step.
+  step = whole["selected_step"]
+  assert whole["evaluated_params"] == "ema"
+  np.testing.assert_allclose(whole["val_loss"],
+                             _ema_rows(a)[step]["ema_val_loss"], rtol=1e-6)
+  got = jax.tree.leaves(jax.device_get(translation.load_translator(a).params))
+  for g, e in zip(got, _saved(a, step, "ema", "best")):
+    np.testing.assert_array_equal(g, e)

@@ -254,14 +254,22 @@ class EpochEval(Hook):
 
 
 class KeepBest(Hook):
-  """The state of an epoch that improved, saved to ``best_checkpoint``."""
+  """The state of an epoch that improved (or that ranks among the best the
+  checkpoint keeps: its ``wants``), saved to ``best_checkpoint``."""
 
   def __init__(self, selection: Selection, best_checkpoint):
     self.selection, self.best_checkpoint = selection, best_checkpoint
 
   def after_call(self, loop):
-    if self.selection.updated_at == loop.step and self.selection.improved:
-      self.best_checkpoint.save(loop.state, self.selection.tracker)
+    selection = self.selection
+    if selection.updated_at != loop.step:
+      return
+    wants = getattr(self.best_checkpoint, "wants", None)
+    if (selection.improved if wants is None else
+        wants(selection.tracker, selection.improved)):
+      self.best_checkpoint.save(loop.state, selection.tracker,
+                                **({"ema": loop.save_fields["ema"]}
+                                   if "ema" in loop.save_fields else {}))
 
 
 class Patience(Hook):

@@ -64,24 +64,45 @@ def make_seq2seq_loss(model, label_smoothing: float = 0.0,
   and evaluation steps pass it back as ``hparams=``, an input of their
   programs, so another seed is the same program.
   """
-  takes_decoder_input = getattr(model, "takes_decoder_input", True)
   defaults = loss_hparams(dropout_seed)
 
   def loss_fn(params, batch, step=None, hparams=None):
     hparams = defaults if hparams is None else hparams
-    mask = batch.get("target_mask")
     rngs = _dropout_rngs(hparams, step)
-    if takes_decoder_input:
-      logits_BTV = model.apply(params, batch["src"], batch["dec_in"],
-                               batch.get("src_mask"), mask, rngs=rngs)
-    else:
-      logits_BTV = model.apply(params, batch["src"], batch.get("src_mask"),
-                               rngs=rngs)
-    return _sequence_loss(logits_BTV, batch, mask, label_smoothing)
+    logits_BTV = teacher_forced_logits(model, params, batch, rngs)
+    return _sequence_loss(logits_BTV, batch, batch.get("target_mask"),
+                          label_smoothing)
 
   loss_fn.takes_step = dropout_seed is not None
   loss_fn.hparams = defaults
   return loss_fn
+
+
+def teacher_forced_logits(model, params, batch, rngs=None):
+  """The forward pass of ``make_seq2seq_loss``: logits (B, T, V) of each
+  target step, the decoder fed ``dec_in`` (a model with
+  ``takes_decoder_input = False`` reads the source alone)."""
+  if getattr(model, "takes_decoder_input", True):
+    return model.apply(params, batch["src"], batch["dec_in"],
+                       batch.get("src_mask"), batch.get("target_mask"),
+                       rngs=rngs)
+  return model.apply(params, batch["src"], batch.get("src_mask"), rngs=rngs)
+
+
+def make_token_log_probs(model):
+  """-> jitted ``fn(params, batch) -> (B, T)``: each target token's
+  log-probability under ``model`` fed the previous target tokens (the
+  evaluation loss's forward pass, no dropout); 0 where ``target_mask`` is
+  False."""
+  @jax.jit
+  def token_log_probs(params, batch):
+    logits_BTV = teacher_forced_logits(model, params, batch)
+    logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+    logp_BT = jnp.take_along_axis(logp_BTV, batch["target"][..., None],
+                                  axis=-1)[..., 0]
+    mask = batch.get("target_mask")
+    return logp_BT if mask is None else jnp.where(mask, logp_BT, 0.0)
+  return token_log_probs
 
 
 def make_classifier_loss(model, stateful: bool = False):

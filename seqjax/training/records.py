@@ -77,6 +77,7 @@ class FitStats:
   stopped_early: bool = False
   stopped_epoch: Optional[int] = None
   stopped_on_budget: bool = False   # the time budget ended the run
+  ema_params: Any = None            # the EMA hook's average at the end
 
   def samples_per_second(self, batch_size: int) -> float:
     if self.steady_steps and self.steady_seconds > 0:

@@ -25,10 +25,12 @@ from seqjax.training.steps import StreamCarry, make_multi_step
 
 def standard_hooks(config: FitConfig, *, checkpointer=None,
                    epoch_end_fn=None, tracker=None, best_checkpoint=None,
-                   should_stop=None, clock=time.monotonic) -> list:
+                   should_stop=None, clock=time.monotonic,
+                   ema_params=None) -> list:
   """The hooks ``config`` asks for, in the order they act after a call:
   the non-finite monitor, log, progress bar, evaluation and selection,
-  the parameters' moving average, checkpoint, keep-best, patience, time budget, interrupt."""
+  the parameters' moving average (from ``ema_params`` where given),
+  checkpoint, keep-best, patience, time budget, interrupt."""
   selection = None if tracker is None else hooks_lib.Selection(
       tracker, config.lr_schedule == "plateau", config.lr_patience,
       config.lr_decay_factor)
@@ -44,7 +46,7 @@ def standard_hooks(config: FitConfig, *, checkpointer=None,
       (epoch_end_fn is not None or selection is not None,
        lambda: hooks_lib.EpochEval(epoch_end_fn, selection)),
       (config.ema_decay > 0, lambda: ema_lib.EMA(config.ema_decay,
-                                                 epoch_end_fn)),
+                                                 epoch_end_fn, ema_params)),
       (checkpointer is not None, lambda: hooks_lib.Checkpoint(
           checkpointer, config.checkpoint_every_steps,
           config.checkpoint_every_secs, clock)),
@@ -67,7 +69,7 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
         batch_plan: Optional[BucketPlan] = None,
         clock: Callable[[], float] = time.monotonic,
         selection: Optional[selection_lib.Tracker] = None,
-        best_checkpoint=None, hooks: Sequence = (),
+        best_checkpoint=None, hooks: Sequence = (), ema_params=None,
         ) -> tuple[TrainState, FitStats]:
   """Trains ``state`` from its current step to ``epochs`` full epochs.
 
@@ -83,6 +85,10 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
   ``config.nonfinite="stop"`` a non-finite step raises
   ``reliability.NonFiniteError`` after saving the last good state and carry.
   ``hooks``: more periodic actions (``seqjax.training.hooks``), after these.
+  ``config.ema_decay`` > 0: a moving average of the parameters
+  (``training.ema``), saved with every checkpoint, resumed from
+  ``ema_params`` (a checkpoint's) where given; the last in
+  ``stats.ema_params``.
   A log line (steps/s, loss, ETA) comes every ``log_every_steps`` and every
   ``log_every_secs`` (on ``clock``; to the log where INFO shows, else to
   stderr), the latter off when ``hooks`` has a ``Log`` or ``Progress`` of
@@ -119,6 +125,7 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
   schedule = make_schedule(data, config, batch_plan, stateful, reset_every)
   done = nothing_to_train(state, config, schedule.steps_per_epoch, tracker)
   if done is not None:
+    done.ema_params = ema_params
     return state, done
   call = multi_step or make_multi_step(loss_fn, config.nonfinite, mesh)
   carry = (StreamCarry(initial_carry if carry is None else carry,
@@ -131,7 +138,8 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
   all_hooks = standard_hooks(
       config, checkpointer=checkpointer, epoch_end_fn=epoch_end_fn,
       tracker=tracker, best_checkpoint=best_checkpoint,
-      should_stop=should_stop, clock=clock) + list(hooks)
+      should_stop=should_stop, clock=clock, ema_params=ema_params
+  ) + list(hooks)
   return loop_lib.fit(state, data, step, all_hooks, epochs=config.epochs,
                       metrics_log=metrics_log, clock=clock)
 
