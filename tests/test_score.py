@@ -37,7 +37,7 @@ def _greedy(translator, sources):
   ends with the end symbol and whose text encodes back to its tokens."""
   decoder = translation.make_decoder(
       translator.spec, translator.model, translator.vocabs.max_decode_len,
-      full=True, score=True)
+      full=True, score=True, in_flight=False)
   src = vocab_lib.encode_sources(translator.vocabs.source, sources,
                                  translator.vocabs.max_source_len)
   out = jax.device_get(decoder(translator.params, src["src"],
