@@ -7,7 +7,8 @@ model's (the checkpoint config, the parameters' shapes and dtypes, and
 vocab.json must agree) before reading an array, and writes to the new
 workdir ``to``: the averaged checkpoint at the newest step averaged, with
 that step's optimizer state (so it resumes and restores as any checkpoint
-does), a copy of the first workdir's vocab.json, and ``results.json`` /
+does), copies of the first workdir's vocab.json (and SentencePiece
+models), and ``results.json`` /
 ``average.json`` naming the checkpoints averaged (step, metric, value).
 The parameters, and an EMA copy where the checkpoints hold one, are the
 leaf by leaf mean (computed in float64, stored in each leaf's dtype).
@@ -34,6 +35,9 @@ from seqjax.errors import SeqjaxError
 
 RECORD = "average.json"
 VOCAB_FILE = "vocab.json"
+# Read beside the checkpoint by a translation model: vocab.json records the
+# SentencePiece models' sha256, so agreeing vocab.json files mean equal models.
+COPIED = (VOCAB_FILE, "spm_source.model", "spm_target.model")
 AVERAGED = ("params", "ema")  # state keys averaged; the others: the newest
 
 
@@ -225,9 +229,10 @@ def average(sources: list[Source], to: str, how: str = "") -> dict:
 
 def _write(to: str, sources: list[Source], config: dict, tree: dict,
            step: int) -> None:
-  vocab = os.path.join(sources[0].workdir, VOCAB_FILE)
-  if os.path.isfile(vocab):
-    shutil.copyfile(vocab, os.path.join(to, VOCAB_FILE))
+  for name in COPIED:
+    path = os.path.join(sources[0].workdir, name)
+    if os.path.isfile(path):
+      shutil.copyfile(path, os.path.join(to, name))
   checkpointer = Checkpointer(to, config, max_to_keep=1)
   try:
     checkpointer.manager.save(step, args=ocp.args.Composite(

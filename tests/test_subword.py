@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import translate
+from seqjax import averaging
 from seqjax import translation
 from seqjax.data import subword as subword_lib
 from seqjax.data import translation as data_lib
@@ -196,6 +197,31 @@ def test_translate_reads_the_models_back(subword_run):
       translation.load_translator(workdir)
   finally:
     os.replace(target + ".moved", target)
+
+
+def test_an_averaged_subword_workdir_translates_as_its_checkpoint(
+    subword_run, tmp_path):
+  """Averaging one checkpoint copies it, SentencePiece models included: the
+  new workdir translates exactly as the source's checkpoint."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(subword_run[0], workdir)
+  # Without best/, a workdir hands back its newest checkpoint: the one
+  # averaged.
+  shutil.rmtree(os.path.join(workdir, "best"), ignore_errors=True)
+  source, = averaging.last_checkpoints(workdir, 1)
+  to = str(tmp_path / "avg")
+  averaging.average([source], to, how="last 1")
+  for name in data_lib.MODEL_FILES.values():
+    with open(os.path.join(workdir, name), "rb") as a, \
+        open(os.path.join(to, name), "rb") as b:
+      assert a.read() == b.read()
+  averaged = translation.load_translator(to)
+  assert averaged.step == source.step
+  sentences = ["cat 12.", "dog 3 zebra."]
+  original = translation.load_translator(workdir)
+  assert original.step == source.step
+  assert [t.decoded for t in averaged.translate(sentences)] == [
+      t.decoded for t in original.translate(sentences)]
 
 
 def test_recorded_subword_settings_bind_the_workdir(subword_run):
