@@ -81,11 +81,14 @@ def test_torch_greedy_and_beam_give_seqjax_tokens(config):
   for key in decode.keys(w.s):
     decoder, batch = key.split("@")
     tokens_j, steps_j, rows_j = ours.decode(decoder, int(batch))
-    tokens_t, steps_t, rows_t = theirs.decode(decoder, int(batch))
+    # seqjax's in-flight greedy (its own loop) against PyTorch's greedy.
+    peer = decoder.removesuffix("_inflight")
+    tokens_t, steps_t, rows_t = theirs.decode(peer, int(batch))
     np.testing.assert_array_equal(tokens_t, tokens_j, err_msg=key)
     # Both stop at the same step; PyTorch steps fewer rows (it drops the
     # finished sentences, seqjax pads its last batch).
-    assert steps_t == steps_j and rows_t < rows_j, key
+    if peer == decoder:
+      assert steps_t == steps_j and rows_t < rows_j, key
     lengths |= set(decode.output_lengths(tokens_j).tolist())
   # The tiny model's outputs end at varied steps, some at max_len: every
   # finishing path is exercised.
@@ -102,10 +105,12 @@ def test_equal_work_torch_gives_seqjax_tokens_in_steps_steps(config):
   for key in decode.keys(w.s):
     decoder, batch = key.split("@")
     tokens_j, steps_j, _ = ours.decode(decoder, int(batch))
-    tokens_t, steps_t, _ = theirs.decode(decoder, int(batch))
+    peer = decoder.removesuffix("_inflight")
+    tokens_t, steps_t, _ = theirs.decode(peer, int(batch))
     np.testing.assert_array_equal(tokens_t, tokens_j, err_msg=key)
     assert tokens_j.shape == (len(w.src_NS), 6)
-    assert steps_t == steps_j == 6 * len(w.batches(int(batch))), key
+    if peer == decoder:
+      assert steps_t == steps_j == 6 * len(w.batches(int(batch))), key
 
 
 @pytest.mark.full
