@@ -319,7 +319,9 @@ class DecodingConfig(TrainingConfig):
 
   def validate(self) -> list[str]:
     errors = super().validate()
-    errors += self.beam_errors(self.target_vocab())
+    # The target vocabulary comes from flags: out of bounds, it means nothing.
+    if not errors:
+      errors += self.beam_errors(self.target_vocab())
     errors += self.sampling_errors()
     wide = [f"--{k}={v}" for k, v in self.beam_flags().items() if v > 1]
     if wide and not self.decodes_stepwise():
