@@ -31,13 +31,14 @@ import orbax.checkpoint as ocp
 
 from seqjax import reliability
 from seqjax.checkpoint import Checkpointer, _signature
+from seqjax.data import translation as data_lib
 from seqjax.errors import SeqjaxError
 
 RECORD = "average.json"
-VOCAB_FILE = "vocab.json"
+VOCAB_FILE = data_lib.VOCAB_FILE
 # Read beside the checkpoint by a translation model: vocab.json records the
 # SentencePiece models' sha256, so agreeing vocab.json files mean equal models.
-COPIED = (VOCAB_FILE, "spm_source.model", "spm_target.model")
+COPIED = (VOCAB_FILE, *data_lib.MODEL_FILES.values())
 AVERAGED = ("params", "ema")  # state keys averaged; the others: the newest
 
 
