@@ -309,6 +309,8 @@ class Evaluation:
   decoder: object
   workdir: str
   member_params: tuple = ()  # --ensemble's models', after --workdir's
+  # The ensemble's loss (teacher forced, the members' mean probabilities).
+  ensemble_eval_step: object = None
 
   def decoder_params(self, params):
     """What ``decoder`` decodes with: ``params``, with --ensemble's."""
@@ -359,6 +361,8 @@ class TranslateTask(task_lib.Task):
     # --ensemble (with --eval_only): the final decoding's other models.
     members = [translation.restore_model(w, *translation.load_records(w))
                for w in config.ensemble_workdirs()]
+    ensemble_eval_step = (decoding.make_ensemble_eval_step(
+        (model, *(m[1] for m in members))) if members else None)
     decoded = (decoding.Ensemble((model, *(m[1] for m in members)))
                if members else model)
     decoder = translation.make_decoder(spec, decoded, data.max_decode_len,
@@ -390,7 +394,7 @@ class TranslateTask(task_lib.Task):
         title=f"Seq2Seq ({config.cell}, {config.level} level)",
         epoch_end=held_out, save_files=save,
         data=Evaluation(data, held_out, eval_step, decoder, workdir,
-                        tuple(m[2] for m in members)),
+                        tuple(m[2] for m in members), ensemble_eval_step),
         select_metric=f"{selection.name}_chrf", select_maximize=True)
 
   def evaluate(self, config: TranslateConfig, setup, state) -> dict:
@@ -401,8 +405,9 @@ class TranslateTask(task_lib.Task):
     results, shown = {}, {}
     for name, held in data.held_out.items():  # tail: val; random: dev, test
       losses = evaluate.evaluate_loss(
-          ev.eval_step, state.params, data_lib.fit_arrays(held.loss_arrays),
-          config.eval_batch_size)
+          ev.ensemble_eval_step or ev.eval_step,
+          ev.decoder_params(state.params),
+          data_lib.fit_arrays(held.loss_arrays), config.eval_batch_size)
       hypotheses = evaluate.decode_texts(ev.decoder,
                                          ev.decoder_params(state.params),
                                          data.tgt_vocab, held.decode_arrays,
@@ -419,7 +424,7 @@ class TranslateTask(task_lib.Task):
     if config.ensemble:
       print(f"Decoded by the ensemble of {config.workdir} and "
             f"{', '.join(config.ensemble_workdirs())} (losses and token "
-            "accuracies: the model of --workdir alone)")
+            "accuracies: of the members' mean probabilities, teacher forced)")
     examples = print_held_out(config, data.reported,
                               *shown[data.reported.name])
     for name, held in data.held_out.items():

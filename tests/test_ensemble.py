@@ -345,3 +345,33 @@ def test_ensemble_needs_a_trained_model_to_decode(trained, tmp_path):
                                      ensemble=trained[1]).validate()
   assert any(e.startswith("--ensemble needs --translate or --eval_only")
              for e in errors)
+
+
+def test_eval_only_ensemble_loss_is_of_the_members_mean_probability(
+    trained):
+  from experiments import translate
+  from seqjax import translation
+  from seqjax.data import translation as data_lib
+  from seqjax.training import losses
+  config = translate.TranslateConfig(workdir=trained[0], eval_only=True,
+                                     n_examples=0)
+  alone = translate.run(config)
+  both = translate.run(translate.TranslateConfig(
+      workdir=trained[0], eval_only=True, n_examples=0, ensemble=trained[1]))
+  # The reference: each model's token log-probabilities alone, mixed in
+  # NumPy (float64), the mean over the real target tokens.
+  setup = translate.TASK.setup(translate.recorded_config(config, set()),
+                               trained[0])
+  arrays = data_lib.fit_arrays(setup.data.data.held_out["val"].loss_arrays)
+  logps = []
+  for w in trained:
+    t = translation.load_translator(w)
+    logps.append(np.asarray(losses.make_token_log_probs(t.model)(
+        t.params, arrays), np.float64))
+  mixed_NT = np.log((np.exp(logps[0]) + np.exp(logps[1])) / 2)
+  mask_NT = np.asarray(arrays["target_mask"])
+  want = -mixed_NT[mask_NT].mean()
+  np.testing.assert_allclose(both["val_loss"], want, rtol=1e-5)
+  assert abs(alone["val_loss"] - want) > 1e-3  # not --workdir's alone
+  np.testing.assert_allclose(alone["val_loss"], -logps[0][mask_NT].mean(),
+                             rtol=1e-5)

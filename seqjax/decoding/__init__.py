@@ -8,7 +8,8 @@ from seqjax.decoding.decoder import (QueueDecoder, check_decoder, decode,
                                      decode_in_batches, decode_queue,
                                      make_decoder, make_inference_fns,
                                      pad_queue, queue_shape)
-from seqjax.decoding.ensemble import Ensemble, ensemble_params, member_params
+from seqjax.decoding.ensemble import (Ensemble, ensemble_params,
+                                      make_ensemble_eval_step, member_params)
 from seqjax.decoding.inflight import InFlight, check_in_flight
 from seqjax.decoding.loop import Decoded, pad_after_stop
 from seqjax.decoding.strategies import (BeamSearch, Greedy, Sampling, argmax,
@@ -19,5 +20,6 @@ __all__ = ["BeamSearch", "Beams", "Decoded", "Ensemble", "Greedy", "InFlight",
            "QueueDecoder", "Sampling", "argmax", "check_beam",
            "check_decoder", "check_in_flight", "check_sampling", "decode",
            "decode_in_batches", "decode_queue", "ensemble_params", "is_beam",
-           "make_decoder", "make_inference_fns", "member_params",
+           "make_decoder", "make_ensemble_eval_step", "make_inference_fns",
+           "member_params",
            "pad_after_stop", "pad_queue", "penalty", "queue_shape", "search"]

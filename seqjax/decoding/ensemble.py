@@ -22,6 +22,11 @@ renormalisation is the decoders' own, and an ensemble of one decodes
 exactly as its model, bit for bit. fairseq's ``EnsembleModel`` averages
 the probabilities instead (``logsumexp_m log p_m - log M``, already
 normalised), another distribution.
+
+The ensemble's loss (``make_ensemble_eval_step``) is that of the
+probabilities' mean, ``log p(y) = logsumexp_m log p_m(y) - log M``, teacher
+forced: a likelihood needs a normalised distribution, and the mixture's is
+one without a renormalisation over the vocabulary.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax import metrics as metrics_lib
+from seqjax.training import losses as losses_lib
 
 Array = jax.Array
 FIELD = "members"  # Flax names the members' subtrees members_0, members_1..
@@ -102,3 +112,27 @@ def member_params(params: dict, i: int) -> dict:
   """Member ``i``'s parameters from an ``Ensemble``'s."""
   return {c: tree[f"{FIELD}_{i}"] for c, tree in params.items()
           if f"{FIELD}_{i}" in tree}
+
+
+def make_ensemble_eval_step(models: Sequence[Any]):
+  """-> jitted ``eval_step(params, batch) -> {"loss", "token_accuracy"}`` of
+  the ensemble of ``models`` (``params``: ``ensemble_params`` of theirs):
+  each member teacher forced, the loss the mean cross-entropy of the
+  members' mean probability of each target token, the accuracy that of
+  its argmax (the batch as ``losses.make_seq2seq_loss`` takes it)."""
+  log_m = float(np.log(len(models)))
+
+  @jax.jit
+  def eval_step(params, batch):
+    logp_MBTV = jnp.stack([
+        jax.nn.log_softmax(losses_lib.teacher_forced_logits(
+            m, member_params(params, i), batch).astype(jnp.float32), -1)
+        for i, m in enumerate(models)])
+    logp_BTV = jax.nn.logsumexp(logp_MBTV, axis=0) - log_m
+    # Cross-entropy of log-probabilities is the loss of logits that are them.
+    loss = metrics_lib.masked_cross_entropy(logp_BTV, batch["target"],
+                                            batch.get("target_mask"))
+    acc = metrics_lib.masked_token_accuracy(
+        jnp.argmax(logp_BTV, -1), batch["target"], batch.get("target_mask"))
+    return {"loss": loss, "token_accuracy": acc}
+  return eval_step
