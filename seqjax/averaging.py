@@ -114,6 +114,19 @@ def best_checkpoints(workdir: str, n: int) -> list[Source]:
                  k.get("value")) for k in kept[:n]]
 
 
+def describe(workdir: str) -> Optional[str]:
+  """What the checkpoint of an averaged workdir is, e.g. "the average of 2
+  checkpoints (last 2: steps 6, 9)"; None for a workdir ``average`` did
+  not write."""
+  record = _read_json(os.path.join(workdir, RECORD))
+  if not record or "checkpoints" not in record:
+    return None
+  steps = ", ".join(str(c["step"]) for c in record["checkpoints"])
+  how = f"{record['averaged']}: " if record.get("averaged") else ""
+  return (f"the average of {len(record['checkpoints'])} checkpoints "
+          f"({how}steps {steps})")
+
+
 def _read_json(path: str) -> Optional[dict]:
   try:
     with open(path, encoding="utf-8") as f:

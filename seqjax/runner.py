@@ -206,6 +206,8 @@ def selected_state(workdir: str, model_config: dict, config, setup, state,
                       tracker.best_step, workdir, step)
     else:
       chosen, step = restored, tracker.best_step
+  if tracker.last_step is None:  # a checkpoint without a selection record
+    return state, unselected(workdir, state)
   epoch, value = None, None
   if step == tracker.best_step:
     epoch, value = tracker.best_epoch, tracker.best
@@ -218,6 +220,19 @@ def selected_state(workdir: str, model_config: dict, config, setup, state,
                   "selected_epoch": epoch, "select_value": value,
                   "stopped_early": stats.stopped_early,
                   "stopped_epoch": stats.stopped_epoch}
+
+
+def unselected(workdir: str, state) -> dict:
+  """Prints what is evaluated where no epoch was selected (an averaged
+  checkpoint, or one saved without a selection record); -> its
+  results.json keys."""
+  from seqjax import averaging
+  what = averaging.describe(workdir) or (
+      f"the checkpoint at step {int(state.step)} (no selection record)")
+  print(f"Evaluating {what}: parameters sha256 "
+        f"{params_fingerprint(state.params)}")
+  return {"selected_step": int(state.step), "selected_epoch": None,
+          "evaluated": what}
 
 
 def init_params(task, setup, seed: int):

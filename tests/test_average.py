@@ -59,7 +59,8 @@ def _val_chrf_by_step(workdir):
   return {r["step"]: r["val_chrf"] for r in rows if "val_chrf" in r}
 
 
-def test_average_of_the_last_two_is_their_numpy_mean(runs, tmp_path):
+def test_average_of_the_last_two_is_their_numpy_mean(runs, tmp_path,
+                                                     capsys):
   src, to = runs["a"], str(tmp_path / "avg")
   before = _listing(src)
   record = average_bin.run([src], to, last=2)
@@ -85,6 +86,12 @@ def test_average_of_the_last_two_is_their_numpy_mean(runs, tmp_path):
       workdir=to, eval_only=True, data_path=runs["pairs"], progress="none",
       n_examples=0, n_attention_plots=0))
   assert results["step"] == 9 and results["val_chrf"] is not None
+  # It says what it evaluates: the average, no selected epoch.
+  what = "the average of 2 checkpoints (last 2: steps 6, 9)"
+  assert results["evaluated"] == what
+  out = capsys.readouterr().out
+  assert f"Evaluating {what}: parameters sha256" in out
+  assert "epoch None" not in out
 
 
 def test_average_of_the_best_two_kept(runs, tmp_path):
