@@ -239,6 +239,12 @@ class TranslateConfig(config_lib.DevDecodingConfig):
       "averaged every step) by --translate and --eval_only; they must share "
       "its vocabularies (vocab.json) and decoding, and with --eval_only its "
       "data. Members may differ in architecture.")
+  ensemble_members: int = field(
+      1, "Train K models, seeds --seed..--seed+K-1, as one vectorized group "
+      "(in --workdir's member=0..K-1, each selected on dev as a lone run), "
+      "then evaluate them as one ensemble (results.json in --workdir); "
+      "--translate and --eval_only on --workdir then decode that ensemble. "
+      "1: one model.", low=1, high=limits.MAX_BATCH)
   score: str = field(
       "", "Score the model in --workdir on this file, one "
       "source<TAB>reference a line: each pair's log-probability and its "
@@ -255,6 +261,28 @@ class TranslateConfig(config_lib.DevDecodingConfig):
   def ensemble_workdirs(self) -> list[str]:
     """--ensemble's workdirs (empty: --workdir's model alone)."""
     return self.ensemble.split(",") if self.ensemble else []
+
+  def members_errors(self) -> list[str]:
+    """What --ensemble_members=K (a vectorized group) cannot honour."""
+    k = self.ensemble_members
+    if k == 1:
+      return []
+    refused = [("ensemble", "an ensemble of other workdirs"),
+               ("translate", "--translate on its --workdir decodes the "
+                "ensemble"), ("eval_only", "--eval_only on its --workdir "
+                "evaluates the ensemble"), ("score", "scoring takes one model"),
+               ("dropout", "a group's members would share the first "
+                "member's dropout masks"), ("ema_decay", "a group keeps no "
+                "moving average"), ("lr_schedule", "a group trains with a "
+                "constant learning rate"), ("num_processes", "a group runs in "
+                "one process")]
+    defaults = {f.name: f.default for f in dataclasses.fields(self)}
+    return [f"--ensemble_members={k} with --{name}={getattr(self, name)!r}: "
+            f"{why}" for name, why in refused
+            if getattr(self, name) != defaults[name]] + (
+        [f"--ensemble_members={k} with --keep_best_n={self.keep_best_n}: a "
+         "group keeps each member's best epoch only"]
+        if self.keep_best_n > 1 else [])
 
   def decodes_stepwise(self) -> bool:
     return translation.decodes_tokens(model_spec(self))
@@ -284,6 +312,7 @@ class TranslateConfig(config_lib.DevDecodingConfig):
                     "trained models (training takes one)")
     if any(not w.strip() for w in self.ensemble_workdirs()):
       errors.append(f"--ensemble={self.ensemble!r} names an empty workdir")
+    errors += self.members_errors()
     if self.translate and not self.workdir:
       errors.append("--translate needs --workdir (a trained model's)")
     if self.score and not self.workdir:
@@ -331,6 +360,12 @@ class TranslateTask(task_lib.Task):
 
   def run(self, config: TranslateConfig) -> dict:
     from seqjax import runner  # the training stack: not for --translate
+    record = (members_record(config.workdir) if config.translate or
+              config.eval_only or config.score else None)
+    if record is not None:
+      return run_members(config, record)
+    if config.ensemble_members > 1:
+      return train_members(config)
     if config.translate:
       runner.check(config)
       return translate_sentences(config)
@@ -451,6 +486,106 @@ class TranslateTask(task_lib.Task):
         epochs_run=len(held_out.epoch_seconds))
 
 
+MEMBERS_KEY = "ensemble_members"  # results.json of a group's ensemble
+
+
+def members_record(workdir: str) -> Optional[dict]:
+  """results.json of ``workdir`` where --ensemble_members trained a group
+  there (its members' subdirectories under MEMBERS_KEY), else None."""
+  from seqjax import runner
+  results = runner.read_results(workdir) if workdir else None
+  if results and isinstance(results.get(MEMBERS_KEY), list):
+    return results
+  return None
+
+
+def member_configs(config: TranslateConfig, workdir: str
+                   ) -> list[TranslateConfig]:
+  """The group's members: seeds --seed.., each in ``workdir/member=i``."""
+  return [dataclasses.replace(config, seed=config.seed + i,
+                              ensemble_members=1,
+                              workdir=os.path.join(workdir, f"member={i}"))
+          for i in range(config.ensemble_members)]
+
+
+def train_members(config: TranslateConfig) -> dict:
+  """--ensemble_members=K: the K members trained as one vectorized group,
+  then evaluated as one ensemble; -> its results (results.json in
+  --workdir, with the members and the training and wall seconds)."""
+  from seqjax import group_runner, runner
+  t0 = time.perf_counter()
+  runner.check(config)
+  workdir = runner.make_workdir(runner.default_workdir(config, TASK.name))
+  configs = member_configs(config, workdir)
+  errors = group_runner.run_group(TASK, configs)
+  failed = [f"{c.workdir}: {e}" for c, e in zip(configs, errors) if e]
+  if failed:
+    raise SeqjaxError("--ensemble_members: " + "; ".join(failed))
+  trained = [runner.read_results(c.workdir) for c in configs]
+  record = {
+      MEMBERS_KEY: [os.path.basename(c.workdir) for c in configs],
+      "member_seeds": [c.seed for c in configs],
+      "member_selected_steps": [r.get("selected_step") for r in trained],
+      # One loop trains every member: the group's seconds, not a sum.
+      "train_seconds": max(r["train_seconds"] for r in trained),
+      "flags": dataclasses.asdict(config)}
+  results = evaluate_members(config, workdir, record, set())
+  results["wall_seconds"] = time.perf_counter() - t0
+  runner.write_results(workdir, results)
+  return results
+
+
+def run_members(config: TranslateConfig, record: dict) -> dict:
+  """--translate or --eval_only on a group's --workdir: its ensemble."""
+  from seqjax import runner
+  members = [os.path.join(config.workdir, m) for m in record[MEMBERS_KEY]]
+  where = (f"--workdir={config.workdir} holds the ensemble of "
+           f"{len(members)} members ({', '.join(record[MEMBERS_KEY])})")
+  if config.ensemble or config.score:
+    flag = "--ensemble" if config.ensemble else "--score"
+    raise SeqjaxError(f"{flag} with {where}: name one member's workdir")
+  runner.check(config)
+  if config.translate:
+    return translate_sentences(dataclasses.replace(
+        config, workdir=members[0], ensemble=",".join(members[1:])))
+  kept = {k: record[k] for k in record if k in (
+      MEMBERS_KEY, "member_seeds", "member_selected_steps", "train_seconds",
+      "wall_seconds", "flags")}
+  results = evaluate_members(config, config.workdir, kept,
+                             explicit_fields(config))
+  runner.write_results(config.workdir, results)
+  return results
+
+
+def evaluate_members(config: TranslateConfig, workdir: str, record: dict,
+                     explicit: set[str]) -> dict:
+  """The ensemble of ``record``'s members (each its selected state)
+  evaluated as ``--eval_only --ensemble`` evaluates one; -> the results
+  (``record`` included) to write in ``workdir``."""
+  from seqjax import runner
+  members = [os.path.join(workdir, m) for m in record[MEMBERS_KEY]]
+  lead = dataclasses.replace(config, workdir=members[0], eval_only=True,
+                             ensemble=",".join(members[1:]),
+                             ensemble_members=1)
+  lead = recorded_config(lead, explicit)
+  check_ensemble(lead)
+  setup = TASK.setup(lead, members[0])
+  _, _, params, step = translation.restore_model(
+      members[0], *translation.load_records(members[0]))
+  state = _Evaluated(params, step)
+  results = runner.base_results(TASK.name, config)
+  results.update(record, workdir=workdir, step=step)
+  results.update(TASK.evaluate(lead, setup, state))
+  return results
+
+
+@dataclasses.dataclass
+class _Evaluated:
+  """What ``TranslateTask.evaluate`` reads of a state."""
+  params: object
+  step: int
+
+
 def save_attention(config: TranslateConfig, setup, state, ev) -> None:
   """The attention weights of the first --n_attention_plots sentences of the
   selection set (dev, or val): attention.json, and attention.png drawn
@@ -536,7 +671,8 @@ def check_trained_data(config: TranslateConfig,
 # Flags that change how a trained model is evaluated or run, not which model
 # or data: --eval_only takes the others from the run recorded in --workdir.
 EVAL_FLAGS = frozenset({
-    "workdir", "eval_only", "translate", "ensemble", "score", "score_output",
+    "workdir", "eval_only", "translate", "ensemble", "ensemble_members",
+    "score", "score_output",
     "n_best", "beam_size",
     "length_penalty", "sampling_temperature", "top_k", "top_p",
     "sampling_seed", "dev_beam_size", "eval_batch_size", "n_examples",
