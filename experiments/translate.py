@@ -75,6 +75,13 @@ fails before its first checkpoint removes the vocab.json it wrote.
 one ensemble (``seqjax.decoding.Ensemble``: their log-probabilities
 averaged every step); a member with other vocabularies or decoding (or,
 for ``--eval_only``, other data) stops the run before any work.
+
+``--ensemble_members=K`` trains the seeds ``--seed``..``--seed+K-1`` as
+one vectorized group (``seqjax.group_runner``), each member in
+``--workdir``'s ``member=i`` as its lone run would be, then evaluates the
+K selected members as one ensemble (results.json in ``--workdir``, with
+the members and the training and wall seconds); ``--translate`` and
+``--eval_only`` on that workdir decode the ensemble.
 """
 
 from __future__ import annotations

@@ -207,7 +207,10 @@ def selected_state(workdir: str, model_config: dict, config, setup, state,
     else:
       chosen, step = restored, tracker.best_step
   if tracker.last_step is None:  # a checkpoint without a selection record
-    return state, unselected(workdir, state)
+    return state, {**unselected(workdir, state),
+                   "select_metric": tracker.metric, "select_value": None,
+                   "stopped_early": stats.stopped_early,
+                   "stopped_epoch": stats.stopped_epoch}
   epoch, value = None, None
   if step == tracker.best_step:
     epoch, value = tracker.best_epoch, tracker.best
