@@ -157,6 +157,19 @@ def _configs():
 CONFIGS = _configs()
 
 
+def _tiered(configs):
+  """The configurations as test parameters: each attention setting in one
+  of its variants in the fast tier (the pick rotates, so every variant is
+  there too), the others in the full tier."""
+  groups = {}
+  for config in configs:
+    groups.setdefault(config[:3], []).append(config)
+  fast = {group[i % len(group)] for i, group in enumerate(groups.values())}
+  return [pytest.param(c, id=_id(c),
+                       marks=() if c in fast else pytest.mark.full)
+          for c in configs]
+
+
 def _id(config):
   attention, score, feed, cell, (enc, dec), bidirectional = config
   name = attention if attention != "luong" else f"luong_{score}"
@@ -218,7 +231,7 @@ def test_teacher_forced_logits_equal_step_by_step_decoding(config):
   np.testing.assert_allclose(forced, stepwise, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[_id(c) for c in CONFIGS])
+@pytest.mark.parametrize("config", _tiered(CONFIGS))
 def test_teacher_forced_logits_match_the_numpy_model(config):
   model, params, forced, _ = _run(config)
   src_BS, _, dec_in_BT = _data()
@@ -570,9 +583,14 @@ def test_attention_learns_to_reverse_30_tokens_the_plain_model_cannot():
 
 # ------------------------------------------------ the decoder state in beams
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c[0] != "none"
-                                    and (c[3], c[4]) == ("gru", (2, 2))],
-                         ids=_id)
+BEAM_CONFIGS = [c for c in CONFIGS
+                if c[0] != "none" and (c[3], c[4]) == ("gru", (2, 2))]
+
+
+# Bahdanau's and Luong's states in the fast tier, the other scores in full.
+@pytest.mark.parametrize("config", [
+    pytest.param(c, id=_id(c), marks=() if i < 2 else pytest.mark.full)
+    for i, c in enumerate(BEAM_CONFIGS)])
 def test_beams_map_over_the_state_and_leave_the_memory_shared(config):
   """Beam search's repeat and gather through ``map_per_beam`` give the
   steps of a state whose every leaf, memory included, was copied per beam."""

@@ -158,6 +158,7 @@ def test_flag_errors_name_the_flags():
   assert "--last=2 --best=3" in errors[2]
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("scores,maximize,keep", [
     ([0.1, 0.5, 0.3, 0.4], True, 2),
     ([3.0, 1.0, 2.0, 0.5], False, 2),
@@ -185,6 +186,7 @@ def test_keep_best_n_keeps_the_states_of_the_n_best_epochs(
   assert task.evaluated == task.seen[ranked[0]][:2]  # the best is evaluated
 
 
+@pytest.mark.full
 def test_binary_exit_codes_and_messages(runs, tmp_path):
   import subprocess
   import sys

@@ -226,6 +226,7 @@ def test_bad_beam_flags_of_other_tasks(task, flags, name, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.full
 def test_addition_beam_evaluation_records_both_searches(tmp_path):
   results = addition.run(addition.AdditionConfig(
       workdir=str(tmp_path / "w"), model="encoder_decoder", epochs=1,
@@ -236,6 +237,7 @@ def test_addition_beam_evaluation_records_both_searches(tmp_path):
   assert 0 <= results["test_exact_match"] <= 1
 
 
+@pytest.mark.full
 def test_reverse_samples_the_same_outputs_from_the_same_seed(tmp_path,
                                                              capsys):
   kw = dict(n_features=8, n_steps_in=4, n_steps_out=3, n_units=16,
@@ -260,6 +262,7 @@ def test_reverse_samples_the_same_outputs_from_the_same_seed(tmp_path,
   assert other != shown
 
 
+@pytest.mark.full
 def test_addition_samples_the_final_evaluation_only(tmp_path):
   results = addition.run(addition.AdditionConfig(
       workdir=str(tmp_path / "w"), epochs=1, training_size=2000,
