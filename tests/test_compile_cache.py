@@ -64,9 +64,9 @@ def test_garbage_entries_and_unusable_directory_still_give_a_run(tmp_path):
 # rerun. The dropout rate and the label smoothing stay constants of the
 # programs (as inputs XLA would round the losses otherwise): the same here.
 NUMBERS = [dict(learning_rate=0.001, seed=0, clip_norm=1.0, dropout=0.1,
-                label_smoothing=0.1),
+                label_smoothing=0.1, ema_decay=0.9),
            dict(learning_rate=0.003, seed=1, clip_norm=0.5, dropout=0.1,
-                label_smoothing=0.1)]
+                label_smoothing=0.1, ema_decay=0.99)]
 
 
 def _translate(tmp, name, cache_dir, **flags):
@@ -97,8 +97,9 @@ def test_numbers_that_keep_shapes_do_not_change_the_programs(tmp_path):
   cold = _translate(tmp_path, "a", cache, **NUMBERS[0])
   assert any(p.startswith("jit_train_call") for p in cold), cold
   assert any(p.startswith("jit_eval_step") for p in cold), cold
-  # Learning rate, seed (initialisation, data order, dropout masks) and clip
-  # norm: every program read back.
+  assert any(p.startswith("jit__average") for p in cold), cold  # the EMA's
+  # Learning rate, seed (initialisation, data order, dropout masks), clip
+  # norm and moving-average decay: every program read back.
   assert _translate(tmp_path, "b", cache, **NUMBERS[1]) == []
   # The check can fail: a wider model is a new train and eval program.
   wider = _translate(tmp_path, "c", cache, **{**NUMBERS[1], "latent_dim": 12})

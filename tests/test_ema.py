@@ -141,3 +141,24 @@ def test_a_resumed_ema_run_equals_an_uninterrupted_one(tmp_path):
   got = jax.tree.leaves(jax.device_get(translation.load_translator(a).params))
   for g, e in zip(got, _saved(a, step, "ema", "best")):
     np.testing.assert_array_equal(g, e)
+
+
+def test_another_decay_is_the_same_update_program_with_the_float32_bits():
+  from seqjax.training import steps
+  rng = np.random.RandomState(0)
+  ema = {"w": rng.randn(40, 3).astype(np.float32)}
+  params = {"w": rng.randn(40, 3).astype(np.float32)}
+  hooks = [EMA(decay) for decay in (0.9, 0.999)]
+  with steps.count_compiles("_average") as compiles:
+    got = [h._update(h._weights, ema, params)["w"] for h in hooks]
+  assert compiles.count <= 1  # the second decay compiles nothing
+  for h, g in zip(hooks, got):
+    want = (np.float32(h.decay) * ema["w"]
+            + np.float32(1 - h.decay) * params["w"])
+    np.testing.assert_allclose(np.asarray(g), want, rtol=1e-6, atol=1e-7)
+    # The bits of the program with the decay as a constant (XLA may fuse a
+    # multiply-add, so NumPy's separate roundings are not the reference).
+    d = h.decay
+    constant = jax.jit(lambda e, p: d * e + (1 - d) * p)(ema["w"],
+                                                         params["w"])
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(constant))

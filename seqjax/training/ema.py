@@ -1,8 +1,17 @@
 """An exponential moving average of the parameters, as one hook."""
 
 import jax
+import jax.numpy as jnp
 
 from seqjax.training.hooks import Hook
+
+
+def _average(weights, ema, params):
+  """``decay * ema + (1 - decay) * params``, ``weights`` the two factors."""
+  decay, rest = weights
+  return jax.tree.map(
+      lambda e, p: decay.astype(e.dtype) * e + rest.astype(p.dtype) * p,
+      ema, params)
 
 
 class EMA(Hook):
@@ -17,8 +26,10 @@ class EMA(Hook):
 
   def __init__(self, decay: float, fn=None, params=None):
     self.decay, self.fn, self.initial = decay, fn, params
-    self._update = jax.jit(lambda ema, params: jax.tree.map(
-        lambda e, p: decay * e + (1 - decay) * p, ema, params))
+    # Inputs, not constants, so another decay is the same program; 1 - decay
+    # in double precision, as the constant it replaces was.
+    self._weights = (jnp.float32(decay), jnp.float32(1 - decay))
+    self._update = jax.jit(_average)
 
   def begin(self, loop):
     if self.initial is None:
@@ -32,7 +43,8 @@ class EMA(Hook):
     return loop.step + 1
 
   def after_call(self, loop):
-    self.params = self._update(self.params, loop.state.params)
+    self.params = self._update(self._weights, self.params,
+                               loop.state.params)
     loop.save_fields["ema"] = self.params
     if loop.epoch_end and self.fn is not None:
       epoch = loop.step // loop.spe
