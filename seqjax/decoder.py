@@ -63,6 +63,8 @@ class Decoder:
     feeds: Luong's input feeding.
     score: the attention score's name (``attention.SCORES``).
     attention: the score's parameters; ``combine``: W_c (M + H, H).
+    joint_kernel: None, or the first layer's extra-input rows stacked above
+      its recurrent kernel (E + H, G*H) (``with_joint_kernel``).
   """
   layers: tuple
   extra_in: int
@@ -72,6 +74,21 @@ class Decoder:
   attention: Optional[dict]
   combine: Optional[Array]
   dtype: Any
+  joint_kernel: Optional[Array] = None
+
+  def with_joint_kernel(self) -> "Decoder":
+    """The same decoder whose step multiplies the extra input and the
+    recurrent state by one stacked kernel: one matmul a step instead of
+    two, and in training one gradient accumulator. Stacked here, once per
+    call: a loop over steps should take this decoder in, not stack per
+    step. Itself where the first layer cannot stack (no extra input, GRU)."""
+    first = self.layers[0]
+    if not self.extra_in or not first.stacks_inputs:
+      return self
+    extra_EG = first.kernel[first.kernel.shape[0] - self.extra_in:]
+    joint_XG = jnp.concatenate(
+        [extra_EG, first.recurrent["recurrent_kernel"]]).astype(self.dtype)
+    return dataclasses.replace(self, joint_kernel=joint_XG)
 
   def project_tokens(self, x: Array) -> Array:
     """The first layer's projected token input: ids (...,) or vectors
@@ -85,18 +102,30 @@ class Decoder:
     """The stacked layers' step -> their new carries."""
     rnn, x = list(rnn), None
     for i, layer in enumerate(self.layers):
-      if i == 0:
-        xw = xw_BG
-        if extra is not None:
-          kernel = layer.kernel[layer.kernel.shape[0] - self.extra_in:]
-          xw = xw + extra.astype(self.dtype) @ kernel.astype(self.dtype)
+      if i == 0 and extra is not None and self.joint_kernel is not None:
+        rnn[i] = self._joint_update(layer, xw_BG, extra, rnn[i])
       else:
-        xw = project_inputs(layer.kernel, layer.bias, x, self.dtype)
-      rnn[i] = layer.update(layer.recurrent, rnn[i], xw)
+        if i == 0:
+          xw = xw_BG
+          if extra is not None:
+            kernel = layer.kernel[layer.kernel.shape[0] - self.extra_in:]
+            xw = xw + extra.astype(self.dtype) @ kernel.astype(self.dtype)
+        else:
+          xw = project_inputs(layer.kernel, layer.bias, x, self.dtype)
+        rnn[i] = layer.update(layer.recurrent, rnn[i], xw)
       x = rnn[i][0]
       if i + 1 < len(self.layers):
         x = drop(i, x)
     return tuple(rnn)
+
+  def _joint_update(self, layer: StepArrays, xw_BG: Array, extra_BE: Array,
+                    carry: tuple) -> tuple:
+    """The first layer's update with ``[extra, h] @ joint_kernel`` for
+    ``extra @ W_extra + h @ U``: the extra input rides in the carry's h."""
+    (h_BH, *rest) = carry
+    both_BX = jnp.concatenate([extra_BE.astype(self.dtype), h_BH], axis=-1)
+    recurrent = {**layer.recurrent, "recurrent_kernel": self.joint_kernel}
+    return layer.update(recurrent, (both_BX, *rest), xw_BG)
 
   def attend(self, query_BXH: Array, memory) -> tuple[Array, Array]:
     """-> (context, weights) of queries (B, H) or (B, T, H)."""
@@ -134,11 +163,13 @@ class Decoder:
     """Teacher forcing a step at a time over projected token inputs (T, B,
     G*H) -> outputs (T, B, H). ``masks``: per layer index, a scaled
     dropout mask (T, B, H) or None."""
+    fast = self.with_joint_kernel()
+
     def body(loop, inputs):
       rnn, feed_BH = loop
       xw_BG, masks_t = inputs
       drop = lambda i, x: x if masks_t[i] is None else x * masks_t[i]
-      out_BH, new = self.step(xw_BG, state._replace(rnn=rnn, feed_BH=feed_BH),
+      out_BH, new = fast.step(xw_BG, state._replace(rnn=rnn, feed_BH=feed_BH),
                               drop)
       return (new.rnn, new.feed_BH), out_BH
     _, out_TBH = jax.lax.scan(body, (state.rnn, state.feed_BH),

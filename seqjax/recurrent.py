@@ -308,11 +308,17 @@ def gru_sequence(recurrent: dict, carry: Optional[Carry], xw_TBG: Array,
 
 class StepArrays(NamedTuple):
   """One recurrent layer's step: ``update(recurrent, carry, xw)`` on the
-  input projected by ``kernel`` and ``bias``."""
+  input projected by ``kernel`` and ``bias``.
+
+  ``stacks_inputs``: the step's pre-activations are ``xw + h @ U`` (LSTM),
+  so more input rows stacked above ``U``, with their inputs beside ``h`` in
+  the carry, are the same step with one matmul for both (GRU's reset gate
+  scales only ``h @ U_n``: no)."""
   update: Callable[[dict, Carry, Array], Carry]
   recurrent: dict
   kernel: Array
   bias: Array
+  stacks_inputs: bool = False
 
 
 class Recurrent(nn.Module):
@@ -329,6 +335,7 @@ class Recurrent(nn.Module):
 
   num_gates: ClassVar[int]
   carry_size: ClassVar[int]
+  stacks_inputs: ClassVar[bool] = False  # see ``StepArrays``
   update: ClassVar[Callable[[dict, Carry, Array], Carry]]
   # ``update`` from the zero carry, without the recurrent matmul.
   first: ClassVar[Callable[[dict, Array], Carry]]
@@ -365,7 +372,7 @@ class Recurrent(nn.Module):
     """The layer as plain arrays and its update, for a pure step function
     (a scan body calls no module)."""
     return StepArrays(type(self).update, self._recurrent_params(),
-                      self.kernel, self._input_bias())
+                      self.kernel, self._input_bias(), self.stacks_inputs)
 
   def initial_carry(self, batch_size: int) -> Carry:
     return tuple(jnp.zeros((batch_size, self.units), self.dtype)
@@ -461,6 +468,7 @@ class LSTM(Recurrent):
 
   num_gates: ClassVar[int] = 4
   carry_size: ClassVar[int] = 2
+  stacks_inputs: ClassVar[bool] = True
   update: ClassVar = staticmethod(lstm_update)
   first: ClassVar = staticmethod(lstm_first)
   sequence: ClassVar = staticmethod(lstm_sequence)

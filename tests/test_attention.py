@@ -239,6 +239,58 @@ def test_teacher_forced_logits_match_the_numpy_model(config):
   np.testing.assert_allclose(forced, want, rtol=1e-4, atol=1e-5)
 
 
+# Input feeding and Bahdanau feed an extra input: LSTM's first layer then
+# multiplies it and h by one stacked kernel in teacher forcing alone.
+JOINT = [("luong", "general", True, "lstm", (1, 1), True),
+         ("bahdanau", "general", True, "lstm", (1, 2), False)]
+
+
+@pytest.mark.parametrize("config", JOINT, ids=[_id(c) for c in JOINT])
+def test_joint_kernel_gradients_equal_the_step_by_step_decoders(config):
+  """Teacher forcing's gradient (its step multiplies [extra, h] by the
+  stacked kernel) against that of step-by-step decoding (two matmuls a
+  step) and, along one direction, central finite differences."""
+  model = _model(config)
+  params = _params(model)
+  src_BS, mask_BS, dec_in_BT = _data()
+  w_BTV = np.random.default_rng(5).normal(
+      size=dec_in_BT.shape + (V,)).astype(np.float32)
+  forced = lambda p: jnp.sum(w_BTV * model.apply(p, src_BS, dec_in_BT,
+                                                 mask_BS))
+  stepwise = lambda p: jnp.sum(w_BTV * _stepwise_logits(
+      model, p, src_BS, mask_BS, dec_in_BT))
+  got, want = jax.grad(forced)(params), jax.grad(stepwise)(params)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+  direction = jax.tree.map(
+      lambda a: jnp.asarray(np.random.default_rng(a.size).normal(
+          size=a.shape), a.dtype), params)
+  eps = 1e-2
+  shifted = lambda sign: jax.tree.map(lambda a, d: a + sign * eps * d,
+                                      params, direction)
+  numeric = (float(forced(shifted(1))) - float(forced(shifted(-1)))) / (
+      2 * eps)
+  analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(
+      jax.tree.leaves(got), jax.tree.leaves(direction)))
+  np.testing.assert_allclose(analytic, numeric, rtol=2e-2)
+
+
+def test_only_an_lstm_with_an_extra_input_stacks_a_joint_kernel():
+  for config, stacks in [(JOINT[0], True),
+                         (("luong", "general", False, "lstm", (1, 1), True),
+                          False),
+                         (("luong", "general", True, "gru", (1, 1), True),
+                          False)]:
+    model = _model(config)
+    parts = model.apply(_params(model), method=lambda m: m._parts())
+    joint = parts.with_joint_kernel().joint_kernel
+    assert (joint is not None) == stacks, config
+    if stacks:  # the extra rows of the input kernel above the recurrent one
+      first = parts.layers[0]
+      np.testing.assert_array_equal(joint, np.concatenate([
+          first.kernel[-parts.extra_in:], first.recurrent["recurrent_kernel"]]))
+
+
 FREE_RUNNING = [c for c in CONFIGS if (c[3], c[4]) in (
     ("lstm", (1, 1)), ("gru", (2, 2)), ("gru", (2, 1)))]
 

@@ -11,6 +11,8 @@ import dataclasses
 import importlib.util
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -183,6 +185,15 @@ def test_tiny_run_end_to_end(pair_file, tmp_path):
                 "train_loss"):
       assert key in res[fw], (fw, key)
     assert "decode_batched_seq_per_s" not in res[fw]  # training alone
+    # The same padded batches: seqjax's executed count is the peer's too.
+    assert (res[fw]["executed_flops_per_sample"]
+            == res["seqjax"]["executed_flops_per_sample"] > 0)
+    reps = res[fw]["reps"]
+    np.testing.assert_allclose(
+        reps["ceiling_fraction"],
+        np.array(reps["train_samples_per_s"])
+        * res[fw]["executed_flops_per_sample"] / 1e9
+        / np.array(reps["ceiling_gflops"]))
   seqjax = res["seqjax"]
   # Every bucket shape compiled before the timed epoch; none inside it.
   assert seqjax["step_shapes_compiled"] == seqjax["train_shapes"] == 2
@@ -220,6 +231,29 @@ def test_decoding_flags_do_not_apply(pair_file):
     bench_run.run(bench_run.BenchmarkConfig(workload="attention", peers="",
                                             decode_n=10,
                                             data_path=pair_file))
+
+
+def test_bad_bucket_order_is_named(pair_file):
+  with pytest.raises(SeqjaxError, match="bucket_by"):
+    _workload(pair_file, bucket_by="source")
+
+
+def test_matmul_flops_count_each_scan_step_and_the_costliest_branch():
+  a_BF, w_FH, u_HH = (jnp.ones(s) for s in [(3, 4), (4, 5), (5, 5)])
+
+  def net(a_BF, w_FH):
+    h_BH = a_BF @ w_FH                                    # 2*3*4*5
+    h_BH, _ = jax.lax.scan(lambda h, _: (jnp.tanh(h @ u_HH), None), h_BH,
+                           None, length=7)                # 7 * 2*3*5*5
+    return jax.lax.cond(h_BH.sum() > 0, lambda h: h @ u_HH @ u_HH,
+                        lambda h: h, h_BH).sum()          # 2 * 2*3*5*5
+  forward = 2 * 3 * 4 * 5 + 7 * 2 * 3 * 5 * 5 + 2 * 2 * 3 * 5 * 5
+  assert harness.jaxpr_matmul_flops(net, a_BF, w_FH) == forward
+  # The gradient in w alone: the forward, then per product the cotangent
+  # of its input (u is a constant), and w's own gradient a^T @ dh.
+  backward = 7 * 2 * 3 * 5 * 5 + 2 * 2 * 3 * 5 * 5 + 2 * 3 * 4 * 5
+  assert harness.jaxpr_matmul_flops(jax.grad(net, argnums=1), a_BF,
+                                    w_FH) == forward + backward
 
 
 def test_bad_architecture_is_named(pair_file):
