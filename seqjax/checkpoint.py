@@ -34,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from seqjax import reliability
+from seqjax import settings as settings_lib
 from seqjax.errors import SeqjaxError
 from seqjax.train import TrainState
 
@@ -99,7 +100,7 @@ class Checkpointer:
       return None
     restored = self.manager.restore(
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return restored["config"]
+    return settings_lib.upgrade_record(restored["config"])
 
   def saved_selection(self, step: Optional[int] = None) -> Optional[dict]:
     """The selection record (``selection.Tracker.to_json``) saved with

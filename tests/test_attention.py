@@ -20,7 +20,7 @@ from seqjax import metrics as metrics_lib
 from seqjax import per_beam
 from seqjax import train as train_lib
 from seqjax.data import reverse
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 from tests import seq2seq_reference as ref
 
 B, S, H, M, T = 3, 6, 5, 7, 4
@@ -167,10 +167,13 @@ def _id(config):
 
 def _model(config, **kw):
   attention, score, feed, cell, (enc, dec), bidirectional = config
-  return Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, cell=cell,
-                 encoder_layers=enc, decoder_layers=dec,
-                 bidirectional=bidirectional, attention=attention,
-                 attention_score=score, input_feeding=feed, **kw)
+  return Seq2Seq(src_vocab=V, tgt_vocab=V,
+                 settings=ModelSettings(units=H, cell=cell, encoder_layers=enc,
+                                        decoder_layers=dec,
+                                        bidirectional=bidirectional,
+                                        attention=attention,
+                                        attention_score=score,
+                                        input_feeding=feed, **kw))
 
 
 def _data(seed=0, src_len=S, lengths=SRC_LENGTHS):
@@ -345,7 +348,8 @@ def test_a_bfloat16_attention_model_decodes(attention):
   # --dtype=bfloat16 is a shared flag: greedy decoding and free-running
   # training of an attention model must run in it, and agree with teacher
   # forcing on the same model.
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, attention=attention,
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, attention=attention),
                   dtype=jnp.bfloat16)
   params = _params(model)
   src_BS, mask_BS, _ = _data()
@@ -396,7 +400,8 @@ def test_dropout_is_deterministic_under_a_seed_and_off_without_an_rng(config):
 
 
 def test_dropout_drops_at_its_rate_and_scales_what_it_keeps():
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, dropout=0.3)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, dropout=0.3))
   ones = jnp.ones((400, 100))
   got = np.asarray(model.apply({}, ones, method=lambda m, x: m._drop(x),
                                rngs={"dropout": jax.random.key(0)}))
@@ -516,7 +521,8 @@ def test_label_smoothing_is_cross_entropy_against_the_smoothed_targets(
      "dot score"),
 ])
 def test_bad_architectures_raise_value_error(kw, match):
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, **kw)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, **kw))
   src_BS, _, dec_in_BT = _data()
   with pytest.raises(ValueError, match=match):
     model.init(jax.random.key(0), src_BS[:1], dec_in_BT[:1])
@@ -541,8 +547,9 @@ def _reverse_accuracy(attention, seed):
                           vocab)
   test = reverse.generate(np.random.default_rng(seed + 100), 256, length,
                           length, vocab)
-  model = Seq2Seq(src_vocab=vocab, tgt_vocab=vocab, units=units,
-                  attention=attention, input_feeding=False)
+  model = Seq2Seq(src_vocab=vocab, tgt_vocab=vocab,
+                  settings=ModelSettings(units=units, attention=attention,
+                                         input_feeding=False))
   params = model.init(jax.random.key(seed), data["src"][:1],
                       data["dec_in"][:1])
   # A decaying rate: at a constant 0.01 the attention model's accuracy

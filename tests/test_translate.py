@@ -15,7 +15,7 @@ from seqjax import decoding
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer, CheckpointMismatchError
 from seqjax.errors import SeqjaxError
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 from tests import translate_util
 
 # ------------------------------------------------- the free-running decoder
@@ -24,8 +24,9 @@ V, H, S, T, B = 11, 16, 5, 6, 4
 
 
 def _model(emb=None, cell="lstm"):
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, cell=cell,
-                  embedding_dim=emb)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, cell=cell,
+                                         embedding_dim=emb))
   rng = np.random.default_rng(0)
   src = rng.integers(1, V, (B, S)).astype(np.int32)
   target = rng.integers(1, V, (B, T)).astype(np.int32)
