@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 
 from seqjax import reliability
 from seqjax import settings as settings_lib
-from seqjax.checkpoint import Checkpointer, _signature
+from seqjax.checkpoint import Checkpointer, _signature, flat_record
 from seqjax.data import translation as data_lib
 from seqjax.errors import SeqjaxError
 
@@ -161,8 +161,9 @@ def check_same_model(sources: list[Source]) -> dict:
   for s in sources[1:]:
     other = _read_config(s.path)
     if other != config:
-      keys = sorted(k for k in set(config) | set(other or {})
-                    if config.get(k) != (other or {}).get(k))
+      mine, theirs = flat_record(config), flat_record(other or {})
+      keys = sorted(k for k in set(mine) | set(theirs)
+                    if mine.get(k) != theirs.get(k))
       raise AverageError(f"checkpoint {s.path} is another model's than "
                          f"{first.path}: its settings differ ({', '.join(keys)})")
     if _signature(_metadata_tree(s)) != signature:

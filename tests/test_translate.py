@@ -154,7 +154,7 @@ def test_memorises_50_pairs_and_restored_model_translates(toy_file, tmp_path,
   # Another model on this workdir is refused; nothing is overwritten.
   before = {f: open(os.path.join(workdir, f), "rb").read()
             for f in ("vocab.json", "results.json")}
-  with pytest.raises(CheckpointMismatchError, match="latent_dim"):
+  with pytest.raises(CheckpointMismatchError, match="architecture.units"):
     translate.run(translate.TranslateConfig(
         data_path=toy_file, workdir=workdir, **{**TOY, "latent_dim": 32}))
   for f, content in before.items():
