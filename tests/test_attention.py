@@ -5,6 +5,7 @@ architectures; the decoder state under beam search's repeat and gather; the
 score registry; and a tiny attention model that reverses length-30 sequences
 that the plain model of the same size cannot."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -32,6 +33,11 @@ MECHANISMS = [("bahdanau", "general", M), ("luong", "dot", H),
               ("luong", "general", M), ("luong", "concat", M),
               ("luong", "scaled_dot", H), ("luong", "additive", M)]
 
+
+
+def _no_dropout(model):
+  return model.clone(settings=dataclasses.replace(model.settings,
+                                                  dropout=0.0))
 
 def _arrays(kind, score, memory_features, seed=0):
   module = attention_lib.Attention(kind, H, memory_features, score)
@@ -390,11 +396,11 @@ def test_dropout_is_deterministic_under_a_seed_and_off_without_an_rng(config):
   np.testing.assert_array_equal(a, again)
   assert np.abs(a - other).max() > 1e-3
   assert np.abs(a - evaluation).max() > 1e-3
-  plain = model.clone(dropout=0.0).apply(params, src_BS, dec_in_BT, mask_BS)
+  plain = _no_dropout(model).apply(params, src_BS, dec_in_BT, mask_BS)
   np.testing.assert_allclose(evaluation, plain, rtol=1e-6, atol=1e-6)
   # A dropout rng changes nothing in a model without dropout.
   np.testing.assert_allclose(
-      model.clone(dropout=0.0).apply(params, src_BS, dec_in_BT, mask_BS,
+      _no_dropout(model).apply(params, src_BS, dec_in_BT, mask_BS,
                                      rngs={"dropout": jax.random.key(1)}),
       plain, rtol=1e-6, atol=1e-6)
 
@@ -425,7 +431,7 @@ def test_dropout_in_step_by_step_decoding_and_free_running():
                                   rngs=rngs))
   np.testing.assert_array_equal(run(3), run(3))
   assert np.abs(run(3) - run(4)).max() > 1e-3
-  plain = model.clone(dropout=0.0).apply(
+  plain = _no_dropout(model).apply(
       params, src_BS, DEC_T, 0, mask_BS, "softmax",
       method=Seq2Seq.free_running)
   np.testing.assert_allclose(run(), plain, rtol=1e-6, atol=1e-6)
@@ -475,7 +481,7 @@ def test_train_step_with_dropout_same_seed_and_step_same_update():
   # Evaluation has no dropout: its loss is the dropout-free model's.
   loss_fn = train_lib.make_seq2seq_loss(model, dropout_seed=7)
   evaluation = loss_fn(params, batch)[0]
-  plain = train_lib.make_seq2seq_loss(model.clone(dropout=0.0))(params,
+  plain = train_lib.make_seq2seq_loss(_no_dropout(model))(params,
                                                                  batch)[0]
   np.testing.assert_allclose(evaluation, plain, rtol=1e-6)
   assert abs(float(m1["loss"]) - float(plain)) > 1e-4
