@@ -251,15 +251,16 @@ class SeqjaxRunner:
 
   def __init__(self, workload: Workload):
     import jax
-    from seqjax.models import Seq2Seq
+    from seqjax.models import ModelSettings, Seq2Seq
     self.w = w = workload
     s = w.s
-    self.model = Seq2Seq(
-        src_vocab=len(w.src_vocab), tgt_vocab=len(w.tgt_vocab),
+    settings = ModelSettings(
         units=s.units, cell=s.cell, embedding_dim=s.embedding_dim,
         bidirectional=s.bidirectional, attention=s.attention,
         attention_score=s.attention_score, input_feeding=s.input_feeding,
         dropout=s.dropout)
+    self.model = Seq2Seq(src_vocab=len(w.src_vocab),
+                         tgt_vocab=len(w.tgt_vocab), settings=settings)
     self.init = jax.jit(self.model.init)
     self.loss_fn = train_lib.make_seq2seq_loss(
         self.model, label_smoothing=s.label_smoothing,

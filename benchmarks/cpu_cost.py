@@ -25,7 +25,7 @@ from benchmarks import harness
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
 from seqjax.config import field
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 
 
 @dataclasses.dataclass
@@ -42,7 +42,8 @@ def run(config: CpuCostConfig) -> dict:
   k = 25
   data = reverse_data.generate(np.random.default_rng(0), 20_000)
   test = reverse_data.generate(np.random.default_rng(1), 10_000)
-  model = Seq2Seq(src_vocab=51, tgt_vocab=51, units=128)
+  model = Seq2Seq(src_vocab=51, tgt_vocab=51,
+                  settings=ModelSettings(units=128))
   params = jax.jit(model.init)(jax.random.key(0), data["src"][:1],
                                data["dec_in"][:1])
   loss_fn = train_lib.make_seq2seq_loss(model)

@@ -182,25 +182,25 @@ class Workload:
   def _load_trained(self, s: Settings):
     from seqjax import translation
     tr = translation.load_translator(s.model_dir)
-    spec = tr.spec
-    if spec.encoder_layers != 1 or spec.decoder_layers != 1:
+    spec, arch = tr.spec, tr.spec.settings
+    if arch.encoder_layers != 1 or arch.decoder_layers != 1:
       raise SeqjaxError(f"{s.model_dir}: the PyTorch peer has one layer "
                         "each side; this model has more")
     if not spec.teacher_forcing:
       raise SeqjaxError(f"{s.model_dir}: a model trained without teacher "
                         "forcing is decoded on its softmax, not beamed")
     self.model, self.params = tr.model, tr.params
-    self.arch = dict(cell=spec.cell, units=spec.latent_dim,
-                     embedding_dim=spec.embedding_dim,
-                     bidirectional=spec.bidirectional,
-                     attention=spec.attention,
-                     attention_score=spec.attention_score,
-                     input_feeding=spec.input_feeding)
+    self.arch = dict(cell=arch.cell, units=arch.units,
+                     embedding_dim=arch.embedding_dim,
+                     bidirectional=arch.bidirectional,
+                     attention=arch.attention,
+                     attention_score=arch.attention_score,
+                     input_feeding=arch.input_feeding)
     self.src_vocab, self.tgt_vocab = len(tr.vocabs.source), len(
         tr.vocabs.target)
     self.max_len = tr.vocabs.max_decode_len
-    self._test_set(s, dict(level=spec.level, cell=spec.cell,
-                           latent_dim=spec.latent_dim,
+    self._test_set(s, dict(level=spec.level, cell=arch.cell,
+                           latent_dim=arch.units,
                            **(tr.vocabs.data or {})), tr.vocabs)
     self.description.update(model_dir=os.path.abspath(s.model_dir),
                             step=tr.step, spec=dataclasses.asdict(spec))
@@ -220,7 +220,7 @@ class Workload:
 
   def _build_random(self, s: Settings):
     import jax
-    from seqjax.models import Seq2Seq
+    from seqjax.models import ModelSettings, Seq2Seq
     units, emb = ((s.tiny_units, s.tiny_embedding_dim) if s.tiny
                   else (s.units, s.embedding_dim))
     self.arch = dict(cell=s.cell, units=units, embedding_dim=emb,
@@ -237,7 +237,7 @@ class Workload:
       self.tgt_vocab = len(prepared.tgt_vocab)
       self.max_len = s.steps or s.random_max_len
     self.model = Seq2Seq(src_vocab=self.src_vocab, tgt_vocab=self.tgt_vocab,
-                         **self.arch)
+                         settings=ModelSettings(**self.arch))
     params = jax.jit(self.model.init)(jax.random.key(s.seed),
                                       self.src_NS[:1], self.src_NS[:1, :2])
     self.params = jax.tree.map(np.asarray, params)

@@ -146,9 +146,11 @@ def reverse_default_setup(steps: int, batch_size: int = 32):
   import jax  # pylint: disable=g-import-not-at-top
   from seqjax import train as train_lib  # pylint: disable=g-import-not-at-top
   from seqjax.data import reverse  # pylint: disable=g-import-not-at-top
-  from seqjax.models import Seq2Seq  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from seqjax.models import ModelSettings, Seq2Seq
   data = reverse.generate(np.random.default_rng(0), steps * batch_size)
-  model = Seq2Seq(src_vocab=51, tgt_vocab=51, units=128)
+  model = Seq2Seq(src_vocab=51, tgt_vocab=51,
+                  settings=ModelSettings(units=128))
   params = model.init(jax.random.key(0), data["src"][:1], data["dec_in"][:1])
   # One optimizer object for every run: it is part of jit's cache key.
   return (model, params, data, train_lib.make_seq2seq_loss(model),

@@ -17,7 +17,7 @@ import numpy as np
 from seqjax import metrics
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 
 from benchmarks import harness
 
@@ -103,7 +103,7 @@ class SeqjaxRunner:
     self.w = workload
     s = workload.s
     self.model = Seq2Seq(src_vocab=s.n_features, tgt_vocab=s.n_features,
-                         units=s.units)
+                         settings=ModelSettings(units=s.units))
     data = workload.train_data
     self.init = jax.jit(self.model.init)
     self.params = self.init(jax.random.key(s.seed), data["src"][:1],

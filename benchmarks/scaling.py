@@ -32,12 +32,13 @@ def measure(args) -> dict:
   from seqjax import sharding
   from seqjax import train as train_lib
   from seqjax.data import reverse
-  from seqjax.models import Seq2Seq
+  from seqjax.models import ModelSettings, Seq2Seq
 
   n = args.num_devices
   batch = args.batch_size * (n if args.per_device_batch else 1)
   data = reverse.generate(np.random.default_rng(0), args.n_samples, 6, 3, 51)
-  model = Seq2Seq(src_vocab=51, tgt_vocab=51, units=args.n_units)
+  model = Seq2Seq(src_vocab=51, tgt_vocab=51,
+                  settings=ModelSettings(units=args.n_units))
   params = model.init(jax.random.key(0), data["src"][:1], data["dec_in"][:1])
   state = train_lib.create_train_state(model, params,
                                        train_lib.make_optimizer("adam"))

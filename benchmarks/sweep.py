@@ -31,7 +31,7 @@ from seqjax import runner
 from seqjax import train as train_lib
 from seqjax import vectorized
 from seqjax.data import reverse as reverse_data
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 
 NAME = "sweep"
 TARGET = 4.0   # vectorized over one after another, 8 members, steady
@@ -59,7 +59,7 @@ class _Runs:
   def __init__(self, s: Settings, n: int):
     self.s = s
     self.model = Seq2Seq(src_vocab=s.n_features, tgt_vocab=s.n_features,
-                         units=s.units)
+                         settings=ModelSettings(units=s.units))
     self.data = [reverse_data.generate(
         np.random.default_rng([s.seed + i, 0]), s.train_samples, s.n_steps_in,
         s.n_steps_out, s.n_features) for i in range(n)]

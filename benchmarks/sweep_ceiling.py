@@ -27,7 +27,7 @@ import numpy as np
 from seqjax import train as train_lib
 from seqjax import vectorized
 from seqjax.data import reverse as reverse_data
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 
 K, N_EXAMPLES, UNITS, FEATURES = 25, 3200, 128, 51
 
@@ -43,7 +43,8 @@ def _best(f, reps: int = 6) -> float:
 
 
 def _setup(n: int):
-  model = Seq2Seq(src_vocab=FEATURES, tgt_vocab=FEATURES, units=UNITS)
+  model = Seq2Seq(src_vocab=FEATURES, tgt_vocab=FEATURES,
+                  settings=ModelSettings(units=UNITS))
   data = [reverse_data.generate(np.random.default_rng([i, 0]), N_EXAMPLES, 6,
                                 3, FEATURES) for i in range(n)]
   params = [jax.jit(model.init)(jax.random.key(i), data[0]["src"][:1],

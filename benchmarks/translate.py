@@ -36,7 +36,7 @@ from seqjax.data import pairs as pairs_lib
 from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.errors import ParameterError, SeqjaxError
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 
 from benchmarks import harness
 
@@ -166,7 +166,8 @@ class SeqjaxRunner:
     # One source width for decoding: one compiled shape.
     self.src_width = max(len(src) for src, _ in w.all_pairs)
     self.model = Seq2Seq(src_vocab=len(self.src_vocab),
-                         tgt_vocab=len(self.tgt_vocab), units=s.latent_dim)
+                         tgt_vocab=len(self.tgt_vocab),
+                         settings=ModelSettings(units=s.latent_dim))
     self.init = jax.jit(self.model.init)
     self.params = self._fresh_params(0)
     self.loss_fn = train_lib.make_seq2seq_loss(self.model)

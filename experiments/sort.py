@@ -49,8 +49,9 @@ class SortTask(task.Task):
 
   def setup(self, config: SortConfig, workdir: str) -> task.Setup:
     data = generate(config, 0, config.n_samples)
-    model = models.Seq2Seq(src_vocab=config.n_values,
-                           tgt_vocab=config.n_values, units=config.n_units)
+    model = models.Seq2Seq(
+        src_vocab=config.n_values, tgt_vocab=config.n_values,
+        settings=models.ModelSettings(units=config.n_units))
     return task.Setup(
         model=model, init_inputs=models.init_inputs(model, data), train=data,
         loss_fn=train.make_seq2seq_loss(model), title="sort",

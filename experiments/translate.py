@@ -114,11 +114,13 @@ from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.errors import ParameterError, SeqjaxError
 from seqjax.models import FEEDBACKS
+from seqjax.settings import ModelSettings
 
 ENV_VAR = "SEQJAX_CMN_PATH"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The library's parameter names that differ from the flags naming them.
-FLAG_OF = {"path": "data_path", "script": "target_script"}
+FLAG_OF = {"path": "data_path", "script": "target_script",
+           "units": "latent_dim"}
 NUM_SAMPLES = {"tail": 10_000, "random": 0}  # --num_samples unset (0: all)
 
 
@@ -732,9 +734,9 @@ def recorded_settings(workdir: str) -> dict:
   if results and results.get("task") == TASK.name:
     settings.update(results.get("flags") or {})
   spec = translation.ModelSpec.from_model_config(saved)
-  settings.update({f.name: getattr(spec, f.name) for f in
-                   dataclasses.fields(spec) if f.name not in (
-                       "dropout", "label_smoothing")})
+  # Training-only settings: the record does not keep them.
+  settings.update({k: v for k, v in spec_flags(spec).items()
+                   if k not in ("dropout", "label_smoothing")})
   settings["optimizer"] = saved["optimizer"]
   data = dict(vocabs.data or data_lib.UNRECORDED_DATA)
   if "num_samples" in data and settings.get("num_samples") is None:
@@ -794,8 +796,23 @@ def flag_error(e: ParameterError) -> ParameterError:
 
 
 def model_spec(config: TranslateConfig) -> translation.ModelSpec:
-  return translation.ModelSpec(**{f.name: getattr(config, f.name) for f in
-                                  dataclasses.fields(translation.ModelSpec)})
+  """The model the flags make: each setting from its flag."""
+  settings = ModelSettings(**{
+      f.name: getattr(config, FLAG_OF.get(f.name, f.name))
+      for f in dataclasses.fields(ModelSettings)})
+  return translation.ModelSpec(settings=settings, **{
+      f.name: getattr(config, f.name)
+      for f in dataclasses.fields(translation.ModelSpec)
+      if f.name != "settings"})
+
+
+def spec_flags(spec: translation.ModelSpec) -> dict:
+  """``model_spec``'s inverse: the flags (name: value) that make ``spec``."""
+  flags = {FLAG_OF.get(k, k): v
+           for k, v in dataclasses.asdict(spec.settings).items()}
+  flags.update({f.name: getattr(spec, f.name)
+                for f in dataclasses.fields(spec) if f.name != "settings"})
+  return flags
 
 
 def prepare_data(config: TranslateConfig,

@@ -30,7 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from seqjax import reliability
-from seqjax.checkpoint import Checkpointer, _signature
+from seqjax import settings as settings_lib
+from seqjax.checkpoint import Checkpointer, _signature, flat_record
 from seqjax.data import translation as data_lib
 from seqjax.errors import SeqjaxError
 
@@ -80,6 +81,12 @@ def _read_item(path: str, item: str) -> Optional[dict]:
       return json.load(f)
   except (OSError, ValueError):
     return None
+
+
+def _read_config(path: str) -> Optional[dict]:
+  """The checkpoint's record, an older one in today's form."""
+  config = _read_item(path, "config")
+  return None if config is None else settings_lib.upgrade_record(config)
 
 
 def last_checkpoints(workdir: str, n: int) -> list[Source]:
@@ -159,16 +166,17 @@ def check_same_model(sources: list[Source]) -> dict:
   if not sources:
     raise AverageError("no checkpoints to average")
   first = sources[0]
-  config = _read_item(first.path, "config")
+  config = _read_config(first.path)
   if config is None:
     raise AverageError(f"checkpoint {first.path}: no readable config")
   signature = _signature(_metadata_tree(first))
   vocab = _vocab_text(first.workdir)
   for s in sources[1:]:
-    other = _read_item(s.path, "config")
+    other = _read_config(s.path)
     if other != config:
-      keys = sorted(k for k in set(config) | set(other or {})
-                    if config.get(k) != (other or {}).get(k))
+      mine, theirs = flat_record(config), flat_record(other or {})
+      keys = sorted(k for k in set(mine) | set(theirs)
+                    if mine.get(k) != theirs.get(k))
       raise AverageError(f"checkpoint {s.path} is another model's than "
                          f"{first.path}: its settings differ ({', '.join(keys)})")
     if _signature(_metadata_tree(s)) != signature:

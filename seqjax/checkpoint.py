@@ -34,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from seqjax import reliability
+from seqjax import settings as settings_lib
 from seqjax.errors import SeqjaxError
 from seqjax.train import TrainState
 
@@ -58,6 +59,18 @@ def _state_tree(state: TrainState, carry=None, ema=None) -> dict:
 # Checkpoint config keys that shape only the optimizer state (recorded when
 # not the defaults): loading parameters alone need not match them.
 OPTIMIZER_STRUCTURE = ("lr_schedule", "gradient_clipping")
+
+
+def flat_record(config: dict) -> dict:
+  """``config`` with a nested dict's keys as ``outer.inner``: a mismatch
+  names the setting that differs."""
+  flat = {}
+  for k, v in config.items():
+    if isinstance(v, dict):
+      flat.update({f"{k}.{n}": x for n, x in flat_record(v).items()})
+    else:
+      flat[k] = v
+  return flat
 
 
 def _jsonable(config: dict) -> dict:
@@ -99,7 +112,7 @@ class Checkpointer:
       return None
     restored = self.manager.restore(
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return restored["config"]
+    return settings_lib.upgrade_record(restored["config"])
 
   def saved_selection(self, step: Optional[int] = None) -> Optional[dict]:
     """The selection record (``selection.Tracker.to_json``) saved with
@@ -128,9 +141,10 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         damaged.append(self._set_aside(step, f"config unreadable: {e}"))
     self._report_damaged(damaged, step)
-    keys = sorted(set(saved) | set(self.model_config))
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {self.model_config.get(k)!r}"
-             for k in keys if saved.get(k) != self.model_config.get(k)]
+    saved, now = flat_record(saved), flat_record(self.model_config)
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}"
+             for k in sorted(set(saved) | set(now))
+             if saved.get(k) != now.get(k)]
     if diffs:
       raise CheckpointMismatchError(
           f"The checkpoint in {self.directory} (step {step}) was written for a "

@@ -27,6 +27,7 @@ from seqjax import encoder as encoder_lib
 from seqjax.decoder import Decoder, DecoderState
 from seqjax.encoder import reverse_by_length  # noqa: F401 (public name)
 from seqjax.recurrent import CELLS, make_recurrent
+from seqjax.settings import ModelSettings  # noqa: F401 (public name)
 from seqjax.simple_models import (RecurrentClassifier,  # noqa: F401
                                   RepeatVectorSeq2Seq, dense_init)
 
@@ -41,41 +42,32 @@ def _layer_name(base: str, i: int) -> str:
   return base if i == 0 else f"{base}_{i}"
 
 
-def check_architecture(model) -> None:
+def check_architecture(settings: ModelSettings) -> None:
   """Raises ValueError for settings a ``Seq2Seq`` cannot be built with."""
-  if model.encoder_layers < 1 or model.decoder_layers < 1:
+  if settings.encoder_layers < 1 or settings.decoder_layers < 1:
     raise ValueError(f"layers must be at least 1; got encoder "
-                     f"{model.encoder_layers}, decoder {model.decoder_layers}")
-  if not 0.0 <= model.dropout < 1.0:
-    raise ValueError(f"dropout must be in [0, 1); got {model.dropout}")
-  if model.attention != "none":
-    attention_lib.check(model.attention, model.attention_score, model.units,
-                        model.units * (2 if model.bidirectional else 1))
+                     f"{settings.encoder_layers}, decoder "
+                     f"{settings.decoder_layers}")
+  if not 0.0 <= settings.dropout < 1.0:
+    raise ValueError(f"dropout must be in [0, 1); got {settings.dropout}")
+  if settings.attention != "none":
+    attention_lib.check(settings.attention, settings.attention_score,
+                        settings.units,
+                        settings.units * (2 if settings.bidirectional else 1))
 
 
 class Seq2Seq(nn.Module):
   """Encoder-decoder over token ids: an encoder (``seqjax.encoder``), a
   decoder (``seqjax.decoder``) and a Dense readout.
 
-  The defaults are the tutorial's model: one LSTM layer each side, the
-  encoder's final carry the decoder's start, a Dense readout.
+  ``ModelSettings``' defaults are the tutorial's model: one LSTM layer each
+  side, the encoder's final carry the decoder's start, a Dense readout.
 
   Attributes:
     src_vocab: size of the source vocabulary (one-hot width in the tutorial).
     tgt_vocab: size of the target vocabulary.
-    units: recurrent units of encoder and decoder (each direction).
-    cell: "lstm" or "gru".
-    embedding_dim: None feeds tokens as one-hot (a kernel row lookup); an int
-      puts an Embedding of that width in front of encoder and decoder.
-    encoder_layers, decoder_layers: stacked recurrent layers.
-    bidirectional: a backward layer beside each encoder layer, started at
-      each sentence's last real token; their outputs are concatenated.
-    attention: "none", "bahdanau" or "luong" (``seqjax.attention``), with
-      ``attention_score`` (a name in ``attention.SCORES``) for Luong (
-      Bahdanau's is additive), and ``input_feeding`` (Luong: the
-      attentional state is an input of the next decoder step).
-    dropout: rate on embeddings, between layers and before the readout,
-      applied only when the call is given a "dropout" rng (training).
+    settings: the architecture (``seqjax.settings.ModelSettings``).
+    dtype: the computation's dtype.
 
   Where the encoder's final carries and the decoder's differ in size
   (bidirectional, or other layer counts) a learned bridge maps one to the
@@ -84,57 +76,50 @@ class Seq2Seq(nn.Module):
 
   src_vocab: int
   tgt_vocab: int
-  units: int
-  cell: str = "lstm"
-  embedding_dim: Optional[int] = None
+  settings: ModelSettings
   dtype: Any = jnp.float32
-  encoder_layers: int = 1
-  decoder_layers: int = 1
-  bidirectional: bool = False
-  attention: str = "none"
-  attention_score: str = "general"
-  input_feeding: bool = True
-  dropout: float = 0.0
 
   def setup(self):
-    check_architecture(self)
-    if self.embedding_dim is not None:
-      self.src_embed = nn.Embed(self.src_vocab, self.embedding_dim,
+    check_architecture(self.settings)
+    if self.settings.embedding_dim is not None:
+      self.src_embed = nn.Embed(self.src_vocab, self.settings.embedding_dim,
                                 name="src_embedding")
-      self.tgt_embed = nn.Embed(self.tgt_vocab, self.embedding_dim,
+      self.tgt_embed = nn.Embed(self.tgt_vocab, self.settings.embedding_dim,
                                 name="tgt_embedding")
     self._setup_encoder()
-    width, units = self.embedding_dim, self.units
+    width, units = self.settings.embedding_dim, self.settings.units
     self.decoders = [
         self._layer(f, _layer_name("decoder", i))
         for i, f in enumerate([(width or self.tgt_vocab) + self._extra_in()]
-                              + [units] * (self.decoder_layers - 1))]
-    if self.attention != "none":
+                              + [units] * (self.settings.decoder_layers - 1))]
+    if self.settings.attention != "none":
       memory = units * self._directions()
       self.attention_layer = attention_lib.Attention(
-          self.attention, units, memory, self.attention_score,
+          self.settings.attention, units, memory,
+          self.settings.attention_score,
           name="attention")
       self.combine = self.param("combine", dense_init, (memory + units, units))
     self.readout = nn.Dense(self.tgt_vocab, kernel_init=dense_init,
                             dtype=self.dtype, name="readout")
 
   def _setup_encoder(self):
-    units = self.units
-    enc_in = [self.embedding_dim or self.src_vocab] + [
-        units * self._directions()] * (self.encoder_layers - 1)
+    units = self.settings.units
+    enc_in = [self.settings.embedding_dim or self.src_vocab] + [
+        units * self._directions()] * (self.settings.encoder_layers - 1)
     self.encoders = [self._layer(f, _layer_name("encoder", i))
                      for i, f in enumerate(enc_in)]
     self.backward_encoders = [
         self._layer(f, _layer_name("encoder_backward", i))
-        for i, f in enumerate(enc_in)] if self.bidirectional else []
+        for i, f in enumerate(enc_in)] if self.settings.bidirectional else []
     if self._needs_bridge():
-      self.bridges = [nn.Dense(self.decoder_layers * units, dtype=self.dtype,
-                               name=f"bridge_{k}")
-                      for k in range(CELLS[self.cell].carry_size)]
+      self.bridges = [nn.Dense(self.settings.decoder_layers * units,
+                               dtype=self.dtype, name=f"bridge_{k}")
+                      for k in range(CELLS[self.settings.cell].carry_size)]
 
   def _layer(self, in_features: int, name: str):
-    return make_recurrent(self.cell, units=self.units, dtype=self.dtype,
-                          in_features=in_features, name=name)
+    return make_recurrent(self.settings.cell, units=self.settings.units,
+                          dtype=self.dtype, in_features=in_features,
+                          name=name)
 
   # The tutorial's names for the one-layer model's recurrences.
   @property
@@ -146,55 +131,61 @@ class Seq2Seq(nn.Module):
     return self.decoders[0]
 
   def _directions(self) -> int:
-    return 2 if self.bidirectional else 1
+    return 2 if self.settings.bidirectional else 1
 
   def _feeds(self) -> bool:
-    return self.attention == "luong" and self.input_feeding
+    return self.settings.attention == "luong" and self.settings.input_feeding
 
   def _stepwise(self) -> bool:
     """Does teacher forcing need a step at a time (the previous step's
     attention enters the next)?"""
-    return self.attention == "bahdanau" or self._feeds()
+    return self.settings.attention == "bahdanau" or self._feeds()
 
   def _extra_in(self) -> int:
     """Features the first decoder layer reads beside the token."""
-    if self.attention == "bahdanau":
-      return self.units * self._directions()
-    return self.units if self._feeds() else 0
+    if self.settings.attention == "bahdanau":
+      return self.settings.units * self._directions()
+    return self.settings.units if self._feeds() else 0
 
   def _needs_bridge(self) -> bool:
-    return self.bidirectional or self.encoder_layers != self.decoder_layers
+    s = self.settings
+    return s.bidirectional or s.encoder_layers != s.decoder_layers
 
   def _parts(self) -> Decoder:
     """The decoder's arrays (valid inside one ``apply``)."""
-    attending = self.attention != "none"
+    attending = self.settings.attention != "none"
     return Decoder(
         layers=tuple(l.step_arrays() for l in self.decoders),
-        extra_in=self._extra_in(), kind=self.attention, feeds=self._feeds(),
+        extra_in=self._extra_in(), kind=self.settings.attention,
+        feeds=self._feeds(),
         score=(self.attention_layer.score_name() if attending else ""),
         attention=self.attention_layer.arrays() if attending else None,
         combine=self.combine if attending else None, dtype=self.dtype)
 
   def _drop(self, x: Array) -> Array:
     """Dropout where the call has a "dropout" rng (training) and a rate."""
-    if (self.dropout == 0.0 or not self.has_rng("dropout")
+    rate = self.settings.dropout
+    if (rate == 0.0 or not self.has_rng("dropout")
         or jnp.issubdtype(x.dtype, jnp.integer)):
       return x
-    keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout,
-                                x.shape)
-    return jnp.where(keep, x / (1.0 - self.dropout), 0.0).astype(x.dtype)
+    keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
   def _drop_scale(self, shape) -> Optional[Array]:
     """A dropout mask already scaled (keep / (1 - rate)), or None when off."""
-    if self.dropout == 0.0 or not self.has_rng("dropout"):
+    if self.settings.dropout == 0.0 or not self.has_rng("dropout"):
       return None
     return self._drop(jnp.ones(shape, self.dtype))
 
   def _src_inputs(self, tokens: Array) -> Array:
-    return tokens if self.embedding_dim is None else self.src_embed(tokens)
+    if self.settings.embedding_dim is None:
+      return tokens
+    return self.src_embed(tokens)
 
   def _tgt_inputs(self, tokens: Array) -> Array:
-    return tokens if self.embedding_dim is None else self.tgt_embed(tokens)
+    if self.settings.embedding_dim is None:
+      return tokens
+    return self.tgt_embed(tokens)
 
   def _read(self, out: Array) -> Array:
     return self.readout(out).astype(jnp.float32)
@@ -205,15 +196,16 @@ class Seq2Seq(nn.Module):
     """The decoder layers' start carries from the encoder's final ones."""
     if not self._needs_bridge():
       return tuple(finals)
-    return encoder_lib.bridge(self.bridges, finals, self.decoder_layers)
+    return encoder_lib.bridge(self.bridges, finals,
+                              self.settings.decoder_layers)
 
   def _layers_of(self, state) -> tuple:
     if isinstance(state, DecoderState):
       return state.rnn
-    return (state,) if self.decoder_layers == 1 else state
+    return (state,) if self.settings.decoder_layers == 1 else state
 
   def _plain_state(self, rnn: tuple):
-    return rnn[0] if self.decoder_layers == 1 else rnn
+    return rnn[0] if self.settings.decoder_layers == 1 else rnn
 
   def _encode_layers(self, src_BS: Array, src_mask_BS: Optional[Array]):
     """-> outputs (B, S, M) of the top layer, final carries per layer (a
@@ -227,7 +219,7 @@ class Seq2Seq(nn.Module):
     layer when stacked) or, with attention, a ``DecoderState``."""
     memory_BSM, finals = self._encode_layers(src_BS, src_mask_BS)
     rnn = self._start(finals)
-    if self.attention == "none":
+    if self.settings.attention == "none":
       return self._plain_state(rnn)
     mask_BS = (jnp.ones(src_BS.shape, bool) if src_mask_BS is None
                else src_mask_BS)
@@ -239,8 +231,9 @@ class Seq2Seq(nn.Module):
     looks source rows up inside each encoder step (``Recurrent.final_carry``),
     faster for the large batches of batched decoding; others need every
     output (attention) and take ``encode``."""
-    if (self.attention != "none" or self.bidirectional
-        or self.encoder_layers > 1 or self.decoder_layers > 1):
+    s = self.settings
+    if (s.attention != "none" or s.bidirectional or s.encoder_layers > 1
+        or s.decoder_layers > 1):
       return self.encode(src_BS, src_mask_BS)
     return self.encoder.final_carry(self._src_inputs(src_BS),
                                     mask=src_mask_BS)
@@ -252,7 +245,7 @@ class Seq2Seq(nn.Module):
     parts = self._parts()
     xw_BG = parts.project_tokens(self._drop(x))
     drop = lambda i, v: self._drop(v)
-    if self.attention != "none":
+    if self.settings.attention != "none":
       out_BH, state = parts.step(xw_BG, state, drop)
       return self._read(out_BH), state
     out_BH, rnn = parts.step(xw_BG, self._layers_of(state), drop)
@@ -267,7 +260,7 @@ class Seq2Seq(nn.Module):
     """One decoder step fed a distribution over the target vocabulary (B, V)
     instead of a token: a matmul with the decoder kernel (one-hot inputs), or
     the expected embedding ``x @ table`` -> logits (B, V), state."""
-    if self.embedding_dim is not None:
+    if self.settings.embedding_dim is not None:
       x_BV = x_BV @ self.tgt_embed.embedding.astype(x_BV.dtype)
     return self._step(x_BV, state)
 
@@ -285,9 +278,9 @@ class Seq2Seq(nn.Module):
     for i, (layer, carry) in enumerate(zip(self.decoders,
                                            self._layers_of(state))):
       x, _ = layer(x, initial_carry=carry, mask=dec_mask_BT)
-      if i + 1 < self.decoder_layers:
+      if i + 1 < self.settings.decoder_layers:
         x = self._drop(x)
-    if self.attention == "luong":  # no feeding: all steps attend at once
+    if self.settings.attention == "luong":  # no feeding: all steps at once
       parts = self._parts()
       x = parts.combined(parts.attend(x, state.memory)[0], x)
     return self._read(self._drop(x))
@@ -299,8 +292,8 @@ class Seq2Seq(nn.Module):
     xw_TBG = jnp.swapaxes(parts.project_tokens(
         self._drop(self._tgt_inputs(dec_in_BT))), 0, 1)
     steps, batch = xw_TBG.shape[:2]
-    masks = [self._drop_scale((steps, batch, self.units))
-             for _ in range(self.decoder_layers)]
+    masks = [self._drop_scale((steps, batch, self.settings.units))
+             for _ in range(self.settings.decoder_layers)]
     return jnp.swapaxes(parts.scan(xw_TBG, state, masks), 0, 1)
 
   def decode_free_running(self, state, start_B: Array, num_steps: int,
@@ -363,8 +356,8 @@ def build_seq2seq(model: str, *, src_vocab: int, tgt_vocab: int, units: int,
   ``RepeatVectorSeq2Seq`` with ``out_len`` output steps.
   """
   if model == "encoder_decoder":
-    return Seq2Seq(src_vocab=src_vocab, tgt_vocab=tgt_vocab, units=units,
-                   cell=cell, dtype=dtype)
+    return Seq2Seq(src_vocab=src_vocab, tgt_vocab=tgt_vocab,
+                   settings=ModelSettings(units=units, cell=cell), dtype=dtype)
   if model == "repeat_vector":
     return RepeatVectorSeq2Seq(src_vocab=src_vocab, tgt_vocab=tgt_vocab,
                                units=units, out_len=out_len, cell=cell,

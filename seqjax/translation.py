@@ -36,79 +36,54 @@ from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
 from seqjax.errors import ParameterError
 from seqjax.models import Seq2Seq
+from seqjax.settings import RECORD_KEY, ModelSettings
 
 TASK = "translate"
-
-
-# The architecture settings beyond the Keras model's, with their defaults:
-# recorded in a checkpoint only when changed, so older checkpoints resume.
-ARCHITECTURE = {"encoder_layers": 1, "decoder_layers": 1,
-                "bidirectional": False, "attention": "none",
-                "attention_score": "general", "input_feeding": True}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """The settings that make a translation model (the Keras example's by
-  default). ``feedback`` applies without teacher forcing only; ``dropout``
-  and ``label_smoothing`` shape training, not the parameters."""
+  default): its architecture, the source's symbols, and how it is trained.
+  ``feedback`` applies without teacher forcing only; ``label_smoothing``
+  shapes training, not the parameters."""
 
+  settings: ModelSettings = ModelSettings()
   level: str = "char"
-  cell: str = "lstm"
-  latent_dim: int = 256
-  embedding_dim: Optional[int] = None
   teacher_forcing: bool = True
   feedback: str = "softmax"
-  encoder_layers: int = 1
-  decoder_layers: int = 1
-  bidirectional: bool = False
-  attention: str = "none"
-  attention_score: str = "general"
-  input_feeding: bool = True
-  dropout: float = 0.0
   label_smoothing: float = 0.0
 
   @classmethod
   def from_model_config(cls, saved: dict) -> "ModelSpec":
-    return cls(level=saved["level"], cell=saved["cell"],
-               latent_dim=saved["latent_dim"],
-               embedding_dim=saved["embedding_dim"],
-               teacher_forcing=saved["teacher_forcing"],
-               feedback=saved["feedback"] or cls.feedback,
-               **{k: saved.get(k, v) for k, v in ARCHITECTURE.items()})
+    """The spec of a checkpoint's record (``model_config``; older records
+    are upgraded when read, ``seqjax.settings.upgrade_record``)."""
+    return cls(settings=ModelSettings.from_record(saved[RECORD_KEY]),
+               level=saved["level"], teacher_forcing=saved["teacher_forcing"],
+               feedback=saved["feedback"] or cls.feedback)
 
 
 def model_config(spec: ModelSpec, src_vocab: Vocab, tgt_vocab: Vocab,
                  optimizer: str) -> dict:
   """What a checkpoint must match (and what ``load_translator`` rebuilds
   from)."""
-  saved = {"task": TASK, "level": spec.level, "cell": spec.cell,
-           "latent_dim": spec.latent_dim,
-           "embedding_dim": spec.embedding_dim,
-           "src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab),
-           "vocab": src_vocab.fingerprint() + tgt_vocab.fingerprint(),
-           "teacher_forcing": spec.teacher_forcing,
-           "feedback": None if spec.teacher_forcing else spec.feedback,
-           "optimizer": optimizer}
-  if spec.attention != "luong":  # the score and feeding are Luong's
-    spec = dataclasses.replace(spec, attention_score="general",
-                               input_feeding=True)
-  saved.update({k: getattr(spec, k) for k, v in ARCHITECTURE.items()
-                if getattr(spec, k) != v})
-  return saved
+  return {"task": TASK, "level": spec.level,
+          "src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab),
+          "vocab": src_vocab.fingerprint() + tgt_vocab.fingerprint(),
+          "teacher_forcing": spec.teacher_forcing,
+          "feedback": None if spec.teacher_forcing else spec.feedback,
+          "optimizer": optimizer, RECORD_KEY: spec.settings.record()}
 
 
 def build_model(spec: ModelSpec, src_vocab: Vocab, tgt_vocab: Vocab,
                 ) -> Seq2Seq:
   return Seq2Seq(src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab),
-                 units=spec.latent_dim, cell=spec.cell,
-                 embedding_dim=spec.embedding_dim, dropout=spec.dropout,
-                 **{k: getattr(spec, k) for k in ARCHITECTURE})
+                 settings=spec.settings)
 
 
 def make_loss(spec: ModelSpec, model: Seq2Seq, seed: int = 0):
   """The training loss; dropout masks come from ``seed`` and the step."""
-  dropout_seed = seed if spec.dropout else None
+  dropout_seed = seed if spec.settings.dropout else None
   if spec.teacher_forcing:
     return train_lib.make_seq2seq_loss(model, spec.label_smoothing,
                                        dropout_seed)

@@ -16,7 +16,7 @@ from experiments import reverse
 from seqjax import sharding
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 
 STEPS = 12
 
@@ -31,7 +31,7 @@ class _Rows:
 
 def _fit(mesh):
   data = reverse_data.generate(np.random.default_rng(0), 6 * 32, 4, 2, 9)
-  model = Seq2Seq(src_vocab=9, tgt_vocab=9, units=16)
+  model = Seq2Seq(src_vocab=9, tgt_vocab=9, settings=ModelSettings(units=16))
   params = model.init(jax.random.key(0), data["src"][:1], data["dec_in"][:1])
   state = train_lib.create_train_state(model, params,
                                        train_lib.make_optimizer("adam", 0.01))

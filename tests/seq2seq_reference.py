@@ -168,22 +168,22 @@ def bridge_numpy(p, finals, decoder_layers, carry_size):
 
 def seq2seq_numpy(model, params, src_BS, dec_in_BT, lengths_B):
   """Teacher-forced logits (B, T, V) of a ``Seq2Seq``'s architecture."""
-  p = params["params"]
-  emb = model.embedding_dim
-  cell, H = model.cell, model.units
+  p, arch = params["params"], model.settings
+  emb = arch.embedding_dim
+  cell, H = arch.cell, arch.units
   carry_size = 2 if cell == "lstm" else 1
   x_BSF = inputs_numpy(p, src_BS, model.src_vocab,
                        None if emb is None else "src_embedding")
   memory_BSM, finals = encoder_numpy(cell, p, x_BSF, lengths_B,
-                                     model.encoder_layers, model.bidirectional)
-  if model.bidirectional or model.encoder_layers != model.decoder_layers:
-    carries = bridge_numpy(p, finals, model.decoder_layers, carry_size)
+                                     arch.encoder_layers, arch.bidirectional)
+  if arch.bidirectional or arch.encoder_layers != arch.decoder_layers:
+    carries = bridge_numpy(p, finals, arch.decoder_layers, carry_size)
   else:
     carries = list(finals)
   mask_BS = np.arange(src_BS.shape[1])[None] < lengths_B[:, None]
-  kind, score = model.attention, model.attention_score
+  kind, score = arch.attention, arch.attention_score
   arrays = p.get("attention", {})
-  feeds = kind == "luong" and model.input_feeding
+  feeds = kind == "luong" and arch.input_feeding
   y_BTF = inputs_numpy(p, dec_in_BT, model.tgt_vocab,
                        None if emb is None else "tgt_embedding")
   B, T = dec_in_BT.shape
@@ -197,7 +197,7 @@ def seq2seq_numpy(model, params, src_BS, dec_in_BT, lengths_B):
       x = np.concatenate([x, context], axis=-1)
     elif feeds:
       x = np.concatenate([x, feed_BH], axis=-1)
-    for i in range(model.decoder_layers):
+    for i in range(arch.decoder_layers):
       out, carries[i] = layer_numpy(cell, p[_name("decoder", i)], x[:, None],
                                     carries[i])
       x = out[:, 0]

@@ -5,6 +5,7 @@ architectures; the decoder state under beam search's repeat and gather; the
 score registry; and a tiny attention model that reverses length-30 sequences
 that the plain model of the same size cannot."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -20,7 +21,7 @@ from seqjax import metrics as metrics_lib
 from seqjax import per_beam
 from seqjax import train as train_lib
 from seqjax.data import reverse
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 from tests import seq2seq_reference as ref
 
 B, S, H, M, T = 3, 6, 5, 7, 4
@@ -32,6 +33,11 @@ MECHANISMS = [("bahdanau", "general", M), ("luong", "dot", H),
               ("luong", "general", M), ("luong", "concat", M),
               ("luong", "scaled_dot", H), ("luong", "additive", M)]
 
+
+
+def _no_dropout(model):
+  return model.clone(settings=dataclasses.replace(model.settings,
+                                                  dropout=0.0))
 
 def _arrays(kind, score, memory_features, seed=0):
   module = attention_lib.Attention(kind, H, memory_features, score)
@@ -180,10 +186,13 @@ def _id(config):
 
 def _model(config, **kw):
   attention, score, feed, cell, (enc, dec), bidirectional = config
-  return Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, cell=cell,
-                 encoder_layers=enc, decoder_layers=dec,
-                 bidirectional=bidirectional, attention=attention,
-                 attention_score=score, input_feeding=feed, **kw)
+  return Seq2Seq(src_vocab=V, tgt_vocab=V,
+                 settings=ModelSettings(units=H, cell=cell, encoder_layers=enc,
+                                        decoder_layers=dec,
+                                        bidirectional=bidirectional,
+                                        attention=attention,
+                                        attention_score=score,
+                                        input_feeding=feed, **kw))
 
 
 def _data(seed=0, src_len=S, lengths=SRC_LENGTHS):
@@ -410,7 +419,8 @@ def test_a_bfloat16_attention_model_decodes(attention):
   # --dtype=bfloat16 is a shared flag: greedy decoding and free-running
   # training of an attention model must run in it, and agree with teacher
   # forcing on the same model.
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, attention=attention,
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, attention=attention),
                   dtype=jnp.bfloat16)
   params = _params(model)
   src_BS, mask_BS, _ = _data()
@@ -451,17 +461,18 @@ def test_dropout_is_deterministic_under_a_seed_and_off_without_an_rng(config):
   np.testing.assert_array_equal(a, again)
   assert np.abs(a - other).max() > 1e-3
   assert np.abs(a - evaluation).max() > 1e-3
-  plain = model.clone(dropout=0.0).apply(params, src_BS, dec_in_BT, mask_BS)
+  plain = _no_dropout(model).apply(params, src_BS, dec_in_BT, mask_BS)
   np.testing.assert_allclose(evaluation, plain, rtol=1e-6, atol=1e-6)
   # A dropout rng changes nothing in a model without dropout.
   np.testing.assert_allclose(
-      model.clone(dropout=0.0).apply(params, src_BS, dec_in_BT, mask_BS,
+      _no_dropout(model).apply(params, src_BS, dec_in_BT, mask_BS,
                                      rngs={"dropout": jax.random.key(1)}),
       plain, rtol=1e-6, atol=1e-6)
 
 
 def test_dropout_drops_at_its_rate_and_scales_what_it_keeps():
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, dropout=0.3)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, dropout=0.3))
   ones = jnp.ones((400, 100))
   got = np.asarray(model.apply({}, ones, method=lambda m, x: m._drop(x),
                                rngs={"dropout": jax.random.key(0)}))
@@ -485,7 +496,7 @@ def test_dropout_in_step_by_step_decoding_and_free_running():
                                   rngs=rngs))
   np.testing.assert_array_equal(run(3), run(3))
   assert np.abs(run(3) - run(4)).max() > 1e-3
-  plain = model.clone(dropout=0.0).apply(
+  plain = _no_dropout(model).apply(
       params, src_BS, DEC_T, 0, mask_BS, "softmax",
       method=Seq2Seq.free_running)
   np.testing.assert_allclose(run(), plain, rtol=1e-6, atol=1e-6)
@@ -535,7 +546,7 @@ def test_train_step_with_dropout_same_seed_and_step_same_update():
   # Evaluation has no dropout: its loss is the dropout-free model's.
   loss_fn = train_lib.make_seq2seq_loss(model, dropout_seed=7)
   evaluation = loss_fn(params, batch)[0]
-  plain = train_lib.make_seq2seq_loss(model.clone(dropout=0.0))(params,
+  plain = train_lib.make_seq2seq_loss(_no_dropout(model))(params,
                                                                  batch)[0]
   np.testing.assert_allclose(evaluation, plain, rtol=1e-6)
   assert abs(float(m1["loss"]) - float(plain)) > 1e-4
@@ -581,7 +592,8 @@ def test_label_smoothing_is_cross_entropy_against_the_smoothed_targets(
      "dot score"),
 ])
 def test_bad_architectures_raise_value_error(kw, match):
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, **kw)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, **kw))
   src_BS, _, dec_in_BT = _data()
   with pytest.raises(ValueError, match=match):
     model.init(jax.random.key(0), src_BS[:1], dec_in_BT[:1])
@@ -606,8 +618,9 @@ def _reverse_accuracy(attention, seed):
                           vocab)
   test = reverse.generate(np.random.default_rng(seed + 100), 256, length,
                           length, vocab)
-  model = Seq2Seq(src_vocab=vocab, tgt_vocab=vocab, units=units,
-                  attention=attention, input_feeding=False)
+  model = Seq2Seq(src_vocab=vocab, tgt_vocab=vocab,
+                  settings=ModelSettings(units=units, attention=attention,
+                                         input_feeding=False))
   params = model.init(jax.random.key(seed), data["src"][:1],
                       data["dec_in"][:1])
   # A decaying rate: at a constant 0.01 the attention model's accuracy

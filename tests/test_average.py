@@ -121,7 +121,7 @@ def _refused(sources, to, match):
 def test_other_model_refused_naming_it_nothing_written(runs, tmp_path):
   small = os.path.join(runs["small"], "checkpoints", "3")
   _refused([runs["a"], runs["small"]], str(tmp_path / "x"),
-           f"checkpoint {small} is another model's.*latent_dim")
+           f"checkpoint {small} is another model's.*architecture.units")
 
 
 def test_other_vocab_refused_naming_the_workdir(runs, tmp_path):
@@ -200,7 +200,7 @@ def test_binary_exit_codes_and_messages(runs, tmp_path):
   mismatch = run(f"--from={runs['a']}", f"--from={runs['small']}",
                  f"--to={to}", "--last=1")
   assert mismatch.returncode == 2, mismatch.stderr
-  assert "Error: checkpoint" in mismatch.stderr and "latent_dim" in \
+  assert "Error: checkpoint" in mismatch.stderr and "architecture.units" in \
       mismatch.stderr
   assert not os.path.exists(to)
   done = run(f"--from={runs['a']}", f"--to={to}", "--last=2")

@@ -12,7 +12,7 @@ import pytest
 
 from seqjax import decoding
 from seqjax.errors import ParameterError
-from seqjax.models import RepeatVectorSeq2Seq, Seq2Seq
+from seqjax.models import ModelSettings, RepeatVectorSeq2Seq, Seq2Seq
 from tests import seq2seq_reference as ref
 
 START, STOP, PAD = 1, 2, 0
@@ -30,8 +30,8 @@ ARCHITECTURES = {
 
 
 def _setup(arch, vocab=5, units=6, seed=0, src_len=5):
-  model = Seq2Seq(src_vocab=7, tgt_vocab=vocab, units=units,
-                  **ARCHITECTURES[arch])
+  model = Seq2Seq(src_vocab=7, tgt_vocab=vocab,
+                  settings=ModelSettings(units=units, **ARCHITECTURES[arch]))
   rng = np.random.default_rng(seed)
   # Padding holds real tokens: only the mask can hide it.
   src_BS = rng.integers(1, 7, size=(len(LENGTHS), src_len)).astype(np.int32)

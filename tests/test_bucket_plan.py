@@ -9,7 +9,7 @@ import pytest
 
 from seqjax import train as train_lib
 from seqjax.data import reverse
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 from seqjax.training import programs as programs_lib
 from seqjax.training import schedules
 
@@ -93,7 +93,7 @@ def _buckets():
   """Two datasets of different widths, as length buckets have."""
   short = reverse.generate(np.random.default_rng(0), 40, 4, 2, 9)
   long = reverse.generate(np.random.default_rng(1), 56, 6, 3, 9)
-  model = Seq2Seq(src_vocab=9, tgt_vocab=9, units=16)
+  model = Seq2Seq(src_vocab=9, tgt_vocab=9, settings=ModelSettings(units=16))
   params = model.init(jax.random.key(0), short["src"][:1], short["dec_in"][:1])
   state = train_lib.create_train_state(model, params,
                                        train_lib.make_optimizer("adam"))

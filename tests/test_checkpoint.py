@@ -7,12 +7,13 @@ import pytest
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer, CheckpointMismatchError
 from seqjax.data import reverse
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 
 
 def _state(units=16, seed=0):
   data = reverse.generate(np.random.default_rng(0), 64, 4, 2, 9)
-  model = Seq2Seq(src_vocab=9, tgt_vocab=9, units=units)
+  model = Seq2Seq(src_vocab=9, tgt_vocab=9,
+                  settings=ModelSettings(units=units))
   params = model.init(jax.random.key(seed), data["src"][:1], data["dec_in"][:1])
   state = train_lib.create_train_state(model, params,
                                        train_lib.make_optimizer("adam"))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.models import Seq2Seq, reverse_by_length
+from seqjax.models import ModelSettings, Seq2Seq, reverse_by_length
 from seqjax.recurrent import make_recurrent
 from tests import reference
 from tests import seq2seq_reference as ref
@@ -55,8 +55,10 @@ def test_reverse_by_length_reverses_each_row_to_its_length():
 @pytest.mark.parametrize("embedding_dim", [None, 4])
 def test_backward_direction_runs_over_each_sentence_reversed_by_hand(
     cell, embedding_dim):
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, cell=cell,
-                  embedding_dim=embedding_dim, bidirectional=True)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, cell=cell,
+                                         embedding_dim=embedding_dim,
+                                         bidirectional=True))
   params = _init(model)
   p = params["params"]
   src_BS, _ = _data()
@@ -86,8 +88,10 @@ def test_backward_direction_runs_over_each_sentence_reversed_by_hand(
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_padding_after_the_tokens_changes_no_encoder_output(cell):
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, cell=cell,
-                  encoder_layers=2, bidirectional=True, attention="luong")
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, cell=cell, encoder_layers=2,
+                                         bidirectional=True,
+                                         attention="luong"))
   params = _init(model)
   src_BS, _ = _data()
   out_BSM, finals = _encoder(model, params, src_BS, MASK_BS)
@@ -121,9 +125,11 @@ def _layer(cell, p, x, carry=None, mask=None):
     ("gru", 2, 2, True), ("lstm", 1, 2, True)])
 def test_stacked_layers_equal_the_layers_called_one_by_one(
     cell, enc, dec, bidirectional):
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, cell=cell,
-                  encoder_layers=enc, decoder_layers=dec,
-                  bidirectional=bidirectional)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, cell=cell,
+                                         encoder_layers=enc,
+                                         decoder_layers=dec,
+                                         bidirectional=bidirectional))
   params = _init(model)
   p = params["params"]
   src_BS, dec_in_BT = _data()
@@ -168,9 +174,10 @@ def test_stacked_layers_equal_the_layers_called_one_by_one(
 
 def test_one_layer_defaults_are_the_tutorial_model():
   # The defaults keep the tutorial's parameters: no bridge, no attention.
-  params = _init(Seq2Seq(src_vocab=V, tgt_vocab=V, units=H))
+  params = _init(Seq2Seq(src_vocab=V, tgt_vocab=V,
+                         settings=ModelSettings(units=H)))
   assert set(params["params"]) == {"encoder", "decoder", "readout"}
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V, settings=ModelSettings(units=H))
   src_BS, dec_in_BT = _data()
   p = params["params"]
   _, h, c = reference.lstm_numpy(p["encoder"], reference.one_hot(src_BS, V),
@@ -202,9 +209,12 @@ def test_parameter_names_and_shapes_are_the_checkpoints(
   has it, stacks and directions beside it, the score's own parameters under
   "attention"."""
   E, G = 3, 4 * H  # embedding width, LSTM gates
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, embedding_dim=E,
-                  encoder_layers=2, decoder_layers=2, bidirectional=True,
-                  attention=attention, attention_score=score)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, embedding_dim=E,
+                                         encoder_layers=2, decoder_layers=2,
+                                         bidirectional=True,
+                                         attention=attention,
+                                         attention_score=score))
   lstm = lambda f: {"kernel": (f, G), "recurrent_kernel": (H, G),
                     "bias": (G,)}
   layers = {"encoder": lstm(E), "encoder_backward": lstm(E),

@@ -7,7 +7,7 @@ import numpy as np
 
 from seqjax import train as train_lib
 from seqjax.data import reverse
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 from seqjax.training.ema import EMA
 
 DECAY = 0.8
@@ -40,7 +40,7 @@ def _numpy_ema(trajectory):
 
 def _setup():
   data = reverse.generate(np.random.default_rng(0), 64, 4, 2, 9)
-  model = Seq2Seq(src_vocab=9, tgt_vocab=9, units=8)
+  model = Seq2Seq(src_vocab=9, tgt_vocab=9, settings=ModelSettings(units=8))
   params = model.init(jax.random.key(0), data["src"][:1], data["dec_in"][:1])
   state = train_lib.create_train_state(
       model, params, train_lib.make_optimizer("adam", 0.05))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from seqjax import decoding
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 from tests import seq2seq_reference as ref
 
 START, STOP, PAD = 1, 2, 0
@@ -43,7 +43,8 @@ def _sources(seed=0, src_len=5):
 
 
 def _member(name, seed):
-  model = Seq2Seq(src_vocab=SRC_VOCAB, tgt_vocab=TGT_VOCAB, **MEMBERS[name])
+  model = Seq2Seq(src_vocab=SRC_VOCAB, tgt_vocab=TGT_VOCAB,
+                  settings=ModelSettings(**MEMBERS[name]))
   src_BS, _ = _sources()
   return model, ref.random_params(model, src_BS[:1], src_BS[:1, :2], seed)
 
@@ -205,11 +206,13 @@ def test_greedy_ensemble_follows_the_averaged_argmax():
 
 
 def test_members_must_share_the_vocabularies():
-  a = Seq2Seq(src_vocab=7, tgt_vocab=5, units=4)
+  a = Seq2Seq(src_vocab=7, tgt_vocab=5, settings=ModelSettings(units=4))
   with pytest.raises(ValueError, match="tgt_vocab"):
-    decoding.Ensemble((a, Seq2Seq(src_vocab=7, tgt_vocab=6, units=4)))
+    decoding.Ensemble((a, Seq2Seq(src_vocab=7, tgt_vocab=6,
+                                  settings=ModelSettings(units=4))))
   with pytest.raises(ValueError, match="src_vocab"):
-    decoding.Ensemble((a, Seq2Seq(src_vocab=8, tgt_vocab=5, units=4)))
+    decoding.Ensemble((a, Seq2Seq(src_vocab=8, tgt_vocab=5,
+                                  settings=ModelSettings(units=4))))
   with pytest.raises(ValueError, match="at least one"):
     decoding.Ensemble(())
 

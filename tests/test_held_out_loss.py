@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from seqjax import train as train_lib
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 
 V, S, T, N = 9, 4, 5, 7
 
@@ -37,7 +37,7 @@ def _reference(model, params, a):
 
 
 def test_token_weighted_loss_with_a_padded_last_batch():
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=8)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V, settings=ModelSettings(units=8))
   a = _arrays()
   params = model.init(jax.random.key(0), a["src"][:1], a["dec_in"][:1])
   eval_step = train_lib.make_eval_step(train_lib.make_seq2seq_loss(model))

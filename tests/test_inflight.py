@@ -10,7 +10,7 @@ import pytest
 from seqjax import decoding
 from seqjax import evaluate
 from seqjax.decoding import decoder as decoder_lib
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 from seqjax.training import programs
 from seqjax.training import steps as steps_lib
 from tests import seq2seq_reference as ref
@@ -31,7 +31,8 @@ STOP_BIAS = {"plain_lstm": -0.5, "luong_feeding_bidirectional": 1.5}
 def _setup(arch, n=11, width=6, seed=0):
   """A tiny random model whose outputs end at varied steps, on ``n``
   sentences of varied lengths."""
-  model = Seq2Seq(src_vocab=9, tgt_vocab=7, units=6, **ARCHITECTURES[arch])
+  model = Seq2Seq(src_vocab=9, tgt_vocab=7,
+                  settings=ModelSettings(units=6, **ARCHITECTURES[arch]))
   rng = np.random.default_rng(seed)
   # Padding holds real tokens: only the mask can hide it.
   src_NS = rng.integers(3, 9, size=(n, width)).astype(np.int32)
@@ -180,7 +181,8 @@ def test_held_out_loss_compiles_an_in_flight_decoder_ahead():
     (decoding.Greedy(), {"feedback": "softmax"}, "fed its tokens"),
     (decoding.Greedy(), {"return_attention": True}, "attention weights")])
 def test_in_flight_refuses_what_it_cannot_decode(strategy, options, problem):
-  model = Seq2Seq(src_vocab=9, tgt_vocab=7, units=6, attention="luong")
+  model = Seq2Seq(src_vocab=9, tgt_vocab=7,
+                  settings=ModelSettings(units=6, attention="luong"))
   with pytest.raises(ValueError, match=problem):
     decoding.make_decoder(model, strategy, max_len=MAX_LEN, start_id=START,
                           stop_id=STOP, in_flight=True, **options)

@@ -10,15 +10,16 @@ import pytest
 from seqjax import decoding
 from seqjax import summary
 from seqjax import train as train_lib
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 from tests import reference
 
 V, H, S, T, B = 13, 24, 5, 4, 6
 
 
 def _model_and_params(cell="lstm", embedding_dim=None):
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, cell=cell,
-                  embedding_dim=embedding_dim)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, cell=cell,
+                                         embedding_dim=embedding_dim))
   rng = np.random.default_rng(0)
   src = rng.integers(1, V, size=(B, S)).astype(np.int32)
   dec_in = rng.integers(0, V, size=(B, T)).astype(np.int32)
@@ -148,7 +149,8 @@ def test_decode_in_batches_pads_the_last_batch_and_matches():
 
 def test_keras_parameter_count_of_the_generic_model():
   # Keras: LSTM(128) on 28 inputs = 80,384 twice, Dense(128 -> 28) = 3,612.
-  model = Seq2Seq(src_vocab=28, tgt_vocab=28, units=128)
+  model = Seq2Seq(src_vocab=28, tgt_vocab=28,
+                  settings=ModelSettings(units=128))
   tok = jnp.zeros((1, 1), jnp.int32)
   params = jax.eval_shape(model.init, jax.random.key(0), tok, tok)
   assert summary.count_params(params) == 164_380
@@ -159,7 +161,8 @@ def test_keras_parameter_count_of_the_generic_model():
 
 
 def test_gru_parameter_count_matches_keras_formula():
-  model = Seq2Seq(src_vocab=28, tgt_vocab=28, units=128, cell="gru")
+  model = Seq2Seq(src_vocab=28, tgt_vocab=28,
+                  settings=ModelSettings(units=128, cell="gru"))
   tok = jnp.zeros((1, 1), jnp.int32)
   params = jax.eval_shape(model.init, jax.random.key(0), tok, tok)
   gru = 3 * (128 * 28 + 128 * 128 + 2 * 128)  # Keras GRU, reset_after=True

@@ -24,7 +24,7 @@ from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer, CheckpointMismatchError
 from seqjax.data import reverse
 from seqjax.errors import SeqjaxError
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 
 N, BSZ = 192, 16  # 12 steps an epoch, no partial batch
 
@@ -32,7 +32,7 @@ N, BSZ = 192, 16  # 12 steps an epoch, no partial batch
 def _setup(seed=0):
   data = reverse.generate(np.random.default_rng(0), N, 4, 2, 9)
   data["poison"] = np.zeros(N, np.float32)
-  model = Seq2Seq(src_vocab=9, tgt_vocab=9, units=16)
+  model = Seq2Seq(src_vocab=9, tgt_vocab=9, settings=ModelSettings(units=16))
   params = model.init(jax.random.key(seed), data["src"][:1], data["dec_in"][:1])
   state = train_lib.create_train_state(model, params,
                                        train_lib.make_optimizer("adam", 0.01))
@@ -312,7 +312,7 @@ def test_a_save_killed_halfway_is_not_a_step_and_is_cleaned(tmp_path):
 
 def test_mismatch_is_still_refused_not_taken_for_damage(tmp_path):
   _three_checkpoints(str(tmp_path))
-  model = Seq2Seq(src_vocab=9, tgt_vocab=9, units=32)
+  model = Seq2Seq(src_vocab=9, tgt_vocab=9, settings=ModelSettings(units=32))
   d = reverse.generate(np.random.default_rng(0), 4, 4, 2, 9)
   other = train_lib.create_train_state(
       model, model.init(jax.random.key(0), d["src"][:1], d["dec_in"][:1]),

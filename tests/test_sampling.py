@@ -8,7 +8,7 @@ import pytest
 
 from seqjax import decoding
 from seqjax.errors import ParameterError
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 
 START, STOP, PAD = 1, 2, 0
 LOGITS = np.array([[2.0, 1.2, 0.3, -0.5, 0.9, -1.5],
@@ -88,7 +88,8 @@ def test_top_k_one_is_argmax_exactly_including_ties():
 
 
 def _model(vocab=8, seed=0, attention="luong"):
-  model = Seq2Seq(src_vocab=7, tgt_vocab=vocab, units=6, attention=attention)
+  model = Seq2Seq(src_vocab=7, tgt_vocab=vocab,
+                  settings=ModelSettings(units=6, attention=attention))
   rng = np.random.default_rng(seed)
   src_BS = rng.integers(1, 7, size=(48, 5)).astype(np.int32)
   mask_BS = np.arange(5)[None] < rng.integers(1, 6, size=48)[:, None]

@@ -22,7 +22,7 @@ from seqjax import sharding
 from seqjax import train as train_lib
 from seqjax.data import reverse as reverse_data
 from seqjax.errors import SeqjaxError
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 from tests.simulated_devices import EIGHT_CPU_DEVICES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +34,8 @@ def _env(**extra):
 
 def _setup(n=192, dtype=jnp.float32, units=16, lr=0.01):
   data = reverse_data.generate(np.random.default_rng(0), n, 4, 2, 9)
-  model = Seq2Seq(src_vocab=9, tgt_vocab=9, units=units, dtype=dtype)
+  model = Seq2Seq(src_vocab=9, tgt_vocab=9,
+                  settings=ModelSettings(units=units), dtype=dtype)
   params = model.init(jax.random.key(0), data["src"][:1], data["dec_in"][:1])
   state = train_lib.create_train_state(model, params,
                                        train_lib.make_optimizer("adam", lr))

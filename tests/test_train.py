@@ -6,12 +6,12 @@ import pytest
 
 from seqjax import train as train_lib
 from seqjax.data import reverse
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 
 
 def _setup(n=256, optimizer="adam", lr=None):
   data = reverse.generate(np.random.default_rng(0), n, 4, 2, 9)
-  model = Seq2Seq(src_vocab=9, tgt_vocab=9, units=16)
+  model = Seq2Seq(src_vocab=9, tgt_vocab=9, settings=ModelSettings(units=16))
   params = model.init(jax.random.key(0), data["src"][:1], data["dec_in"][:1])
   state = train_lib.create_train_state(
       model, params, train_lib.make_optimizer(optimizer, lr))

@@ -15,7 +15,7 @@ from seqjax import decoding
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer, CheckpointMismatchError
 from seqjax.errors import SeqjaxError
-from seqjax.models import Seq2Seq
+from seqjax.models import ModelSettings, Seq2Seq
 from tests import translate_util
 
 # ------------------------------------------------- the free-running decoder
@@ -24,8 +24,9 @@ V, H, S, T, B = 11, 16, 5, 6, 4
 
 
 def _model(emb=None, cell="lstm"):
-  model = Seq2Seq(src_vocab=V, tgt_vocab=V, units=H, cell=cell,
-                  embedding_dim=emb)
+  model = Seq2Seq(src_vocab=V, tgt_vocab=V,
+                  settings=ModelSettings(units=H, cell=cell,
+                                         embedding_dim=emb))
   rng = np.random.default_rng(0)
   src = rng.integers(1, V, (B, S)).astype(np.int32)
   target = rng.integers(1, V, (B, T)).astype(np.int32)
@@ -153,7 +154,7 @@ def test_memorises_50_pairs_and_restored_model_translates(toy_file, tmp_path,
   # Another model on this workdir is refused; nothing is overwritten.
   before = {f: open(os.path.join(workdir, f), "rb").read()
             for f in ("vocab.json", "results.json")}
-  with pytest.raises(CheckpointMismatchError, match="latent_dim"):
+  with pytest.raises(CheckpointMismatchError, match="architecture.units"):
     translate.run(translate.TranslateConfig(
         data_path=toy_file, workdir=workdir, **{**TOY, "latent_dim": 32}))
   for f, content in before.items():

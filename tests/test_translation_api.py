@@ -13,6 +13,7 @@ from seqjax.checkpoint import Checkpointer
 from seqjax.data import translation as data_lib
 from seqjax.data import vocab as vocab_lib
 from seqjax.errors import ParameterError
+from seqjax.settings import ModelSettings
 from tests import translate_util
 
 PREPARE = dict(num_samples=0, validation_split=0.25, strict=False,
@@ -72,7 +73,8 @@ def test_load_translator_translates_as_the_binary(tmp_path, capsys):
            "truncated": t.truncated} for t in got] == binary
   assert got[1].dropped == " cat 12. tea" and got[2].unknown == ["ü", "€"]
   assert translator.step == 3  # 30 training pairs, batch 10, one epoch
-  assert translator.spec == translation.ModelSpec(latent_dim=8)
+  assert translator.spec == translation.ModelSpec(
+      settings=ModelSettings(units=8))
   with pytest.raises(ParameterError, match="empty"):
     translator.translate(["ok", "  "])
   # The parameters alone equal those of the whole train state restored.

@@ -28,7 +28,7 @@ def train_model(steps: int, seed: int = 0):
   data = reverse.generate(rng, steps * BATCH_SIZE, N_STEPS_IN, N_STEPS_OUT,
                           CARDINALITY)
   model = models.Seq2Seq(src_vocab=CARDINALITY, tgt_vocab=CARDINALITY,
-                         units=UNITS)
+                         settings=models.ModelSettings(units=UNITS))
   params = models.init_params(model, jax.random.key(seed), data["src"][:1],
                               data["dec_in"][:1])
   state = train.create_train_state(model, params, train.make_optimizer("adam", 3e-3))

@@ -67,8 +67,9 @@ def check_decoder(model, strategy, feedback: str = "tokens",
     raise ValueError(f"beam search needs a model decoded step by step, fed "
                      f"its tokens; {type(model).__name__} with "
                      f"feedback={feedback!r} decodes otherwise")
-  if return_attention and (strategies.is_beam(strategy) or getattr(
-      model, "attention", "none") == "none"):
+  attention = getattr(getattr(model, "settings", None), "attention", "none")
+  if return_attention and (strategies.is_beam(strategy)
+                           or attention == "none"):
     raise ValueError("return_attention needs a model that attends "
                      "(attention='none' has no weights), decoded without "
                      "beam search")
