@@ -102,8 +102,9 @@ def test_a_model_too_large_to_index_is_refused_before_any_allocation(tmp_path):
 
     def setup(self, config, workdir):
       setup = super().setup(config, workdir)
-      return dataclasses.replace(setup, model=setup.model.clone(
-          units=30_000))
+      model = setup.model
+      return dataclasses.replace(setup, model=model.clone(
+          settings=dataclasses.replace(model.settings, units=30_000)))
   with pytest.raises(SeqjaxError, match=r"parameters, more than 2,147,483,647"
                      r": lower --n_units"):
     runner.run(Huge(), _tiny_sort(tmp_path, n_samples=64))
