@@ -92,6 +92,7 @@ def _translate(tmp, name, cache_dir, **flags):
                 for f in _entries(cache_dir) - before)
 
 
+@pytest.mark.full
 def test_numbers_that_keep_shapes_do_not_change_the_programs(tmp_path):
   cache = str(tmp_path / "cache")
   cold = _translate(tmp_path, "a", cache, **NUMBERS[0])

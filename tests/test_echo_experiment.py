@@ -39,6 +39,7 @@ def test_current_learns(tmp_path, capsys):
   assert len(saved["expected"]) == 25
 
 
+@pytest.mark.full
 def test_lag_window_learns_resumes_and_evaluates(tmp_path, capsys):
   cfg = echo.EchoConfig(workdir=str(tmp_path), **LAG_WINDOW)
   results = echo.run(cfg)
@@ -117,6 +118,7 @@ def test_extensions_learn_something(flags, rows, steps, reached, tmp_path):
   assert results["accuracy"] > reached, results
 
 
+@pytest.mark.full
 def test_lag_table_writes_json_and_markdown(tmp_path, capsys):
   cfg = echo.EchoConfig(workdir=str(tmp_path), mode="lag_table", window=3,
                         seq_length=13, n_sequences=30, n_units=16, **FAST)

@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from seqjax import train as train_lib
 from seqjax.data import reverse
@@ -115,6 +116,7 @@ def _ema_rows(workdir):
   return {r["step"]: r for r in rows if "ema_val_loss" in r}
 
 
+@pytest.mark.full
 def test_a_resumed_ema_run_equals_an_uninterrupted_one(tmp_path):
   from seqjax import translation
   whole = _translate(tmp_path, "whole", 2)

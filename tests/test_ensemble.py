@@ -274,6 +274,7 @@ def test_translate_ensemble_equals_the_library_ensemble(trained):
       vocabs.target.decode(row) for row in tokens_BT]
 
 
+@pytest.mark.full
 def test_eval_only_ensemble_of_a_model_with_itself_scores_as_the_model(
     trained, capsys):
   from experiments import translate
@@ -350,6 +351,7 @@ def test_ensemble_needs_a_trained_model_to_decode(trained, tmp_path):
              for e in errors)
 
 
+@pytest.mark.full
 def test_eval_only_ensemble_loss_is_of_the_members_mean_probability(
     trained):
   from experiments import translate

@@ -36,6 +36,7 @@ def group_and_lone(tmp_path_factory):
   return path, tmp / "group", group, lone
 
 
+@pytest.mark.full
 def test_members_equal_lone_runs_of_seeds_s_and_s_plus_1(group_and_lone):
   path, workdir, results, lone = group_and_lone
   assert results["ensemble_members"] == ["member=0", "member=1"]
@@ -54,6 +55,7 @@ def test_members_equal_lone_runs_of_seeds_s_and_s_plus_1(group_and_lone):
       results["val_chrf"])
 
 
+@pytest.mark.full
 def test_group_ensemble_decodes_as_ensemble_of_the_lone_workdirs(
     group_and_lone):
   _, workdir, results, lone = group_and_lone
@@ -81,6 +83,7 @@ def test_group_ensemble_decodes_as_ensemble_of_the_lone_workdirs(
   assert again["train_seconds"] == results["train_seconds"]
 
 
+@pytest.mark.full
 def test_one_member_is_todays_single_run(tmp_path):
   path = translate_util.write_pairs(tmp_path / "pairs.txt",
                                     translate_util.toy_pairs(40))
