@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import attention as attention_lib
+from seqjax import fed_decoder
 from seqjax.per_beam import Shared
 from seqjax.recurrent import StepArrays, project_inputs
 
@@ -164,6 +165,8 @@ class Decoder:
     G*H) -> outputs (T, B, H). ``masks``: per layer index, a scaled
     dropout mask (T, B, H) or None."""
     fast = self.with_joint_kernel()
+    if fed_decoder.serves(fast):  # a hand-written backward pass
+      return fed_decoder.run(fast, xw_TBG, state, masks[-1])
 
     def body(loop, inputs):
       rnn, feed_BH = loop
