@@ -163,7 +163,8 @@ class Decoder:
   def scan(self, xw_TBG: Array, state: DecoderState, masks: list) -> Array:
     """Teacher forcing a step at a time over projected token inputs (T, B,
     G*H) -> outputs (T, B, H). ``masks``: per layer index, a scaled
-    dropout mask (T, B, H) or None."""
+    dropout mask (T, B, H) or None. The decoders ``fed_decoder`` serves
+    take its hand-written backward pass; the others autodiff of the step."""
     fast = self.with_joint_kernel()
     if fed_decoder.serves(fast):  # a hand-written backward pass
       return fed_decoder.run(fast, xw_TBG, state, masks[-1])

@@ -7,7 +7,8 @@ encoder outputs every step: a read-modify-write of all of them per step.
 Here the reverse loop carries only the gradients of the carry (h, c and the
 fed attentional state) and emits each step's pre-activation gradients; the
 weight and memory gradients are then a few einsums over all steps at once
-(the pattern of ``seqjax.recurrent``'s sequences).
+(the pattern of ``seqjax.recurrent``'s sequences). On the 2-core CPU host
+that saved about 4% of a training step's time (benchmarks/RESULTS.md).
 
 It serves one LSTM layer whose step multiplies the fed state and h by one
 stacked kernel (``Decoder.with_joint_kernel``) with a score that is a dot
