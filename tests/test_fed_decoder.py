@@ -177,3 +177,19 @@ def test_serves_only_what_it_computes():
       fast.__class__(**{**fast.__dict__, "layers": (
           fast.layers[0]._replace(update=gru_update),)})]
   assert not any(fed_decoder.serves(d) for d in others)
+
+
+def test_gradients_under_vmap_match_each_members_step_loop():
+  # Vectorized groups vmap the training step over members' parameters.
+  p, x_BTF, src_mask_BS, w_TBH = _arrays("general", seed=7)
+  drop_TBH = _drop(0.3)
+  members = jax.tree.map(lambda a: np.stack([a, a * 0.9]), p)
+  got = jax.jit(jax.vmap(jax.grad(_scan_loss), in_axes=(0,) + (None,) * 5),
+                static_argnums=(5,))(members, x_BTF, src_mask_BS, w_TBH,
+                                     drop_TBH, "general")
+  loop_grad = jax.jit(jax.grad(_loop_loss), static_argnums=(5,))
+  for k in range(2):
+    want = loop_grad(jax.tree.map(lambda a: a[k], members), x_BTF,
+                     src_mask_BS, w_TBH, drop_TBH, "general")
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(g[k], w, rtol=2e-5, atol=2e-5)
