@@ -188,6 +188,7 @@ def test_scores_are_sums_of_step_log_probs_with_the_penalty():
   beams = _search(model, params, src_BS, mask_BS, beam_size=4,
                   max_len=max_len, length_penalty=alpha, n_best=4)
   for b in range(len(src_BS)):
+    hyps = []
     for n in range(4):
       toks = beams.tokens_BNT[b, n].tolist()
       length = int(beams.lengths_BN[b, n])
@@ -197,11 +198,17 @@ def test_scores_are_sums_of_step_log_probs_with_the_penalty():
       else:
         assert length == max_len
       assert set(toks[length:]) <= {PAD}
-      logp = _teacher_forced_logp(model, params, src_BS[b:b + 1],
-                                  mask_BS[b:b + 1], [toks[:length]])[0, 0]
-      np.testing.assert_allclose(beams.log_probs_BN[b, n], logp, rtol=1e-5)
+      hyps.append(toks[:length])
+    # The sentence's 4 hypotheses teacher-forced in one batch (each sum
+    # reads only its own positions).
+    logp_N = _teacher_forced_logp(model, params, src_BS[b:b + 1],
+                                  mask_BS[b:b + 1], hyps)[0]
+    for n, hyp in enumerate(hyps):
+      np.testing.assert_allclose(beams.log_probs_BN[b, n], logp_N[n],
+                                 rtol=1e-5)
       np.testing.assert_allclose(beams.scores_BN[b, n],
-                                 logp / _penalty(length, alpha), rtol=1e-5)
+                                 logp_N[n] / _penalty(len(hyp), alpha),
+                                 rtol=1e-5)
     assert np.all(np.diff(beams.scores_BN[b]) <= 0)  # best first
 
 
