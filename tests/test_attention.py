@@ -23,6 +23,7 @@ from seqjax import train as train_lib
 from seqjax.data import reverse
 from seqjax.models import ModelSettings, Seq2Seq
 from tests import seq2seq_reference as ref
+from tests import tiers
 
 B, S, H, M, T = 3, 6, 5, 7, 4
 LENGTHS = np.array([6, 2, 4])  # a full row, a short one, one in between
@@ -254,7 +255,9 @@ JOINT = [("luong", "general", True, "lstm", (1, 1), True),
          ("bahdanau", "general", True, "lstm", (1, 2), False)]
 
 
-@pytest.mark.parametrize("config", JOINT, ids=[_id(c) for c in JOINT])
+# The fast tier: Bahdanau's extra input (with a bridge); input feeding in
+# the full tier.
+@pytest.mark.parametrize("config", tiers.tiered(JOINT, {1}, _id))
 def test_joint_kernel_gradients_equal_the_step_by_step_decoders(config):
   """Teacher forcing's gradient (its step multiplies [extra, h] by the
   stacked kernel) against that of step-by-step decoding (two matmuls a

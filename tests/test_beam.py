@@ -14,6 +14,7 @@ from seqjax import decoding
 from seqjax.errors import ParameterError
 from seqjax.models import ModelSettings, RepeatVectorSeq2Seq, Seq2Seq
 from tests import seq2seq_reference as ref
+from tests import tiers
 
 START, STOP, PAD = 1, 2, 0
 LENGTHS = np.array([5, 2, 4])
@@ -158,7 +159,11 @@ def _stop_bias(params, bias):
   return params
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+# The fast tier: the plain model, attention with input feeding and a
+# bidirectional encoder, and two layers; the full tier adds the GRU with
+# embeddings and the dot score without feeding.
+@pytest.mark.parametrize("arch", tiers.tiered(
+    list(ARCHITECTURES), {0, 2, 3}, str))
 def test_beam_one_is_greedy(arch):
   model, params, src_BS, mask_BS = _setup(arch, vocab=11, seed=1, src_len=6)
   rng = np.random.default_rng(5)
@@ -188,6 +193,7 @@ def test_scores_are_sums_of_step_log_probs_with_the_penalty():
   beams = _search(model, params, src_BS, mask_BS, beam_size=4,
                   max_len=max_len, length_penalty=alpha, n_best=4)
   for b in range(len(src_BS)):
+    hyps = []
     for n in range(4):
       toks = beams.tokens_BNT[b, n].tolist()
       length = int(beams.lengths_BN[b, n])
@@ -197,16 +203,28 @@ def test_scores_are_sums_of_step_log_probs_with_the_penalty():
       else:
         assert length == max_len
       assert set(toks[length:]) <= {PAD}
-      logp = _teacher_forced_logp(model, params, src_BS[b:b + 1],
-                                  mask_BS[b:b + 1], [toks[:length]])[0, 0]
-      np.testing.assert_allclose(beams.log_probs_BN[b, n], logp, rtol=1e-5)
+      hyps.append(toks[:length])
+    # The sentence's 4 hypotheses teacher-forced in one batch (each sum
+    # reads only its own positions).
+    logp_N = _teacher_forced_logp(model, params, src_BS[b:b + 1],
+                                  mask_BS[b:b + 1], hyps)[0]
+    for n, hyp in enumerate(hyps):
+      np.testing.assert_allclose(beams.log_probs_BN[b, n], logp_N[n],
+                                 rtol=1e-5)
       np.testing.assert_allclose(beams.scores_BN[b, n],
-                                 logp / _penalty(length, alpha), rtol=1e-5)
+                                 logp_N[n] / _penalty(len(hyp), alpha),
+                                 rtol=1e-5)
     assert np.all(np.diff(beams.scores_BN[b]) <= 0)  # best first
 
 
-@pytest.mark.parametrize("n_best", [1, 3])
-@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+EARLY_STOP_CASES = [(alpha, n_best) for alpha in (0.0, 0.6, 2.0)
+                    for n_best in (1, 3)]
+
+
+# Each penalty in the fast tier with one of the n_best, in turn.
+@pytest.mark.parametrize("alpha,n_best", tiers.tiered(
+    EARLY_STOP_CASES, tiers.rotating(EARLY_STOP_CASES, lambda c: c[0]),
+    lambda c: f"{c[0]}-{c[1]}", unpack=True))
 def test_early_stop_gives_the_full_length_result_in_fewer_steps(alpha,
                                                                  n_best):
   model, params, _, _ = _setup("plain_lstm", vocab=6, seed=4)

@@ -12,6 +12,7 @@ from seqjax.models import ModelSettings, Seq2Seq, reverse_by_length
 from seqjax.recurrent import make_recurrent
 from tests import reference
 from tests import seq2seq_reference as ref
+from tests import tiers
 
 V, H, S, T = 9, 6, 7, 4
 LENGTHS = np.array([7, 3, 1, 5])
@@ -86,7 +87,7 @@ def test_backward_direction_runs_over_each_sentence_reversed_by_hand(
   assert np.abs(np.asarray(finals[1][0])[1] - whole[0][1]).max() > 1e-3
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", tiers.tiered(["lstm", "gru"], {1}, str))
 def test_padding_after_the_tokens_changes_no_encoder_output(cell):
   model = Seq2Seq(src_vocab=V, tgt_vocab=V,
                   settings=ModelSettings(units=H, cell=cell, encoder_layers=2,
@@ -120,9 +121,14 @@ def _layer(cell, p, x, carry=None, mask=None):
   return layer.apply({"params": p}, x, carry, mask)
 
 
-@pytest.mark.parametrize("cell,enc,dec,bidirectional", [
-    ("lstm", 3, 3, False), ("gru", 2, 2, False), ("lstm", 2, 3, False),
-    ("gru", 2, 2, True), ("lstm", 1, 2, True)])
+STACKS = [("lstm", 3, 3, False), ("gru", 2, 2, False), ("lstm", 2, 3, False),
+          ("gru", 2, 2, True), ("lstm", 1, 2, True)]
+
+
+# The fast tier: three layers each side, a bridge (2 to 3) and a
+# bidirectional GRU; the full tier adds the other two.
+@pytest.mark.parametrize("cell,enc,dec,bidirectional", tiers.tiered(
+    STACKS, {0, 2, 3}, lambda c: "-".join(map(str, c)), unpack=True))
 def test_stacked_layers_equal_the_layers_called_one_by_one(
     cell, enc, dec, bidirectional):
   model = Seq2Seq(src_vocab=V, tgt_vocab=V,

@@ -14,6 +14,7 @@ from seqjax.models import ModelSettings, Seq2Seq
 from seqjax.training import programs
 from seqjax.training import steps as steps_lib
 from tests import seq2seq_reference as ref
+from tests import tiers
 
 START, STOP, PAD = 1, 2, 0
 MAX_LEN = 7
@@ -83,8 +84,13 @@ def _queue(model, params, src_NS, mask_NS, slots, count=None,
                            count=count))
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
-@pytest.mark.parametrize("slots", [1, 3, 4])
+QUEUE_CASES = [(slots, arch) for slots in (1, 3, 4) for arch in ARCHITECTURES]
+
+
+# Each slot count in the fast tier with one of the models, in turn.
+@pytest.mark.parametrize("slots,arch", tiers.tiered(
+    QUEUE_CASES, tiers.rotating(QUEUE_CASES, lambda c: c[0]),
+    lambda c: f"{c[0]}-{c[1]}", unpack=True))
 def test_queue_equals_each_sentence_decoded_alone(arch, slots):
   model, params, src_NS, mask_NS = _setup(arch)
   tokens_NT, logp_N = _alone(model, params, src_NS, mask_NS)

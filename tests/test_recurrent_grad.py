@@ -13,6 +13,7 @@ import pytest
 
 from seqjax.recurrent import GRU, LSTM, lengths_to_mask
 from tests import reference
+from tests import tiers
 
 B, T, F, H = 3, 5, 7, 8
 
@@ -63,10 +64,15 @@ MASKS = {"none": None,
                            bool)}
 
 
-@pytest.mark.parametrize("mask_name,start", [
-    ("none", "given"), ("lengths", "zeros"), ("holes", "given"),
-    ("holes", "zeros")])
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+GRAD_CASES = [(cls, mask_name, start) for cls in (LSTM, GRU)
+              for mask_name, start in [("none", "given"), ("lengths", "zeros"),
+                                       ("holes", "given"), ("holes", "zeros")]]
+
+
+# Each mask and start in the fast tier with one of the cells, in turn.
+@pytest.mark.parametrize("cls,mask_name,start", tiers.tiered(
+    GRAD_CASES, tiers.rotating(GRAD_CASES, lambda c: c[1:]),
+    lambda c: f"{c[0].__name__}-{c[1]}-{c[2]}", unpack=True))
 def test_gradients_match_autodiff_of_the_step_loop(cls, mask_name, start):
   # "zeros": no initial carry (undifferentiated, its first step skips
   # h @ U: the loss values are compared too); "holes" masks some first steps.

@@ -28,6 +28,7 @@ from seqjax import runner
 from seqjax import selection as selection_lib
 from seqjax import train as train_lib
 from seqjax.errors import SeqjaxError
+from tests import tiers
 
 SPE = 4  # steps per epoch of the tiny sort: 64 samples, batch 16
 
@@ -69,11 +70,16 @@ def _config(tmp_path, **kw):
   return sort_exp.SortConfig(**values)
 
 
-@pytest.mark.parametrize("scores,maximize,best_epoch", [
-    ([0.1, 0.5, 0.3, 0.4], True, 2),
-    ([3.0, 1.0, 2.0, 1.0], False, 2),   # a tie is no gain: the first stays
-    ([0.1, 0.2, 0.3, 0.9], True, 4),
-])
+KEEP_BEST = [([0.1, 0.5, 0.3, 0.4], True, 2),
+             ([3.0, 1.0, 2.0, 1.0], False, 2),  # a tie: the first stays
+             ([0.1, 0.2, 0.3, 0.9], True, 4)]
+
+
+# The fast tier: a minimized metric with a tie, and the last epoch best
+# (the resume tests below keep a middle epoch); all three in the full tier.
+@pytest.mark.parametrize("scores,maximize,best_epoch", tiers.tiered(
+    KEEP_BEST, {1, 2}, lambda c: f"scores{KEEP_BEST.index(c)}-{c[1]}-{c[2]}",
+    unpack=True))
 def test_keep_best_keeps_and_evaluates_the_best_epoch(tmp_path, scores,
                                                       maximize, best_epoch):
   task = Scripted(scores, maximize)
@@ -129,7 +135,8 @@ def test_a_best_lost_between_two_saves_is_saved_on_resume(tmp_path):
   assert json.load(open(tmp_path / "run" / "best.json"))["step"] == 2 * SPE
 
 
-@pytest.mark.parametrize("patience", [1, 2, 3])
+# Patience 1 and 3 in the fast tier, 2 as well in the full tier.
+@pytest.mark.parametrize("patience", tiers.tiered([1, 2, 3], {0, 2}, str))
 def test_early_stopping_after_exactly_patience_epochs(tmp_path, patience):
   scores = [0.2, 0.9, 0.8, 0.7, 0.6, 0.5, 0.95, 0.99]  # best: epoch 2
   task = Scripted(scores)
