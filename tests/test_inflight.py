@@ -74,6 +74,23 @@ def _simulated_steps(lengths_N, slots: int) -> int:
   return max(ends, default=0)
 
 
+def _capped_steps(lengths_N, slots: int, refill: int) -> int:
+  """Steps until the last sentence ends when, after every step, at most
+  ``refill`` free slots (in slot order) take the queue's next sentences."""
+  left = [0] * slots  # steps each slot's sentence has left; 0: free
+  queue, steps = list(lengths_N), 0
+  for i in range(min(slots, len(queue))):
+    left[i] = queue.pop(0)
+  while any(left) or queue:
+    steps += 1
+    left = [max(x - 1, 0) for x in left]
+    taken = 0
+    for i in range(slots):
+      if not left[i] and queue and taken < refill:
+        left[i], taken = queue.pop(0), taken + 1
+  return steps
+
+
 def _queue(model, params, src_NS, mask_NS, slots, count=None,
            stop_id=STOP):
   fn = decoding.make_decoder(model, max_len=MAX_LEN, start_id=START,
@@ -105,6 +122,34 @@ def test_queue_equals_each_sentence_decoded_alone(arch, slots):
   # tokens by less than a slot's longest sentence per slot.
   assert lengths_N.sum() <= steps * slots < lengths_N.sum() + (
       slots * MAX_LEN)
+
+
+@pytest.mark.parametrize("slots, refill", [(2, 1), (6, 1)])
+def test_capped_refill_equals_each_sentence_decoded_alone(slots, refill):
+  model, params, src_NS, mask_NS = _setup("luong_feeding_bidirectional",
+                                          n=13)
+  tokens_NT, logp_N = _alone(model, params, src_NS, mask_NS)
+  lengths_N = _lengths(tokens_NT)
+  out = jax.device_get(jax.jit(
+      lambda p, x, m: decoding.decode_queue(
+          model, p, x, m, slots=slots, refill=refill, max_len=MAX_LEN,
+          start_id=START, stop_id=STOP, pad_id=PAD, score=True))(
+              params, src_NS, mask_NS))
+  np.testing.assert_array_equal(out.tokens_NT, tokens_NT)
+  np.testing.assert_allclose(out.log_probs_N, logp_N, rtol=1e-6, atol=1e-6)
+  steps = _capped_steps(lengths_N.tolist(), slots, refill)
+  # The cap must have made some slot wait.
+  assert steps > _simulated_steps(lengths_N, slots)
+  assert int(out.steps) == steps
+
+
+def test_the_capped_simulation_without_a_cap_is_the_queue_simulation():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    lengths = rng.integers(1, 9, size=rng.integers(1, 15)).tolist()
+    slots = int(rng.integers(1, 6))
+    assert _capped_steps(lengths, slots, slots) == _simulated_steps(
+        lengths, slots)
 
 
 def test_queue_decodes_only_the_first_count_sentences():

@@ -126,18 +126,19 @@ def decode_queue(model, params, src_NS: Array,
                  src_mask_NS: Optional[Array] = None,
                  count: Optional[Array] = None, *, slots: int, max_len: int,
                  start_id: int, stop_id: Optional[int] = None,
-                 pad_id: int = 0, score: bool = False
-                 ) -> inflight_lib.InFlight:
+                 pad_id: int = 0, score: bool = False,
+                 refill: Optional[int] = None) -> inflight_lib.InFlight:
   """The first ``count`` (default all) of N sentences decoded greedily by
-  ``slots`` rows, a finished sentence's slot refilled with the next
-  (``seqjax.decoding.inflight``): each sentence's tokens (and, with
-  ``score``, log-probability) are those of decoding it alone."""
+  ``slots`` rows, a finished sentence's slot refilled with the next, at
+  most ``refill`` a step (``seqjax.decoding.inflight``): each sentence's
+  tokens (and, with ``score``, log-probability) are those of decoding it
+  alone."""
   step, state_N, _ = _stepwise(model, params, src_NS, src_mask_NS, start_id,
                                "tokens")
   return inflight_lib.slot_loop(
       step, state_N, strategies.Greedy().select, slots=slots,
       max_len=max_len, start_id=start_id, stop_id=stop_id, pad_id=pad_id,
-      count=count, score=score)
+      count=count, score=score, refill=refill)
 
 
 class QueueDecoder:

@@ -5,8 +5,10 @@ A fixed batch steps every row until its longest sentence ends. Here a slot
 whose sentence ends (stop token or ``max_len``) takes the next sentence of
 the queue at the next step, so the loop steps about the sum of the
 sentences' lengths over B. All N sentences are encoded up front; a slot
-taking sentence i gathers row i of the encoder's state (carries and, with
-attention, the sentence's memory). Every sentence's tokens and score are
+taking sentence i gets row i of the encoder's state (carries and, with
+attention, the sentence's memory), written into its row alone: at most R
+slots (``refill_rows``) are refilled a step, so a step gathers R rows, not
+B, and a slot freed beyond them idles a step. Every sentence's tokens and score are
 those of decoding it alone: a row's step reads only that row.
 """
 
@@ -50,29 +52,44 @@ def _rows(tree, index_B: Array):
   return jax.tree.map(lambda x: x[index_B], tree)
 
 
-def _pick(take_B: Array, new, old):
-  """``new`` where ``take_B``, else ``old``, leaf by leaf (batch axis 0)."""
-  def pick(n, o):
-    return jnp.where(take_B.reshape((-1,) + (1,) * (o.ndim - 1)), n, o)
-  return jax.tree.map(pick, new, old)
+def refill_rows(slots: int) -> int:
+  """The most slots refilled in one step by default: a quarter of them (at
+  least 8, at most all). Sentences of about 12 steps free B/12 slots a
+  step, so a slot rarely waits; refilling all B rows each step would cost
+  a gather of every slot's attention memory."""
+  return min(slots, max(8, slots // 4))
 
 
 def _refill(loop: _Slots, done_B: Array, token_B: Array, state, state_N,
-            count: Array, start_id: int) -> tuple:
-  """-> (sent_B, pos_B, state, feed_B, next_): finished slots take the
-  queue's next sentences in slot order (idle, N, once it is empty)."""
+            count: Array, start_id: int, refill: int) -> tuple:
+  """-> (sent_B, pos_B, state, feed_B, next_): free slots (finished now, or
+  idle) take the queue's next sentences in slot order, at most ``refill``
+  of them; the others idle (N) until a later step. Only the refilled rows
+  of the state are gathered and written."""
   n = _count_rows(state_N)
-  new_B = loop.next_ + jnp.cumsum(done_B.astype(jnp.int32)) - 1
-  new_B = jnp.where(new_B < count, new_B, n)
-  sent_B = jnp.where(done_B, new_B, loop.sent_B)
-  state = _pick(done_B, _rows(state_N, jnp.minimum(new_B, n - 1)), state)
-  feed_B = jnp.where(done_B, start_id, token_B)
-  pos_B = jnp.where(done_B, 0, loop.pos_B + 1)
-  return sent_B, pos_B, state, feed_B, loop.next_ + done_B.sum()
+  free_B = done_B | (loop.sent_B >= count)
+  rank_B = jnp.cumsum(free_B.astype(jnp.int32)) - 1
+  take_B = free_B & (rank_B < refill) & (loop.next_ + rank_B < count)
+  taken = take_B.sum()
+  # The taken slots in slot order; B (dropped) past the last.
+  slots = done_B.shape[0]
+  slot_R = jnp.full((refill,), slots, jnp.int32).at[
+      jnp.where(take_B, rank_B, refill)].set(
+          jnp.arange(slots, dtype=jnp.int32), mode="drop")
+  new_R = jnp.minimum(loop.next_ + jnp.arange(refill, dtype=jnp.int32),
+                      n - 1)
+  state = jax.tree.map(lambda x, x_N: x.at[slot_R].set(x_N[new_R],
+                                                        mode="drop"),
+                       state, state_N)
+  sent_B = jnp.where(take_B, loop.next_ + rank_B,
+                     jnp.where(free_B, n, loop.sent_B))
+  feed_B = jnp.where(take_B, start_id, token_B)
+  pos_B = jnp.where(take_B, 0, loop.pos_B + 1)
+  return sent_B, pos_B, state, feed_B, loop.next_ + taken
 
 
 def _body(step, select, state_N, count, loop: _Slots, *, max_len: int,
-          start_id: int, stop_id: Optional[int]) -> _Slots:
+          start_id: int, stop_id: Optional[int], refill: int) -> _Slots:
   logits_BV, state = step(loop.feed_B, loop.state)
   token_B = select(logits_BV, None)
   live_B = loop.sent_B < count
@@ -88,19 +105,23 @@ def _body(step, select, state_N, count, loop: _Slots, *, max_len: int,
   if stop_id is not None:
     ends_B = ends_B | (token_B == stop_id)
   sent_B, pos_B, state, feed_B, next_ = _refill(
-      loop, live_B & ends_B, token_B, state, state_N, count, start_id)
+      loop, live_B & ends_B, token_B, state, state_N, count, start_id,
+      refill)
   return _Slots(loop.t + 1, next_, sent_B, pos_B, state, feed_B, tokens_NT,
                 logp_N)
 
 
 def slot_loop(step, state_N, select, *, slots: int, max_len: int,
               start_id: int, stop_id: Optional[int], pad_id: int,
-              count: Optional[Array] = None, score: bool = False
-              ) -> InFlight:
+              count: Optional[Array] = None, score: bool = False,
+              refill: Optional[int] = None) -> InFlight:
   """Decodes the first ``count`` (default all) of the N sentences whose
   encoder state is ``state_N`` with ``slots`` rows: ``step(tokens_B,
-  state) -> (logits_BV, state)``, ``select(logits_BV, None) -> tokens_B``."""
+  state) -> (logits_BV, state)``, ``select(logits_BV, None) -> tokens_B``;
+  at most ``refill`` slots (default ``refill_rows(slots)``) take a new
+  sentence a step."""
   n = _count_rows(state_N)
+  refill = min(refill or refill_rows(slots), slots)
   count = jnp.asarray(n if count is None else count, jnp.int32)
   first_B = jnp.arange(slots, dtype=jnp.int32)
   sent_B = jnp.where(first_B < count, first_B, n)
@@ -113,9 +134,10 @@ def slot_loop(step, state_N, select, *, slots: int, max_len: int,
       logp_N=jnp.zeros((n,), jnp.float32) if score else None)
   body = lambda loop: _body(step, select, state_N, count, loop,
                             max_len=max_len, start_id=start_id,
-                            stop_id=stop_id)
-  loop = jax.lax.while_loop(lambda loop: jnp.any(loop.sent_B < count), body,
-                            loop)
+                            stop_id=stop_id, refill=refill)
+  # Slots may all idle while sentences wait (more freed than refilled).
+  running = lambda loop: jnp.any(loop.sent_B < count) | (loop.next_ < count)
+  loop = jax.lax.while_loop(running, body, loop)
   return InFlight(loop.tokens_NT, loop.t, loop.t * slots, loop.logp_N)
 
 
