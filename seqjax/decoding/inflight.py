@@ -60,32 +60,43 @@ def refill_rows(slots: int) -> int:
   return min(slots, max(8, slots // 4))
 
 
-def _refill(loop: _Slots, done_B: Array, token_B: Array, state, state_N,
-            count: Array, start_id: int, refill: int) -> tuple:
-  """-> (sent_B, pos_B, state, feed_B, next_): free slots (finished now, or
-  idle) take the queue's next sentences in slot order, at most ``refill``
-  of them; the others idle (N) until a later step. Only the refilled rows
-  of the state are gathered and written."""
-  n = _count_rows(state_N)
-  free_B = done_B | (loop.sent_B >= count)
+class Refill(NamedTuple):
+  """Which free slots take which queued sentences this step."""
+
+  take_B: Array     # the slots refilled
+  sent_B: Array     # each slot's sentence after the refill; N: idle
+  slot_R: Array     # the refilled slots in slot order; B (dropped) after
+  new_R: Array      # their sentences (clipped to a real row)
+  next_: Array      # the queue's next sentence after the refill
+
+
+def take_slots(free_B: Array, sent_B: Array, next_: Array, count: Array,
+               n: int, refill: int) -> Refill:
+  """Free slots (finished now, or idle) take the queue's next sentences in
+  slot order, at most ``refill`` of them; the others idle (N)."""
+  slots = free_B.shape[0]
   rank_B = jnp.cumsum(free_B.astype(jnp.int32)) - 1
-  take_B = free_B & (rank_B < refill) & (loop.next_ + rank_B < count)
-  taken = take_B.sum()
-  # The taken slots in slot order; B (dropped) past the last.
-  slots = done_B.shape[0]
+  take_B = free_B & (rank_B < refill) & (next_ + rank_B < count)
   slot_R = jnp.full((refill,), slots, jnp.int32).at[
       jnp.where(take_B, rank_B, refill)].set(
           jnp.arange(slots, dtype=jnp.int32), mode="drop")
-  new_R = jnp.minimum(loop.next_ + jnp.arange(refill, dtype=jnp.int32),
-                      n - 1)
-  state = jax.tree.map(lambda x, x_N: x.at[slot_R].set(x_N[new_R],
-                                                        mode="drop"),
+  new_R = jnp.minimum(next_ + jnp.arange(refill, dtype=jnp.int32), n - 1)
+  sent_B = jnp.where(take_B, next_ + rank_B, jnp.where(free_B, n, sent_B))
+  return Refill(take_B, sent_B, slot_R, new_R, next_ + take_B.sum())
+
+
+def _refill(loop: _Slots, done_B: Array, token_B: Array, state, state_N,
+            count: Array, start_id: int, refill: int) -> tuple:
+  """-> (sent_B, pos_B, state, feed_B, next_): only the refilled rows of
+  the state are gathered and written."""
+  r = take_slots(done_B | (loop.sent_B >= count), loop.sent_B, loop.next_,
+                 count, _count_rows(state_N), refill)
+  state = jax.tree.map(lambda x, x_N: x.at[r.slot_R].set(x_N[r.new_R],
+                                                          mode="drop"),
                        state, state_N)
-  sent_B = jnp.where(take_B, loop.next_ + rank_B,
-                     jnp.where(free_B, n, loop.sent_B))
-  feed_B = jnp.where(take_B, start_id, token_B)
-  pos_B = jnp.where(take_B, 0, loop.pos_B + 1)
-  return sent_B, pos_B, state, feed_B, loop.next_ + taken
+  feed_B = jnp.where(r.take_B, start_id, token_B)
+  pos_B = jnp.where(r.take_B, 0, loop.pos_B + 1)
+  return r.sent_B, pos_B, state, feed_B, r.next_
 
 
 def _body(step, select, state_N, count, loop: _Slots, *, max_len: int,
