@@ -222,7 +222,7 @@ def test_held_out_loss_compiles_an_in_flight_decoder_ahead():
 
 @pytest.mark.parametrize("strategy, options, problem", [
     (decoding.Sampling(), {}, "greedily"),
-    (decoding.BeamSearch(2), {}, "greedily"),
+    (decoding.BeamSearch(2), {"feedback": "softmax"}, "fed its tokens"),
     (decoding.Greedy(), {"feedback": "softmax"}, "fed its tokens"),
     (decoding.Greedy(), {"return_attention": True}, "attention weights")])
 def test_in_flight_refuses_what_it_cannot_decode(strategy, options, problem):
@@ -231,3 +231,15 @@ def test_in_flight_refuses_what_it_cannot_decode(strategy, options, problem):
   with pytest.raises(ValueError, match=problem):
     decoding.make_decoder(model, strategy, max_len=MAX_LEN, start_id=START,
                           stop_id=STOP, in_flight=True, **options)
+
+
+def test_a_beam_queue_decoder_gives_the_fixed_batch_beams():
+  model, params, src_NS, mask_NS = _setup("luong_feeding_bidirectional")
+  kw = dict(max_len=MAX_LEN, start_id=START, stop_id=STOP, pad_id=PAD)
+  strategy = decoding.BeamSearch(3, 0.6)
+  fixed = decoding.make_decoder(model, strategy, **kw)
+  queue = decoding.make_decoder(model, strategy, in_flight=True, **kw)
+  assert isinstance(queue, decoding.QueueDecoder)
+  expected = decoding.decode_in_batches(fixed, params, src_NS, 4, mask_NS)
+  got = decoding.decode_in_batches(queue, params, src_NS, 4, mask_NS)
+  np.testing.assert_array_equal(got, expected)

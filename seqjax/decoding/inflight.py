@@ -154,9 +154,9 @@ def slot_loop(step, state_N, select, *, slots: int, max_len: int,
 
 def check_in_flight(model, strategy, feedback: str = "tokens") -> None:
   """Raises ValueError for a decoding in-flight batching cannot do."""
-  if not isinstance(strategy, strategies.Greedy):
-    raise ValueError(f"in-flight batching decodes greedily, not by "
-                     f"{strategy}: a sampled or beamed sentence would "
+  if not isinstance(strategy, (strategies.Greedy, strategies.BeamSearch)):
+    raise ValueError(f"in-flight batching decodes greedily or by beam "
+                     f"search, not by {strategy}: a sampled sentence would "
                      "depend on its slot")
   if feedback != "tokens" or not getattr(model, "takes_decoder_input", True):
     raise ValueError(f"in-flight batching steps a model fed its tokens; "
