@@ -10,6 +10,7 @@ import pytest
 from seqjax import decoding
 from seqjax import evaluate
 from seqjax.decoding import decoder as decoder_lib
+from seqjax.decoding import inflight
 from seqjax.models import ModelSettings, Seq2Seq
 from seqjax.training import programs
 from seqjax.training import steps as steps_lib
@@ -77,18 +78,27 @@ def _simulated_steps(lengths_N, slots: int) -> int:
 def _capped_steps(lengths_N, slots: int, refill: int) -> int:
   """Steps until the last sentence ends when, after every step, at most
   ``refill`` free slots (in slot order) take the queue's next sentences."""
+  return _stepped(lengths_N, slots, refill)[0]
+
+
+def _stepped(lengths_N, slots: int, refill: int, shrink_to: int = 0):
+  """-> (steps, rows stepped) of ``_capped_steps``'s slots where, once the
+  queue is empty and at most ``shrink_to`` sentences are live, each step
+  steps ``shrink_to`` rows."""
   left = [0] * slots  # steps each slot's sentence has left; 0: free
-  queue, steps = list(lengths_N), 0
+  queue, steps, rows, size = list(lengths_N), 0, 0, slots
   for i in range(min(slots, len(queue))):
     left[i] = queue.pop(0)
   while any(left) or queue:
-    steps += 1
+    if not queue and sum(map(bool, left)) <= shrink_to:
+      size = shrink_to
+    steps, rows = steps + 1, rows + size
     left = [max(x - 1, 0) for x in left]
     taken = 0
     for i in range(slots):
       if not left[i] and queue and taken < refill:
         left[i], taken = queue.pop(0), taken + 1
-  return steps
+  return steps, rows
 
 
 def _queue(model, params, src_NS, mask_NS, slots, count=None,
@@ -243,3 +253,24 @@ def test_a_beam_queue_decoder_gives_the_fixed_batch_beams():
   expected = decoding.decode_in_batches(fixed, params, src_NS, 4, mask_NS)
   got = decoding.decode_in_batches(queue, params, src_NS, 4, mask_NS)
   np.testing.assert_array_equal(got, expected)
+
+
+def test_the_queue_tail_is_stepped_by_fewer_slots():
+  model, params, src_NS, mask_NS = _setup("luong_feeding_bidirectional",
+                                          n=70)
+  tokens_NT, logp_N = _alone(model, params, src_NS, mask_NS)
+  lengths_N = _lengths(tokens_NT)
+  fn = jax.jit(lambda p, x, m, shrink: decoding.decode_queue(
+      model, p, x, m, slots=32, max_len=MAX_LEN, start_id=START,
+      stop_id=STOP, pad_id=PAD, score=True, shrink=shrink),
+               static_argnums=3)
+  # 32 slots, 8 refilled a step; the tail by 8 slots.
+  assert inflight.levels(32, True) == [32, 8]
+  for shrink, shrink_to in [(True, 8), (False, 0)]:
+    out = jax.device_get(fn(params, src_NS, mask_NS, shrink))
+    np.testing.assert_array_equal(out.tokens_NT, tokens_NT)
+    np.testing.assert_allclose(out.log_probs_N, logp_N, rtol=1e-6,
+                               atol=1e-6)
+    steps, rows = _stepped(lengths_N.tolist(), 32, 8, shrink_to)
+    assert (int(out.steps), int(out.rows_stepped)) == (steps, rows)
+  assert rows == steps * 32 and _stepped(lengths_N.tolist(), 32, 8, 8)[1] < rows

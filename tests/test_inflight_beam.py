@@ -106,3 +106,19 @@ def test_no_stop_token_runs_every_sentence_max_len_steps():
   got = _queued(model, params, src_QS, mask_QS, strategy, slots=2, **ids)
   _check_equal(got, want)
   assert int(got.steps) == 3 * MAX_LEN
+
+
+def test_the_queue_tail_is_searched_by_fewer_slots():
+  model, params, src_QS, mask_QS = _setup("plain_lstm", n=70)
+  strategy = decoding.BeamSearch(2, 0.6)
+  want = _alone(model, params, src_QS, mask_QS, strategy, **IDS)
+  lengths = want.steps.tolist()
+  for shrink, shrink_to in [(True, 8), (False, 0)]:
+    got = jax.device_get(jax.jit(lambda p, x, m, shrink=shrink: (
+        inflight_beam.beam_queue(model, p, x, m, strategy, slots=32,
+                                 shrink=shrink, **IDS)))(
+                                     params, src_QS, mask_QS))
+    _check_equal(got, want)
+    steps, rows = queue_test._stepped(lengths, 32, 8, shrink_to)
+    assert (int(got.steps), int(got.rows_stepped)) == (steps, rows * 2)
+  assert queue_test._stepped(lengths, 32, 8, 8)[1] < rows

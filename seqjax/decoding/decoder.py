@@ -128,10 +128,12 @@ def decode_queue(model, params, src_NS: Array,
                  count: Optional[Array] = None, *, slots: int, max_len: int,
                  start_id: int, stop_id: Optional[int] = None,
                  pad_id: int = 0, score: bool = False,
-                 refill: Optional[int] = None, strategy=strategies.Greedy()):
+                 refill: Optional[int] = None, strategy=strategies.Greedy(),
+                 shrink: bool = True):
   """The first ``count`` (default all) of N sentences decoded greedily by
   ``slots`` rows, a finished sentence's slot refilled with the next, at
-  most ``refill`` a step (``seqjax.decoding.inflight``): each sentence's
+  most ``refill`` a step, the tail by fewer slots with ``shrink``
+  (``seqjax.decoding.inflight``): each sentence's
   tokens (and, with ``score``, log-probability) are those of decoding it
   alone -> ``InFlight``. A ``BeamSearch`` ``strategy``: ``slots`` slots
   of K rows (``seqjax.decoding.inflight_beam``) -> ``InFlightBeams``."""
@@ -139,13 +141,13 @@ def decode_queue(model, params, src_NS: Array,
     return inflight_beam.beam_queue(
         model, params, src_NS, src_mask_NS, strategy, slots=slots,
         max_len=max_len, start_id=start_id, stop_id=stop_id, pad_id=pad_id,
-        count=count, refill=refill)
+        count=count, refill=refill, shrink=shrink)
   step, state_N, _ = _stepwise(model, params, src_NS, src_mask_NS, start_id,
                                "tokens")
   return inflight_lib.slot_loop(
       step, state_N, strategies.Greedy().select, slots=slots,
       max_len=max_len, start_id=start_id, stop_id=stop_id, pad_id=pad_id,
-      count=count, score=score, refill=refill)
+      count=count, score=score, refill=refill, shrink=shrink)
 
 
 class QueueDecoder:

@@ -122,15 +122,55 @@ def _body(step, select, state_N, count, loop: _Slots, *, max_len: int,
                 logp_N)
 
 
+def levels(slots: int, shrink: bool) -> list[int]:
+  """The slot counts the loop runs with: once the queue is empty and at
+  most a quarter of the slots are live, the live ones move to a loop of a
+  quarter as many (down to 8), as a batch drops its finished sentences:
+  the queue's tail steps few idle rows."""
+  out = [slots]
+  while shrink and out[-1] // 4 >= 8:
+    out.append(out[-1] // 4)
+  return out
+
+
+def run_levels(body, loop, *, slots: int, shrink: bool, count: Array,
+               compact) -> tuple:
+  """``loop`` run by ``body(loop, slots)`` at each of ``levels``; between
+  levels ``compact(loop, keep_b)`` keeps the slots ``keep_b`` (live first).
+  ``loop`` has ``next_`` and ``sent_B``; -> (loop, steps, rows stepped)."""
+  steps = rows = jnp.zeros((), jnp.int32)
+  sizes = levels(slots, shrink)
+  for i, size in enumerate(sizes):
+    after = sizes[i + 1] if i + 1 < len(sizes) else 0
+    def running(loop, after=after):
+      live_B = loop.sent_B < count
+      waiting = loop.next_ < count
+      return (jnp.any(live_B) | waiting) & (
+          waiting | (live_B.sum() > after))
+    def counted(carry, size=size):
+      loop, steps = carry
+      return body(loop, size), steps + 1
+    loop, level_steps = jax.lax.while_loop(
+        lambda carry: running(carry[0]), counted,
+        (loop, jnp.zeros((), jnp.int32)))
+    steps, rows = steps + level_steps, rows + level_steps * size
+    if after:
+      order_B = jnp.argsort(~(loop.sent_B < count), stable=True)
+      loop = compact(loop, order_B[:after])
+  return loop, steps, rows
+
+
 def slot_loop(step, state_N, select, *, slots: int, max_len: int,
               start_id: int, stop_id: Optional[int], pad_id: int,
               count: Optional[Array] = None, score: bool = False,
-              refill: Optional[int] = None) -> InFlight:
+              refill: Optional[int] = None, shrink: bool = True
+              ) -> InFlight:
   """Decodes the first ``count`` (default all) of the N sentences whose
   encoder state is ``state_N`` with ``slots`` rows: ``step(tokens_B,
   state) -> (logits_BV, state)``, ``select(logits_BV, None) -> tokens_B``;
   at most ``refill`` slots (default ``refill_rows(slots)``) take a new
-  sentence a step."""
+  sentence a step; ``shrink``: fewer slots for the queue's tail
+  (``levels``)."""
   n = _count_rows(state_N)
   refill = min(refill or refill_rows(slots), slots)
   count = jnp.asarray(n if count is None else count, jnp.int32)
@@ -143,13 +183,15 @@ def slot_loop(step, state_N, select, *, slots: int, max_len: int,
       feed_B=jnp.full((slots,), start_id, jnp.int32),
       tokens_NT=jnp.full((n, max_len), pad_id, jnp.int32),
       logp_N=jnp.zeros((n,), jnp.float32) if score else None)
-  body = lambda loop: _body(step, select, state_N, count, loop,
-                            max_len=max_len, start_id=start_id,
-                            stop_id=stop_id, refill=refill)
-  # Slots may all idle while sentences wait (more freed than refilled).
-  running = lambda loop: jnp.any(loop.sent_B < count) | (loop.next_ < count)
-  loop = jax.lax.while_loop(running, body, loop)
-  return InFlight(loop.tokens_NT, loop.t, loop.t * slots, loop.logp_N)
+  body = lambda loop, size: _body(step, select, state_N, count, loop,
+                                  max_len=max_len, start_id=start_id,
+                                  stop_id=stop_id, refill=min(refill, size))
+  compact = lambda loop, keep_b: loop._replace(
+      sent_B=loop.sent_B[keep_b], pos_B=loop.pos_B[keep_b],
+      state=_rows(loop.state, keep_b), feed_B=loop.feed_B[keep_b])
+  loop, steps, rows = run_levels(body, loop, slots=slots, shrink=shrink,
+                                 count=count, compact=compact)
+  return InFlight(loop.tokens_NT, steps, rows, loop.logp_N)
 
 
 def check_in_flight(model, strategy, feedback: str = "tokens") -> None:

@@ -124,6 +124,17 @@ def _write(out: _Out, s, done_B: Array, sent_B: Array, n: int,
               put(out.lengths_QN, s.fin_len_BK))
 
 
+def _compact(q: _Queue, keep_b: Array, k: int) -> _Queue:
+  """The queue with only the slots ``keep_b``."""
+  rows_X = (keep_b[:, None] * k + jnp.arange(k)).reshape(-1)
+  s = q.search
+  state = _map_state(lambda x: x[rows_X], lambda x: x[keep_b], s.state)
+  per_slot = {name: getattr(s, name)[keep_b]
+              for name in beam_lib._Search._fields if name != "state"}
+  return q._replace(sent_B=q.sent_B[keep_b],
+                    search=beam_lib._Search(state=state, **per_slot))
+
+
 def _body(step, state_Q, count, q: _Queue, *, strategy: BeamSearch,
           refill: int, max_len: int, start_id: int, pad_id: int,
           stop_id: Optional[int], early_stop: bool) -> _Queue:
@@ -144,11 +155,12 @@ def beam_queue(model, params, src_QS: Array, src_mask_QS: Optional[Array],
                strategy: BeamSearch, *, slots: int, max_len: int,
                start_id: int, stop_id: Optional[int] = None,
                pad_id: int = 0, count: Optional[Array] = None,
-               refill: Optional[int] = None,
-               early_stop: bool = True) -> InFlightBeams:
+               refill: Optional[int] = None, early_stop: bool = True,
+               shrink: bool = True) -> InFlightBeams:
   """The first ``count`` (default all) of Q sentences beam-searched by
   ``slots`` slots of ``strategy.beam_size`` rows; each sentence's
-  hypotheses those of ``beam.beam_search`` on it alone."""
+  hypotheses those of ``beam.beam_search`` on it alone. ``refill`` and
+  ``shrink`` as ``inflight.slot_loop``'s."""
   if not getattr(model, "takes_decoder_input", True):
     raise ValueError(f"beam search needs a model decoded step by step; "
                      f"{type(model).__name__} predicts all steps at once")
@@ -173,11 +185,12 @@ def beam_queue(model, params, src_QS: Array, src_mask_QS: Optional[Array],
   step = functools.partial(
       beam_lib._step, model, params, k=k, max_len=max_len, stop_id=stop_id,
       alpha=float(strategy.length_penalty))
-  body = functools.partial(
-      _body, step, state_Q, count, strategy=strategy, refill=refill,
-      max_len=max_len, start_id=start_id, pad_id=pad_id, stop_id=stop_id,
-      early_stop=early_stop)
-  running = lambda q: jnp.any(q.sent_B < count) | (q.next_ < count)
-  q = jax.lax.while_loop(running, body, q)
-  return InFlightBeams(*q.out, steps=q.steps,
-                       rows_stepped=q.steps * slots * k)
+  def body(q, size):
+    return _body(step, state_Q, count, q, strategy=strategy,
+                 refill=min(refill, size), max_len=max_len,
+                 start_id=start_id, pad_id=pad_id, stop_id=stop_id,
+                 early_stop=early_stop)
+  q, steps, rows = inflight.run_levels(
+      body, q, slots=slots, shrink=shrink, count=count,
+      compact=lambda q, keep_b: _compact(q, keep_b, k))
+  return InFlightBeams(*q.out, steps=steps, rows_stepped=rows * k)
