@@ -30,10 +30,12 @@ sentence (no stop symbol; OpenNMT-py with min_length = max_length), as
 random weights decide output lengths; OpenNMT-py then also decodes with its
 end symbol allowed (``natural``, not compared). seqjax pads every batch to
 the widest source and the last to the batch size (one compiled shape); the
-peers cut each batch to its widest source. seqjax greedy also decodes
-in-flight (``in_flight``; ``greedy_inflight@50``): all sentences in one
-queue, the batch size its slots, a finished sentence's slot refilled with
-the next inside the compiled loop (``seqjax.decoding.inflight``).
+peers cut each batch to its widest source. seqjax greedy and beam search
+also decode in-flight (``in_flight``; ``greedy_inflight@50``,
+``beam5_inflight@50``): all sentences in one queue, the batch size its
+slots (of K rows for beam search), a finished sentence's slot refilled
+with the next inside the compiled loop (``seqjax.decoding.inflight``,
+``seqjax.decoding.inflight_beam``).
 ``beam=false`` measures greedy alone. Every framework runs in its own
 worker process, the order rotating each repetition; every number is the
 median over repetitions.
@@ -61,7 +63,7 @@ DEFINITIONS = [
     "them in batches (the best of `passes` passes), after a warm-up call "
     "per decoder and batch size; the median over repetitions",
     "first call: one batch decoded by a fresh decoder (seqjax: tracing, "
-    "XLA's compiles and the run; greedy_inflight: the whole queue)",
+    "XLA's compiles and the run; in-flight: the whole queue)",
     "steps: decoder steps run, summed over the batches; rows stepped: the "
     "rows those steps decoded (batch x beams, less what a peer dropped)",
     "equal work (steps > 0): every decoder runs `steps` steps for every "
@@ -81,7 +83,7 @@ class Settings:
   num_sentences: int = 0   # 0: all
   passes: int = 3          # timed passes per repetition (the best kept)
   natural: bool = True     # onmt with equal work: also its own stopping
-  in_flight: bool = True   # seqjax greedy also in-flight (greedy_inflight)
+  in_flight: bool = True   # seqjax also in-flight (greedy_inflight, ...)
   beam: bool = True        # False: greedy only
   onmt_hidden: str = "512/256"  # OpenNMT-py -hidden_size values
   # The random model (without model_dir): the translate attention model.
@@ -137,7 +139,8 @@ def keys(s: Settings, framework: str = "seqjax") -> list[str]:
   equal work and ``natural`` also ``greedy_natural@50``, ...."""
   out = [f"{d}@{b}" for b in s.batch_sizes() for d in decoder_names(s)]
   if framework == "seqjax" and s.in_flight:
-    out += [f"greedy_inflight@{b}" for b in s.batch_sizes()]
+    out += [f"{d}_inflight@{b}" for b in s.batch_sizes()
+            for d in decoder_names(s)]
   if framework.startswith("onmt") and s.steps and s.natural:
     out += [f"{d}_natural@{s.batch_sizes()[0]}" for d in decoder_names(s)]
   return out
@@ -306,14 +309,18 @@ class SeqjaxRunner:
                     w.model, "beam", beam_size=s.beam_size,
                     length_penalty=s.length_penalty, **ids),
                 "greedy_inflight": harness.library_decoder(
-                    w.model, "greedy_inflight", **ids)}
+                    w.model, "greedy_inflight", **ids),
+                f"beam{s.beam_size}_inflight": harness.library_decoder(
+                    w.model, "beam_inflight", beam_size=s.beam_size,
+                    length_penalty=s.length_penalty, **ids)}
     self.notes = ["seqjax: every batch padded to the widest source of all "
                   f"({w.src_NS.shape[1]} tokens) and its last batch to the "
                   "batch size (one compiled shape per batch size); "
-                  "greedy_inflight: all sentences in one queue (padded to "
+                  "in-flight: all sentences in one queue (padded to "
                   "a multiple of the batch size), the batch size its "
-                  "slots, a finished sentence's slot refilled with the "
-                  "next inside the compiled loop"]
+                  "slots (of K rows for beam search), a finished "
+                  "sentence's slot refilled with the next inside the "
+                  "compiled loop"]
 
   def versions(self) -> dict:
     return harness.seqjax_versions()
@@ -335,7 +342,7 @@ class SeqjaxRunner:
     """-> tokens (N, max_len), decoder steps (summed over the batches),
     rows stepped (rows x steps, summed)."""
     fn, w = self.fns[decoder], self.w
-    if decoder == "greedy_inflight":
+    if decoder.endswith("_inflight"):
       tokens_NT, steps, rows = fn(self.params, w.src_NS, w.mask_NS, batch)
       return np.asarray(tokens_NT), int(steps), int(rows)
     k = 1 if decoder == "greedy" else w.s.beam_size
@@ -353,7 +360,7 @@ class SeqjaxRunner:
     from seqjax import train as train_lib
     a, b = self.w.batches(batch)[0]
     call = lambda: self.fns[decoder](self.params, *self._padded(a, b, batch))
-    if decoder == "greedy_inflight":  # its one call: the whole queue
+    if decoder.endswith("_inflight"):  # its one call: the whole queue
       call = lambda: self.decode(decoder, batch)
     with train_lib.count_compiles() as counted:
       secs, _ = harness.timed(lambda: np.asarray(call()[0]))
@@ -466,9 +473,10 @@ def agreements(workload: Workload, tokens: dict) -> dict:
       out[f"seqjax {d}@{sizes[0]} vs {d}@{b}"] = agreement(
           ours[f"{d}@{sizes[0]}"], ours[f"{d}@{b}"])
   for b in sizes:
-    if f"greedy_inflight@{b}" in ours:
-      out[f"seqjax greedy_inflight@{b} vs greedy@{b}"] = agreement(
-          ours[f"greedy_inflight@{b}"], ours[f"greedy@{b}"])
+    for d in decoder_names(s):
+      if f"{d}_inflight@{b}" in ours:
+        out[f"seqjax {d}_inflight@{b} vs {d}@{b}"] = agreement(
+            ours[f"{d}_inflight@{b}"], ours[f"{d}@{b}"])
   if s.beam:
     out[f"seqjax greedy vs {beam} @{sizes[0]}"] = agreement(
         ours[f"greedy@{sizes[0]}"], ours[f"{beam}@{sizes[0]}"])
@@ -477,27 +485,33 @@ def agreements(workload: Workload, tokens: dict) -> dict:
 
 def ratio_rows(workload: Workload, results: dict) -> list[dict]:
   """Per batch size: seqjax beam time over its greedy time (at most 4x),
-  its greedy in-flight over greedy (no target); per peer seqjax beam over
-  the peer's (sentences/s, at least 5x), seqjax greedy and greedy
-  in-flight over the peer's greedy (no target). Those measured only; each
+  its greedy and beam in-flight over the fixed batch's (no target); per
+  peer seqjax beam and beam in-flight over the peer's beam (sentences/s,
+  at least 5x), seqjax greedy and greedy in-flight over the peer's greedy
+  (no target). Those measured only; each
   repetition's own ratio, their median and range."""
   beam = f"beam{workload.s.beam_size}"
   rate = lambda fw, key: results[fw]["reps"][key]["sentences_per_s"]
   rows = []
   for b in workload.s.batch_sizes():
     g, k = f"greedy@{b}", f"{beam}@{b}"
-    q = f"greedy_inflight@{b}"
+    q, kq = f"greedy_inflight@{b}", f"{beam}_inflight@{b}"
     specs = [("seqjax beam time / seqjax greedy time", "seqjax", g, "seqjax",
               k, TARGETS["beam_over_greedy"], "at_most"),
              ("seqjax greedy in-flight / seqjax greedy (sentences/s)",
-              "seqjax", q, "seqjax", g, None, None)]
+              "seqjax", q, "seqjax", g, None, None),
+             ("seqjax beam in-flight / seqjax beam (sentences/s)",
+              "seqjax", kq, "seqjax", k, None, None)]
     for peer in (fw for fw in results if fw != "seqjax"):
       specs += [(f"seqjax beam / {peer} beam (sentences/s)", "seqjax", k,
                  peer, k, TARGETS["beam_vs_peer"], "at_least"),
                 (f"seqjax greedy / {peer} greedy (sentences/s)", "seqjax", g,
                  peer, g, None, None),
                 (f"seqjax greedy in-flight / {peer} greedy (sentences/s)",
-                 "seqjax", q, peer, g, None, None)]
+                 "seqjax", q, peer, g, None, None),
+                (f"seqjax beam in-flight / {peer} beam (sentences/s)",
+                 "seqjax", kq, peer, k, TARGETS["beam_vs_peer"],
+                 "at_least")]
     measured = lambda fw, key: key in results[fw]["reps"]
     specs = [x for x in specs if measured(x[1], x[2]) and measured(x[3],
                                                                    x[4])]

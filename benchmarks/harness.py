@@ -98,6 +98,9 @@ def library_decoder(model, kind: str, **kw):
   * "greedy_inflight": ``decode(params, src_NS, mask_NS, slots) ->
     (tokens_NT, steps, rows stepped)``, all N sentences in one queue
     decoded by ``slots`` rows (in-flight batching);
+  * "beam_inflight": the same for beam search (``beam_size``,
+    ``length_penalty``), ``slots`` sentences of K rows, the best
+    hypothesis' tokens;
   * "inference": ``(encode, decode_step)``, the tutorial's split;
   * "translator": the decoder a restored translator (``model``) is
     trained to be decoded with (its spec's greedy or beam), ``max_len``.
@@ -112,6 +115,12 @@ def library_decoder(model, kind: str, **kw):
     return lambda p, x, m: greedy(p, x, m)[:2]
   if kind == "greedy_inflight":
     queue = decoding.make_decoder(model, full=True, in_flight=True, **kw)
+    return lambda p, x, m, slots: _queue_steps(queue, p, x, m, slots)
+  if kind == "beam_inflight":
+    queue = decoding.make_decoder(
+        model, decoding.BeamSearch(kw.pop("beam_size"),
+                                   kw.pop("length_penalty", 0.0)),
+        full=True, in_flight=True, **kw)
     return lambda p, x, m, slots: _queue_steps(queue, p, x, m, slots)
   if kind == "beam":
     beam = decoding.make_decoder(
@@ -132,7 +141,9 @@ def _queue_steps(queue, params, src_NS, mask_NS, slots: int):
   n = len(src_NS)
   out = queue(params, *decoding.pad_queue(src_NS, mask_NS, slots),
               slots=slots, count=np.int32(n))
-  return out.tokens_NT[:n], out.steps, out.rows_stepped
+  tokens = out.tokens_NT if hasattr(out, "tokens_NT") else (
+      out.tokens_QNT[:, 0])
+  return tokens[:n], out.steps, out.rows_stepped
 
 
 def _best_and_steps(beams):

@@ -107,14 +107,16 @@ def make_decoder(spec: ModelSpec, model: Seq2Seq, max_len: int,
   others their tokens. ``return_attention`` (an attention model decoded
   with tokens fed back) implies ``full``: ``decoding.Decoded`` with the
   weights (B, T, S); ``score``: with each sequence's log-probability.
-  ``in_flight`` (default: wherever it can, greedy fed tokens without the
-  weights): a ``decoding.QueueDecoder``, the same tokens, faster on many
-  sentences (benchmarks/RESULTS.md, in-flight batching)."""
+  ``in_flight`` (default: wherever it can, fed tokens without the
+  weights: greedy, and beam search returning its best tokens): a
+  ``decoding.QueueDecoder``, the same tokens, faster on many sentences
+  (benchmarks/RESULTS.md, in-flight batching)."""
   feedback = ("tokens" if decodes_tokens(spec) or return_attention
               else "softmax")
   if in_flight is None:
-    in_flight = (isinstance(strategy, decoding.Greedy)
-                 and feedback == "tokens" and not return_attention)
+    queued = isinstance(strategy, decoding.Greedy) or (
+        decoding.is_beam(strategy) and not full)
+    in_flight = queued and feedback == "tokens" and not return_attention
   if decoding.is_beam(strategy) and (feedback != "tokens" or
                                      return_attention):
     raise ParameterError("beam_size", strategy.beam_size, "beam search "

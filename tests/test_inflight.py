@@ -10,6 +10,7 @@ import pytest
 from seqjax import decoding
 from seqjax import evaluate
 from seqjax.decoding import decoder as decoder_lib
+from seqjax.decoding import inflight
 from seqjax.models import ModelSettings, Seq2Seq
 from seqjax.training import programs
 from seqjax.training import steps as steps_lib
@@ -75,6 +76,32 @@ def _simulated_steps(lengths_N, slots: int) -> int:
   return max(ends, default=0)
 
 
+def _capped_steps(lengths_N, slots: int, refill: int) -> int:
+  """Steps until the last sentence ends when, after every step, at most
+  ``refill`` free slots (in slot order) take the queue's next sentences."""
+  return _stepped(lengths_N, slots, refill)[0]
+
+
+def _stepped(lengths_N, slots: int, refill: int, shrink_to: int = 0):
+  """-> (steps, rows stepped) of ``_capped_steps``'s slots where, once the
+  queue is empty and at most ``shrink_to`` sentences are live, each step
+  steps ``shrink_to`` rows."""
+  left = [0] * slots  # steps each slot's sentence has left; 0: free
+  queue, steps, rows, size = list(lengths_N), 0, 0, slots
+  for i in range(min(slots, len(queue))):
+    left[i] = queue.pop(0)
+  while any(left) or queue:
+    if not queue and sum(map(bool, left)) <= shrink_to:
+      size = shrink_to
+    steps, rows = steps + 1, rows + size
+    left = [max(x - 1, 0) for x in left]
+    taken = 0
+    for i in range(slots):
+      if not left[i] and queue and taken < refill:
+        left[i], taken = queue.pop(0), taken + 1
+  return steps, rows
+
+
 def _queue(model, params, src_NS, mask_NS, slots, count=None,
            stop_id=STOP):
   fn = decoding.make_decoder(model, max_len=MAX_LEN, start_id=START,
@@ -111,6 +138,34 @@ def test_queue_equals_each_sentence_decoded_alone(arch, slots):
   # tokens by less than a slot's longest sentence per slot.
   assert lengths_N.sum() <= steps * slots < lengths_N.sum() + (
       slots * MAX_LEN)
+
+
+@pytest.mark.parametrize("slots, refill", [(2, 1), (6, 1)])
+def test_capped_refill_equals_each_sentence_decoded_alone(slots, refill):
+  model, params, src_NS, mask_NS = _setup("luong_feeding_bidirectional",
+                                          n=13)
+  tokens_NT, logp_N = _alone(model, params, src_NS, mask_NS)
+  lengths_N = _lengths(tokens_NT)
+  out = jax.device_get(jax.jit(
+      lambda p, x, m: decoding.decode_queue(
+          model, p, x, m, slots=slots, refill=refill, max_len=MAX_LEN,
+          start_id=START, stop_id=STOP, pad_id=PAD, score=True))(
+              params, src_NS, mask_NS))
+  np.testing.assert_array_equal(out.tokens_NT, tokens_NT)
+  np.testing.assert_allclose(out.log_probs_N, logp_N, rtol=1e-6, atol=1e-6)
+  steps = _capped_steps(lengths_N.tolist(), slots, refill)
+  # The cap must have made some slot wait.
+  assert steps > _simulated_steps(lengths_N, slots)
+  assert int(out.steps) == steps
+
+
+def test_the_capped_simulation_without_a_cap_is_the_queue_simulation():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    lengths = rng.integers(1, 9, size=rng.integers(1, 15)).tolist()
+    slots = int(rng.integers(1, 6))
+    assert _capped_steps(lengths, slots, slots) == _simulated_steps(
+        lengths, slots)
 
 
 def test_queue_decodes_only_the_first_count_sentences():
@@ -183,7 +238,7 @@ def test_held_out_loss_compiles_an_in_flight_decoder_ahead():
 
 @pytest.mark.parametrize("strategy, options, problem", [
     (decoding.Sampling(), {}, "greedily"),
-    (decoding.BeamSearch(2), {}, "greedily"),
+    (decoding.BeamSearch(2), {"feedback": "softmax"}, "fed its tokens"),
     (decoding.Greedy(), {"feedback": "softmax"}, "fed its tokens"),
     (decoding.Greedy(), {"return_attention": True}, "attention weights")])
 def test_in_flight_refuses_what_it_cannot_decode(strategy, options, problem):
@@ -192,3 +247,36 @@ def test_in_flight_refuses_what_it_cannot_decode(strategy, options, problem):
   with pytest.raises(ValueError, match=problem):
     decoding.make_decoder(model, strategy, max_len=MAX_LEN, start_id=START,
                           stop_id=STOP, in_flight=True, **options)
+
+
+def test_a_beam_queue_decoder_gives_the_fixed_batch_beams():
+  model, params, src_NS, mask_NS = _setup("luong_feeding_bidirectional")
+  kw = dict(max_len=MAX_LEN, start_id=START, stop_id=STOP, pad_id=PAD)
+  strategy = decoding.BeamSearch(3, 0.6)
+  fixed = decoding.make_decoder(model, strategy, **kw)
+  queue = decoding.make_decoder(model, strategy, in_flight=True, **kw)
+  assert isinstance(queue, decoding.QueueDecoder)
+  expected = decoding.decode_in_batches(fixed, params, src_NS, 4, mask_NS)
+  got = decoding.decode_in_batches(queue, params, src_NS, 4, mask_NS)
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_the_queue_tail_is_stepped_by_fewer_slots():
+  model, params, src_NS, mask_NS = _setup("luong_feeding_bidirectional",
+                                          n=70)
+  tokens_NT, logp_N = _alone(model, params, src_NS, mask_NS)
+  lengths_N = _lengths(tokens_NT)
+  fn = jax.jit(lambda p, x, m, shrink: decoding.decode_queue(
+      model, p, x, m, slots=32, max_len=MAX_LEN, start_id=START,
+      stop_id=STOP, pad_id=PAD, score=True, shrink=shrink),
+               static_argnums=3)
+  # 32 slots, 8 refilled a step; the tail by 8 slots.
+  assert inflight.levels(32, True) == [32, 8]
+  for shrink, shrink_to in [(True, 8), (False, 0)]:
+    out = jax.device_get(fn(params, src_NS, mask_NS, shrink))
+    np.testing.assert_array_equal(out.tokens_NT, tokens_NT)
+    np.testing.assert_allclose(out.log_probs_N, logp_N, rtol=1e-6,
+                               atol=1e-6)
+    steps, rows = _stepped(lengths_N.tolist(), 32, 8, shrink_to)
+    assert (int(out.steps), int(out.rows_stepped)) == (steps, rows)
+  assert rows == steps * 32 and _stepped(lengths_N.tolist(), 32, 8, 8)[1] < rows

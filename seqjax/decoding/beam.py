@@ -103,6 +103,14 @@ def _take(x_BK, index_BJ):
   return jnp.take_along_axis(x_BK, index_BJ, axis=1)
 
 
+def _write_step(tokens_BCT: Array, t: Array, token_BC: Array) -> Array:
+  """``tokens[:, :, t] = token``, t a scalar or each sentence's (B,)."""
+  if jnp.ndim(t) == 0:
+    return tokens_BCT.at[:, :, t].set(token_BC)
+  at_BCT = jnp.arange(tokens_BCT.shape[-1]) == t[:, None, None]
+  return jnp.where(at_BCT, token_BC[..., None], tokens_BCT)
+
+
 def _step(model, params, s: _Search, *, k: int, max_len: int,
           stop_id: Optional[int], alpha: float) -> _Search:
   batch = s.alive_logp_BK.shape[0]
@@ -120,9 +128,11 @@ def _step(model, params, s: _Search, *, k: int, max_len: int,
   logp_BC, index_BC = jax.lax.top_k(cand_BX, 2 * k)
   origin_BC = index_BC // per_beam
   token_BC = _take(token_BKJ.reshape(batch, -1), index_BC)
-  tokens_BCT = _take(s.alive_tokens_BKT, origin_BC).at[:, :, s.t].set(
-      token_BC)
-  ends_BC = jnp.broadcast_to(s.t == max_len - 1, token_BC.shape)
+  tokens_BCT = _write_step(_take(s.alive_tokens_BKT, origin_BC), s.t,
+                           token_BC)
+  # t is one step for all sentences, or each sentence's own (B,).
+  t_B1 = jnp.reshape(s.t, (-1, 1))
+  ends_BC = jnp.broadcast_to(t_B1 == max_len - 1, token_BC.shape)
   if stop_id is not None:
     ends_BC = ends_BC | (token_BC == stop_id)
   # Only the K best candidates may finish (as in fairseq): K = 1 is greedy.
@@ -132,7 +142,7 @@ def _step(model, params, s: _Search, *, k: int, max_len: int,
       jnp.where(ends_BC, NEG_INF, logp_BC), k)
   rows_BK = jnp.arange(batch)[:, None] * k + _take(origin_BC, pick_BK)
   length = s.t + 1
-  new_score_BC = jnp.where(finishes_BC, logp_BC / penalty(length, alpha),
+  new_score_BC = jnp.where(finishes_BC, logp_BC / penalty(t_B1 + 1, alpha),
                            NEG_INF)
   fin_score_BK, fin_pick_BK = jax.lax.top_k(
       jnp.concatenate([s.fin_score_BK, new_score_BC], axis=1), k)
@@ -146,7 +156,8 @@ def _step(model, params, s: _Search, *, k: int, max_len: int,
       fin_tokens_BKT=merged(s.fin_tokens_BKT, tokens_BCT),
       fin_score_BK=fin_score_BK,
       fin_logp_BK=merged(s.fin_logp_BK, logp_BC),
-      fin_len_BK=merged(s.fin_len_BK, jnp.full_like(token_BC, length)))
+      fin_len_BK=merged(s.fin_len_BK,
+                        jnp.broadcast_to(t_B1 + 1, token_BC.shape)))
 
 
 def _can_improve(s: _Search, max_len: int, alpha: float, n: int) -> Array:

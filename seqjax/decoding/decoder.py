@@ -29,6 +29,7 @@ import numpy as np
 
 from seqjax.decoding import beam as beam_lib
 from seqjax.decoding import inflight as inflight_lib
+from seqjax.decoding import inflight_beam
 from seqjax.decoding import loop as loop_lib
 from seqjax.decoding import strategies
 from seqjax.models import Seq2Seq
@@ -126,25 +127,34 @@ def decode_queue(model, params, src_NS: Array,
                  src_mask_NS: Optional[Array] = None,
                  count: Optional[Array] = None, *, slots: int, max_len: int,
                  start_id: int, stop_id: Optional[int] = None,
-                 pad_id: int = 0, score: bool = False
-                 ) -> inflight_lib.InFlight:
+                 pad_id: int = 0, score: bool = False,
+                 refill: Optional[int] = None, strategy=strategies.Greedy(),
+                 shrink: bool = True):
   """The first ``count`` (default all) of N sentences decoded greedily by
-  ``slots`` rows, a finished sentence's slot refilled with the next
-  (``seqjax.decoding.inflight``): each sentence's tokens (and, with
-  ``score``, log-probability) are those of decoding it alone."""
+  ``slots`` rows, a finished sentence's slot refilled with the next, at
+  most ``refill`` a step, the tail by fewer slots with ``shrink``
+  (``seqjax.decoding.inflight``): each sentence's
+  tokens (and, with ``score``, log-probability) are those of decoding it
+  alone -> ``InFlight``. A ``BeamSearch`` ``strategy``: ``slots`` slots
+  of K rows (``seqjax.decoding.inflight_beam``) -> ``InFlightBeams``."""
+  if strategies.is_beam(strategy):
+    return inflight_beam.beam_queue(
+        model, params, src_NS, src_mask_NS, strategy, slots=slots,
+        max_len=max_len, start_id=start_id, stop_id=stop_id, pad_id=pad_id,
+        count=count, refill=refill, shrink=shrink)
   step, state_N, _ = _stepwise(model, params, src_NS, src_mask_NS, start_id,
                                "tokens")
   return inflight_lib.slot_loop(
       step, state_N, strategies.Greedy().select, slots=slots,
       max_len=max_len, start_id=start_id, stop_id=stop_id, pad_id=pad_id,
-      count=count, score=score)
+      count=count, score=score, refill=refill, shrink=shrink)
 
 
 class QueueDecoder:
-  """In-flight greedy decoding as a decoder: ``decode(params, src_NS,
-  src_mask_NS=None, key=None)`` -> tokens (N, max_len) (with ``full``,
-  ``InFlight``), all N sentences in one queue, by N slots unless ``slots``
-  is given. ``decode_in_batches`` gives it the whole array, its batch size
+  """In-flight decoding as a decoder: ``decode(params, src_NS,
+  src_mask_NS=None, key=None)`` -> tokens (N, max_len) (beam search: the
+  best hypothesis'; with ``full``, ``InFlight`` or ``InFlightBeams``), all
+  N sentences in one queue, by N slots unless ``slots`` is given. ``decode_in_batches`` gives it the whole array, its batch size
   the slots. Jitted once per (queue shape, slots)."""
 
   in_flight = True
@@ -162,7 +172,10 @@ class QueueDecoder:
                            count=None):
         del key  # greedy
         out = self._fn(params, src_NS, src_mask_NS, count, slots=slots)
-        return out if self.full else out.tokens_NT
+        if self.full:
+          return out
+        return out.tokens_NT if hasattr(out, "tokens_NT") else (
+            out.tokens_QNT[:, 0])
       self._jitted[slots] = jax.jit(in_flight_decode)
     return self._jitted[slots]
 
@@ -179,8 +192,8 @@ def make_decoder(model, strategy=strategies.Greedy(), *, max_len: int,
   """Jitted ``decode(params, src_BS, src_mask_BS=None, key=None)`` ->
   tokens (B, max_len) (the best beam's); with ``full``, ``decode``'s whole
   result. ``options``: ``decode``'s (feedback, return_attention, score,
-  early_stop). ``in_flight`` (greedy, fed tokens, no attention weights):
-  a ``QueueDecoder``, the same tokens."""
+  early_stop). ``in_flight`` (greedy or beam search, fed tokens, no
+  attention weights): a ``QueueDecoder``, the same tokens."""
   if in_flight:
     inflight_lib.check_in_flight(model, strategy,
                                  options.get("feedback", "tokens"))
@@ -188,7 +201,7 @@ def make_decoder(model, strategy=strategies.Greedy(), *, max_len: int,
       raise ValueError("in-flight batching returns no attention weights")
     return QueueDecoder(model, full=full, max_len=max_len,
                         start_id=start_id, stop_id=stop_id, pad_id=pad_id,
-                        score=options.get("score", False))
+                        score=options.get("score", False), strategy=strategy)
   check_decoder(model, strategy, options.get("feedback", "tokens"),
                 options.get("return_attention", False))
   fn = functools.partial(decode, model, strategy=strategy, max_len=max_len,
