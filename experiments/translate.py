@@ -174,8 +174,7 @@ class TranslateConfig(config_lib.DevDecodingConfig):
       "bpe. Both are trained on the training split only and saved in the "
       "workdir (spm_source.model, spm_target.model).",
       choices=subword_lib.MODEL_TYPES)
-  cell: str = field("lstm", "Recurrent cell: lstm or gru.",
-                    choices=config_lib.CELLS)
+  cell: str = config_lib.cell_field()
   latent_dim: int = field(256, "Units of encoder and decoder (Keras: 256).",
                           low=1, high=limits.MAX_UNITS)
   embedding_dim: Optional[int] = field(
@@ -323,7 +322,6 @@ class TranslateConfig(config_lib.DevDecodingConfig):
         errors.append(f"--translate={sentence!r} (sentence {i}) is empty or "
                       "only spaces: nothing to translate")
     return errors
-
 
 
 class TranslateTask(task_lib.Task):
