@@ -14,7 +14,7 @@ from typing import Optional
 
 from seqjax import translate_inference
 from seqjax import translate_runs
-from seqjax import translation
+from seqjax import translation_load
 from seqjax.errors import SeqjaxError
 
 MEMBERS_KEY = "ensemble_members"  # results.json of a group's ensemble
@@ -105,8 +105,8 @@ def evaluate_members(task, config, workdir: str, record: dict,
   lead = translate_runs.recorded_config(lead, explicit)
   translate_runs.check_ensemble(lead)
   setup = task.setup(lead, members[0])
-  _, _, params, step = translation.restore_model(
-      members[0], *translation.load_records(members[0]))
+  _, _, params, step = translation_load.restore_model(
+      members[0], *translation_load.load_records(members[0]))
   results = runner.base_results(task.name, config)
   results.update(record, workdir=workdir, step=step)
   results.update(task.evaluate(lead, setup, _Evaluated(params, step)))

@@ -23,6 +23,7 @@ from seqjax import evaluate as evaluate_lib
 from seqjax import task as task_lib
 from seqjax import train as train_lib
 from seqjax import translation
+from seqjax import translation_load
 from seqjax.data import script as script_lib
 from seqjax.data import translation as data_lib
 from seqjax.errors import SeqjaxError
@@ -66,7 +67,7 @@ def setup(config, workdir: str) -> task_lib.Setup:
   # Runs of steps_per_call batches of one bucket fill each jitted call.
   fit_data, plan = data.fit_data(config.batch_size, config.steps_per_call)
   eval_step = train_lib.make_eval_step(loss_fn)
-  members = [translation.restore_model(w, *translation.load_records(w))
+  members = [translation_load.restore_model(w, *translation_load.load_records(w))
              for w in config.ensemble_workdirs()]
   decoder, dev_decoder, ensemble_eval_step = _decoders(
       config, spec, model, [m[1] for m in members], data.max_decode_len)

@@ -11,6 +11,7 @@ import sys
 from absl import logging
 
 from seqjax import translation
+from seqjax import translation_load
 from seqjax.errors import ParameterError, SeqjaxError
 from seqjax.translate_runs import flag_error
 
@@ -22,9 +23,9 @@ def load_model(config, flag: str) -> translation.Translator:
               config.decoding_key())
   members = config.ensemble_workdirs()
   try:
-    return (translation.load_ensemble([config.workdir, *members], *settings)
+    return (translation_load.load_ensemble([config.workdir, *members], *settings)
             if members else
-            translation.load_translator(config.workdir, *settings))
+            translation_load.load_translator(config.workdir, *settings))
   except translation.ModelNotFoundError as e:
     raise SeqjaxError(f"{flag} needs a trained model: {e.problem} in "
                       f"--{e.param}={e.value}") from e

@@ -16,6 +16,7 @@ import os
 from typing import Optional
 
 from seqjax import translation
+from seqjax import translation_load
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import translation as data_lib
 from seqjax.errors import ParameterError, SeqjaxError
@@ -162,10 +163,10 @@ def check_ensemble(config) -> None:
   """An ensemble's members (``config.ensemble_workdirs()``) must share
   ``config.workdir``'s vocabularies, decoding and data; stops naming the
   first that does not, before any work (only records are read)."""
-  first = translation.load_records(config.workdir)
+  first = translation_load.load_records(config.workdir)
   for workdir in config.ensemble_workdirs():
     try:
-      translation.load_member_records(workdir, first, config.workdir,
+      translation_load.load_member_records(workdir, first, config.workdir,
                                       same_data=True)
     except ParameterError as e:
       raise flag_error(e) from e
@@ -177,7 +178,7 @@ def recorded_settings(workdir: str, config_cls) -> dict:
   written, then (overriding them) what the checkpoint and vocab.json
   record. Raises SeqjaxError for a workdir without a translation model."""
   try:
-    saved, vocabs = translation.load_records(workdir)
+    saved, vocabs = translation_load.load_records(workdir)
   except translation.ModelNotFoundError as e:
     raise SeqjaxError(f"--eval_only needs a trained model: {e.problem} in "
                       f"--workdir={e.value}") from e
