@@ -52,8 +52,7 @@ class AdditionConfig(config_lib.DevDecodingConfig):
                              low=MIN_TRAINING_SIZE)
   hidden_size: int = field(128, "Recurrent units of encoder and decoder.",
                            low=1, high=limits.MAX_UNITS)
-  cell: str = field("lstm", "Recurrent cell: lstm or gru.",
-                    choices=config_lib.CELLS)
+  cell: str = config_lib.cell_field()
   n_examples: int = field(10, "Dev examples printed after each epoch.",
                           low=0, high=limits.MAX_EXAMPLES)
   target_accuracy: float = field(0.99, "results.json records the first epoch "
@@ -64,9 +63,12 @@ class AdditionConfig(config_lib.DevDecodingConfig):
     return addition_data.TARGET_VOCAB
 
   def validate(self):
-    errors = super().validate()
-    if errors:
-      return errors
+    return super().validate() or self.size_errors()
+
+  def size_errors(self) -> list[str]:
+    """The sizes that do not fit together: questions, training split,
+    batch."""
+    errors = []
     distinct = addition_data.num_distinct_questions(self.digits)
     if self.training_size > distinct:
       errors.append(f"--training_size={self.training_size} exceeds the "

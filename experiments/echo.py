@@ -99,8 +99,7 @@ class EchoConfig(config_lib.TrainingConfig):
   n_units: Optional[int] = field(None, "Recurrent units. Default: 15 for "
                                  "current, 50 otherwise.", low=1,
                                  high=limits.MAX_UNITS)
-  cell: str = field("lstm", "Recurrent cell: lstm or gru.",
-                    choices=config_lib.CELLS)
+  cell: str = config_lib.cell_field()
   n_eval: int = field(100, "Fresh sequences to measure accuracy on.", low=1,
                       high=limits.MAX_EXAMPLES)
   batch_size: Optional[int] = field(None, "Training batch size. Default: 1 "

@@ -37,8 +37,7 @@ class ReverseConfig(config_lib.DecodingConfig):
                            "values, reversed).", low=1, high=limits.MAX_LENGTH)
   n_units: int = field(128, "LSTM units of encoder and decoder.", low=1,
                        high=limits.MAX_UNITS)
-  cell: str = field("lstm", "Recurrent cell: lstm or gru.",
-                    choices=config_lib.CELLS)
+  cell: str = config_lib.cell_field()
   n_samples: int = field(100_000, "Training sequences.", low=1,
                          high=limits.MAX_EXAMPLES)
   n_eval: int = field(1000, "Fresh sequences to evaluate on.", low=1,
@@ -53,9 +52,11 @@ class ReverseConfig(config_lib.DecodingConfig):
     return self.n_features
 
   def validate(self):
-    errors = super().validate()
-    if errors:
-      return errors
+    return super().validate() or self.size_errors()
+
+  def size_errors(self) -> list[str]:
+    """The lengths and counts that do not fit together."""
+    errors = []
     if self.n_steps_out > self.n_steps_in:
       errors.append(f"--n_steps_out={self.n_steps_out} must not exceed "
                     f"--n_steps_in={self.n_steps_in}")

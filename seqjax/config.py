@@ -40,6 +40,11 @@ def field(default, help: str, *, low=None, high=None, above=None,  # pylint: dis
   return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
+def cell_field():
+  """The recurrent cell's field, the same in every task."""
+  return field("lstm", "Recurrent cell: lstm or gru.", choices=CELLS)
+
+
 def field_errors(name: str, value, meta) -> list[str]:
   """The messages of one field's declarations (empty: it is accepted)."""
   if value is None:

@@ -25,6 +25,7 @@ written around tqdm anyway.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -54,7 +55,7 @@ def format_seconds(seconds: Optional[float]) -> str:
           else f"{minutes}:{secs:02d}")
 
 
-class Progress:
+class Progress(contextlib.AbstractContextManager):
   """See the module docstring. ``clock``: seconds, injectable for tests."""
 
   def __init__(self, mode: str, total_steps: int, steps_per_epoch: int,
@@ -156,9 +157,6 @@ class Progress:
       self.stream.write("\n")
       self.stream.flush()
       self._open_line = False
-
-  def __enter__(self):
-    return self
 
   def __exit__(self, *exc):
     self.close()

@@ -5,18 +5,14 @@ resume, evaluate, results.json. See ``seqjax.task`` for what a task supplies.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
-import json
 import os
-import platform
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from absl import logging
 import jax
 import numpy as np
 
-import seqjax
 from seqjax import limits
 from seqjax import reliability
 from seqjax import selection as selection_lib
@@ -27,6 +23,12 @@ from seqjax import train as train_lib
 from seqjax.checkpoint import BestCheckpoint, Checkpointer
 from seqjax.config import DTYPES, TrainingConfig
 from seqjax.errors import SeqjaxError
+# The workdir and results files; callers name them here too.
+from seqjax.workdirs import (base_results, default_workdir, files_written,  # pylint: disable=unused-import
+                             latest_step, make_workdir, read_results,
+                             remove_unless_checkpointed, require_checkpoint,
+                             resolve_workdir, training_results,
+                             write_json_atomic, write_results)
 
 
 class ConfigError(SeqjaxError):
@@ -99,50 +101,6 @@ def run(task, config, workdir: Optional[str] = None) -> dict:
       tb.text("examples", int(state.step),
               tensorboard_lib.examples_markdown(results["examples"]))
   return results
-
-
-def require_checkpoint(workdir: str) -> None:
-  """--eval_only: a workdir without a checkpoint stops the run before it
-  reads the data or writes a file."""
-  if latest_step(workdir) is None:
-    raise SeqjaxError(f"--eval_only: no checkpoint in --workdir={workdir}")
-
-
-def latest_step(workdir: str) -> Optional[int]:
-  checkpointer = Checkpointer(workdir, {})
-  try:
-    return checkpointer.latest_step()
-  finally:
-    checkpointer.close()
-
-
-def files_written(workdir: str, save: Callable[[str], None]) -> list[str]:
-  """Runs ``save(workdir)``; -> the paths of the files it created (those
-  that were not there before)."""
-  before = set(os.listdir(workdir))
-  save(workdir)
-  return [os.path.join(workdir, name)
-          for name in sorted(set(os.listdir(workdir)) - before)]
-
-
-def remove_unless_checkpointed(workdir: str, paths: list[str]) -> None:
-  """After a failed run: removes the files it wrote beside a checkpoint
-  (``paths``) when it left no checkpoint, so they do not bind a later run
-  to a model that was never trained."""
-  if paths and latest_step(workdir) is None:
-    for path in paths:
-      if os.path.isfile(path):
-        os.remove(path)
-
-
-def read_results(workdir: str, name: str = "results.json") -> Optional[dict]:
-  """``<workdir>/<name>`` as written by ``write_results``; None when absent
-  or unreadable."""
-  try:
-    with open(os.path.join(workdir, name), encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def selection_errors(config, select_metric: Optional[str], task: str
@@ -250,75 +208,6 @@ def init_params(task, setup, seed: int):
     raise SeqjaxError(f"the model would have {n:,} parameters, more than "
                       f"{limits.INT32_MAX:,}: lower {flags or 'its sizes'}")
   return init(key, *setup.init_inputs)
-
-
-def resolve_workdir(config, task: str) -> str:
-  """The run's workdir (created): --workdir, or a fresh timestamped one."""
-  return make_workdir(default_workdir(config, task))
-
-
-def default_workdir(config, task: str) -> str:
-  return config.workdir or os.path.join(
-      "runs", f"{task}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-
-
-def make_workdir(workdir: str) -> str:
-  """Creates ``workdir``; a second run on it stops here, at once."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise SeqjaxError(f"--workdir={workdir} exists and is not a directory")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except (OSError, ValueError) as e:
-    raise SeqjaxError(f"--workdir={workdir!r} cannot be created: {e}") from e
-  reliability.check_workdir_free(workdir)  # a second run stops here, at once
-  return workdir
-
-
-def write_results(workdir: str, results: dict, name: str = "results.json"
-                  ) -> None:
-  """``<workdir>/<name>``, by process 0 only (one writer for a shared dir)."""
-  if jax.process_index() == 0:
-    write_json_atomic(os.path.join(workdir, name), results)
-    print(f"Wrote {os.path.join(workdir, name)}")
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """JSON (numbers and arrays as lists), written atomically."""
-  reliability.write_atomic(path, json.dumps(
-      obj, indent=2, default=_json_default, ensure_ascii=False) + "\n")
-
-
-def _json_default(x):
-  if isinstance(x, (np.generic, jax.Array, np.ndarray)):
-    return np.asarray(x).tolist()
-  return str(x)
-
-
-def base_results(task: str, config) -> dict:
-  return {
-      "task": task,
-      "flags": dataclasses.asdict(config),
-      "versions": {"seqjax": seqjax.__version__, "jax": jax.__version__,
-                   "python": platform.python_version()},
-      "backend": jax.default_backend(),
-      "devices": [str(d) for d in jax.devices()],
-  }
-
-
-def training_results(stats: train_lib.FitStats, batch_size: int,
-                     params) -> dict:
-  """The training figures every task's results.json carries."""
-  return {
-      "train_loss": stats.last_metrics.get("loss"),
-      "train_token_accuracy": stats.last_metrics.get("token_accuracy"),
-      "train_seconds": stats.train_seconds,
-      "first_call_seconds": stats.first_call_seconds,
-      "train_samples_per_second": stats.samples_per_second(batch_size),
-      "train_compiles": stats.compiles,
-      **stats.compile,
-      "stopped_on_budget": stats.stopped_on_budget,
-      "n_params": summary_lib.count_params(params),
-  }
 
 
 def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,

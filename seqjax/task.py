@@ -19,7 +19,9 @@ checks, workdir, initialisation, summary, train or resume, results.json
 (written by process 0 only). A task with modes the runner does not cover
 (several models in one run, inference only) overrides ``Task.run``.
 
-Tasks register explicitly, ``register(MyTask())``; ``get(name)`` finds them.
+Tasks register explicitly, ``register(MyTask())``, or by module,
+``register_modules({"mine": "my_pkg.my_task"})`` (imported when first asked
+for: ``experiments`` names its binaries' tasks so); ``get(name)`` finds them.
 """
 
 from __future__ import annotations
@@ -85,10 +87,9 @@ class Task:
 
 
 _REGISTERED: dict[str, Task] = {}
-# The tasks of this repository, imported on first use (importing a binary
-# defines nothing global, but costs its imports).
-BUILTIN = {name: f"experiments.{name}"
-           for name in ("reverse", "echo", "addition", "translate", "sort")}
+# Task name -> the module defining it, imported on first use (a package of
+# binaries names its tasks without importing each: that costs their imports).
+_MODULES: dict[str, str] = {}
 
 
 def register(task: Task) -> Task:
@@ -98,19 +99,28 @@ def register(task: Task) -> Task:
   return task
 
 
+def register_modules(modules: dict[str, str]) -> None:
+  """Names tasks by the modules that define them (``{"reverse":
+  "experiments.reverse"}``); ``get`` imports one when first asked for it."""
+  for name, module_path in modules.items():
+    if not name.isidentifier():
+      raise ValueError(f"{name!r} is not a task name")
+    _MODULES[name] = module_path
+
+
 def known() -> list[str]:
-  return sorted(set(_REGISTERED) | set(BUILTIN))
+  return sorted(set(_REGISTERED) | set(_MODULES))
 
 
 def get(name: str) -> Task:
-  """The task ``name``: registered, built in, or ``pkg.module`` defining
-  ``TASK``; a SeqjaxError naming it otherwise."""
+  """The task ``name``: registered, named by ``register_modules``, or
+  ``pkg.module`` defining ``TASK``; a SeqjaxError naming it otherwise."""
   if name in _REGISTERED:
     return _REGISTERED[name]
   if not name or not all(p.isidentifier() for p in name.split(".")):
     raise SeqjaxError(f"{name!r} is not a task name; known tasks: "
                       f"{', '.join(known())}")
-  module_path = BUILTIN.get(name, name)
+  module_path = _MODULES.get(name, name)
   if module_path == name and "." not in name:
     raise SeqjaxError(f"unknown task {name!r}; known tasks: "
                       f"{', '.join(known())}")

@@ -32,6 +32,7 @@ API (process 0 only writes, like ``seqjax.train.MetricsLog``)::
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import struct
@@ -104,7 +105,7 @@ def examples_markdown(examples: list[dict]) -> str:
   return "\n".join(lines)
 
 
-class TensorBoardLog:
+class TensorBoardLog(contextlib.AbstractContextManager):
   """One event file in ``<workdir>/tb/``; ``workdir=None`` writes nothing."""
 
   def __init__(self, workdir: Optional[str], flush_secs: float = 10.0):
@@ -198,9 +199,6 @@ class TensorBoardLog:
     if self._writer is not None:
       self._writer.close()
       self._writer = None
-
-  def __enter__(self):
-    return self
 
   def __exit__(self, *exc):
     self.close()
