@@ -67,11 +67,9 @@ TRAIN_COMPILES = ("train_compiles: XLA compiles inside the timed epoch "
 
 
 def threads() -> int:
-  """The threads seqjax's XLA:CPU computes on (one with --single_thread):
-  the peers are set to the same number."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  return 1 if "--xla_cpu_multi_thread_eigen=false" in flags else (
-      os.cpu_count() or 1)
+  """The CPUs seqjax's XLA:CPU computes on (one with --single_thread, see
+  ``use_one_thread``): the peers are set to the same number."""
+  return len(os.sched_getaffinity(0))
 
 
 def median(values) -> float:
@@ -385,7 +383,8 @@ def machine_info() -> dict:
           "jax_backend": jax.default_backend(),
           "jax_devices": [str(d) for d in jax.devices()],
           "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-          "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
+          "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
+          "cpu_affinity": sorted(os.sched_getaffinity(0))}
 
 
 class _Ops:
@@ -438,6 +437,21 @@ SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SINGLE_THREAD_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
 
+def use_one_thread() -> int:
+  """Confines this process to one CPU, the first it may run on, before a
+  framework is imported, and returns it. The environment and the XLA flag
+  set the frameworks' thread counts, but XLA:CPU's matmuls run on a pool
+  sized by the CPUs the process may use whatever that flag says (jax 0.10
+  ran them on both cores of a 2-core machine), so the affinity is what
+  makes one framework one thread."""
+  os.environ.update(SINGLE_THREAD_ENV)
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                             + SINGLE_THREAD_XLA_FLAG).strip()
+  cpu = min(os.sched_getaffinity(0))
+  os.sched_setaffinity(0, {cpu})
+  return cpu
+
+
 def measures_decoding(workload) -> bool:
   """Does the workload time decoding (a training-only one does not)?"""
   return getattr(workload, "measures_decoding", True)
@@ -449,9 +463,7 @@ def _worker_main(conn, module_name: str, settings: dict, framework: str,
   import importlib
   import traceback
   if single_thread:  # before any framework is imported
-    os.environ.update(SINGLE_THREAD_ENV)
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
-                               + SINGLE_THREAD_XLA_FLAG).strip()
+    use_one_thread()
   try:
     module = importlib.import_module(module_name)
     workload = module.Workload(module.Settings(**settings))

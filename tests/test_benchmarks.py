@@ -142,6 +142,7 @@ def test_tiny_run_has_every_key_and_compiles_the_step_once(tmp_path):
   assert out["workloads"]["reverse"]["first_step_target"]["max_s"] == 1.0
   assert on_disk["workloads"]["reverse"]["single_thread"] is True
   assert harness.SINGLE_THREAD_XLA_FLAG in on_disk["machine"]["XLA_FLAGS"]
+  assert len(on_disk["machine"]["cpu_affinity"]) == 1  # XLA's pool: one CPU
 
 
 def test_seqjax_runner_decoders_agree():
