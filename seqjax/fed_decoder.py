@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import attention as attention_lib
-from seqjax.recurrent import _lstm_cell, lstm_update
+from seqjax.recurrent import (_lstm_cell, entering, lstm_cell_backward,
+                              lstm_update)
 
 Array = jax.Array
 
@@ -101,23 +102,6 @@ def _fed_scan_fwd(score, xw_TBG, h_BH, c_BH, feed_BE, joint_XG, combine_CH,
                    values_BSM, drop_TBH, out_TBH, saved)
 
 
-def _shifted(first_BX: Array, rest_TBX: Array) -> Array:
-  """What enters each step: ``first``, then each step's value but the last."""
-  return jnp.concatenate([first_BX[None], rest_TBX[:-1]], axis=0)
-
-
-def _lstm_dz(dh_BH, dc_BH, acts_BA, c_prev_BH):
-  """The LSTM cell's backward: the carry gradients -> the pre-activations'
-  (B, 4H) and the cell gradient the step adds to (as in ``recurrent``)."""
-  i, f, g, o, tc = jnp.split(acts_BA, 5, axis=-1)
-  dc_BH = dc_BH + dh_BH * o * (1.0 - tc * tc)
-  dz_BG = jnp.concatenate([dc_BH * g * i * (1.0 - i),
-                           dc_BH * c_prev_BH * f * (1.0 - f),
-                           dc_BH * i * (1.0 - g * g),
-                           dh_BH * tc * o * (1.0 - o)], axis=-1)
-  return dz_BG, dc_BH * f
-
-
 def _fed_scan_bwd(score, residuals, dout_TBH):
   (h0_BH, c0_BH, feed0_BE, joint_XG, combine_CH, keys_BSA, values_BSM,
    drop_TBH, out_TBH, saved) = residuals
@@ -141,7 +125,8 @@ def _fed_scan_bwd(score, residuals, dout_TBH):
         dweights_BS - (weights_BS * dweights_BS).sum(-1, keepdims=True))
     dh_BH = (dh_BH + dh_comb_BH
              + jnp.einsum("bs,bsa->ba", dscores_BS, keys_BSA))
-    dz_BG, dc_prev_BH = _lstm_dz(dh_BH, dc_BH, acts_BA, c_prev_BH)
+    dz_BG, dc_prev_BH = lstm_cell_backward(dh_BH, dc_BH, acts_BA,
+                                                 c_prev_BH)
     dfeed_prev_BE, dh_prev_BH = jnp.split(dz_BG @ joint_GX,
                                           [feed0_BE.shape[-1]], axis=-1)
     return ((dh_prev_BH, dc_prev_BH, dfeed_prev_BE),
@@ -150,10 +135,10 @@ def _fed_scan_bwd(score, residuals, dout_TBH):
                                 dscores_TBS) = jax.lax.scan(
       body, (jnp.zeros_like(h0_BH), jnp.zeros_like(c0_BH),
              jnp.zeros_like(feed0_BE)),
-      (dout_TBH, acts_TBA, _shifted(c0_BH, c_TBH), weights_TBS, comb_TBH,
+      (dout_TBH, acts_TBA, entering(c0_BH, c_TBH), weights_TBS, comb_TBH,
        drop_TBH), reverse=True)
-  both_TBX = jnp.concatenate([_shifted(feed0_BE, out_TBH),
-                              _shifted(h0_BH, h_TBH)], axis=-1)
+  both_TBX = jnp.concatenate([entering(feed0_BE, out_TBH),
+                              entering(h0_BH, h_TBH)], axis=-1)
   djoint_XG = jnp.einsum("tbx,tbg->xg", both_TBX, dz_TBG)
   dcombine_CH = jnp.einsum("tbc,tbh->ch",
                            jnp.concatenate([context_TBM, h_TBH], axis=-1),

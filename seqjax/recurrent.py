@@ -148,35 +148,48 @@ def _lstm_sequence_fwd(kernel_HG, xw_TBG, h_BH, c_BH, mask_TB, zero_start):
   return out, (kernel_HG, h_BH, c_BH, out[0], saved, mask_TB)
 
 
+def entering(first_BX: Array, after_TBX: Array) -> Array:
+  """What enters each step (T, B, X): ``first``, then each step's value
+  ``after`` it, but the last's."""
+  return jnp.concatenate([first_BX[None], after_TBX[:-1]], axis=0)
+
+
+def lstm_cell_backward(dh_BH: Array, dc_BH: Array, acts_BA: Array,
+                       c_prev_BH: Array) -> tuple[Array, Array]:
+  """The LSTM cell's backward pass: the gradients of its new h and c ->
+  those of its pre-activations (B, 4H) and of the cell it was given."""
+  i, f, g, o, tc = jnp.split(acts_BA, 5, axis=-1)
+  dc_BH = dc_BH + dh_BH * o * (1.0 - tc * tc)
+  dz_BG = jnp.concatenate([dc_BH * g * i * (1.0 - i),
+                           dc_BH * c_prev_BH * f * (1.0 - f),
+                           dc_BH * i * (1.0 - g * g),
+                           dh_BH * tc * o * (1.0 - o)], axis=-1)
+  return dz_BG, dc_BH * f
+
+
 def _lstm_sequence_bwd(zero_start, residuals, cotangents):
   del zero_start
   kernel_HG, h0_BH, c0_BH, h_TBH, (acts_TBA, c_TBH), mask_TB = residuals
   dh_TBH, (dh_BH, dc_BH) = cotangents
   kernel_GH = kernel_HG.T
-  # The carry entering each step: the initial one, then each step's.
-  c_prev_TBH = jnp.concatenate([c0_BH[None], c_TBH[:-1]], axis=0)
+  c_prev_TBH = entering(c0_BH, c_TBH)
 
   def body(carry, inputs):
     dh_BH, dc_BH = carry
     dh_out_BH, acts_BA, c_prev_BH, m_B = inputs
-    i, f, g, o, tc = jnp.split(acts_BA, 5, axis=-1)
     dh_BH = dh_BH + dh_out_BH
     if m_B is not None:  # a masked step passes the gradient straight through
       keep_h, keep_c = (jnp.where(m_B[:, None], 0.0, d) for d in (dh_BH, dc_BH))
       dh_BH, dc_BH = (jnp.where(m_B[:, None], d, 0.0) for d in (dh_BH, dc_BH))
-    dc_BH = dc_BH + dh_BH * o * (1.0 - tc * tc)
-    dz_BG = jnp.concatenate([dc_BH * g * i * (1.0 - i),
-                             dc_BH * c_prev_BH * f * (1.0 - f),
-                             dc_BH * i * (1.0 - g * g),
-                             dh_BH * tc * o * (1.0 - o)], axis=-1)
-    dh_prev, dc_prev = dz_BG @ kernel_GH, dc_BH * f
+    dz_BG, dc_prev = lstm_cell_backward(dh_BH, dc_BH, acts_BA, c_prev_BH)
+    dh_prev = dz_BG @ kernel_GH
     if m_B is not None:
       dh_prev, dc_prev = dh_prev + keep_h, dc_prev + keep_c
     return (dh_prev, dc_prev), dz_BG
   (dh0_BH, dc0_BH), dz_TBG = jax.lax.scan(
       body, (dh_BH, dc_BH), (dh_TBH, acts_TBA, c_prev_TBH, mask_TB),
       reverse=True)
-  h_prev_TBH = jnp.concatenate([h0_BH[None], h_TBH[:-1]], axis=0)
+  h_prev_TBH = entering(h0_BH, h_TBH)
   dkernel_HG = jnp.einsum("tbh,tbg->hg", h_prev_TBH, dz_TBG)
   return dkernel_HG, dz_TBG, dh0_BH, dc0_BH, None
 
@@ -265,7 +278,7 @@ def _gru_sequence_bwd(zero_start, residuals, cotangents):
   kernel_HG, h0_BH, h_TBH, acts_TBA, mask_TB = residuals
   dh_TBH, dh_BH = cotangents
   kernel_GH = kernel_HG.T
-  h_prev_TBH = jnp.concatenate([h0_BH[None], h_TBH[:-1]], axis=0)
+  h_prev_TBH = entering(h0_BH, h_TBH)
 
   def body(dh_BH, inputs):
     dh_out_BH, acts_BA, h_prev_BH, m_B = inputs

@@ -164,19 +164,6 @@ def _configs():
 CONFIGS = _configs()
 
 
-def _tiered(configs):
-  """The configurations as test parameters: each attention setting in one
-  of its variants in the fast tier (the pick rotates, so every variant is
-  there too), the others in the full tier."""
-  groups = {}
-  for config in configs:
-    groups.setdefault(config[:3], []).append(config)
-  fast = {group[i % len(group)] for i, group in enumerate(groups.values())}
-  return [pytest.param(c, id=_id(c),
-                       marks=() if c in fast else pytest.mark.full)
-          for c in configs]
-
-
 def _id(config):
   attention, score, feed, cell, (enc, dec), bidirectional = config
   name = attention if attention != "luong" else f"luong_{score}"
@@ -241,7 +228,10 @@ def test_teacher_forced_logits_equal_step_by_step_decoding(config):
   np.testing.assert_allclose(forced, stepwise, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", _tiered(CONFIGS))
+# Each attention setting in one of its variants in the fast tier (the pick
+# rotates, so every variant is there too), the others in the full tier.
+@pytest.mark.parametrize("config", tiers.tiered(
+    CONFIGS, tiers.rotating(CONFIGS, lambda c: c[:3]), _id))
 def test_teacher_forced_logits_match_the_numpy_model(config):
   model, params, forced, _ = _run(config)
   src_BS, _, dec_in_BT = _data()

@@ -154,13 +154,15 @@ class QueueDecoder:
   """In-flight decoding as a decoder: ``decode(params, src_NS,
   src_mask_NS=None, key=None)`` -> tokens (N, max_len) (beam search: the
   best hypothesis'; with ``full``, ``InFlight`` or ``InFlightBeams``), all
-  N sentences in one queue, by N slots unless ``slots`` is given. ``decode_in_batches`` gives it the whole array, its batch size
-  the slots. Jitted once per (queue shape, slots)."""
+  N sentences in one queue, by N slots unless ``slots`` is given.
+  ``decode_in_batches`` gives it the whole array, its batch size the
+  slots. Jitted once per (queue shape, slots)."""
 
   in_flight = True
 
   def __init__(self, model, *, full: bool = False, **kw):
     self.full = full
+    self._beam = strategies.is_beam(kw.get("strategy"))
     self._jitted = {}
     self._fn = functools.partial(decode_queue, model, **kw)
 
@@ -170,12 +172,11 @@ class QueueDecoder:
     if slots not in self._jitted:
       def in_flight_decode(params, src_NS, src_mask_NS=None, key=None,
                            count=None):
-        del key  # greedy
+        del key  # greedy and beam search draw nothing
         out = self._fn(params, src_NS, src_mask_NS, count, slots=slots)
         if self.full:
           return out
-        return out.tokens_NT if hasattr(out, "tokens_NT") else (
-            out.tokens_QNT[:, 0])
+        return out.tokens_QNT[:, 0] if self._beam else out.tokens_NT
       self._jitted[slots] = jax.jit(in_flight_decode)
     return self._jitted[slots]
 

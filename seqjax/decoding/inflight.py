@@ -8,8 +8,8 @@ sentences' lengths over B. All N sentences are encoded up front; a slot
 taking sentence i gets row i of the encoder's state (carries and, with
 attention, the sentence's memory), written into its row alone: at most R
 slots (``refill_rows``) are refilled a step, so a step gathers R rows, not
-B, and a slot freed beyond them idles a step. Every sentence's tokens and score are
-those of decoding it alone: a row's step reads only that row.
+B, and a slot freed beyond them idles a step. Every sentence's tokens and
+score are those of decoding it alone: a row's step reads only that row.
 """
 
 from __future__ import annotations
