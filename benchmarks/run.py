@@ -5,6 +5,7 @@
   python -m benchmarks.run --workload=attention --peers=torch
   python -m benchmarks.run --workload=sweep   # vectorized vs sequential runs
   python -m benchmarks.run --workload=startup # fresh processes, cold and warm
+  python -m benchmarks.run --workload=compile_flags  # XLA:CPU flag variants
   python -m benchmarks.run --workload=decode --peers=torch,onmt \\
       --single_thread --settings=model_dir=WORKDIR
 
@@ -64,6 +65,9 @@ WORKLOADS = {
                ("seqjax.decoding", "seqjax.translation", "experiments.translate"),
                "beam search (seqjax.decoding), the translation API and "
                "benchmarks/decode.py"),
+    # XLA:CPU compile flags: compile time against speed.
+    "compile_flags": ("benchmarks.compile_flags", (),
+                      "benchmarks/compile_flags.py"),
     # Fresh processes of the binaries, cold and warm compilation cache.
     "startup": ("benchmarks.startup", ("experiments.translate",),
                 "the translate experiment and benchmarks/startup.py"),

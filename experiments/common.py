@@ -119,6 +119,7 @@ def main(task) -> None:
   message, exit 2.
   """
   config_cls, run = task.config_cls, task.run
+  compile_cache.use_cpu_flags()
   define_flags(config_cls, f"{task.name} flags")
   define_runtime_flags()
 

@@ -5,6 +5,21 @@ import tempfile
 # Tests run on the CPU with deterministic, small thread pools.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# The tests compile hundreds of small programs and run each briefly. XLA:CPU
+# compiles them about 4x faster with its older fusion emitters at LLVM -O0
+# (benchmarks/RESULTS.md, "XLA:CPU compile flags"): the fast tier takes half
+# the time. Their values agree within the tests' tolerances; whether two
+# different programs round alike is checked where the binaries compile
+# (test_reliability's non-finite guard). SEQJAX_TEST_XLA_FLAGS overrides
+# the choice (empty: XLA's defaults).
+DEFAULT_TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0 "
+                          "--xla_cpu_use_fusion_emitters=false")
+TEST_XLA_FLAGS = os.environ.get("SEQJAX_TEST_XLA_FLAGS",
+                                DEFAULT_TEST_XLA_FLAGS)
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):  # workers inherit
+  os.environ["XLA_FLAGS"] = " ".join(
+      f for f in (os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAGS) if f)
+
 # One persistent compilation cache for the whole session: the controller
 # makes it, the workers and the binaries' subprocesses inherit it, so a
 # program every end-to-end test builds compiles once. Compile counts are

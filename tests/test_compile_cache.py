@@ -2,6 +2,7 @@
 programs back, numbers never depend on the cache, and a bad cache directory
 is a warning, not a failure."""
 
+import json
 import os
 import re
 import subprocess
@@ -106,3 +107,28 @@ def test_numbers_that_keep_shapes_do_not_change_the_programs(tmp_path):
   wider = _translate(tmp_path, "c", cache, **{**NUMBERS[1], "latent_dim": 12})
   assert any(p.startswith("jit_train_call") for p in wider), wider
   assert any(p.startswith("jit_eval_step") for p in wider), wider
+
+
+def _cpu_flags_in_a_fresh_process(xla_flags, platforms="cpu"):
+  """-> (flags use_cpu_flags added, $XLA_FLAGS after) in a new process,
+  and again once its backend runs."""
+  code = ("import os, json, jax; from seqjax import compile_cache as c; "
+          "added = c.use_cpu_flags(); after = os.environ.get('XLA_FLAGS'); "
+          "jax.numpy.ones(1).block_until_ready(); "
+          "print(json.dumps([added, after, c.use_cpu_flags()]))")
+  env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": platforms}
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_binaries_compile_at_the_cpu_flags_unless_the_user_chose():
+  from seqjax import compile_cache
+  added, after, late = _cpu_flags_in_a_fresh_process("")
+  assert added == list(compile_cache.CPU_FLAGS)
+  assert after == " ".join(compile_cache.CPU_FLAGS)
+  assert late == []  # the backend runs: too late, nothing changes
+  mine = "--xla_backend_optimization_level=3 --xla_cpu_enable_fast_math=false"
+  added, after, _ = _cpu_flags_in_a_fresh_process(mine)
+  assert added == [] and after == mine

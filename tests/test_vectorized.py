@@ -203,8 +203,9 @@ def test_train_step_entry_point():
     lone, lone_m = jax.jit(train_lib.make_train_step(setups[0].loss_fn))(
         state, batch)
     assert np.array_equal(metrics["loss"][i], lone_m["loss"])
+    # The module's bound for a member against its lone run (docstring).
     assert _scale_error(vectorized.member(group, i).params,
-                        lone.params) < 1e-6
+                        lone.params) < 1e-5
 
 
 def test_nonfinite_member_stops_alone(tmp_path):
