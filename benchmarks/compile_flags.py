@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +38,9 @@ from seqjax import compile_cache
 from seqjax import runner
 
 from benchmarks import harness
+from benchmarks.startup import run_child
 
 NAME = "compile_flags"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "xla_default": "--xla_backend_optimization_level=3",
     "binaries": "",  # the binaries' own choice: compile_cache.CPU_FLAGS
@@ -74,25 +73,12 @@ class Settings:
   seed: int = 0
 
 
-def _child(args: list[str], flags: str, timeout_s: int):
-  env = dict(os.environ, XLA_FLAGS=flags)
-  env["PYTHONPATH"] = os.pathsep.join(
-      p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
-  t0 = time.time()
-  proc = subprocess.run([sys.executable, "-m"] + args, cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout_s,
-                        check=False)
-  if proc.returncode != 0:
-    raise RuntimeError(f"{' '.join(args[:2])} exited {proc.returncode}:\n"
-                       f"{proc.stderr[-3000:]}")
-  return time.time() - t0, proc.stdout
-
-
 def _attention(s: Settings, flags: str, tmp: str) -> dict:
   path = os.path.join(tmp, "attention.json")
-  _child(["benchmarks.run", "--workload=attention", "--peers=", "--reps=1",
-          "--single_thread", f"--settings=num_samples={s.attention_samples}",
-          f"--json={path}"], flags, s.timeout_s)
+  run_child(["benchmarks.run", "--workload=attention", "--peers=",
+             "--reps=1", "--single_thread",
+             f"--settings=num_samples={s.attention_samples}",
+             f"--json={path}"], s.timeout_s, XLA_FLAGS=flags)
   with open(path, encoding="utf-8") as f:
     out = json.load(f)
   res = out["workloads"]["attention"]["results"]["seqjax"]
@@ -104,10 +90,10 @@ def _attention(s: Settings, flags: str, tmp: str) -> dict:
 
 def _decode(s: Settings, flags: str, tmp: str) -> dict:
   path = os.path.join(tmp, "decode.json")
-  _child(["benchmarks.run", "--workload=decode", "--peers=", "--reps=1",
-          "--single_thread", f"--settings=batches=50,steps=20,passes=2,"
-          f"num_sentences={s.decode_sentences}", f"--json={path}"],
-         flags, s.timeout_s)
+  run_child(["benchmarks.run", "--workload=decode", "--peers=", "--reps=1",
+             "--single_thread", f"--settings=batches=50,steps=20,passes=2,"
+             f"num_sentences={s.decode_sentences}", f"--json={path}"],
+            s.timeout_s, XLA_FLAGS=flags)
   with open(path, encoding="utf-8") as f:
     res = json.load(f)["workloads"]["decode"]["results"]["seqjax"]
   out = {}
@@ -118,12 +104,12 @@ def _decode(s: Settings, flags: str, tmp: str) -> dict:
 
 
 def _reverse(s: Settings, flags: str, tmp: str) -> dict:
-  wall, stdout = _child(["experiments.reverse", "--compilation_cache_dir=",
-                         f"--workdir={os.path.join(tmp, 'reverse')}"],
-                        flags, s.timeout_s)
-  sha = re.search(r"sha256 ([0-9a-f]+)", stdout)
-  accuracy = re.search(r"Accuracy: ([\d.]+)%", stdout)
-  return {"reverse_wall_s": wall,
+  child = run_child(["experiments.reverse", "--compilation_cache_dir=",
+                     f"--workdir={os.path.join(tmp, 'reverse')}"],
+                    s.timeout_s, XLA_FLAGS=flags)
+  sha = re.search(r"sha256 ([0-9a-f]+)", child["stdout"])
+  accuracy = re.search(r"Accuracy: ([\d.]+)%", child["stdout"])
+  return {"reverse_wall_s": child["wall_s"],
           "reverse_sha256": sha.group(1) if sha else None,
           "reverse_accuracy": float(accuracy.group(1)) if accuracy else None}
 

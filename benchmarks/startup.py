@@ -145,18 +145,19 @@ def _read_results(workdir: str) -> dict:
     return {}
 
 
-def _child_env() -> dict:
-  env = dict(os.environ, JAX_LOG_COMPILES="1")
+def _child_env(**overrides) -> dict:
+  env = dict(os.environ, JAX_LOG_COMPILES="1", **overrides)
   env["PYTHONPATH"] = os.pathsep.join(
       p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
   return env
 
 
-def run_child(args: list[str], timeout_s: int) -> dict:
-  """``python -m args...`` from the checkout; its times and output."""
+def run_child(args: list[str], timeout_s: int, **env) -> dict:
+  """``python -m args...`` from the checkout, ``env`` added to its
+  environment; its times and output."""
   t0 = time.time()
   proc = subprocess.run([sys.executable, "-m"] + args, cwd=ROOT,
-                        env=_child_env(), capture_output=True, text=True,
+                        env=_child_env(**env), capture_output=True, text=True,
                         timeout=timeout_s, check=False)
   wall = time.time() - t0
   if proc.returncode != 0:

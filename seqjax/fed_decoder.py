@@ -125,8 +125,7 @@ def _fed_scan_bwd(score, residuals, dout_TBH):
         dweights_BS - (weights_BS * dweights_BS).sum(-1, keepdims=True))
     dh_BH = (dh_BH + dh_comb_BH
              + jnp.einsum("bs,bsa->ba", dscores_BS, keys_BSA))
-    dz_BG, dc_prev_BH = lstm_cell_backward(dh_BH, dc_BH, acts_BA,
-                                                 c_prev_BH)
+    dz_BG, dc_prev_BH = lstm_cell_backward(dh_BH, dc_BH, acts_BA, c_prev_BH)
     dfeed_prev_BE, dh_prev_BH = jnp.split(dz_BG @ joint_GX,
                                           [feed0_BE.shape[-1]], axis=-1)
     return ((dh_prev_BH, dc_prev_BH, dfeed_prev_BE),

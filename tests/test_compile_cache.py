@@ -109,14 +109,14 @@ def test_numbers_that_keep_shapes_do_not_change_the_programs(tmp_path):
   assert any(p.startswith("jit_eval_step") for p in wider), wider
 
 
-def _cpu_flags_in_a_fresh_process(xla_flags, platforms="cpu"):
-  """-> (flags use_cpu_flags added, $XLA_FLAGS after) in a new process,
-  and again once its backend runs."""
+def _cpu_flags_in_a_fresh_process(xla_flags):
+  """-> [flags use_cpu_flags added, $XLA_FLAGS after, flags it adds once
+  the backend runs], in a new CPU process."""
   code = ("import os, json, jax; from seqjax import compile_cache as c; "
           "added = c.use_cpu_flags(); after = os.environ.get('XLA_FLAGS'); "
           "jax.numpy.ones(1).block_until_ready(); "
           "print(json.dumps([added, after, c.use_cpu_flags()]))")
-  env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": platforms}
+  env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
