@@ -32,14 +32,14 @@ import orbax.checkpoint as ocp
 from seqjax import reliability
 from seqjax import settings as settings_lib
 from seqjax.checkpoint import Checkpointer, _signature, flat_record
-from seqjax.data import translation as data_lib
+from seqjax.data import vocab_file
 from seqjax.errors import SeqjaxError
 
 RECORD = "average.json"
-VOCAB_FILE = data_lib.VOCAB_FILE
+VOCAB_FILE = vocab_file.VOCAB_FILE
 # Read beside the checkpoint by a translation model: vocab.json records the
 # SentencePiece models' sha256, so agreeing vocab.json files mean equal models.
-COPIED = (VOCAB_FILE, *data_lib.MODEL_FILES.values())
+COPIED = (VOCAB_FILE, *vocab_file.MODEL_FILES.values())
 AVERAGED = ("params", "ema")  # state keys averaged; the others: the newest
 
 
@@ -108,7 +108,7 @@ def last_checkpoints(workdir: str, n: int) -> list[Source]:
 
 def best_checkpoints(workdir: str, n: int) -> list[Source]:
   """The ``n`` best checkpoints kept in ``<workdir>/best`` (see
-  ``checkpoint.BestCheckpoint``, ``keep`` of them), best first."""
+  ``best_checkpoint.BestCheckpoint``, ``keep`` of them), best first."""
   record = _read_json(os.path.join(workdir, "best.json")) or {}
   kept = [k for k in record.get("kept") or
           ([record] if "step" in record else [])

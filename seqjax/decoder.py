@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from seqjax import attention as attention_lib
 from seqjax import fed_decoder
 from seqjax.per_beam import Shared
-from seqjax.recurrent import StepArrays, project_inputs
+from seqjax.cells import project_inputs
+from seqjax.recurrent import StepArrays
 
 Array = jax.Array
 # drop(i, x): dropout after layer i (i < layers - 1) or, at the last index,

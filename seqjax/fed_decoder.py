@@ -7,7 +7,7 @@ encoder outputs every step: a read-modify-write of all of them per step.
 Here the reverse loop carries only the gradients of the carry (h, c and the
 fed attentional state) and emits each step's pre-activation gradients; the
 weight and memory gradients are then a few einsums over all steps at once
-(the pattern of ``seqjax.recurrent``'s sequences). On the 2-core CPU host
+(the pattern of ``seqjax.recurrent_scans``' sequences). On the 2-core CPU host
 that saved about 4% of a training step's time (benchmarks/RESULTS.md).
 
 It serves one LSTM layer whose step multiplies the fed state and h by one
@@ -15,7 +15,7 @@ stacked kernel (``Decoder.with_joint_kernel``) with a score that is a dot
 product against the keys (``dot``, ``general``, ``scaled_dot``), in float32;
 ``serves`` says whether a decoder is such, and ``Decoder.scan`` takes
 autodiff otherwise. The forward is the step's math through the same
-functions (``_lstm_cell``, the score, ``masked_softmax``, the combine),
+functions (``lstm_cell``, the score, ``masked_softmax``, the combine),
 so its outputs equal the step loop's. Shapes: E the fed state's width (H),
 X = E + H, G = 4H, S source steps, A the keys' width, M the memory's, C = M
 + H the combine's input.
@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import attention as attention_lib
-from seqjax.recurrent import (_lstm_cell, entering, lstm_cell_backward,
-                              lstm_update)
+from seqjax.cells import lstm_cell, lstm_update
+from seqjax.recurrent_scans import entering, lstm_cell_backward
 
 Array = jax.Array
 
@@ -72,7 +72,7 @@ def _forward(score, xw_TBG, h_BH, c_BH, feed_BE, joint_XG, combine_CH,
     h_BH, c_BH, feed_BE = carry
     xw_BG, drop_BH = inputs
     both_BX = jnp.concatenate([feed_BE, h_BH], axis=-1)
-    h_BH, c_BH, acts_BA = _lstm_cell(joint_XG, both_BX, c_BH, xw_BG)
+    h_BH, c_BH, acts_BA = lstm_cell(joint_XG, both_BX, c_BH, xw_BG)
     weights_BS = attention_lib.masked_softmax(score_fn({}, h_BH, keys_BSA),
                                               mask_BS)
     context_BM = jnp.einsum("bs,bsm->bm", weights_BS, values_BSM)

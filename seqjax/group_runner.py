@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import sys
 from typing import Any, Optional, Sequence
 
 import jax
@@ -30,11 +29,13 @@ import numpy as np
 
 from seqjax import reliability
 from seqjax import runner
+from seqjax import selected as selected_lib
 from seqjax import summary as summary_lib
 from seqjax import train as train_lib
 from seqjax import vectorized
 from seqjax import selection as selection_lib
-from seqjax.checkpoint import BestCheckpoint, Checkpointer
+from seqjax.best_checkpoint import BestCheckpoint
+from seqjax.checkpoint import Checkpointer
 from seqjax.errors import SeqjaxError
 
 # Values a member sets alone: its seed (initialisation, data, order) and
@@ -194,7 +195,7 @@ def _prepare(task, config, to_log: bool) -> _Prepared:
   workdir = config.workdir
   with _member_output(workdir, to_log):
     setup = task.setup(config, workdir)
-  errors = setup_errors(setup) + runner.selection_errors(
+  errors = setup_errors(setup) + selected_lib.selection_errors(
       config, setup.select_metric, task.name)
   if errors:
     raise SeqjaxError("; ".join(errors))
@@ -231,7 +232,7 @@ def _prepare_selection(p: _Prepared, latest):
   p.tracker = selection_lib.Tracker.from_json(
       p.checkpointer.saved_selection(step) if latest is not None else None,
       setup.select_metric, setup.select_maximize)
-  if runner.keeps_best(p.config, setup.select_metric):
+  if selected_lib.keeps_best(p.config, setup.select_metric):
     p.best = BestCheckpoint(p.config.workdir, p.model_config)
     if p.tracker.best_step == step and p.best.step() != step:
       p.best.save(p.state, p.tracker)  # killed between the two saves
@@ -340,10 +341,10 @@ def _run_locked(task, configs, to_log, stack) -> list[Optional[str]]:
     state = vectorized.lone_state(member_state, p.tx)
     with _member_output(p.config.workdir, to_log):
       print(f"Parameters at step {int(state.step)}: sha256 "
-            f"{runner.params_fingerprint(state.params)}")
+            f"{summary_lib.params_fingerprint(state.params)}")
       results = runner.base_results(task.name, p.config)
       results.update(workdir=p.config.workdir, step=int(state.step))
-      state, selected = runner.selected_state(
+      state, selected = selected_lib.selected_state(
           p.config.workdir, p.model_config, p.config, p.setup, state,
           result.stats)
       results.update(selected)

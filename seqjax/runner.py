@@ -5,11 +5,9 @@ resume, evaluate, results.json. See ``seqjax.task`` for what a task supplies.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from typing import Callable, Optional
 
-from absl import logging
 import jax
 import numpy as np
 
@@ -20,9 +18,13 @@ from seqjax import sharding as sharding_lib
 from seqjax import summary as summary_lib
 from seqjax import tensorboard as tensorboard_lib
 from seqjax import train as train_lib
-from seqjax.checkpoint import BestCheckpoint, Checkpointer
+from seqjax.best_checkpoint import BestCheckpoint
+from seqjax.checkpoint import Checkpointer
 from seqjax.config import DTYPES, TrainingConfig
 from seqjax.errors import SeqjaxError
+from seqjax.selected import (ema_state, keep_best_n, keeps_best, saved_ema,
+                             selected_state, selection_errors)
+from seqjax.summary import params_fingerprint
 # The workdir and results files; callers name them here too.
 from seqjax.workdirs import (base_results, default_workdir, files_written,  # pylint: disable=unused-import
                              latest_step, make_workdir, read_results,
@@ -103,33 +105,6 @@ def run(task, config, workdir: Optional[str] = None) -> dict:
   return results
 
 
-def selection_errors(config, select_metric: Optional[str], task: str
-                     ) -> list[str]:
-  """The selection flags a task without a select metric cannot honour."""
-  if select_metric is not None:
-    return []
-  wanted = [f for f, on in (
-      ("--keep_best", getattr(config, "keep_best", None)),
-      (f"--patience={getattr(config, 'patience', 0)}",
-       getattr(config, "patience", 0) > 0),
-      ("--lr_schedule=plateau",
-       getattr(config, "lr_schedule", "constant") == "plateau")) if on]
-  who = f"task {task}" if task else "this run"
-  return [f"{flag}: {who} selects by no held-out metric (no "
-          "Setup.select_metric)" for flag in wanted]
-
-
-def keeps_best(config, select_metric: Optional[str]) -> bool:
-  """--keep_best, whose default is on when the task selects by a metric."""
-  keep = getattr(config, "keep_best", None)
-  return select_metric is not None if keep is None else bool(keep)
-
-
-def keep_best_n(config) -> int:
-  """--keep_best_n: how many of the best epochs' states are kept."""
-  return getattr(config, "keep_best_n", 1)
-
-
 def checkpoint_config(model_config: dict, config) -> dict:
   """What a checkpoint must match: the task's model config, and (only when
   not the defaults, so older checkpoints still match) what changes the
@@ -141,59 +116,6 @@ def checkpoint_config(model_config: dict, config) -> dict:
   if getattr(config, "clip_norm", 0) > 0:
     extra["gradient_clipping"] = True
   return {**model_config, **extra}
-
-
-def selected_state(workdir: str, model_config: dict, config, setup, state,
-                   stats: train_lib.FitStats):
-  """-> (the state to evaluate, its results.json keys): with a select
-  metric and --keep_best the best epoch's state (from ``<workdir>/best``),
-  else ``state``, the latest."""
-  if setup.select_metric is None or stats.selection is None:
-    return state, {}
-  tracker = selection_lib.Tracker.from_json(
-      stats.selection, setup.select_metric, setup.select_maximize)
-  chosen, step = state, int(state.step)
-  if (keeps_best(config, setup.select_metric) and
-      tracker.best_step is not None and tracker.best_step != step):
-    best = BestCheckpoint(workdir, model_config, keep_best_n(config))
-    restored = best.restore(state, tracker.best_step)
-    best.close()
-    if restored is None:
-      logging.warning("The best checkpoint (step %d) is not in %s; "
-                      "evaluating the latest state (step %d).",
-                      tracker.best_step, workdir, step)
-    else:
-      chosen, step = restored, tracker.best_step
-  if tracker.last_step is None:  # a checkpoint without a selection record
-    return state, {**unselected(workdir, state),
-                   "select_metric": tracker.metric, "select_value": None,
-                   "stopped_early": stats.stopped_early,
-                   "stopped_epoch": stats.stopped_epoch}
-  epoch, value = None, None
-  if step == tracker.best_step:
-    epoch, value = tracker.best_epoch, tracker.best
-  elif step == tracker.last_step:
-    epoch, value = tracker.last_epoch, tracker.last
-  print(f"Selected the state of epoch {epoch} (step {step}; "
-        f"{tracker.metric} {value}): parameters sha256 "
-        f"{params_fingerprint(chosen.params)}")
-  return chosen, {"select_metric": tracker.metric, "selected_step": step,
-                  "selected_epoch": epoch, "select_value": value,
-                  "stopped_early": stats.stopped_early,
-                  "stopped_epoch": stats.stopped_epoch}
-
-
-def unselected(workdir: str, state) -> dict:
-  """Prints what is evaluated where no epoch was selected (an averaged
-  checkpoint, or one saved without a selection record); -> its
-  results.json keys."""
-  from seqjax import averaging
-  what = averaging.describe(workdir) or (
-      f"the checkpoint at step {int(state.step)} (no selection record)")
-  print(f"Evaluating {what}: parameters sha256 "
-        f"{params_fingerprint(state.params)}")
-  return {"selected_step": int(state.step), "selected_epoch": None,
-          "evaluated": what}
 
 
 def init_params(task, setup, seed: int):
@@ -331,49 +253,6 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
   return state, stats
 
 
-def saved_ema(workdir: str, model_config: dict, state, config):
-  """With --ema_decay: the moving average saved with the checkpoint of
-  ``state``'s step, placed as its parameters; None without one (the
-  average then starts from the parameters resumed)."""
-  if not getattr(config, "ema_decay", 0):
-    return None
-  step = int(state.step)
-  # A manager of its own: one that restored the whole state reads no part.
-  checkpointer = Checkpointer(workdir, model_config)
-  try:
-    if not checkpointer.has_ema(step):
-      return None
-    return checkpointer.restore_params(state.params, step, key="ema")
-  finally:
-    checkpointer.close()
-
-
-def ema_state(workdir: str, model_config: dict, config, state):
-  """With --ema_decay, the model a run hands back and evaluates is the
-  moving average of the parameters at the selected step: -> (``state``
-  with it, the results.json keys); without, (``state``, {})."""
-  decay = getattr(config, "ema_decay", 0)
-  if not decay:
-    return state, {}
-  step, ema = int(state.step), None
-  for subdir in ("checkpoints", "best"):
-    checkpointer = Checkpointer(workdir, model_config, max_to_keep=None,
-                                subdir=subdir)
-    if step in checkpointer.all_steps() and checkpointer.has_ema(step):
-      ema = checkpointer.restore_params(state.params, step, key="ema")
-    checkpointer.close()
-    if ema is not None:
-      break
-  if ema is None:
-    logging.warning("--ema_decay=%s: no moving average saved at step %d in "
-                    "%s; evaluating the parameters themselves.", decay, step,
-                    workdir)
-    return state, {"evaluated_params": "params"}
-  print(f"Evaluating the moving average of the parameters at step {step} "
-        f"(--ema_decay={decay}): sha256 {params_fingerprint(ema)}")
-  return state.replace(params=ema), {"evaluated_params": "ema"}
-
-
 def _step_size_flags(config) -> str:
   """The flags that set the size of an update, for a non-finite step."""
   lr = (config.learning_rate if config.learning_rate is not None else
@@ -427,12 +306,3 @@ def open_logs(workdir: str, step: int, config) -> train_lib.MetricsLog:
   tb.text("flags", step, tensorboard_lib.flags_markdown(
       dataclasses.asdict(config)))
   return train_lib.MetricsLog(path, sinks=(tb,))
-
-
-def params_fingerprint(params) -> str:
-  """sha256 of every parameter's bytes (in tree order): equal parameters on
-  every process, or across reruns with one seed, have equal fingerprints."""
-  digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(jax.device_get(params)):
-    digest.update(np.ascontiguousarray(leaf).tobytes())
-  return digest.hexdigest()

@@ -10,7 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax.recurrent import CELLS, Carry, make_recurrent
+from seqjax.cells import Carry
+from seqjax.recurrent import CELLS, make_recurrent
 
 Array = jax.Array
 

@@ -1,10 +1,13 @@
-"""A Keras-style parameter summary table of a Flax parameter pytree."""
+"""A Keras-style parameter summary table of a Flax parameter pytree, and
+the parameters' fingerprint."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import jax
+import numpy as np
 
 
 def param_rows(params) -> list[tuple[str, list[tuple[str, tuple]], int]]:
@@ -37,3 +40,12 @@ def format_summary(params, title: str = "Model") -> str:
     lines.append(f"{layer:<{w_layer}}  {count:>{w_count},}  {txt}")
   lines.append(f"Total params: {count_params(params):,}")
   return "\n".join(lines)
+
+
+def params_fingerprint(params) -> str:
+  """sha256 of every parameter's bytes (in tree order): equal parameters on
+  every process, or across reruns with one seed, have equal fingerprints."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(params)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()

@@ -26,6 +26,7 @@ from seqjax import translation
 from seqjax import translation_load
 from seqjax.data import script as script_lib
 from seqjax.data import translation as data_lib
+from seqjax.data import vocab_file
 from seqjax.errors import SeqjaxError
 from seqjax.translate_runs import (check_trained_data, data_settings,
                                    model_spec, prepare_data)
@@ -53,7 +54,7 @@ class Evaluation:
 
 def setup(config, workdir: str) -> task_lib.Setup:
   """The data, the model and its loss, and the evaluations of a run."""
-  restored = (data_lib.load_vocab_file(workdir) if os.path.isdir(workdir)
+  restored = (vocab_file.load_vocab_file(workdir) if os.path.isdir(workdir)
               else None)
   check_trained_data(config, restored, workdir)
   data = prepare_data(config, restored)
@@ -77,7 +78,7 @@ def setup(config, workdir: str) -> task_lib.Setup:
       config.eval_batch_size, config.epochs, decoder=dev_decoder,
       held_out=selection, tgt_vocab=data.tgt_vocab)
   save = None if restored else functools.partial(
-      data_lib.save_vocab_file, vocab_file=data_lib.VocabFile(
+      vocab_file.save_vocab_file, vocab_file=vocab_file.VocabFile(
           data.src_vocab, data.tgt_vocab, data.max_decode_len,
           max_source_len=data.train["src"].shape[1],
           data=data_settings(config)))

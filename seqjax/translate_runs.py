@@ -1,8 +1,8 @@
 """A translation run's settings: the model, the data and what a workdir
 records of them.
 
-``config`` below is a translation run's settings object (the translate
-binary's ``TranslateConfig``: one attribute a setting). This module maps it
+``config`` below is a translation run's settings
+(``seqjax.translate_config.TranslateConfig``: one attribute a setting). This module maps it
 to the library's values (``model_spec``, ``levels``, ``data_settings``),
 prepares its data, and reads back what a trained run recorded
 (``recorded_config``), refusing a model trained on other data or settings.
@@ -19,6 +19,7 @@ from seqjax import translation
 from seqjax import translation_load
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import translation as data_lib
+from seqjax.data import vocab_file
 from seqjax.errors import ParameterError, SeqjaxError
 from seqjax.settings import ModelSettings
 
@@ -85,7 +86,7 @@ def levels(config) -> data_lib.Levels:
 
 def data_settings(config) -> dict:
   """The split and target script of ``config``, as vocab.json records."""
-  return data_lib.data_settings(
+  return vocab_file.data_settings(
       split=config.split, target_script=config.target_script,
       split_seed=config.split_seed, num_test=config.num_test,
       num_dev=config.num_dev, num_samples=num_samples(config),
@@ -110,7 +111,7 @@ def resolve_data_path(flag_value: str) -> str:
   return path
 
 
-def prepare_data(config, restored: Optional[data_lib.VocabFile] = None
+def prepare_data(config, restored: Optional[vocab_file.VocabFile] = None
                  ) -> data_lib.TranslationData:
   """The data pipeline (``seqjax.data.translation.prepare``) with these
   settings; with ``restored``, a trained model's vocabularies and decoding
@@ -133,7 +134,7 @@ def prepare_data(config, restored: Optional[data_lib.VocabFile] = None
     raise flag_error(e) from e
 
 
-def check_trained_data(config, restored: Optional[data_lib.VocabFile],
+def check_trained_data(config, restored: Optional[vocab_file.VocabFile],
                        workdir: str) -> None:
   """A model resumed or evaluated in ``workdir`` must have been trained on
   the same split, target script and subword settings (another split's
@@ -141,7 +142,7 @@ def check_trained_data(config, restored: Optional[data_lib.VocabFile],
   otherwise."""
   if restored is None:
     return
-  trained = dict(restored.data or data_lib.UNRECORDED_DATA)
+  trained = dict(restored.data or vocab_file.UNRECORDED_DATA)
   now = data_settings(config)
   if trained != now:
     # Levels are recorded only with a subword side: name both sides' here.
@@ -154,7 +155,7 @@ def check_trained_data(config, restored: Optional[data_lib.VocabFile],
                       if trained.get(k) != now.get(k))
     raise SeqjaxError(
         f"--workdir={workdir}: its model was trained with {diffs} "
-        f"({data_lib.VOCAB_FILE}); evaluating or training it on other data "
+        f"({vocab_file.VOCAB_FILE}); evaluating or training it on other data "
         "could score it on its own training sentences. Use the flags it was "
         "trained with, or another workdir; nothing was changed.")
 
@@ -194,7 +195,7 @@ def recorded_settings(workdir: str, config_cls) -> dict:
   settings.update({k: v for k, v in spec_flags(spec).items()
                    if k not in ("dropout", "label_smoothing")})
   settings["optimizer"] = saved["optimizer"]
-  data = dict(vocabs.data or data_lib.UNRECORDED_DATA)
+  data = dict(vocabs.data or vocab_file.UNRECORDED_DATA)
   if "num_samples" in data and settings.get("num_samples") is None:
     settings["num_samples"] = data.pop("num_samples")
   data.pop("num_samples", None)  # None in results.json: the split's default

@@ -29,7 +29,7 @@ import numpy as np
 from seqjax import decoding
 from seqjax import evaluate
 from seqjax import train as train_lib
-from seqjax.data import translation as data_lib
+from seqjax.data import vocab_file
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
 from seqjax.errors import ParameterError
@@ -173,7 +173,7 @@ class Translator:
   spec: ModelSpec
   model: Seq2Seq  # or a decoding.Ensemble of them (load_ensemble)
   params: dict
-  vocabs: data_lib.VocabFile
+  vocabs: vocab_file.VocabFile
   step: int  # the checkpoint's
   strategy: object = decoding.Greedy()
   n_best: int = 0  # > 0: the N best beams, or N samples a sentence

@@ -14,9 +14,9 @@ from typing import Optional
 import jax
 
 from seqjax import decoding
-from seqjax.checkpoint import (OPTIMIZER_STRUCTURE, BestCheckpoint,
-                               Checkpointer)
-from seqjax.data import translation as data_lib
+from seqjax.best_checkpoint import BestCheckpoint
+from seqjax.checkpoint import OPTIMIZER_STRUCTURE, Checkpointer
+from seqjax.data import vocab_file
 from seqjax.errors import ParameterError
 from seqjax.models import Seq2Seq
 from seqjax.translation import (TASK, ModelNotFoundError, ModelSpec,
@@ -36,7 +36,7 @@ def saved_model_config(workdir: str) -> Optional[dict]:
     checkpointer.close()
 
 
-def load_records(workdir: str) -> tuple[dict, data_lib.VocabFile]:
+def load_records(workdir: str) -> tuple[dict, vocab_file.VocabFile]:
   """-> (the checkpoint's model config, vocab.json) of the translation model
   trained in ``workdir``. Raises ParameterError naming the task of another
   task's model, ModelNotFoundError without a checkpoint or vocab.json."""
@@ -45,10 +45,10 @@ def load_records(workdir: str) -> tuple[dict, data_lib.VocabFile]:
     raise ParameterError("workdir", workdir, f"holds a {saved.get('task')!r} "
                          "model (that task's checkpoint), not a translation "
                          "model")
-  vocabs = data_lib.load_vocab_file(workdir) if saved else None
+  vocabs = vocab_file.load_vocab_file(workdir) if saved else None
   if saved is None or vocabs is None:
     missing = ("no checkpoint" if saved is None else
-               f"a checkpoint but no {data_lib.VOCAB_FILE}")
+               f"a checkpoint but no {vocab_file.VOCAB_FILE}")
     raise ModelNotFoundError("workdir", workdir, missing)
   return saved, vocabs
 
@@ -68,7 +68,7 @@ def load_translator(workdir: str, strategy=decoding.Greedy(),
   return Translator(spec, model, params, vocabs, step, strategy, n_best, key)
 
 
-def restore_model(workdir: str, saved: dict, vocabs: data_lib.VocabFile):
+def restore_model(workdir: str, saved: dict, vocabs: vocab_file.VocabFile):
   """-> (spec, model, parameters, step) of the model ``load_records`` read
   in ``workdir``."""
   spec = ModelSpec.from_model_config(saved)

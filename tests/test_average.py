@@ -13,6 +13,7 @@ import pytest
 from experiments import average as average_bin
 from experiments import translate
 from seqjax import averaging
+from seqjax import summary
 from seqjax import translation
 from tests import translate_util
 
@@ -182,7 +183,7 @@ def test_keep_best_n_keeps_the_states_of_the_n_best_epochs(
       task.seen[e][0] for e in ranked)
   for e in ranked:  # each kept state is its epoch's
     params = _params(str(workdir / "best" / str(task.seen[e][0])))
-    assert runner.params_fingerprint(params) == task.seen[e][1]
+    assert summary.params_fingerprint(params) == task.seen[e][1]
   assert task.evaluated == task.seen[ranked[0]][:2]  # the best is evaluated
 
 

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import attention as attention_lib
 from seqjax import fed_decoder
 from seqjax.decoder import Decoder
-from seqjax.recurrent import StepArrays, gru_update, lstm_update
+from seqjax.cells import gru_update, lstm_update
+from seqjax.recurrent import StepArrays
 
 B, T, S, F, H = 3, 6, 5, 7, 4
 SRC_LENGTHS = np.array([5, 2, 3])

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from experiments import translate
 from seqjax import evaluate
-from seqjax.data import translation as data_lib
+from seqjax.data import vocab_file
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
 from seqjax.errors import SeqjaxError
@@ -88,7 +88,7 @@ def trained_workdir(tmp_path_factory):
 
 def test_translate_truncates_long_sentences_and_names_unknowns(
     trained_workdir, capsys, caplog, monkeypatch):
-  assert data_lib.load_vocab_file(trained_workdir).max_source_len == 7
+  assert vocab_file.load_vocab_file(trained_workdir).max_source_len == 7
   long_ = "dog 99. cat 12. tea"
   seen = []  # the encoder's input arrays
   decode_texts = evaluate.decode_texts
@@ -118,17 +118,17 @@ def test_vocab_files_without_the_length_record_do_not_truncate(
     trained_workdir, tmp_path):
   # A vocab.json of before the record: nothing is cut; a damaged one is
   # refused, naming it.
-  saved = json.load(open(os.path.join(trained_workdir, data_lib.VOCAB_FILE),
+  saved = json.load(open(os.path.join(trained_workdir, vocab_file.VOCAB_FILE),
                          encoding="utf-8"))
   del saved["max_source_len"]
-  (tmp_path / data_lib.VOCAB_FILE).write_text(json.dumps(saved),
+  (tmp_path / vocab_file.VOCAB_FILE).write_text(json.dumps(saved),
                                               encoding="utf-8")
-  assert data_lib.load_vocab_file(str(tmp_path)).max_source_len is None
+  assert vocab_file.load_vocab_file(str(tmp_path)).max_source_len is None
   for content in ("[1, 2]", "{not json"):
-    (tmp_path / data_lib.VOCAB_FILE).write_text(content, encoding="utf-8")
+    (tmp_path / vocab_file.VOCAB_FILE).write_text(content, encoding="utf-8")
     with pytest.raises(SeqjaxError, match="not a vocabulary file"):
-      data_lib.load_vocab_file(str(tmp_path))
-  assert data_lib.load_vocab_file(str(tmp_path / "nowhere")) is None
+      vocab_file.load_vocab_file(str(tmp_path))
+  assert vocab_file.load_vocab_file(str(tmp_path / "nowhere")) is None
 
 
 def test_vocab_file_is_written_atomically(tmp_path, monkeypatch):
@@ -136,17 +136,17 @@ def test_vocab_file_is_written_atomically(tmp_path, monkeypatch):
   # whole and no temporary file behind.
   src = Vocab.build(["ab"], "char")
   tgt = Vocab.build(["字"], "char", target=True)
-  data_lib.save_vocab_file(str(tmp_path), data_lib.VocabFile(src, tgt, 5, 2))
-  before = (tmp_path / data_lib.VOCAB_FILE).read_bytes()
+  vocab_file.save_vocab_file(str(tmp_path), vocab_file.VocabFile(src, tgt, 5, 2))
+  before = (tmp_path / vocab_file.VOCAB_FILE).read_bytes()
 
   def fail(*args):
     raise OSError("disk full")
   monkeypatch.setattr(os, "replace", fail)
   with pytest.raises(OSError):
-    data_lib.save_vocab_file(str(tmp_path), data_lib.VocabFile(
+    vocab_file.save_vocab_file(str(tmp_path), vocab_file.VocabFile(
         Vocab.build(["xyz"], "char"), tgt, 9))
-  assert (tmp_path / data_lib.VOCAB_FILE).read_bytes() == before
-  assert sorted(os.listdir(tmp_path)) == [data_lib.VOCAB_FILE]
+  assert (tmp_path / vocab_file.VOCAB_FILE).read_bytes() == before
+  assert sorted(os.listdir(tmp_path)) == [vocab_file.VOCAB_FILE]
   monkeypatch.undo()
-  assert data_lib.load_vocab_file(str(tmp_path)) == data_lib.VocabFile(
+  assert vocab_file.load_vocab_file(str(tmp_path)) == vocab_file.VocabFile(
       src, tgt, 5, 2)

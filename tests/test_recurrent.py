@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.recurrent import GRU, LSTM, lengths_to_mask
+from seqjax.cells import lengths_to_mask
+from seqjax.recurrent import GRU, LSTM
 from tests import reference
 
 B, T, F, H = 3, 7, 11, 16

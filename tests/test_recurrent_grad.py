@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.recurrent import GRU, LSTM, lengths_to_mask
+from seqjax.cells import lengths_to_mask
+from seqjax.recurrent import GRU, LSTM
 from tests import reference
 from tests import tiers
 

@@ -26,6 +26,7 @@ from seqjax import checkpoint as checkpoint_lib
 from seqjax import models
 from seqjax import runner
 from seqjax import selection as selection_lib
+from seqjax import summary
 from seqjax import train as train_lib
 from seqjax.errors import SeqjaxError
 from tests import tiers
@@ -49,7 +50,7 @@ class Scripted(sort_exp.SortTask):
     def epoch_end(state, epoch):
       lr = train_lib.learning_rate_of(state.opt_state)
       self.seen[epoch] = (int(state.step),
-                          runner.params_fingerprint(state.params),
+                          summary.params_fingerprint(state.params),
                           None if lr is None else float(lr))
       return {"score": self.scores[epoch - 1]}
 
@@ -58,7 +59,7 @@ class Scripted(sort_exp.SortTask):
                                select_maximize=self.select_maximize)
 
   def evaluate(self, config, setup, state):
-    self.evaluated = (int(state.step), runner.params_fingerprint(state.params))
+    self.evaluated = (int(state.step), summary.params_fingerprint(state.params))
     return {"accuracy": 0.0}
 
 

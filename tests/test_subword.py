@@ -16,6 +16,7 @@ from seqjax import averaging
 from seqjax import translation
 from seqjax.data import subword as subword_lib
 from seqjax.data import translation as data_lib
+from seqjax.data import vocab_file
 from seqjax.data import vocab as vocab_lib
 from seqjax.data.vocab import Vocab
 from seqjax.errors import ParameterError, SeqjaxError
@@ -159,9 +160,9 @@ def test_a_run_saves_models_of_its_training_split(subword_run):
   train = translate_util.toy_pairs(40)[:30]  # the tail split's training
   for side, texts, prefix in (("source", [s for s, _ in train], True),
                               ("target", [t for _, t in train], False)):
-    with open(os.path.join(workdir, data_lib.MODEL_FILES[side]), "rb") as f:
+    with open(os.path.join(workdir, vocab_file.MODEL_FILES[side]), "rb") as f:
       assert f.read() == subword_lib.train_model(texts, 40, "bpe", prefix)
-  vocabs = data_lib.load_vocab_file(workdir)
+  vocabs = vocab_file.load_vocab_file(workdir)
   assert vocabs.source.level == vocabs.target.level == "subword"
   assert vocabs.data == {"split": "tail", "target_script": "as_is",
                          "level": "subword", "target_level": "subword",
@@ -185,7 +186,7 @@ def test_translate_reads_the_models_back(subword_run):
   assert out[0]["unknown"] == []
   assert "".join(out[1]["unknown"]).replace("\u2581", "") == "zb"  # unseen
   # Without its model file, or with another, the workdir is refused.
-  source, target = (os.path.join(workdir, data_lib.MODEL_FILES[side])
+  source, target = (os.path.join(workdir, vocab_file.MODEL_FILES[side])
                     for side in ("source", "target"))
   os.rename(target, target + ".moved")
   try:
@@ -211,7 +212,7 @@ def test_an_averaged_subword_workdir_translates_as_its_checkpoint(
   source, = averaging.last_checkpoints(workdir, 1)
   to = str(tmp_path / "avg")
   averaging.average([source], to, how="last 1")
-  for name in data_lib.MODEL_FILES.values():
+  for name in vocab_file.MODEL_FILES.values():
     with open(os.path.join(workdir, name), "rb") as a, \
         open(os.path.join(to, name), "rb") as b:
       assert a.read() == b.read()

@@ -112,7 +112,7 @@ def fit(state: TrainState, data, loss_fn, config: FitConfig, *,
   ``epoch_end_fn``'s dict): after each epoch a ``selection.Tracker``
   (``selection``, e.g. restored with a checkpoint; default a fresh one) reads
   the metric, and its record is saved with every checkpoint. Then, with
-  ``best_checkpoint`` (``seqjax.checkpoint.BestCheckpoint``), an epoch that
+  ``best_checkpoint`` (``seqjax.best_checkpoint.BestCheckpoint``), an epoch that
   improved is saved there too; ``config.patience`` > 0 stops after that many
   epochs in a row without a gain (``stats.stopped_early``), a run resumed
   after such a stop at once; ``lr_schedule="plateau"`` multiplies the
