@@ -15,6 +15,9 @@ import pytest
 from experiments import registry
 from experiments import reverse
 from experiments import sweep
+from experiments import sweep_plan
+from experiments import sweep_report
+from experiments import sweep_runs
 from seqjax import task as task_lib
 from seqjax.errors import SeqjaxError
 
@@ -69,9 +72,9 @@ def fake_task(fake_task_dir, monkeypatch):
 
 
 def test_parse_grid():
-  assert sweep.parse_grid(" a=1,2  b=x\n c=1e-3 ") == [
+  assert sweep_plan.parse_grid(" a=1,2  b=x\n c=1e-3 ") == [
       ("a", ["1", "2"]), ("b", ["x"]), ("c", ["1e-3"])]
-  assert sweep.parse_grid("") == []
+  assert sweep_plan.parse_grid("") == []
 
 
 @pytest.mark.parametrize("grid,match", [
@@ -84,7 +87,7 @@ def test_parse_grid():
 ])
 def test_malformed_grids_are_named(grid, match):
   with pytest.raises(SeqjaxError, match=re.escape(match)):
-    sweep.parse_grid(grid)
+    sweep_plan.parse_grid(grid)
 
 
 @pytest.mark.parametrize("task,grid,match", [
@@ -157,9 +160,9 @@ def test_rank_follows_the_declared_metric_and_direction():
           for n, st, v, sps in [("a", "done", 0.5, 1.0), ("b", "done", 0.2, 1.0),
                                 ("c", "failed", None, None),
                                 ("d", "done", None, 9.0), ("e", "done", 0.2, 5.0)]]
-  assert [r["run"] for r in sweep.rank(rows, "loss", maximize=False)] == [
+  assert [r["run"] for r in sweep_report.rank(rows, "loss", maximize=False)] == [
       "e", "b", "a", "d", "c"]
-  assert [r["run"] for r in sweep.rank(rows, "loss", maximize=True)] == [
+  assert [r["run"] for r in sweep_report.rank(rows, "loss", maximize=True)] == [
       "a", "e", "b", "d", "c"]
 
 
@@ -189,7 +192,7 @@ def test_failing_run_is_recorded_and_the_others_go_on(fake_task, tmp_path,
   assert log[-1] == "[3/3] x=3: finished earlier, skipped"
   if isolate:
     assert open(tmp_path / "s" / "runs" / "x=2" / "log.txt").read().count(
-        sweep.ATTEMPT) == 2
+        sweep_runs.ATTEMPT) == 2
 
 
 def test_reverse_sweep_ranks_skips_and_resumes(tmp_path, capsys):
