@@ -19,7 +19,7 @@ from absl import logging
 from seqjax import compile_cache
 from seqjax import config as config_lib
 from seqjax import reliability
-from seqjax.errors import SeqjaxError
+from seqjax.errors import ParameterError, SeqjaxError
 
 FLAGS = flags.FLAGS
 TRAINING_FLAGS = "training flags (seqjax.config.TrainingConfig)"
@@ -102,6 +102,16 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
 
+def flag_error(e: ParameterError, flag_of: typing.Optional[dict] = None
+               ) -> ParameterError:
+  """A library error naming a setting, named by its flag instead
+  (``flag_of``: the flags named otherwise than their setting)."""
+  if e.label:
+    return e
+  flag = lambda name: "--" + (flag_of or {}).get(name, name)
+  return e.renamed(flag(e.param), flag)
+
+
 def _is_config_error(e: Exception) -> bool:
   # seqjax.runner (the training stack) is imported only by the runs that use
   # it: where it was not, none of its errors was raised.
@@ -138,6 +148,8 @@ def main(task) -> None:
       run(config)
     except SeqjaxError as e:
       # A ConfigError (the checks that need the devices) names its flags.
+      if isinstance(e, ParameterError):
+        e = flag_error(e)
       print(str(e) if _is_config_error(e) else f"Error: {e}", file=sys.stderr)
       sys.exit(2)
     except reliability.TrainingInterrupted as e:

@@ -93,10 +93,11 @@ from seqjax import task as task_lib
 from seqjax import translate_eval
 from seqjax import translate_inference
 from seqjax import translate_runs
+from seqjax.errors import ParameterError
 from seqjax.translate_config import TranslateConfig
 # Also called from here by the binary's users (tests, benchmarks).
 from seqjax.translate_inference import score_pairs, translate_stream  # pylint: disable=unused-import
-from seqjax.translate_runs import (ENV_VAR, flag_error, levels, model_spec,  # pylint: disable=unused-import
+from seqjax.translate_runs import (ENV_VAR, levels, model_spec,  # pylint: disable=unused-import
                                    num_samples, prepare_data,
                                    recorded_config, resolve_data_path)
 
@@ -112,6 +113,12 @@ class TranslateTask(task_lib.Task):
     return "dev_chrf" if config.split == "random" else self.metric
 
   def run(self, config: TranslateConfig) -> dict:
+    try:
+      return self._run(config)
+    except ParameterError as e:
+      raise flag_error(e) from e
+
+  def _run(self, config: TranslateConfig) -> dict:
     from seqjax import runner  # the training stack: not for --translate
     record = (ensembles.members_record(config.workdir) if config.translate
               or config.eval_only or config.score else None)
@@ -137,6 +144,12 @@ class TranslateTask(task_lib.Task):
 
   def evaluate(self, config: TranslateConfig, setup, state) -> dict:
     return translate_eval.evaluate(config, setup, state)
+
+
+def flag_error(e: ParameterError) -> ParameterError:
+  """A library error named by its flag (``path`` -> ``--data_path``)."""
+  from experiments import common
+  return common.flag_error(e, translate_runs.FLAG_OF)
 
 
 def explicit_fields(config: TranslateConfig) -> set[str]:

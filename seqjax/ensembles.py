@@ -15,7 +15,7 @@ from typing import Optional
 from seqjax import translate_inference
 from seqjax import translate_runs
 from seqjax import translation_load
-from seqjax.errors import SeqjaxError
+from seqjax.errors import ParameterError
 
 MEMBERS_KEY = "ensemble_members"  # results.json of a group's ensemble
 # What a group's results.json keeps when its ensemble is evaluated again.
@@ -55,7 +55,8 @@ def train_members(task, config) -> dict:
   errors = group_runner.run_group(task, configs)
   failed = [f"{c.workdir}: {e}" for c, e in zip(configs, errors) if e]
   if failed:
-    raise SeqjaxError("--ensemble_members: " + "; ".join(failed))
+    raise ParameterError("ensemble_members", config.ensemble_members,
+                         "; ".join(failed))
   trained = [runner.read_results(c.workdir) for c in configs]
   record = {
       MEMBERS_KEY: [os.path.basename(c.workdir) for c in configs],
@@ -77,11 +78,12 @@ def run_members(task, config, record: dict, explicit: set[str]) -> dict:
   record)."""
   from seqjax import runner
   members = [os.path.join(config.workdir, m) for m in record[MEMBERS_KEY]]
-  where = (f"--workdir={config.workdir} holds the ensemble of "
-           f"{len(members)} members ({', '.join(record[MEMBERS_KEY])})")
   if config.ensemble or config.score:
-    flag = "--ensemble" if config.ensemble else "--score"
-    raise SeqjaxError(f"{flag} with {where}: name one member's workdir")
+    setting = "ensemble" if config.ensemble else "score"
+    raise ParameterError(setting, getattr(config, setting), (
+        f"workdir={config.workdir} holds the ensemble of {len(members)} "
+        f"members ({', '.join(record[MEMBERS_KEY])}): name one member's "
+        "workdir"), mentions=("workdir",))
   runner.check(config)
   if config.translate:
     return translate_inference.translate_sentences(dataclasses.replace(

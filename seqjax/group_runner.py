@@ -36,7 +36,7 @@ from seqjax import vectorized
 from seqjax import selection as selection_lib
 from seqjax.best_checkpoint import BestCheckpoint
 from seqjax.checkpoint import Checkpointer
-from seqjax.errors import SeqjaxError
+from seqjax.errors import ParameterError, SeqjaxError
 
 # Values a member sets alone: its seed (initialisation, data, order) and
 # the optimizer's numbers (in the optimizer state). clip_norm's on/off
@@ -94,13 +94,13 @@ def setup_errors(setup) -> list[str]:
 
 
 def _mesh(config, n_members: int):
-  """The runs mesh: --num_devices devices (0: as many of them as divide
+  """The runs mesh: ``config.num_devices`` devices (0: as many of them as divide
   the members), None for one."""
   wanted = getattr(config, "num_devices", 0)
   n = wanted or math.gcd(n_members, jax.device_count())
   if n_members % n:
-    raise SeqjaxError(f"--num_devices={wanted}: the group's {n_members} "
-                      "members do not divide by it")
+    raise ParameterError("num_devices", wanted, f"the group's {n_members} "
+                         "members do not divide by it")
   return None if n == 1 else vectorized.make_runs_mesh(n)
 
 
@@ -280,9 +280,10 @@ def _run_locked(task, configs, to_log, stack) -> list[Optional[str]]:
       len({p.config.seed for p in prepared}) > 1):
     # The group trains with its first member's loss, whose dropout masks
     # come from that member's seed.
-    raise SeqjaxError("--dropout: members of one group with other seeds "
-                      "would share the first one's dropout masks; train "
-                      "them without --vectorize")
+    dropout = getattr(prepared[0].config, "dropout", None)
+    raise ParameterError("dropout", dropout, "members of one group with "
+                         "other seeds would share the first one's dropout "
+                         "masks; train them as lone runs")
   first = prepared[0]
   clips = getattr(first.config, "clip_norm", 0.0) > 0
   tx = vectorized.make_optimizer(first.config.optimizer, clip=clips)

@@ -21,7 +21,7 @@ from seqjax import train as train_lib
 from seqjax.best_checkpoint import BestCheckpoint
 from seqjax.checkpoint import Checkpointer
 from seqjax.config import DTYPES, TrainingConfig
-from seqjax.errors import SeqjaxError
+from seqjax.errors import ParameterError, SeqjaxError
 from seqjax.selected import (ema_state, keep_best_n, keeps_best, saved_ema,
                              selected_state, selection_errors)
 from seqjax.summary import params_fingerprint
@@ -160,8 +160,8 @@ def train_or_restore(*, model, params, config: TrainingConfig, workdir: str,
   dtype = getattr(config, "dtype", "float32")
   if dtype != "float32" and getattr(model, "dtype", None) != DTYPES[dtype]:
     # A task must pass config.compute_dtype() to its model; never ignore it.
-    raise SeqjaxError(f"--dtype={dtype}: this task's model "
-                      f"({type(model).__name__}) does not compute in it")
+    raise ParameterError("dtype", dtype, f"this task's model "
+                         f"({type(model).__name__}) does not compute in it")
   return _train_or_restore_locked(
       model=model, params=params, config=config, workdir=workdir,
       model_config=model_config, data=data, loss_fn=loss_fn,
@@ -210,7 +210,7 @@ def _train_or_restore_locked(*, model, params, config, workdir, model_config,
         else None, select_metric, select_maximize)
   if config.eval_only:
     if latest is None:
-      raise SeqjaxError(f"--eval_only: no checkpoint in --workdir={workdir}")
+      require_checkpoint(workdir)
     return sharding_lib.local_copy(state), eval_only_stats(
         tracker, fit_config, data, batch_plan, initial_carry is not None,
         reset_every, int(state.step))

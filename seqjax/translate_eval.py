@@ -58,7 +58,7 @@ def setup(config, workdir: str) -> task_lib.Setup:
               else None)
   check_trained_data(config, restored, workdir)
   data = prepare_data(config, restored)
-  print(data.describe(malformed_note="--strict stops at the first"))
+  print(data.describe(malformed_note="strict=True stops at the first"))
   beam_errors = config.beam_errors(len(data.tgt_vocab))
   if beam_errors:  # before any training
     raise SeqjaxError("; ".join(beam_errors))

@@ -12,13 +12,12 @@ from absl import logging
 
 from seqjax import translation
 from seqjax import translation_load
-from seqjax.errors import ParameterError, SeqjaxError
-from seqjax.translate_runs import flag_error
+from seqjax.errors import ParameterError
 
 
-def load_model(config, flag: str) -> translation.Translator:
+def load_model(config, purpose: str) -> translation.Translator:
   """The model in ``config.workdir`` (ensembled with
-  ``config.ensemble_workdirs()``), for ``flag`` (--translate, --score)."""
+  ``config.ensemble_workdirs()``), for ``purpose`` (translate, score)."""
   settings = (config.search(), config.n_best if config.n_best > 1 else 0,
               config.decoding_key())
   members = config.ensemble_workdirs()
@@ -27,10 +26,8 @@ def load_model(config, flag: str) -> translation.Translator:
             if members else
             translation_load.load_translator(config.workdir, *settings))
   except translation.ModelNotFoundError as e:
-    raise SeqjaxError(f"{flag} needs a trained model: {e.problem} in "
-                      f"--{e.param}={e.value}") from e
-  except ParameterError as e:
-    raise flag_error(e) from e
+    raise ParameterError(e.param, e.value, f"{e.problem}; a trained model "
+                         f"is needed ({purpose})", mentions=(purpose,)) from e
 
 
 def score_pairs(config, out=None) -> dict:
@@ -39,15 +36,12 @@ def score_pairs(config, out=None) -> dict:
   pair, log_prob, tokens, token_log_probs, unknown, truncated) to
   ``config.score_output`` or ``out`` (default standard output); notes go to
   standard error. A bad line stops the run before the model is read."""
-  try:
-    pairs = translation.read_scored_pairs(config.score)
-  except ParameterError as e:
-    raise flag_error(e) from e
-  translator = load_model(config, "--score")
+  pairs = translation.read_scored_pairs(config.score)
+  translator = load_model(config, "score")
   try:
     scored = translator.score(pairs, config.eval_batch_size)
   except ParameterError as e:
-    raise SeqjaxError(f"--score={config.score}: {e.problem}") from e
+    raise ParameterError("score", config.score, e.problem) from e
   try:
     with (open(config.score_output, "w", encoding="utf-8")
           if config.score_output else contextlib.nullcontext(
@@ -56,8 +50,8 @@ def score_pairs(config, out=None) -> dict:
         f.write(json.dumps({"line": n, **s.to_dict()}, ensure_ascii=False)
                 + "\n")
   except (OSError, ValueError) as e:
-    raise SeqjaxError(f"--score_output={config.score_output}: cannot be "
-                      f"written: {e}") from e
+    raise ParameterError("score_output", config.score_output,
+                         f"cannot be written: {e}") from e
   total = sum(s.log_prob for s in scored)
   print(f"Scored {len(scored)} pairs of {config.score} with the checkpoint "
         f"at step {translator.step}: total log-probability {total:.4f}",
@@ -68,7 +62,7 @@ def score_pairs(config, out=None) -> dict:
 def translate_sentences(config) -> dict:
   """The model in ``config.workdir`` translates ``config.translate``
   (["-"]: standard input, one sentence a line)."""
-  translator = load_model(config, "--translate")
+  translator = load_model(config, "translate")
   members = config.ensemble_workdirs()
   if config.translate == ["-"]:
     return translate_stream(translator, sys.stdin, sys.stdout, sys.stderr)
@@ -79,7 +73,7 @@ def translate_sentences(config) -> dict:
   out = []
   for t in translator.translate(config.translate):
     if t.truncated:
-      logging.warning("--translate: truncated to %d %ss, the longest "
+      logging.warning("A sentence was truncated to %d %ss, the longest "
                       "training source; dropped %r", width,
                       translator.vocabs.source.level, t.dropped)
     print(f"-\nInput sentence: {t.input}\nDecoded sentence: {t.decoded}")

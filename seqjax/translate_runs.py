@@ -20,7 +20,7 @@ from seqjax import translation_load
 from seqjax.data import pairs as pairs_lib
 from seqjax.data import translation as data_lib
 from seqjax.data import vocab_file
-from seqjax.errors import ParameterError, SeqjaxError
+from seqjax.errors import ParameterError
 from seqjax.settings import ModelSettings
 
 ENV_VAR = "SEQJAX_CMN_PATH"
@@ -31,7 +31,7 @@ FLAG_OF = {"path": "data_path", "script": "target_script",
 NUM_SAMPLES = {"tail": 10_000, "random": 0}  # num_samples unset (0: all)
 
 # Settings that change how a trained model is evaluated or run, not which
-# model or data: --eval_only takes the others from the run recorded.
+# model or data: evaluating only (eval_only) takes the others from the run recorded.
 EVAL_FLAGS = frozenset({
     "workdir", "eval_only", "translate", "ensemble", "ensemble_members",
     "score", "score_output",
@@ -43,9 +43,11 @@ EVAL_FLAGS = frozenset({
     "num_processes", "process_id", "train_minutes", "skip_nonfinite_updates"})
 
 
-def flag_error(e: ParameterError) -> ParameterError:
-  """A library call's bad parameter, named by its flag."""
-  return e.renamed("--" + FLAG_OF.get(e.param, e.param))
+def setting_error(e: ParameterError) -> ParameterError:
+  """A library call's bad parameter, named by the run setting that gave it
+  (``path`` -> ``data_path``)."""
+  name = FLAG_OF.get(e.param, e.param)
+  return e if name == e.param else ParameterError(name, e.value, e.problem)
 
 
 def model_spec(config) -> translation.ModelSpec:
@@ -94,20 +96,21 @@ def data_settings(config) -> dict:
 
 
 def resolve_data_path(flag_value: str) -> str:
-  """``flag_value``, else $SEQJAX_CMN_PATH, else ../shared/... beside the
+  """``flag_value`` (the data_path setting), else $SEQJAX_CMN_PATH, else ../shared/... beside the
   repository; a missing file stops with where the pairs come from."""
   if flag_value:
-    path, origin = flag_value, "--data_path"
+    path, origin = flag_value, "data_path"
   elif os.environ.get(ENV_VAR):
     path, origin = os.environ[ENV_VAR], f"${ENV_VAR}"
   else:
     path = os.path.normpath(os.path.join(ROOT, "..", "shared", "data",
                                          "cmn-eng", "cmn.txt"))
-    origin = "the default (--data_path unset, $SEQJAX_CMN_PATH unset)"
+    origin = "the default (data_path unset, $SEQJAX_CMN_PATH unset)"
   if not os.path.isfile(path):
-    raise SeqjaxError(
-        f"No pair file at {path} (from {origin}). {pairs_lib.HOW_TO_GET} "
-        f"Then pass --data_path=/path/to/cmn.txt or set {ENV_VAR}.")
+    raise ParameterError(
+        "data_path", flag_value, f"no pair file at {path} (from {origin}). "
+        f"{pairs_lib.HOW_TO_GET} Then pass data_path=/path/to/cmn.txt or set "
+        f"${ENV_VAR}.", mentions=("data_path",))
   return path
 
 
@@ -131,7 +134,7 @@ def prepare_data(config, restored: Optional[vocab_file.VocabFile] = None
         split_seed=config.split_seed, num_test=config.num_test,
         num_dev=config.num_dev, target_script=config.target_script)
   except ParameterError as e:
-    raise flag_error(e) from e
+    raise setting_error(e) from e
 
 
 def check_trained_data(config, restored: Optional[vocab_file.VocabFile],
@@ -150,14 +153,16 @@ def check_trained_data(config, restored: Optional[vocab_file.VocabFile],
     trained.setdefault("target_level", restored.target.level)
     now.setdefault("level", config.level)
     now.setdefault("target_level", levels(config).target)
-    diffs = ", ".join(f"--{k}={trained.get(k)} (now {now.get(k)})"
-                      for k in dict.fromkeys([*trained, *now])
-                      if trained.get(k) != now.get(k))
-    raise SeqjaxError(
-        f"--workdir={workdir}: its model was trained with {diffs} "
+    differ = [k for k in dict.fromkeys([*trained, *now])
+              if trained.get(k) != now.get(k)]
+    diffs = ", ".join(f"{k}={trained.get(k)} (now {now.get(k)})"
+                      for k in differ)
+    raise ParameterError(
+        "workdir", workdir, f"its model was trained with {diffs} "
         f"({vocab_file.VOCAB_FILE}); evaluating or training it on other data "
-        "could score it on its own training sentences. Use the flags it was "
-        "trained with, or another workdir; nothing was changed.")
+        "could score it on its own training sentences. Use the settings it "
+        "was trained with, or another workdir; nothing was changed.",
+        mentions=differ)
 
 
 def check_ensemble(config) -> None:
@@ -170,7 +175,7 @@ def check_ensemble(config) -> None:
       translation_load.load_member_records(workdir, first, config.workdir,
                                       same_data=True)
     except ParameterError as e:
-      raise flag_error(e) from e
+      raise setting_error(e) from e
 
 
 def recorded_settings(workdir: str, config_cls) -> dict:
@@ -181,10 +186,9 @@ def recorded_settings(workdir: str, config_cls) -> dict:
   try:
     saved, vocabs = translation_load.load_records(workdir)
   except translation.ModelNotFoundError as e:
-    raise SeqjaxError(f"--eval_only needs a trained model: {e.problem} in "
-                      f"--workdir={e.value}") from e
-  except ParameterError as e:
-    raise flag_error(e) from e
+    raise ParameterError("workdir", e.value, f"{e.problem}; a trained model "
+                         "is needed (eval_only)", mentions=("eval_only",)
+                         ) from e
   from seqjax import runner
   settings = {}
   results = runner.read_results(workdir)
@@ -210,12 +214,14 @@ def recorded_config(config, explicit: set[str]):
   run; an ``explicit`` setting that differs from its record stops the run,
   naming each such setting with both values."""
   recorded = recorded_settings(config.workdir, type(config))
-  conflicts = [f"--{k}={getattr(config, k)} (recorded: {v})"
-               for k, v in recorded.items()
-               if k in explicit and getattr(config, k) != v]
+  conflicts_named = [k for k, v in recorded.items()
+                     if k in explicit and getattr(config, k) != v]
+  conflicts = [f"{k}={getattr(config, k)} (recorded: {recorded[k]})"
+               for k in conflicts_named]
   if conflicts:
-    raise SeqjaxError(
-        f"--eval_only: --workdir={config.workdir} holds a model trained with "
-        f"other settings: {', '.join(conflicts)}. Leave those flags out (they "
-        "are read from the workdir); nothing was changed.")
+    raise ParameterError(
+        "workdir", config.workdir, "holds a model trained with other "
+        f"settings: {', '.join(conflicts)}. To evaluate it (eval_only), "
+        "leave those settings out (they are read from the workdir); nothing "
+        "was changed.", mentions=[*conflicts_named, "eval_only"])
   return dataclasses.replace(config, **recorded)

@@ -21,14 +21,16 @@ from seqjax import reliability
 from seqjax import summary as summary_lib
 from seqjax import train as train_lib
 from seqjax.checkpoint import Checkpointer
-from seqjax.errors import SeqjaxError
+from seqjax.errors import ParameterError
 
 
 def require_checkpoint(workdir: str) -> None:
-  """--eval_only: a workdir without a checkpoint stops the run before it
-  reads the data or writes a file."""
+  """Evaluating only: a workdir without a checkpoint stops the run before
+  it reads the data or writes a file."""
   if latest_step(workdir) is None:
-    raise SeqjaxError(f"--eval_only: no checkpoint in --workdir={workdir}")
+    raise ParameterError("workdir", workdir,
+                         "holds no checkpoint to evaluate (eval_only)",
+                         mentions=("eval_only",))
 
 
 def latest_step(workdir: str) -> Optional[int]:
@@ -69,7 +71,8 @@ def read_results(workdir: str, name: str = "results.json") -> Optional[dict]:
 
 
 def resolve_workdir(config, task: str) -> str:
-  """The run's workdir (created): --workdir, or a fresh timestamped one."""
+  """The run's workdir (created): ``config.workdir``, or a fresh
+  timestamped one."""
   return make_workdir(default_workdir(config, task))
 
 
@@ -81,11 +84,12 @@ def default_workdir(config, task: str) -> str:
 def make_workdir(workdir: str) -> str:
   """Creates ``workdir``; a second run on it stops here, at once."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise SeqjaxError(f"--workdir={workdir} exists and is not a directory")
+    raise ParameterError("workdir", workdir, "exists and is not a directory")
   try:
     os.makedirs(workdir, exist_ok=True)
   except (OSError, ValueError) as e:
-    raise SeqjaxError(f"--workdir={workdir!r} cannot be created: {e}") from e
+    raise ParameterError("workdir", repr(workdir),
+                         f"cannot be created: {e}") from e
   reliability.check_workdir_free(workdir)  # a second run stops here, at once
   return workdir
 

@@ -344,7 +344,8 @@ def test_ensemble_needs_a_trained_model_to_decode(trained, tmp_path):
   from experiments import translate
   from seqjax.errors import SeqjaxError
   with pytest.raises(SeqjaxError, match=re.escape(
-      f"no checkpoint in --ensemble={tmp_path}")):
+      f"--ensemble={tmp_path}: no checkpoint; a trained model is needed "
+      "(--translate)")):
     translate.run(translate.TranslateConfig(
         workdir=trained[0], ensemble=str(tmp_path), translate=SENTENCES))
   errors = translate.TranslateConfig(workdir=trained[0],

@@ -76,7 +76,8 @@ def test_bad_flags_are_named(flags, name, tmp_path):
 
 
 def test_eval_only_without_checkpoint(tmp_path):
-  with pytest.raises(SeqjaxError, match="--eval_only"):
+  with pytest.raises(SeqjaxError, match=r"workdir=.*: holds no checkpoint "
+                     r"to evaluate \(eval_only\)"):
     reverse.run(reverse.ReverseConfig(workdir=str(tmp_path), eval_only=True,
                                       **TINY))
 

@@ -186,7 +186,7 @@ def test_dtype_flag_reaches_the_model_and_is_never_ignored(tmp_path):
   # A task that forgets to pass --dtype to its model is stopped, not ignored.
   model, state, data, loss_fn = _setup()
   config = reverse.ReverseConfig(dtype="bfloat16", workdir=str(tmp_path))
-  with pytest.raises(SeqjaxError, match="--dtype=bfloat16: this task's model"):
+  with pytest.raises(SeqjaxError, match="dtype=bfloat16: this task's model"):
     runner.train_or_restore(
         model=model, params=state.params, config=config,
         workdir=str(tmp_path), model_config={}, data=data, loss_fn=loss_fn)

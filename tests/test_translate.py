@@ -240,7 +240,7 @@ def test_batch_larger_than_training_split(toy_file, tmp_path):
 
 
 def test_translate_without_a_model(tmp_path):
-  with pytest.raises(SeqjaxError, match="--translate needs a trained model"):
+  with pytest.raises(SeqjaxError, match=r"a trained model is needed \(--translate\)"):
     translate.run(translate.TranslateConfig(workdir=str(tmp_path),
                                             translate=["Hi."]))
 
@@ -254,6 +254,7 @@ def test_binary_missing_file_says_how_to_get_it(tmp_path):
       cwd=translate_util.ROOT, env=env, capture_output=True, text=True,
       timeout=120)
   assert out.returncode == 2
-  assert f"No pair file at {tmp_path}/missing.txt" in out.stderr
+  assert (f"--data_path={tmp_path}/missing.txt: no pair file at "
+          f"{tmp_path}/missing.txt (from --data_path)") in out.stderr
   assert "manythings.org/anki" in out.stderr and "SEQJAX_CMN_PATH" in out.stderr
   assert "Traceback" not in out.stderr and not (tmp_path / "w").exists()
