@@ -317,10 +317,11 @@ class SeqjaxRunner:
                   f"({w.src_NS.shape[1]} tokens) and its last batch to the "
                   "batch size (one compiled shape per batch size); "
                   "in-flight: all sentences in one queue (padded to "
-                  "a multiple of the batch size), the batch size its "
-                  "slots (of K rows for beam search), a finished "
-                  "sentence's slot refilled with the next inside the "
-                  "compiled loop"]
+                  "a multiple of the batch size) ordered by source "
+                  "length and encoded in chunks of their own width, the "
+                  "batch size its slots (of K rows for beam search), a "
+                  "finished sentence's slot refilled with the next "
+                  "inside the compiled loop"]
 
   def versions(self) -> dict:
     return harness.seqjax_versions()

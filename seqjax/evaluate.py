@@ -193,12 +193,10 @@ class HeldOutLoss:
       programs.compile_ahead(self.eval_step, params,
                              _batch_of(self.arrays, self.batch_size))
     if getattr(self.decoder, "in_flight", False):  # the whole set, queued
-      n = len(self.held_out.decode_arrays["src"])
-      arrays = _batch_of(self.held_out.decode_arrays,
-                         decoding.queue_shape(n, self.batch_size))
-      programs.compile_ahead(self.decoder.with_slots(self.batch_size),
-                             params, arrays["src"], arrays["src_mask"], None,
-                             jax.ShapeDtypeStruct((), np.int32))
+      arrays = self.held_out.decode_arrays
+      for fn, (src, mask, *rest), _ in decoding.queue_programs(
+          self.decoder, arrays["src"], self.batch_size, arrays["src_mask"]):
+        programs.compile_ahead(fn, params, src, mask, None, *rest)
     elif self.decoder is not None and hasattr(self.decoder, "lower"):
       arrays = _batch_of(self.held_out.decode_arrays, self.batch_size)
       programs.compile_ahead(self.decoder, params, arrays["src"],

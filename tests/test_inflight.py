@@ -280,3 +280,50 @@ def test_the_queue_tail_is_stepped_by_fewer_slots():
     steps, rows = _stepped(lengths_N.tolist(), 32, 8, shrink_to)
     assert (int(out.steps), int(out.rows_stepped)) == (steps, rows)
   assert rows == steps * 32 and _stepped(lengths_N.tolist(), 32, 8, 8)[1] < rows
+
+
+def test_plan_queue_orders_by_length_and_cuts_the_queue_by_width():
+  rng = np.random.default_rng(3)
+  n, count, width = 300, 290, 25
+  ends_N = np.minimum(rng.geometric(1 / 6, n), width)
+  mask_NS = np.arange(width)[None] < ends_N[:, None]
+  order_N, widths = decoding.plan_queue(mask_NS, count)
+  # The real sentences by length, then the padding rows in their place.
+  assert sorted(order_N[:count]) == list(range(count))
+  np.testing.assert_array_equal(order_N[count:], np.arange(count, n))
+  assert (np.diff(ends_N[order_N[:count]]) >= 0).all()
+  assert sum(rows for rows, _ in widths) == n and len(widths) <= 4
+  start = 0
+  for rows, w in widths:
+    longest = ends_N[order_N[start:start + rows]].max()
+    assert w == min(width, -(-longest // 4) * 4)
+    start += rows
+  assert [w for _, w in widths] == sorted({w for _, w in widths})
+  # Nothing to save: no mask, or every source as wide as the queue.
+  assert decoding.plan_queue(None, count) is None
+  assert decoding.plan_queue(np.ones((n, 8), bool), count) is None
+
+
+@pytest.mark.parametrize("strategy", [decoding.Greedy(),
+                                      decoding.BeamSearch(3, 0.6)])
+def test_a_queue_encoded_in_width_chunks_decodes_as_each_sentence_alone(
+    strategy):
+  """300 sentences of 1 to 12 tokens (most short): the queue is decoded
+  by length in chunks encoded at 4, 8 and 12 tokens, and each sentence
+  gets the tokens of decoding it alone at the full width."""
+  model, params, _, _ = _setup("luong_feeding_bidirectional")
+  rng = np.random.default_rng(1)
+  n, width = 300, 12
+  src_NS = rng.integers(3, 9, size=(n, width)).astype(np.int32)
+  ends_N = np.minimum(rng.geometric(1 / 4, n), width)
+  mask_NS = np.arange(width)[None] < ends_N[:, None]
+  order_N, widths = decoding.plan_queue(mask_NS, n)
+  assert [w for _, w in widths] == [4, 8, 12], widths
+  kw = dict(max_len=MAX_LEN, start_id=START, stop_id=STOP, pad_id=PAD)
+  queue = decoding.make_decoder(model, strategy, in_flight=True, **kw)
+  got = decoding.decode_in_batches(queue, params, src_NS, 16, mask_NS)
+  one = decoding.make_decoder(model, strategy, **kw)
+  alone = np.concatenate([np.asarray(one(params, src_NS[i:i + 1],
+                                         mask_NS[i:i + 1])) for i in range(n)])
+  np.testing.assert_array_equal(got, alone)
+  assert len(set(_lengths(alone).tolist())) >= 3

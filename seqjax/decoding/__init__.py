@@ -7,7 +7,8 @@ from seqjax.decoding.beam import Beams, penalty
 from seqjax.decoding.decoder import (QueueDecoder, check_decoder, decode,
                                      decode_in_batches, decode_queue,
                                      make_decoder, make_inference_fns,
-                                     pad_queue, queue_shape)
+                                     pad_queue, plan_queue, queue_programs,
+                                     queue_shape)
 from seqjax.decoding.ensemble import (Ensemble, ensemble_params,
                                       make_ensemble_eval_step, member_params)
 from seqjax.decoding.inflight import InFlight, check_in_flight
@@ -24,4 +25,5 @@ __all__ = ["BeamSearch", "Beams", "Decoded", "Ensemble", "Greedy", "InFlight",
            "decode_in_batches", "decode_queue", "ensemble_params", "is_beam",
            "make_decoder", "make_ensemble_eval_step", "make_inference_fns",
            "member_params",
-           "pad_after_stop", "pad_queue", "penalty", "queue_shape", "search"]
+           "pad_after_stop", "pad_queue", "penalty", "plan_queue",
+           "queue_programs", "queue_shape", "search"]

@@ -129,25 +129,63 @@ def decode_queue(model, params, src_NS: Array,
                  start_id: int, stop_id: Optional[int] = None,
                  pad_id: int = 0, score: bool = False,
                  refill: Optional[int] = None, strategy=strategies.Greedy(),
-                 shrink: bool = True):
+                 shrink: bool = True, widths: tuple = ()):
   """The first ``count`` (default all) of N sentences decoded greedily by
   ``slots`` rows, a finished sentence's slot refilled with the next, at
   most ``refill`` a step, the tail by fewer slots with ``shrink``
   (``seqjax.decoding.inflight``): each sentence's
   tokens (and, with ``score``, log-probability) are those of decoding it
   alone -> ``InFlight``. A ``BeamSearch`` ``strategy``: ``slots`` slots
-  of K rows (``seqjax.decoding.inflight_beam``) -> ``InFlightBeams``."""
+  of K rows (``seqjax.decoding.inflight_beam``) -> ``InFlightBeams``.
+  ``widths``: the queue's chunks encoded at their own widths
+  (``inflight.encode_queue``)."""
   if strategies.is_beam(strategy):
     return inflight_beam.beam_queue(
         model, params, src_NS, src_mask_NS, strategy, slots=slots,
         max_len=max_len, start_id=start_id, stop_id=stop_id, pad_id=pad_id,
-        count=count, refill=refill, shrink=shrink)
-  step, state_N, _ = _stepwise(model, params, src_NS, src_mask_NS, start_id,
-                               "tokens")
+        count=count, refill=refill, shrink=shrink, widths=widths)
+  state_N = inflight_lib.encode_queue(model, params, src_NS, src_mask_NS,
+                                      widths)
+  step = lambda feed, state: model.apply(params, feed, state,
+                                         method="decode_step")
   return inflight_lib.slot_loop(
       step, state_N, strategies.Greedy().select, slots=slots,
       max_len=max_len, start_id=start_id, stop_id=stop_id, pad_id=pad_id,
       count=count, score=score, refill=refill, shrink=shrink)
+
+
+# Queues of fewer sentences than this a chunk are encoded at one width.
+MIN_CHUNK = 64
+
+
+def plan_queue(src_mask_NS, count: int, chunks: int = 8, quantum: int = 4):
+  """-> (order_N, widths): the queue's first ``count`` sentences ordered
+  by source length (the padding rows after them kept last), cut into at
+  most ``chunks`` consecutive chunks of about equal rows, each as wide as
+  its longest source rounded up to ``quantum`` (``inflight.encode_queue``'s
+  ``widths``). None where that saves nothing: no mask, or one chunk at the
+  queue's width."""
+  if src_mask_NS is None:
+    return None
+  mask_NS = np.asarray(src_mask_NS, bool)
+  n, width = mask_NS.shape
+  # The last real position + 1 (a mask is a prefix of each row).
+  ends_N = np.where(mask_NS.any(1), width - np.argmax(mask_NS[:, ::-1], 1), 1)
+  order_N = np.concatenate([np.argsort(ends_N[:count], kind="stable"),
+                            np.arange(count, n)])
+  ends_N = ends_N[order_N]
+  cuts = np.linspace(0, n, max(1, min(chunks, n // MIN_CHUNK)) + 1)
+  widths = []
+  bounds = cuts.astype(int).tolist()
+  for a, b in zip(bounds[:-1], bounds[1:]):
+    w = min(width, -(-int(ends_N[a:b].max()) // quantum) * quantum)
+    if widths and widths[-1][1] == w:  # one encoder call for both
+      widths[-1] = (widths[-1][0] + b - a, w)
+    else:
+      widths.append((b - a, w))
+  if len(widths) == 1 and widths[0][1] == width:
+    return None
+  return order_N, tuple(widths)
 
 
 class QueueDecoder:
@@ -156,7 +194,9 @@ class QueueDecoder:
   best hypothesis'; with ``full``, ``InFlight`` or ``InFlightBeams``), all
   N sentences in one queue, by N slots unless ``slots`` is given.
   ``decode_in_batches`` gives it the whole array, its batch size the
-  slots. Jitted once per (queue shape, slots)."""
+  slots. The queue is decoded in order of source length, each chunk of it
+  encoded at its own width (``plan_queue``), and handed back in its own
+  order. Jitted once per (queue shape, slots, chunk widths)."""
 
   in_flight = True
 
@@ -166,24 +206,43 @@ class QueueDecoder:
     self._jitted = {}
     self._fn = functools.partial(decode_queue, model, **kw)
 
-  def with_slots(self, slots: int):
-    """The jitted ``(params, src_NS, src_mask_NS, key, count)`` decoding
-    with ``slots`` rows."""
-    if slots not in self._jitted:
+  def with_slots(self, slots: int, widths: tuple = ()):
+    """The jitted ``(params, src_NS, src_mask_NS, key, count, unsort_N)``
+    decoding with ``slots`` rows, the queue's chunks encoded at ``widths``;
+    each output row i is queue row ``unsort_N[i]``'s (None: row i's)."""
+    if (slots, widths) not in self._jitted:
       def in_flight_decode(params, src_NS, src_mask_NS=None, key=None,
-                           count=None):
+                           count=None, unsort_N=None):
         del key  # greedy and beam search draw nothing
-        out = self._fn(params, src_NS, src_mask_NS, count, slots=slots)
+        out = self._fn(params, src_NS, src_mask_NS, count, slots=slots,
+                       widths=widths)
+        if unsort_N is not None:
+          n = src_NS.shape[0]
+          out = jax.tree.map(
+              lambda x: x[unsort_N] if x.ndim and x.shape[0] == n else x, out)
         if self.full:
           return out
         return out.tokens_QNT[:, 0] if self._beam else out.tokens_NT
-      self._jitted[slots] = jax.jit(in_flight_decode)
-    return self._jitted[slots]
+      self._jitted[(slots, widths)] = jax.jit(in_flight_decode)
+    return self._jitted[(slots, widths)]
+
+  def planned(self, src_NS, src_mask_NS=None, *, slots: int, count=None):
+    """-> (the jitted decoding of this queue, its arguments: params and
+    key go first and fourth), ordered by ``plan_queue``."""
+    n = src_NS.shape[0]
+    plan = plan_queue(src_mask_NS, n if count is None else int(count))
+    if plan is None:
+      return self.with_slots(slots), (src_NS, src_mask_NS, count, None)
+    order_N, widths = plan
+    return self.with_slots(slots, widths), (
+        np.asarray(src_NS)[order_N], np.asarray(src_mask_NS)[order_N], count,
+        np.argsort(order_N).astype(np.int32))
 
   def __call__(self, params, src_NS, src_mask_NS=None, key=None, *,
                slots: Optional[int] = None, count=None):
-    return self.with_slots(slots or src_NS.shape[0])(
-        params, src_NS, src_mask_NS, key, count)
+    fn, (src, mask, count, unsort) = self.planned(
+        src_NS, src_mask_NS, slots=slots or src_NS.shape[0], count=count)
+    return fn(params, src, mask, key, count, unsort)
 
 
 def make_decoder(model, strategy=strategies.Greedy(), *, max_len: int,
@@ -244,16 +303,27 @@ def pad_queue(src, src_mask, batch_size: int) -> tuple:
       None if src_mask is None else np.asarray(src_mask))
 
 
-def _decode_queue(decoder: QueueDecoder, params, src, batch_size: int,
-                  src_mask):
+def queue_programs(decoder: QueueDecoder, src, batch_size: int, src_mask):
+  """-> [(jitted decoding, its arguments but params and key, sentences)]:
+  the queues ``decode_in_batches`` cuts ``src`` into, ``batch_size``
+  slots each."""
   size = queue_shape(src.shape[0], batch_size)
-  outputs = []
+  queues = []
   for start in range(0, max(src.shape[0], 1), size):
     chunk = src[start:start + size]
     mask = None if src_mask is None else src_mask[start:start + size]
     padded, mask = pad_queue(chunk, mask, batch_size)
-    outputs.append((decoder(params, padded, mask, slots=batch_size,
-                            count=np.int32(len(chunk))), len(chunk)))
+    fn, args = decoder.planned(padded, mask, slots=batch_size,
+                               count=np.int32(len(chunk)))
+    queues.append((fn, args, len(chunk)))
+  return queues
+
+
+def _decode_queue(decoder: QueueDecoder, params, src, batch_size: int,
+                  src_mask):
+  outputs = [(fn(params, src_NS, mask_NS, None, *rest), n) for fn,
+             (src_NS, mask_NS, *rest), n in queue_programs(
+                 decoder, src, batch_size, src_mask)]
   # Fetched after every queue is dispatched.
   return np.concatenate([np.asarray(out)[:n] for out, n in outputs])
 

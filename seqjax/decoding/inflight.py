@@ -4,7 +4,9 @@ by B slots in one compiled ``lax.while_loop``.
 A fixed batch steps every row until its longest sentence ends. Here a slot
 whose sentence ends (stop token or ``max_len``) takes the next sentence of
 the queue at the next step, so the loop steps about the sum of the
-sentences' lengths over B. All N sentences are encoded up front; a slot
+sentences' lengths over B. All N sentences are encoded up front, a
+queue ordered by source length in chunks of their own width
+(``encode_queue``: padding costs the encoder nothing); a slot
 taking sentence i gets row i of the encoder's state (carries and, with
 attention, the sentence's memory), written into its row alone: at most R
 slots (``refill_rows``) are refilled a step, so a step gathers R rows, not
@@ -42,6 +44,32 @@ class _Slots(NamedTuple):
   feed_B: Array         # the next input tokens
   tokens_NT: Array
   logp_N: Optional[Array]
+
+
+def encode_queue(model, params, src_NS: Array, src_mask_NS: Optional[Array],
+                 widths: tuple = ()):
+  """The encoder's state of a queue's N sentences. ``widths``: consecutive
+  chunks of the queue ``((rows, width), ...)``, each encoded at its own
+  width, the leaves that span the source padded back to the queue's width
+  (zeros; the mask False): a queue sorted by source length no longer
+  encodes its short sentences' padding. Empty: all at the queue's width."""
+  encode = lambda src, mask: model.apply(params, src, mask,
+                                         method="encode_for_decoding")
+  if not widths:
+    return encode(src_NS, src_mask_NS)
+  full = jax.eval_shape(encode, src_NS[:1], src_mask_NS[:1])
+  def pad(x, like):
+    if x.ndim < 2 or x.shape[1] == like.shape[1]:
+      return x
+    grow = [(0, 0), (0, like.shape[1] - x.shape[1])] + [(0, 0)] * (x.ndim - 2)
+    return jnp.pad(x, grow)
+  parts, start = [], 0
+  for rows, width in widths:
+    part = encode(src_NS[start:start + rows, :width],
+                  src_mask_NS[start:start + rows, :width])
+    parts.append(jax.tree.map(pad, part, full))
+    start += rows
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
 def _count_rows(state_N) -> int:

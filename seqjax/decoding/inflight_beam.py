@@ -156,17 +156,17 @@ def beam_queue(model, params, src_QS: Array, src_mask_QS: Optional[Array],
                start_id: int, stop_id: Optional[int] = None,
                pad_id: int = 0, count: Optional[Array] = None,
                refill: Optional[int] = None, early_stop: bool = True,
-               shrink: bool = True) -> InFlightBeams:
+               shrink: bool = True, widths: tuple = ()) -> InFlightBeams:
   """The first ``count`` (default all) of Q sentences beam-searched by
   ``slots`` slots of ``strategy.beam_size`` rows; each sentence's
   hypotheses those of ``beam.beam_search`` on it alone. ``refill`` and
-  ``shrink`` as ``inflight.slot_loop``'s."""
+  ``shrink`` as ``inflight.slot_loop``'s, ``widths`` as
+  ``inflight.encode_queue``'s."""
   if not getattr(model, "takes_decoder_input", True):
     raise ValueError(f"beam search needs a model decoded step by step; "
                      f"{type(model).__name__} predicts all steps at once")
   k, n = strategy.beam_size, strategy.n_best
-  state_Q = model.apply(params, src_QS, src_mask_QS,
-                        method="encode_for_decoding")
+  state_Q = inflight.encode_queue(model, params, src_QS, src_mask_QS, widths)
   queued = src_QS.shape[0]
   count = jnp.asarray(queued if count is None else count, jnp.int32)
   refill = min(refill or inflight.refill_rows(slots), slots)
