@@ -270,9 +270,12 @@ def test_the_queue_tail_is_stepped_by_fewer_slots():
       model, p, x, m, slots=32, max_len=MAX_LEN, start_id=START,
       stop_id=STOP, pad_id=PAD, score=True, shrink=shrink),
                static_argnums=3)
-  # 32 slots, 8 refilled a step; the tail by 8 slots.
-  assert inflight.levels(32, True) == [32, 8]
-  for shrink, shrink_to in [(True, 8), (False, 0)]:
+  # 32 slots, 8 refilled a step; the tail by 16 slots.
+  assert inflight.levels(32, True) == [32, 16]
+  assert inflight.levels(256, True) == [256, 128, 32, 8]
+  assert inflight.levels(15, True) == [15]
+  assert inflight.levels(64, False) == [64]
+  for shrink, shrink_to in [(True, 16), (False, 0)]:
     out = jax.device_get(fn(params, src_NS, mask_NS, shrink))
     np.testing.assert_array_equal(out.tokens_NT, tokens_NT)
     np.testing.assert_allclose(out.log_probs_N, logp_N, rtol=1e-6,

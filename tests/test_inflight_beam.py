@@ -113,7 +113,7 @@ def test_the_queue_tail_is_searched_by_fewer_slots():
   strategy = decoding.BeamSearch(2, 0.6)
   want = _alone(model, params, src_QS, mask_QS, strategy, **IDS)
   lengths = want.steps.tolist()
-  for shrink, shrink_to in [(True, 8), (False, 0)]:
+  for shrink, shrink_to in [(True, 16), (False, 0)]:
     got = jax.device_get(jax.jit(lambda p, x, m, shrink=shrink: (
         inflight_beam.beam_queue(model, p, x, m, strategy, slots=32,
                                  shrink=shrink, **IDS)))(

@@ -152,10 +152,14 @@ def _body(step, select, state_N, count, loop: _Slots, *, max_len: int,
 
 def levels(slots: int, shrink: bool) -> list[int]:
   """The slot counts the loop runs with: once the queue is empty and at
-  most a quarter of the slots are live, the live ones move to a loop of a
-  quarter as many (down to 8), as a batch drops its finished sentences:
-  the queue's tail steps few idle rows."""
+  most half the slots are live, the live ones move to a loop of half as
+  many, then of a quarter as many each time (down to 8), as a batch drops
+  its finished sentences: the queue's tail steps few idle rows. Each level
+  is one more loop to compile: halving all the way costs 256 slots of beam
+  search 7 s more compiling; halving once, 1.7 s (benchmarks/RESULTS.md)."""
   out = [slots]
+  if shrink and slots // 2 >= 8:
+    out.append(slots // 2)
   while shrink and out[-1] // 4 >= 8:
     out.append(out[-1] // 4)
   return out
