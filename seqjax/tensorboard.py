@@ -36,6 +36,7 @@ import contextlib
 import glob
 import os
 import struct
+import sys
 import time
 import types
 import uuid
@@ -55,6 +56,12 @@ def _tensorboardx() -> types.SimpleNamespace:
   """tensorboardX's writer, summary builders and protos, imported late so
   that seqjax imports without it."""
   # pylint: disable=import-outside-toplevel
+  # tensorboardX imports torch where it is installed: 1.5 s of every run's
+  # start on this project's CPU. seqjax hands it NumPy values only, so its
+  # import sees no torch (an entry of None makes ``import torch`` fail).
+  hide_torch = "torch" not in sys.modules
+  if hide_torch:
+    sys.modules["torch"] = None
   try:
     from tensorboardX import FileWriter
     from tensorboardX import summary
@@ -64,6 +71,9 @@ def _tensorboardx() -> types.SimpleNamespace:
     raise SeqjaxError("TensorBoard logging needs tensorboardX, which is not "
                       "installed: pip install 'seqjax[tensorboard]' (or pip "
                       "install tensorboardX)") from e
+  finally:
+    if hide_torch:
+      del sys.modules["torch"]
   return types.SimpleNamespace(FileWriter=FileWriter, summary=summary,
                                event_pb2=event_pb2, summary_pb2=summary_pb2)
 

@@ -203,3 +203,24 @@ def test_a_translation_run_shows_its_held_out_examples_as_text(tmp_path):
   for example in results["examples"]:
     assert f"| {example['input']} | {example['decoded']} |" in text
   assert "flags/text_summary" in acc.Tags()["tensors"]
+
+
+def test_tensorboardx_is_imported_without_torch():
+  """tensorboardX imports torch where it is installed (seconds of every
+  run's start); seqjax's import of it does not, and leaves ``import
+  torch`` working after it."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  code = ("import importlib.util, sys\n"
+          "from seqjax import tensorboard\n"
+          "tensorboard._tensorboardx()\n"
+          "assert 'torch' not in sys.modules, 'torch imported'\n"
+          "if importlib.util.find_spec('torch'):\n"
+          "  import torch\n"
+          "  print('torch', torch.__version__)\n"
+          "print('ok')\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines()[-1] == "ok"
