@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seqjax.errors import SeqjaxError
+from experiments import common
+from seqjax.errors import ParameterError, SeqjaxError
 
 pytestmark = pytest.mark.full
 
@@ -59,10 +60,13 @@ OUTCOMES = collections.defaultdict(collections.Counter)
 
 
 def _config_class(module):
-  """The module's config dataclass (the one with validate())."""
-  found = [v for v in vars(module).values() if dataclasses.is_dataclass(v)
-           and isinstance(v, type) and v.__module__ == module.__name__
-           and hasattr(v, "validate")]
+  """The binary's config dataclass (the one with validate()): its task's,
+  else the one it defines."""
+  task = getattr(module, "TASK", None)
+  found = [task.config_cls] if task is not None else [
+      v for v in vars(module).values() if dataclasses.is_dataclass(v)
+      and isinstance(v, type) and v.__module__ == module.__name__]
+  found = [v for v in found if hasattr(v, "validate")]
   assert len(found) == 1, f"{module.__name__}: config classes {found}"
   return found[0]
 
@@ -154,8 +158,11 @@ def test_fuzzed_flags_end_in_a_clean_error_or_a_run(module_name, tiny,
         outcomes["ran"] += 1
       except SeqjaxError as e:
         # Past validate(), only what it cannot see (the file system, the
-        # data's size) may still refuse the run, naming a fuzzed flag.
-        assert any(f"--{n}" in str(e) for n in fuzzed), (str(e), fuzzed)
+        # data's size) may still refuse the run, naming a fuzzed flag as
+        # the binary shows it (a setting the library named, as its flag).
+        shown = str(common.flag_error(e) if isinstance(e, ParameterError)
+                    else e)
+        assert any(f"--{n}" in shown for n in fuzzed), (shown, fuzzed)
         outcomes[f"refused: {type(e).__name__}"] += 1
 
   check()
