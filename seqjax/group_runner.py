@@ -94,8 +94,8 @@ def setup_errors(setup) -> list[str]:
 
 
 def _mesh(config, n_members: int):
-  """The runs mesh: ``config.num_devices`` devices (0: as many of them as divide
-  the members), None for one."""
+  """The runs mesh: ``config.num_devices`` devices (0: as many of them as
+  divide the members), None for one."""
   wanted = getattr(config, "num_devices", 0)
   n = wanted or math.gcd(n_members, jax.device_count())
   if n_members % n:

@@ -2,10 +2,11 @@
 records of them.
 
 ``config`` below is a translation run's settings
-(``seqjax.translate_config.TranslateConfig``: one attribute a setting). This module maps it
-to the library's values (``model_spec``, ``levels``, ``data_settings``),
-prepares its data, and reads back what a trained run recorded
-(``recorded_config``), refusing a model trained on other data or settings.
+(``seqjax.translate_config.TranslateConfig``: one attribute a setting).
+This module maps it to the library's values (``model_spec``, ``levels``,
+``data_settings``), prepares its data, and reads back what a trained run
+recorded (``recorded_config``), refusing a model trained on other data or
+settings.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ FLAG_OF = {"path": "data_path", "script": "target_script",
 NUM_SAMPLES = {"tail": 10_000, "random": 0}  # num_samples unset (0: all)
 
 # Settings that change how a trained model is evaluated or run, not which
-# model or data: evaluating only (eval_only) takes the others from the run recorded.
+# model or data: evaluating only (eval_only) takes the others from the run
+# recorded.
 EVAL_FLAGS = frozenset({
     "workdir", "eval_only", "translate", "ensemble", "ensemble_members",
     "score", "score_output",
@@ -96,8 +98,9 @@ def data_settings(config) -> dict:
 
 
 def resolve_data_path(flag_value: str) -> str:
-  """``flag_value`` (the data_path setting), else $SEQJAX_CMN_PATH, else ../shared/... beside the
-  repository; a missing file stops with where the pairs come from."""
+  """``flag_value`` (the data_path setting), else $SEQJAX_CMN_PATH, else
+  ../shared/... beside the repository; a missing file stops with where the
+  pairs come from."""
   if flag_value:
     path, origin = flag_value, "data_path"
   elif os.environ.get(ENV_VAR):
